@@ -1,0 +1,40 @@
+# Two commands on a fresh Linux machine with python3 (3.11+), make and git:
+#   make demo   set up .venv and run the example app on the embedded default
+#   make test   set up .venv and run lint, type check and the whole test suite
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test lint typecheck pytest bench lock clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/thaw demo examples/hello
+
+test: $(STAMP) lint typecheck pytest
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check runtime adapters tests benchmarks examples
+	$(VENV)/bin/ruff format --check runtime adapters tests benchmarks examples
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy
+
+pytest: $(STAMP)
+	$(VENV)/bin/pytest -q
+
+bench: $(STAMP)
+	$(PY) benchmarks/invoke.py --json benchmarks/results/invoke.json
+
+lock: $(STAMP)
+	$(PY) -m pip freeze --exclude-editable | grep -v '^thaw' > constraints.txt.new
+	mv constraints.txt.new constraints.txt
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,52 @@
+"""Thaw: the portable core. Function authors import from here.
+
+This package imports only the standard library, msgspec and anyio, so it runs
+unchanged in Pyodide and on edge nodes (a test guards this).
+"""
+
+from ._app import App
+from ._context import Context
+from ._errors import (
+    CallerError,
+    ConfigError,
+    ContractError,
+    DeadlineExceeded,
+    FunctionError,
+    Rejected,
+    RetryLater,
+    RuntimeFault,
+    ThawError,
+)
+from ._event import Event, Ok, Outcome, Reject, Retry
+from ._policy import Backoff, Idempotency, RetryPolicy
+from ._triggers import http, kv, objects, schedule, stream, subject
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "App",
+    "Backoff",
+    "CallerError",
+    "ConfigError",
+    "Context",
+    "ContractError",
+    "DeadlineExceeded",
+    "Event",
+    "FunctionError",
+    "Idempotency",
+    "Ok",
+    "Outcome",
+    "Reject",
+    "Rejected",
+    "Retry",
+    "RetryLater",
+    "RetryPolicy",
+    "RuntimeFault",
+    "ThawError",
+    "http",
+    "kv",
+    "objects",
+    "schedule",
+    "stream",
+    "subject",
+]

@@ -1,0 +1,104 @@
+"""Pure decisions: what a transport does with an Outcome.
+
+Adapters perform these actions; they never decide them. Keeping the table
+here (like h11's state table) makes every branch a one-line unit test.
+
+Stream deliveries:  Ok -> ack;  Retry -> nak(delay), or dead-letter when this was
+the last delivery the consumer allows;  Reject -> dead-letter (publish to the
+dead-letter stream with the headers below, then term).
+"""
+
+from __future__ import annotations
+
+from typing import TypeAlias
+
+import msgspec
+
+from ._event import Ok, Outcome, Reject, Retry
+
+__all__ = [
+    "Ack",
+    "Nak",
+    "DeadLetter",
+    "StreamAction",
+    "decide_stream",
+    "dead_letter_subject",
+    "dead_letter_headers",
+    "DEAD_LETTER_STREAM",
+    "DEAD_LETTER_SUBJECTS",
+]
+
+DEAD_LETTER_STREAM = "THAW_DLQ"
+DEAD_LETTER_SUBJECTS = ("thaw.dlq.>",)
+
+
+class Ack(msgspec.Struct, frozen=True):
+    pass
+
+
+class Nak(msgspec.Struct, frozen=True):
+    delay: float
+
+
+class DeadLetter(msgspec.Struct, frozen=True):
+    code: str
+    reason: str
+
+
+StreamAction: TypeAlias = Ack | Nak | DeadLetter
+_ACK = Ack()
+
+
+def decide_stream(outcome: Outcome, *, delivery_count: int, max_deliver: int) -> StreamAction:
+    """The action for a JetStream-style delivery; ``max_deliver`` <= 0 means unlimited."""
+    if type(outcome) is Ok:
+        return _ACK
+    if type(outcome) is Retry:
+        if 0 < max_deliver <= delivery_count:
+            return DeadLetter(
+                outcome.code,
+                f"delivery {delivery_count} of at most {max_deliver} failed: {outcome.reason}",
+            )
+        return Nak(max(outcome.delay, 0.0))
+    assert type(outcome) is Reject
+    return DeadLetter(outcome.code, outcome.reason)
+
+
+def dead_letter_subject(app: str, capability: str) -> str:
+    return f"thaw.dlq.{app}.{capability}"
+
+
+def dead_letter_headers(
+    action: DeadLetter,
+    *,
+    app: str,
+    capability: str,
+    subject: str,
+    stream: str,
+    seq: int,
+    attempts: int,
+    revision: str = "",
+    traceparent: str = "",
+) -> dict[str, str]:
+    """Headers that say why a message was dead-lettered and where it came from."""
+    headers = {
+        "Thaw-Error-Code": action.code,
+        "Thaw-Error-Message": _header_safe(action.reason),
+        "Thaw-Attempts": str(attempts),
+        "Thaw-Original-Subject": subject,
+        "Thaw-Original-Stream": stream,
+        "Thaw-Original-Seq": str(seq),
+        "Thaw-App": app,
+        "Thaw-Capability": capability,
+    }
+    if revision:
+        headers["Thaw-Revision"] = revision
+    if traceparent:
+        headers["traceparent"] = traceparent
+    return headers
+
+
+def _header_safe(text: str) -> str:
+    # NATS headers are line-based: no CR/LF, and keep them short.
+    flat = " ".join(text.split())
+    return flat if len(flat) <= 1024 else flat[:1021] + "..."

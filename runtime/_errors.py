@@ -1,0 +1,219 @@
+"""The error hierarchy: one base, split by who is at fault, each with a stable code.
+
+Invariants: ``code`` strings never change once released (adapters, dead-letter
+headers and users' alerting match on them); ``http_status`` and ``retryable``
+are hints that adapters translate in exactly one place each. Messages end with
+what to fix, and the path of the bad field where there is one.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+__all__ = [
+    "ThawError",
+    "CallerError",
+    "MalformedPayload",
+    "ContractError",
+    "PayloadTooLarge",
+    "UnknownCapability",
+    "Rejected",
+    "FunctionError",
+    "HandlerFailed",
+    "DeadlineExceeded",
+    "RetryLater",
+    "RuntimeFault",
+    "ConfigError",
+    "AppLoadError",
+    "Overloaded",
+    "DuplicateInProgress",
+    "BackboneError",
+    "StreamNotFound",
+    "ConsumerNotFound",
+    "BucketNotFound",
+    "KeyExists",
+    "WrongRevision",
+    "DefinitionConflict",
+    "NoStreamForSubject",
+]
+
+
+class ThawError(Exception):
+    """Base of every error Thaw raises or reports."""
+
+    code: ClassVar[str] = "thaw_error"
+    http_status: ClassVar[int] = 500
+    retryable: ClassVar[bool] = False
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+# -- the caller's fault: bad input; never retried ---------------------------------
+
+
+class CallerError(ThawError):
+    """The input was wrong; retrying the same input cannot succeed."""
+
+    code = "caller_error"
+    http_status = 400
+
+
+class MalformedPayload(CallerError):
+    """The payload bytes are not valid for the wire format (e.g. broken JSON)."""
+
+    code = "payload_malformed"
+    http_status = 400
+
+
+class ContractError(CallerError):
+    """The payload parsed but does not match the capability's input contract."""
+
+    code = "contract_invalid"
+    http_status = 422
+
+
+class PayloadTooLarge(CallerError):
+    code = "payload_too_large"
+    http_status = 413
+
+
+class UnknownCapability(CallerError):
+    code = "capability_unknown"
+    http_status = 404
+
+
+class Rejected(CallerError):
+    """Raised by a function to refuse an event for good (it goes to the dead-letter path).
+
+    ``code`` is yours to choose (a short snake_case word such as ``card_declined``).
+    """
+
+    code = "rejected"
+    http_status = 422
+
+    def __init__(self, message: str, *, code: str = "rejected", http_status: int = 422) -> None:
+        super().__init__(message)
+        self.code = code  # type: ignore[misc]  # per-instance code chosen by the function
+        self.http_status = http_status  # type: ignore[misc]
+
+
+# -- the function's fault: may succeed on retry ------------------------------------
+
+
+class FunctionError(ThawError):
+    """The function failed; the event may succeed on a later attempt."""
+
+    code = "function_error"
+    http_status = 500
+    retryable = True
+
+
+class HandlerFailed(FunctionError):
+    """The function raised an exception Thaw did not expect."""
+
+    code = "handler_error"
+
+
+class DeadlineExceeded(FunctionError):
+    """The function did not finish before its deadline and was cancelled."""
+
+    code = "deadline_exceeded"
+    http_status = 504
+
+
+class RetryLater(FunctionError):
+    """Raised by a function to ask for another attempt, optionally after ``delay`` seconds."""
+
+    code = "retry_requested"
+    http_status = 503
+
+    def __init__(self, message: str = "retry requested", *, delay: float | None = None) -> None:
+        super().__init__(message)
+        self.delay = delay
+
+
+# -- the runtime's (or operator's) fault -------------------------------------------
+
+
+class RuntimeFault(ThawError):
+    """Thaw or its environment is misconfigured or unavailable."""
+
+    code = "runtime_fault"
+    http_status = 500
+
+
+class ConfigError(RuntimeFault):
+    """An App, capability, trigger, policy or CLI option is invalid."""
+
+    code = "config_invalid"
+
+
+class AppLoadError(RuntimeFault):
+    """An app could not be found or imported from the given path."""
+
+    code = "app_load_failed"
+
+
+class Overloaded(RuntimeFault):
+    """The capability is at its concurrency limit; try again shortly."""
+
+    code = "overloaded"
+    http_status = 503
+    retryable = True
+
+
+class DuplicateInProgress(RuntimeFault):
+    """Another worker holds the idempotency claim for this key and has not finished."""
+
+    code = "duplicate_in_progress"
+    http_status = 409
+    retryable = True
+
+
+class BackboneError(RuntimeFault):
+    """The messaging/state backbone refused or failed an operation."""
+
+    code = "backbone_error"
+    http_status = 503
+    retryable = True
+
+
+class StreamNotFound(BackboneError):
+    code = "stream_not_found"
+
+
+class ConsumerNotFound(BackboneError):
+    code = "consumer_not_found"
+
+
+class BucketNotFound(BackboneError):
+    code = "bucket_not_found"
+
+
+class NoStreamForSubject(BackboneError):
+    """A publish went to a subject that no stream captures (JetStream: no responders)."""
+
+    code = "no_stream_for_subject"
+
+
+class DefinitionConflict(BackboneError):
+    """An existing stream/consumer/bucket differs from the requested definition."""
+
+    code = "definition_conflict"
+    retryable = False
+
+
+class KeyExists(BackboneError):
+    """``create`` found a live value under the key."""
+
+    code = "kv_key_exists"
+    retryable = False
+
+
+class WrongRevision(BackboneError):
+    """A compare-and-set update saw a different revision than expected."""
+
+    code = "kv_wrong_revision"
+    retryable = False

@@ -1,0 +1,403 @@
+"""The invoker: Event in, Outcome out. This module is the hot path.
+
+At construction every capability is compiled into a ``CompiledCapability``:
+its decoder, encoder, handler, calling shape, limits and policy values. Per
+invocation the record only checks size and deadline, decodes, calls, encodes.
+No reflection, no per-call timer (see ``_deadlines``), a Context only for
+functions that ask for one.
+
+Invariants:
+- ``__call__`` never raises for anything the event or the function did: every
+  failure becomes an Outcome. Only cancellation from outside (host shutdown)
+  and BaseExceptions such as KeyboardInterrupt propagate.
+- Errors the caller caused are ``Reject`` (never retried); errors the function
+  raised are ``Retry`` with backoff until ``max_attempts``, then ``Reject``.
+- With idempotency on, the side effect runs once per key: a duplicate returns
+  the stored result, or waits for the running first call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Callable, Coroutine, Mapping
+from typing import Any
+
+import anyio
+import msgspec
+
+from ._app import App, CapabilitySpec
+from ._backbone import Backbone
+from ._clock import Clock, SystemClock
+from ._context import CapabilityEnv, Context
+from ._deadlines import AsyncioWatchdog, resume
+from ._errors import (
+    ContractError,
+    DeadlineExceeded,
+    DuplicateInProgress,
+    HandlerFailed,
+    MalformedPayload,
+    Overloaded,
+    PayloadTooLarge,
+    Rejected,
+    RetryLater,
+    ThawError,
+    UnknownCapability,
+)
+from ._event import Event, Ok, Outcome, Reject, Retry
+from ._idempotency import IdempotencyStore, MemoryIdempotencyStore
+
+__all__ = ["Invoker", "CompiledCapability", "InvokerStatistics"]
+
+_get_running_loop = asyncio._get_running_loop
+_current_task = asyncio.current_task
+_MAX_REASON = 512
+_OVERLOAD_DELAY = 0.05
+_DUPLICATE_DELAY = 0.5
+_CLAIM_GRACE = 5.0  # a claim outlives the call's timeout by this much
+
+
+class _DeadlineHit(Exception):
+    """Internal: the watched call ran past its deadline."""
+
+
+class InvokerStatistics(msgspec.Struct, frozen=True):
+    calls: dict[str, int]
+    in_flight: dict[str, int]
+    deadline_watches: int
+
+
+class CompiledCapability:
+    """One capability, precompiled for the invocation path: ``await cap(event) -> Outcome``."""
+
+    __slots__ = (
+        "spec",
+        "name",
+        "_env",
+        "_handler",
+        "_shape",
+        "_decode",
+        "_encode",
+        "_raw_output",
+        "_max_payload",
+        "_timeout",
+        "_limit",
+        "_in_flight",
+        "_calls",
+        "_max_attempts",
+        "_backoff",
+        "_idempotency",
+        "_store",
+        "_now",
+        "_random",
+        "_logger",
+        "_watchdog",
+    )
+
+    def __init__(
+        self,
+        spec: CapabilitySpec,
+        env: CapabilityEnv,
+        *,
+        store: IdempotencyStore | None,
+        rand: Callable[[], float],
+    ) -> None:
+        self.spec = spec
+        self.name = spec.name
+        self._env = env
+        self._handler = spec.handler
+        # 0: f()  1: f(payload)  2: f(ctx)  3: f(payload, ctx)
+        self._shape = (1 if spec.takes_payload else 0) + (2 if spec.takes_context else 0)
+        self._decode = _decoder_for(spec.input_type) if spec.takes_payload else None
+        self._encode = msgspec.json.Encoder().encode
+        self._raw_output = spec.output_type is bytes
+        policy = spec.policy
+        self._max_payload = policy.max_payload
+        self._timeout = policy.timeout
+        self._limit = policy.concurrency or 0
+        self._in_flight = 0
+        self._calls = 0
+        self._max_attempts = policy.retry.max_attempts
+        self._backoff = policy.retry.backoff
+        self._idempotency = policy.idempotency
+        self._store = store
+        self._now = env.clock.now
+        self._random = rand
+        self._logger = env.logger
+        self._watchdog: AsyncioWatchdog | None = None
+
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    @property
+    def calls(self) -> int:
+        return self._calls
+
+    async def __call__(self, event: Event) -> Outcome:
+        self._calls += 1
+        data = event.data
+        if len(data) > self._max_payload:
+            return Reject(
+                PayloadTooLarge.code,
+                f"payload is {len(data)} bytes; capability {self.name!r} accepts at most "
+                f"{self._max_payload}",
+                event.attempt,
+            )
+        now = self._now()
+        deadline = now + self._timeout
+        if event.deadline is not None:
+            if event.deadline <= now:
+                return self._failed(event, DeadlineExceeded("the deadline passed before the call"))
+            if event.deadline < deadline:
+                deadline = event.deadline
+        payload: Any = None
+        if self._decode is not None:
+            try:
+                payload = self._decode(data)
+            except msgspec.ValidationError as exc:
+                return Reject(ContractError.code, _clip(str(exc)), event.attempt)
+            except msgspec.DecodeError as exc:
+                return Reject(MalformedPayload.code, _clip(f"payload is not valid JSON: {exc}"), event.attempt)
+        if self._limit and self._in_flight >= self._limit:
+            return Retry(
+                _OVERLOAD_DELAY,
+                f"capability {self.name!r} is at its concurrency limit of {self._limit}",
+                Overloaded.code,
+            )
+        if self._idempotency is not None:
+            return await self._call_once(event, payload, deadline)
+        return await self._call(event, payload, deadline)
+
+    async def _call(self, event: Event, payload: Any, deadline: float) -> Outcome:
+        self._in_flight += 1
+        try:
+            shape = self._shape
+            if shape == 1:
+                coro = self._handler(payload)
+            elif shape == 3:
+                coro = self._handler(payload, Context(self._env, event, deadline))
+            elif shape == 0:
+                coro = self._handler()
+            else:
+                coro = self._handler(Context(self._env, event, deadline))
+            if _get_running_loop() is None:
+                result = await self._call_in_scope(coro, deadline)
+            else:
+                try:
+                    first = coro.send(None)
+                except StopIteration as stop:
+                    result = stop.value
+                else:
+                    result = await self._call_watched(coro, first, deadline)
+        except _DeadlineHit:
+            return self._failed(
+                event, DeadlineExceeded(f"cancelled after {self._timeout:g}s timeout or deadline")
+            )
+        except Exception as exc:
+            return self._failed(event, exc)
+        finally:
+            self._in_flight -= 1
+        if result is None:
+            return Ok(b"")
+        if self._raw_output and type(result) is bytes:
+            return Ok(result)
+        try:
+            return Ok(self._encode(result))
+        except (TypeError, ValueError, msgspec.EncodeError) as exc:
+            return Reject(
+                "result_invalid",
+                _clip(f"capability {self.name!r} returned a value that cannot be encoded: {exc}"),
+                event.attempt,
+            )
+
+    async def _call_watched(
+        self, coro: Coroutine[Any, Any, Any], first: Any, deadline: float
+    ) -> Any:
+        loop = _get_running_loop()
+        watchdog = self._watchdog
+        if watchdog is None or watchdog.loop is not loop:
+            assert loop is not None
+            watchdog = self._watchdog = _watchdog_for(loop)
+        task = _current_task()
+        assert task is not None
+        watch = watchdog.watch(task, deadline - self._now())
+        try:
+            result = await resume(coro, first)
+        except asyncio.CancelledError:
+            if watch.fired and task.uncancel() == 0:
+                raise _DeadlineHit from None
+            raise
+        finally:
+            watch.disarm()
+        if watch.fired:  # the function swallowed our cancellation and returned
+            task.uncancel()
+        return result
+
+    async def _call_in_scope(self, coro: Coroutine[Any, Any, Any], deadline: float) -> Any:
+        with anyio.CancelScope(deadline=anyio.current_time() + (deadline - self._now())) as scope:
+            return await coro
+        if scope.cancelled_caught:
+            raise _DeadlineHit
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _call_once(self, event: Event, payload: Any, deadline: float) -> Outcome:
+        policy = self._idempotency
+        store = self._store
+        assert policy is not None and store is not None
+        try:
+            user_key = event.id if policy.key is None else policy.key(event, payload)
+        except Exception as exc:
+            return self._failed(event, exc)
+        if not isinstance(user_key, str) or not user_key:
+            return Reject(
+                "idempotency_key_invalid",
+                f"the idempotency key of {self.name!r} must be a non-empty str, got {user_key!r}",
+                event.attempt,
+            )
+        key = f"{self._env.app}.{self.name}.{user_key}"
+        hold = self._timeout + _CLAIM_GRACE
+        while True:
+            claim = await store.claim(key, hold=hold, ttl=policy.ttl)
+            if claim.state == "done":
+                return Ok(claim.result, replayed=True)
+            if claim.state == "claimed":
+                break
+            remaining = deadline - self._now()
+            if remaining <= 0:
+                return Retry(
+                    _DUPLICATE_DELAY,
+                    f"a duplicate of key {user_key!r} is still running elsewhere",
+                    DuplicateInProgress.code,
+                )
+            await store.wait_settled(key, timeout=remaining)
+        try:
+            outcome = await self._call(event, payload, deadline)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await store.release(key, claim.token)
+            raise
+        if type(outcome) is Ok:
+            await store.complete(key, claim.token, outcome.data, ttl=policy.ttl)
+        else:
+            await store.release(key, claim.token)
+        return outcome
+
+    def _failed(self, event: Event, exc: Exception) -> Outcome:
+        """Classify an exception into Retry or Reject (the one place that does)."""
+        attempt = event.attempt
+        if isinstance(exc, ThawError):
+            code, message = exc.code, exc.message
+            if isinstance(exc, Rejected) or not exc.retryable:
+                return Reject(code, _clip(message), attempt)
+        else:
+            code, message = HandlerFailed.code, f"{type(exc).__name__}: {exc}"
+            self._logger.error(
+                "capability %s failed on attempt %d of event %s",
+                self.name,
+                attempt,
+                event.id,
+                exc_info=exc,
+            )
+        if attempt >= self._max_attempts:
+            return Reject(code, _clip(f"gave up after {attempt} attempts: {message}"), attempt)
+        if isinstance(exc, RetryLater) and exc.delay is not None:
+            delay = exc.delay
+        else:
+            delay = self._backoff.delay(attempt, self._random())
+        return Retry(delay, _clip(message), code)
+
+
+class Invoker:
+    """Compiles an App's capabilities and invokes them by name.
+
+    ``backbone`` serves ``ctx.publish``/``ctx.kv``; ``idempotency_store`` defaults
+    to an in-memory store; ``clock`` defaults to the monotonic clock; ``rand``
+    draws the retry jitter (inject a constant in tests).
+    """
+
+    def __init__(
+        self,
+        app: App,
+        *,
+        backbone: Backbone | None = None,
+        idempotency_store: IdempotencyStore | None = None,
+        clock: Clock | None = None,
+        rand: Callable[[], float] = random.random,
+        logger: logging.Logger | None = None,
+    ) -> None:
+        self.app = app
+        self.clock: Clock = clock or SystemClock()
+        self.idempotency_store: IdempotencyStore = idempotency_store or MemoryIdempotencyStore(
+            clock=self.clock
+        )
+        log = logger or logging.getLogger(f"thaw.app.{app.name}")
+        self._capabilities: dict[str, CompiledCapability] = {
+            name: CompiledCapability(
+                spec,
+                CapabilityEnv(
+                    app=app.name, capability=name, backbone=backbone, clock=self.clock, logger=log
+                ),
+                store=self.idempotency_store,
+                rand=rand,
+            )
+            for name, spec in app.capabilities.items()
+        }
+
+    @property
+    def capabilities(self) -> Mapping[str, CompiledCapability]:
+        return self._capabilities
+
+    def capability(self, name: str) -> CompiledCapability:
+        """The compiled capability ``name`` (adapters keep it and call it per event)."""
+        try:
+            return self._capabilities[name]
+        except KeyError:
+            known = ", ".join(sorted(self._capabilities)) or "none"
+            raise UnknownCapability(
+                f"app {self.app.name!r} has no capability {name!r} (it has: {known})"
+            ) from None
+
+    async def invoke(self, name: str, event: Event) -> Outcome:
+        """Invoke capability ``name``; an unknown name is a ``Reject``, not an exception."""
+        capability = self._capabilities.get(name)
+        if capability is None:
+            try:
+                self.capability(name)
+            except UnknownCapability as exc:
+                return Reject(exc.code, exc.message, event.attempt)
+        assert capability is not None
+        return await capability(event)
+
+    def statistics(self) -> InvokerStatistics:
+        caps = self._capabilities.values()
+        watches = {id(c._watchdog): c._watchdog for c in caps if c._watchdog is not None}
+        return InvokerStatistics(
+            calls={c.name: c.calls for c in caps},
+            in_flight={c.name: c.in_flight for c in caps},
+            deadline_watches=sum(w.pending() for w in watches.values()),
+        )
+
+
+_WATCHDOGS: dict[int, AsyncioWatchdog] = {}
+
+
+def _watchdog_for(loop: asyncio.AbstractEventLoop) -> AsyncioWatchdog:
+    """One watchdog per event loop, shared by every capability on it."""
+    watchdog = _WATCHDOGS.get(id(loop))
+    if watchdog is None or watchdog.loop is not loop:
+        for key in [k for k, w in _WATCHDOGS.items() if w.loop.is_closed()]:
+            del _WATCHDOGS[key]
+        watchdog = _WATCHDOGS[id(loop)] = AsyncioWatchdog(loop)
+    return watchdog
+
+
+def _decoder_for(contract: Any) -> Callable[[bytes], Any]:
+    if contract is bytes:
+        return bytes
+    return msgspec.json.Decoder(contract).decode
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= _MAX_REASON else text[: _MAX_REASON - 3] + "..."

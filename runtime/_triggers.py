@@ -1,0 +1,172 @@
+"""Triggers: where a capability's invocations come from.
+
+Each trigger is a frozen, validated value. Construction fails with a
+``ConfigError`` naming the bad part, so a typo in a route or a cron expression
+stops the app at import, not at the first event. Triggers whose adapter does
+not exist yet are still fully validated; adapters read them at start.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal, TypeAlias
+
+import msgspec
+
+from ._cron import CronSpec, parse_cron
+from ._errors import ConfigError
+from ._subjects import validate_name, validate_subject
+
+__all__ = [
+    "HttpTrigger",
+    "SubjectTrigger",
+    "StreamTrigger",
+    "ScheduleTrigger",
+    "ObjectsTrigger",
+    "KvTrigger",
+    "Trigger",
+    "http",
+    "subject",
+    "stream",
+    "schedule",
+    "objects",
+    "kv",
+]
+
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+PATH_PARAM_TYPES = frozenset({"str", "int", "float", "uuid", "path"})
+_PARAM = re.compile(r"\{([^{}]*)\}")
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+_PATH_CHARS = re.compile(r"[A-Za-z0-9\-._~!$&'()*+,;=:@/%]*\Z")
+MissedTicks = Literal["skip", "run_once"]
+
+
+class HttpTrigger(msgspec.Struct, frozen=True, tag="http"):
+    method: str
+    path: str
+    params: tuple[tuple[str, str], ...] = ()  # (name, type) in path order
+    enqueue: str | None = None  # async intake: publish to this subject, answer 202
+
+
+class SubjectTrigger(msgspec.Struct, frozen=True, tag="subject"):
+    subject: str
+    queue: str = ""
+
+
+class StreamTrigger(msgspec.Struct, frozen=True, tag="stream"):
+    subject: str
+    stream: str | None = None  # None: the stream that captures the subject
+    durable: str | None = None  # None: "<app>-<capability>"
+
+
+class ScheduleTrigger(msgspec.Struct, frozen=True, tag="schedule"):
+    cron: CronSpec
+    timezone: str = "UTC"
+    missed: MissedTicks = "skip"
+
+
+class ObjectsTrigger(msgspec.Struct, frozen=True, tag="objects"):
+    bucket: str
+
+
+class KvTrigger(msgspec.Struct, frozen=True, tag="kv"):
+    bucket: str
+    key: str = ">"
+
+
+Trigger: TypeAlias = (
+    HttpTrigger | SubjectTrigger | StreamTrigger | ScheduleTrigger | ObjectsTrigger | KvTrigger
+)
+
+
+def http(method: str, path: str, *, enqueue: str | None = None) -> HttpTrigger:
+    """Serve the capability at ``METHOD path``; ``{name}`` or ``{name:int}`` are path parameters.
+
+    With ``enqueue=SUBJECT`` the request is validated, published to that subject
+    and answered ``202 Accepted``; the capability then runs from the stream.
+    """
+    if not isinstance(method, str) or method.upper() not in HTTP_METHODS:
+        raise ConfigError(
+            f"http method {method!r} is not one of {', '.join(sorted(HTTP_METHODS))}"
+        )
+    if not isinstance(path, str) or not path.startswith("/"):
+        raise ConfigError(f"http path {path!r} must start with '/'")
+    if len(path) > 2048:
+        raise ConfigError("http path is longer than 2048 characters")
+    params: list[tuple[str, str]] = []
+    for match in _PARAM.finditer(path):
+        name, _, kind = match.group(1).partition(":")
+        kind = kind or "str"
+        if not _IDENTIFIER.match(name):
+            raise ConfigError(f"http path {path!r}: parameter {name!r} is not an identifier")
+        if kind not in PATH_PARAM_TYPES:
+            raise ConfigError(
+                f"http path {path!r}: parameter type {kind!r} is not one of "
+                f"{', '.join(sorted(PATH_PARAM_TYPES))}"
+            )
+        if any(existing == name for existing, _ in params):
+            raise ConfigError(f"http path {path!r}: parameter {name!r} appears twice")
+        params.append((name, kind))
+    literal = _PARAM.sub("", path)
+    if not _PATH_CHARS.match(literal) or "{" in literal or "}" in literal:
+        raise ConfigError(f"http path {path!r} has characters that are not allowed in a URL path")
+    if enqueue is not None:
+        validate_subject(enqueue, wildcards=False)
+    return HttpTrigger(method.upper(), path, tuple(params), enqueue)
+
+
+def subject(name: str, *, queue: str = "") -> SubjectTrigger:
+    """Answer core NATS requests on ``name`` (request/reply; wildcards allowed)."""
+    validate_subject(name, wildcards=True)
+    if queue:
+        validate_name("queue group", queue)
+    return SubjectTrigger(name, queue)
+
+
+def stream(
+    name: str, *, stream: str | None = None, durable: str | None = None
+) -> StreamTrigger:
+    """Consume JetStream messages on subject ``name`` through a durable pull consumer."""
+    validate_subject(name, wildcards=True)
+    if stream is not None:
+        validate_name("stream", stream)
+    if durable is not None:
+        validate_name("durable consumer", durable)
+    return StreamTrigger(name, stream, durable)
+
+
+def schedule(cron: str, *, timezone: str = "UTC", missed: MissedTicks = "skip") -> ScheduleTrigger:
+    """Fire on a cron schedule, once per tick across all hosts.
+
+    ``missed`` says what happens to ticks missed while no host ran:
+    ``"skip"`` (the default) or ``"run_once"`` (one catch-up run).
+    """
+    spec = parse_cron(cron)
+    if missed not in ("skip", "run_once"):
+        raise ConfigError(f"schedule missed={missed!r} must be 'skip' or 'run_once'")
+    _validate_timezone(timezone)
+    return ScheduleTrigger(spec, timezone, missed)
+
+
+def objects(bucket: str) -> ObjectsTrigger:
+    """Run when an object is put into the object-store ``bucket``."""
+    validate_name("object store bucket", bucket)
+    return ObjectsTrigger(bucket)
+
+
+def kv(bucket: str, *, key: str = ">") -> KvTrigger:
+    """Run when a key matching ``key`` (NATS wildcards) changes in the KV ``bucket``."""
+    validate_name("kv bucket", bucket)
+    validate_subject(key, wildcards=True)
+    return KvTrigger(bucket, key)
+
+
+def _validate_timezone(name: str) -> None:
+    if name == "UTC":
+        return
+    try:
+        import zoneinfo
+
+        zoneinfo.ZoneInfo(name)
+    except Exception as exc:  # ZoneInfoNotFoundError, ValueError for hostile names
+        raise ConfigError(f"schedule timezone {name!r} is not a known IANA time zone") from exc

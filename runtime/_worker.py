@@ -1,0 +1,172 @@
+"""StreamWorker: runs one capability from a durable consumer on any Backbone.
+
+It fetches no more messages than it has free slots (over-fetching is how other
+runtimes turn AckWait into duplicates), turns each delivery into an Event,
+invokes, asks ``decide_stream`` what to do and does it: ack, nak(delay), or
+publish to the dead-letter stream and term. Works the same on MemoryBackbone
+and on JetStream; every task it starts lives in its own task group.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import anyio
+import msgspec
+
+from ._backbone import Backbone, ConsumerConfig, Message, StreamConfig
+from ._context import TRACEPARENT_HEADER
+from ._decisions import (
+    DEAD_LETTER_STREAM,
+    DEAD_LETTER_SUBJECTS,
+    Ack,
+    DeadLetter,
+    Nak,
+    StreamAction,
+    dead_letter_headers,
+    dead_letter_subject,
+    decide_stream,
+)
+from ._event import Event
+from ._invoker import Invoker
+
+__all__ = ["StreamWorker", "WorkerStatistics", "ensure_dead_letter_stream"]
+
+log = logging.getLogger("thaw.worker")
+
+
+class WorkerStatistics(msgspec.Struct, frozen=True):
+    acked: int
+    naked: int
+    dead_lettered: int
+
+
+async def ensure_dead_letter_stream(backbone: Backbone) -> None:
+    await backbone.add_stream(
+        StreamConfig(name=DEAD_LETTER_STREAM, subjects=DEAD_LETTER_SUBJECTS, duplicate_window=120.0)
+    )
+
+
+class StreamWorker:
+    """Consume ``stream``/``durable`` and invoke ``capability`` for each message."""
+
+    def __init__(
+        self,
+        invoker: Invoker,
+        backbone: Backbone,
+        capability: str,
+        *,
+        stream: str,
+        consumer: ConsumerConfig,
+        slots: int | None = None,
+        fetch_timeout: float = 1.0,
+    ) -> None:
+        self._invoker = invoker
+        self._backbone = backbone
+        self._capability = invoker.capability(capability)
+        self._stream = stream
+        self._consumer = consumer
+        limit = self._capability.spec.policy.concurrency
+        self._slots = slots or limit or 16
+        self._fetch_timeout = fetch_timeout
+        self._acked = self._naked = self._dead = 0
+
+    def statistics(self) -> WorkerStatistics:
+        return WorkerStatistics(self._acked, self._naked, self._dead)
+
+    async def run(self) -> None:
+        """Consume until cancelled."""
+        await self._pump(stop_when_idle=False)
+
+    async def run_until_idle(self) -> None:
+        """Consume until a fetch comes back empty and nothing is in flight."""
+        await self._pump(stop_when_idle=True)
+
+    async def _pump(self, *, stop_when_idle: bool) -> None:
+        free = anyio.Semaphore(self._slots)
+        async with anyio.create_task_group() as group:
+            while True:
+                if free.value == 0:
+                    await free.acquire()  # wait for a slot, then give it back to count it
+                    free.release()
+                wanted = free.value
+                messages = await self._backbone.fetch(
+                    self._stream,
+                    self._consumer.durable,
+                    batch=wanted,
+                    timeout=0.0 if stop_when_idle else self._fetch_timeout,
+                )
+                if not messages and stop_when_idle:
+                    if free.value == self._slots:
+                        return
+                    await free.acquire()  # something is in flight: wait for it to finish
+                    free.release()
+                    continue
+                for message in messages:
+                    await free.acquire()
+                    group.start_soon(self._handle_and_release, message, free)
+
+    async def _handle_and_release(self, message: Message, free: anyio.Semaphore) -> None:
+        try:
+            await self.handle(message)
+        finally:
+            free.release()
+
+    async def handle(self, message: Message) -> StreamAction:
+        """Invoke for one delivery and perform the decided action."""
+        headers = message.headers
+        event = Event(
+            id=message.msg_id or f"{message.stream}.{message.seq}",
+            data=message.data,
+            subject=message.subject,
+            headers=dict(headers),
+            attempt=message.num_delivered,
+            traceparent=headers.get(TRACEPARENT_HEADER, ""),
+        )
+        outcome = await self._capability(event)
+        action = decide_stream(
+            outcome,
+            delivery_count=message.num_delivered,
+            max_deliver=self._consumer.max_deliver,
+        )
+        if type(action) is Ack:
+            await message.ack()
+            self._acked += 1
+        elif type(action) is Nak:
+            await message.nak(action.delay)
+            self._naked += 1
+        else:
+            assert type(action) is DeadLetter
+            await self._dead_letter(message, action, event)
+        return action
+
+    async def _dead_letter(self, message: Message, action: DeadLetter, event: Event) -> None:
+        spec = self._capability.spec
+        app = self._invoker.app.name
+        headers = dead_letter_headers(
+            action,
+            app=app,
+            capability=spec.name,
+            subject=message.subject,
+            stream=message.stream,
+            seq=message.seq,
+            attempts=message.num_delivered,
+            traceparent=event.traceparent,
+        )
+        # The msg id makes a repeated dead-lettering of the same delivery idempotent.
+        await self._backbone.publish(
+            dead_letter_subject(app, spec.name),
+            message.data,
+            headers=headers,
+            msg_id=f"dlq/{message.stream}/{message.seq}",
+        )
+        await message.term(action.code)
+        self._dead += 1
+        log.warning(
+            "dead-lettered %s seq %d for %s: %s: %s",
+            message.stream,
+            message.seq,
+            spec.name,
+            action.code,
+            action.reason,
+        )

@@ -1,0 +1,136 @@
+"""For adapter and host authors: the invoker, the backbone contract, pure decisions.
+
+Function authors should not need anything here; see ``runtime``.
+"""
+
+from ._app import CapabilitySpec
+from ._backbone import (
+    Backbone,
+    ConsumerConfig,
+    ConsumerInfo,
+    KeyValue,
+    KvConfig,
+    KvEntry,
+    Message,
+    PubAck,
+    StoredMessage,
+    StreamConfig,
+    StreamInfo,
+)
+from ._clock import Clock, SystemClock
+from ._context import MSG_ID_HEADER, TRACEPARENT_HEADER
+from ._cron import CronSpec, parse_cron
+from ._decisions import (
+    DEAD_LETTER_STREAM,
+    DEAD_LETTER_SUBJECTS,
+    Ack,
+    DeadLetter,
+    Nak,
+    StreamAction,
+    dead_letter_headers,
+    dead_letter_subject,
+    decide_stream,
+)
+from ._errors import (
+    AppLoadError,
+    BackboneError,
+    BucketNotFound,
+    ConsumerNotFound,
+    DefinitionConflict,
+    DuplicateInProgress,
+    HandlerFailed,
+    KeyExists,
+    MalformedPayload,
+    NoStreamForSubject,
+    Overloaded,
+    PayloadTooLarge,
+    StreamNotFound,
+    UnknownCapability,
+    WrongRevision,
+)
+from ._idempotency import Claim, IdempotencyStore, MemoryIdempotencyStore
+from ._invoker import CompiledCapability, Invoker, InvokerStatistics
+from ._loader import load_app
+from ._memory_backbone import MemoryBackbone
+from ._policy import Policy
+from ._subjects import subject_matches, validate_subject
+from ._trace import TraceContext, parse_traceparent, start_trace
+from ._triggers import (
+    HttpTrigger,
+    KvTrigger,
+    ObjectsTrigger,
+    ScheduleTrigger,
+    StreamTrigger,
+    SubjectTrigger,
+    Trigger,
+)
+from ._worker import StreamWorker, WorkerStatistics, ensure_dead_letter_stream
+
+__all__ = [
+    "Ack",
+    "AppLoadError",
+    "Backbone",
+    "BackboneError",
+    "BucketNotFound",
+    "CapabilitySpec",
+    "Claim",
+    "Clock",
+    "CompiledCapability",
+    "ConsumerConfig",
+    "ConsumerInfo",
+    "ConsumerNotFound",
+    "CronSpec",
+    "DEAD_LETTER_STREAM",
+    "DEAD_LETTER_SUBJECTS",
+    "DeadLetter",
+    "DefinitionConflict",
+    "DuplicateInProgress",
+    "HandlerFailed",
+    "HttpTrigger",
+    "IdempotencyStore",
+    "Invoker",
+    "InvokerStatistics",
+    "KeyExists",
+    "KeyValue",
+    "KvConfig",
+    "KvEntry",
+    "KvTrigger",
+    "MSG_ID_HEADER",
+    "MalformedPayload",
+    "MemoryBackbone",
+    "MemoryIdempotencyStore",
+    "Message",
+    "Nak",
+    "NoStreamForSubject",
+    "ObjectsTrigger",
+    "Overloaded",
+    "PayloadTooLarge",
+    "Policy",
+    "PubAck",
+    "ScheduleTrigger",
+    "StoredMessage",
+    "StreamAction",
+    "StreamConfig",
+    "StreamInfo",
+    "StreamNotFound",
+    "StreamTrigger",
+    "StreamWorker",
+    "SubjectTrigger",
+    "SystemClock",
+    "TRACEPARENT_HEADER",
+    "TraceContext",
+    "Trigger",
+    "UnknownCapability",
+    "WorkerStatistics",
+    "WrongRevision",
+    "dead_letter_headers",
+    "dead_letter_subject",
+    "decide_stream",
+    "ensure_dead_letter_stream",
+    "load_app",
+    "parse_cron",
+    "parse_traceparent",
+    "start_trace",
+    "subject_matches",
+    "validate_subject",
+]
