@@ -158,8 +158,10 @@ class CompiledCapability:
                 payload = self._decode(data)
             except msgspec.ValidationError as exc:
                 return Reject(ContractError.code, _clip(str(exc)), event.attempt)
-            except msgspec.DecodeError as exc:
-                return Reject(MalformedPayload.code, _clip(f"payload is not valid JSON: {exc}"), event.attempt)
+            except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+                # msgspec raises UnicodeDecodeError for invalid UTF-8 inside strings.
+                reason = _clip(f"payload is not valid JSON: {exc}")
+                return Reject(MalformedPayload.code, reason, event.attempt)
         if self._limit and self._in_flight >= self._limit:
             return Retry(
                 _OVERLOAD_DELAY,

@@ -12,7 +12,6 @@ literally, because it is almost always a typo); validation failures raise
 from __future__ import annotations
 
 import re
-from typing import Literal
 
 from runtime._errors import ConfigError
 
@@ -136,12 +135,14 @@ def subject_is_subset(pattern: str, of: str) -> bool:
     return len(tokens) == len(of_tokens)
 
 
-def validate_name(kind: Literal["stream", "consumer", "bucket"], name: str) -> None:
+def validate_name(kind: str, name: str) -> None:
     """Raise ``ConfigError`` unless ``name`` is a valid JetStream stream/consumer/bucket name.
 
-    Names become subject tokens and file names on the server: non-empty, at most
-    255 characters, no whitespace or control characters, none of ``. * > / \\``.
-    Buckets follow the stricter KV rule: letters, digits, ``-`` and ``_`` only.
+    ``kind`` names the thing in the message (``"stream"``, ``"durable consumer"``,
+    ``"kv bucket"``...). Names become subject tokens and file names on the server:
+    non-empty, at most 255 characters, no whitespace or control characters, none of
+    ``. * > / \\``. A kind ending in ``bucket`` (KV and object store) follows the
+    stricter bucket rule: letters, digits, ``-`` and ``_`` only.
     """
     if not isinstance(name, str) or not name:
         raise ConfigError(f"invalid {kind} name {name!r}: a name must be a non-empty string")
@@ -158,10 +159,8 @@ def validate_name(kind: Literal["stream", "consumer", "bucket"], name: str) -> N
             f"invalid {kind} name {name!r}: it contains {bad!r}; names may not contain "
             "whitespace, control characters, '.', '*', '>', '/' or '\\'"
         )
-    if kind == "bucket" and _BUCKET_NAME.fullmatch(name) is None:
-        raise ConfigError(
-            f"invalid bucket name {name!r}: use only letters, digits, '-' and '_'"
-        )
+    if kind.endswith("bucket") and _BUCKET_NAME.fullmatch(name) is None:
+        raise ConfigError(f"invalid {kind} name {name!r}: use only letters, digits, '-' and '_'")
 
 
 def validate_kv_key(key: str) -> None:

@@ -1,0 +1,295 @@
+"""MemoryBackbone: the in-process backbone with JetStream's semantics, on an injected clock.
+
+Used by the core's tests, by embedded hosts and under WebAssembly, where no
+nats-server exists. It passes the same conformance suite as the JetStream
+backbone (``tests/backbone_contract.py``). The state machines live in
+``_memory_streams`` (streams, consumers, messages) and ``_memory_kv`` (buckets).
+
+Invariants: every public method is async, starts with a checkpoint and then
+changes state without awaiting, so each operation is atomic among tasks of one
+event loop; the only place that waits is ``fetch``, which parks on the stream's
+signal and on the clock (never on wall time when the clock is a FakeClock) and
+re-examines the consumer each time it wakes. Expiry (``max_age``, KV ``ttl``,
+the duplicate window) is applied lazily, whenever the state is looked at.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+import anyio
+import msgspec
+
+from runtime._backbone import (
+    ConsumerConfig,
+    ConsumerInfo,
+    KvConfig,
+    PubAck,
+    StoredMessage,
+    StreamConfig,
+    StreamInfo,
+)
+from runtime._clock import Clock, SystemClock
+from runtime._errors import (
+    BackboneError,
+    BucketNotFound,
+    ConfigError,
+    ConsumerNotFound,
+    DefinitionConflict,
+    NoStreamForSubject,
+    StreamNotFound,
+)
+from runtime._memory_kv import BucketState, MemoryKeyValue
+from runtime._memory_streams import (
+    ConsumerState,
+    MemoryMessage,
+    StreamState,
+    streams_overlapping,
+    validate_consumer_config,
+    validate_stream_config,
+)
+from runtime._subjects import validate_name, validate_subject
+
+if TYPE_CHECKING:
+    from runtime._backbone import Backbone, KeyValue, Message
+
+__all__ = ["MemoryBackbone", "MemoryBackboneStatistics"]
+
+
+class MemoryBackboneStatistics(msgspec.Struct, frozen=True, kw_only=True):
+    streams: int
+    consumers: int
+    buckets: int
+    waiting_fetches: int  # fetch calls parked, waiting for a message or their timeout
+
+
+def _differences(existing: msgspec.Struct, requested: msgspec.Struct) -> str:
+    parts = []
+    for field in existing.__struct_fields__:
+        old, new = getattr(existing, field), getattr(requested, field)
+        if old != new:
+            parts.append(f"{field} (existing {old!r}, requested {new!r})")
+    return ", ".join(parts)
+
+
+class MemoryBackbone:
+    """An in-process JetStream: streams, durable pull consumers and KV buckets."""
+
+    def __init__(self, *, clock: Clock | None = None) -> None:
+        self._clock: Clock = clock if clock is not None else SystemClock()
+        self._streams: dict[str, StreamState] = {}
+        self._buckets: dict[str, BucketState] = {}
+        self._waiting = 0
+        self._closed = False
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return f"<MemoryBackbone {state} streams={len(self._streams)} buckets={len(self._buckets)}>"
+
+    @property
+    def clock(self) -> Clock:
+        return self._clock
+
+    def statistics(self) -> MemoryBackboneStatistics:
+        return MemoryBackboneStatistics(
+            streams=len(self._streams),
+            consumers=sum(len(stream.consumers) for stream in self._streams.values()),
+            buckets=len(self._buckets),
+            waiting_fetches=self._waiting,
+        )
+
+    # -- lookups ----------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise BackboneError("the MemoryBackbone is closed; create a new one")
+
+    async def _enter(self) -> None:
+        await anyio.lowlevel.checkpoint()
+        self._check_open()
+
+    def _stream(self, name: str) -> StreamState:
+        self._check_open()
+        stream = self._streams.get(name)
+        if stream is None:
+            raise StreamNotFound(f"stream {name!r} does not exist; add it with add_stream")
+        return stream
+
+    def _consumer(self, stream: str, durable: str) -> ConsumerState:
+        consumer = self._stream(stream).consumers.get(durable)
+        if consumer is None:
+            raise ConsumerNotFound(
+                f"consumer {durable!r} does not exist on stream {stream!r}; "
+                "add it with add_consumer"
+            )
+        return consumer
+
+    # -- streams ----------------------------------------------------------------
+
+    async def add_stream(self, config: StreamConfig) -> StreamInfo:
+        await self._enter()
+        validate_stream_config(config)
+        existing = self._streams.get(config.name)
+        if existing is not None:
+            if existing.config != config:
+                raise DefinitionConflict(
+                    f"stream {config.name!r} already exists with a different definition: "
+                    f"{_differences(existing.config, config)}; delete it or use another name"
+                )
+        else:
+            overlap = streams_overlapping(self._streams, config)
+            if overlap is not None:
+                raise DefinitionConflict(overlap)
+            existing = self._streams[config.name] = StreamState(config)
+        return existing.info(self._clock.now())
+
+    async def stream_info(self, name: str) -> StreamInfo:
+        await self._enter()
+        return self._stream(name).info(self._clock.now())
+
+    async def delete_stream(self, name: str) -> None:
+        await self._enter()
+        stream = self._stream(name)
+        del self._streams[name]
+        stream.signal.fire()  # waiting fetches wake and find their stream gone
+
+    async def publish(
+        self,
+        subject: str,
+        data: bytes,
+        *,
+        headers: Mapping[str, str] | None = None,
+        msg_id: str | None = None,
+    ) -> PubAck:
+        await self._enter()
+        validate_subject(subject, wildcards=False)
+        for stream in self._streams.values():
+            if stream.captures(subject):
+                return stream.store(subject, data, headers, msg_id, self._clock.now())
+        raise NoStreamForSubject(
+            f"no stream captures subject {subject!r}; add a stream whose subjects match it"
+        )
+
+    async def get_message(self, stream: str, seq: int) -> StoredMessage:
+        await self._enter()
+        state = self._stream(stream)
+        state.expire(self._clock.now())
+        message = state.get(seq)
+        if message is None:
+            raise BackboneError(
+                f"stream {stream!r} has no message with sequence {seq} (it holds "
+                f"{state.first_seq}..{state.last_seq}; older ones expired or never existed)"
+            )
+        return message
+
+    # -- consumers --------------------------------------------------------------
+
+    async def add_consumer(self, stream: str, config: ConsumerConfig) -> ConsumerInfo:
+        await self._enter()
+        state = self._stream(stream)
+        validate_consumer_config(state.config, config)
+        existing = state.consumers.get(config.durable)
+        if existing is None:
+            existing = state.consumers[config.durable] = ConsumerState(state, config)
+        elif existing.config != config:
+            raise DefinitionConflict(
+                f"consumer {config.durable!r} on stream {stream!r} already exists with a "
+                f"different definition: {_differences(existing.config, config)}; "
+                "delete the stream's consumer or use another durable name"
+            )
+        return existing.info(self._clock.now())
+
+    async def consumer_info(self, stream: str, durable: str) -> ConsumerInfo:
+        await self._enter()
+        return self._consumer(stream, durable).info(self._clock.now())
+
+    async def fetch(
+        self,
+        stream: str,
+        durable: str,
+        *,
+        batch: int = 1,
+        timeout: float = 0.0,  # noqa: ASYNC109  (the Backbone protocol; on our clock, not wall time)
+    ) -> list[Message]:
+        if batch < 1:
+            raise ConfigError(f"fetch batch must be >= 1, not {batch}")
+        if timeout < 0:
+            raise ConfigError(f"fetch timeout must be >= 0 seconds, not {timeout}")
+        await self._enter()
+        consumer = self._consumer(stream, durable)
+        deadline = self._clock.now() + timeout
+        while True:
+            now = self._clock.now()
+            taken = consumer.take(batch, now)
+            if taken:
+                return [
+                    MemoryMessage(consumer, message, delivered, self._clock)
+                    for message, delivered in taken
+                ]
+            if now >= deadline:
+                return []
+            next_due = consumer.next_due(now)
+            wake_at = deadline if next_due is None else min(deadline, next_due)
+            self._waiting += 1
+            try:
+                await self._wait(consumer.stream.signal.current(), wake_at)
+            finally:
+                self._waiting -= 1
+            # The stream may have been deleted (or the consumer replaced) meanwhile.
+            consumer = self._consumer(stream, durable)
+
+    async def _wait(self, changed: anyio.Event, until: float) -> None:
+        """Return when ``changed`` is set or the clock reaches ``until``, whichever is first."""
+        async with anyio.create_task_group() as group:
+            group.start_soon(self._sleep_then_cancel, until, group.cancel_scope)
+            await changed.wait()
+            group.cancel_scope.cancel()
+
+    async def _sleep_then_cancel(self, until: float, scope: anyio.CancelScope) -> None:
+        await self._clock.sleep_until(until)
+        scope.cancel()
+
+    # -- key/value --------------------------------------------------------------
+
+    async def add_kv(self, config: KvConfig) -> KeyValue:
+        await self._enter()
+        validate_name("bucket", config.bucket)
+        if config.ttl < 0:
+            raise ConfigError(f"bucket {config.bucket!r}: ttl must be >= 0 seconds")
+        if config.max_value_size != -1 and config.max_value_size <= 0:
+            raise ConfigError(
+                f"bucket {config.bucket!r}: max_value_size must be -1 (unlimited) or a "
+                f"positive byte count, not {config.max_value_size}"
+            )
+        existing = self._buckets.get(config.bucket)
+        if existing is None:
+            existing = self._buckets[config.bucket] = BucketState(config)
+        elif existing.config != config:
+            raise DefinitionConflict(
+                f"bucket {config.bucket!r} already exists with a different definition: "
+                f"{_differences(existing.config, config)}; use another bucket name"
+            )
+        return MemoryKeyValue(existing, self._clock, self._check_open)
+
+    async def kv(self, bucket: str) -> KeyValue:
+        await self._enter()
+        state = self._buckets.get(bucket)
+        if state is None:
+            raise BucketNotFound(f"bucket {bucket!r} does not exist; add it with add_kv")
+        return MemoryKeyValue(state, self._clock, self._check_open)
+
+    async def aclose(self) -> None:
+        """Close: later calls raise ``BackboneError``, and so do fetches waiting now."""
+        await anyio.lowlevel.checkpoint()
+        self._closed = True
+        for stream in self._streams.values():
+            stream.signal.fire()
+
+
+if TYPE_CHECKING:
+
+    def _conforms(
+        backbone: MemoryBackbone, message: MemoryMessage, bucket: MemoryKeyValue
+    ) -> tuple[Backbone, Message, KeyValue]:
+        return backbone, message, bucket  # mypy checks the protocols here

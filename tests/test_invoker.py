@@ -1,0 +1,434 @@
+"""The invoker: Event in, Outcome out, for every way a call can go."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import anyio
+import msgspec
+import pytest
+
+from runtime import (
+    App,
+    Backoff,
+    Context,
+    Event,
+    Ok,
+    Reject,
+    Rejected,
+    Retry,
+    RetryLater,
+    RetryPolicy,
+)
+from runtime._invoker import Invoker
+from runtime.testing import FakeClock
+
+pytestmark = pytest.mark.anyio
+
+
+class Order(msgspec.Struct, frozen=True):
+    order_id: str
+    amount: int
+
+
+def event(data: bytes = b'{"order_id":"A1","amount":5}', **fields: Any) -> Event:
+    return Event(id=fields.pop("id", "e-1"), data=data, **fields)
+
+
+def make_invoker(app: App, **options: Any) -> Invoker:
+    options.setdefault("rand", lambda: 0.0)  # no jitter: delays are exact
+    return Invoker(app, **options)
+
+
+async def test_ok_encodes_the_result() -> None:
+    app = App("t")
+
+    @app.capability()
+    async def total(order: Order) -> dict[str, int]:
+        return {"total": order.amount * 2}
+
+    outcome = await make_invoker(app).invoke("total", event())
+    assert outcome == Ok(b'{"total":10}')
+
+
+async def test_all_four_function_shapes() -> None:
+    app = App("t")
+    seen: list[str] = []
+
+    @app.capability()
+    async def none() -> str:
+        return "none"
+
+    @app.capability()
+    async def payload(order: Order) -> str:
+        return order.order_id
+
+    @app.capability()
+    async def context(ctx: Context) -> int:
+        return ctx.attempt
+
+    @app.capability()
+    async def both(order: Order, ctx: Context) -> str:
+        seen.append(ctx.capability)
+        return f"{order.order_id}@{ctx.attempt}"
+
+    invoker = make_invoker(app)
+    assert await invoker.invoke("none", event()) == Ok(b'"none"')
+    assert await invoker.invoke("payload", event()) == Ok(b'"A1"')
+    assert await invoker.invoke("context", event(attempt=3)) == Ok(b"3")
+    assert await invoker.invoke("both", event(attempt=2)) == Ok(b'"A1@2"')
+    assert seen == ["both"]
+
+
+async def test_none_result_is_an_empty_body_and_bytes_pass_through() -> None:
+    app = App("t")
+
+    @app.capability()
+    async def nothing(order: Order) -> None:
+        return None
+
+    @app.capability()
+    async def echo(raw: bytes) -> bytes:
+        return raw[::-1]
+
+    invoker = make_invoker(app)
+    assert await invoker.invoke("nothing", event()) == Ok(b"")
+    assert await invoker.invoke("echo", event(b"\x00\xffabc")) == Ok(b"cba\xff\x00")
+
+
+async def test_contract_mismatch_is_a_reject_naming_the_field() -> None:
+    app = App("t")
+
+    @app.capability()
+    async def total(order: Order) -> int:
+        raise AssertionError("must not be called")
+
+    outcome = await make_invoker(app).invoke("total", event(b'{"order_id":"A1","amount":"5"}'))
+    assert isinstance(outcome, Reject)
+    assert outcome.code == "contract_invalid"
+    assert "$.amount" in outcome.reason
+    missing = await make_invoker(app).invoke("total", event(b'{"order_id":"A1"}'))
+    assert isinstance(missing, Reject)
+    assert missing.code == "contract_invalid"
+    assert "amount" in missing.reason
+
+
+async def test_malformed_json_is_a_reject() -> None:
+    app = App("t")
+
+    @app.capability()
+    async def total(order: Order) -> int:
+        return 1
+
+    outcome = await make_invoker(app).invoke("total", event(b'{"order_id": '))
+    assert isinstance(outcome, Reject)
+    assert outcome.code == "payload_malformed"
+    assert "not valid JSON" in outcome.reason
+
+
+async def test_oversized_payload_is_rejected_before_decoding() -> None:
+    app = App("t")
+
+    sizes: list[int] = []
+
+    @app.capability(max_payload=16)
+    async def small(raw: bytes) -> None:
+        sizes.append(len(raw))
+
+    outcome = await make_invoker(app).invoke("small", event(b"x" * 17))
+    assert isinstance(outcome, Reject)
+    assert outcome.code == "payload_too_large"
+    assert "17 bytes" in outcome.reason
+    assert sizes == []
+    assert await make_invoker(app).invoke("small", event(b"x" * 16)) == Ok(b"")
+    assert sizes == [16]
+
+
+async def test_unknown_capability_is_a_reject_listing_known_ones() -> None:
+    app = App("t")
+
+    @app.capability()
+    async def known() -> None:
+        return None
+
+    outcome = await make_invoker(app).invoke("unknown", event())
+    assert isinstance(outcome, Reject)
+    assert outcome.code == "capability_unknown"
+    assert "known" in outcome.reason
+
+
+async def test_exception_becomes_retry_with_backoff_then_reject_when_exhausted() -> None:
+    app = App("t")
+
+    @app.capability(retry=RetryPolicy(max_attempts=3, backoff=Backoff(initial=1.0, jitter=0.0)))
+    async def flaky(order: Order) -> None:
+        raise ConnectionError("db down")
+
+    invoker = make_invoker(app)
+    first = await invoker.invoke("flaky", event(attempt=1))
+    second = await invoker.invoke("flaky", event(attempt=2))
+    last = await invoker.invoke("flaky", event(attempt=3))
+    assert first == Retry(1.0, "ConnectionError: db down", "handler_error")
+    assert second == Retry(2.0, "ConnectionError: db down", "handler_error")
+    assert isinstance(last, Reject)
+    assert last.code == "handler_error"
+    assert last.attempts == 3
+    assert "gave up after 3 attempts" in last.reason
+
+
+async def test_jitter_draw_is_applied() -> None:
+    app = App("t")
+
+    @app.capability(retry=RetryPolicy(backoff=Backoff(initial=2.0, jitter=0.5)))
+    async def flaky() -> None:
+        raise RuntimeError("x")
+
+    outcome = await Invoker(app, rand=lambda: 0.5).invoke("flaky", event())
+    assert isinstance(outcome, Retry)
+    assert outcome.delay == pytest.approx(1.5)
+
+
+async def test_rejected_is_never_retried_and_keeps_its_code() -> None:
+    app = App("t")
+
+    @app.capability()
+    async def charge(order: Order) -> None:
+        raise Rejected("card declined", code="card_declined")
+
+    outcome = await make_invoker(app).invoke("charge", event(attempt=1))
+    assert outcome == Reject("card_declined", "card declined", 1)
+
+
+async def test_retry_later_sets_the_delay() -> None:
+    app = App("t")
+
+    @app.capability()
+    async def wait() -> None:
+        raise RetryLater("rate limited upstream", delay=7.5)
+
+    outcome = await make_invoker(app).invoke("wait", event())
+    assert outcome == Retry(7.5, "rate limited upstream", "retry_requested")
+
+
+async def test_timeout_cancels_a_suspended_call() -> None:
+    app = App("t")
+    cancelled = anyio.Event()
+    never = anyio.Event()
+
+    @app.capability(timeout=0.05)
+    async def hang() -> None:
+        try:
+            await never.wait()
+        finally:
+            cancelled.set()
+
+    invoker = make_invoker(app)
+    outcome = await invoker.invoke("hang", event())
+    assert isinstance(outcome, Retry)
+    assert outcome.code == "deadline_exceeded"
+    assert cancelled.is_set()
+    task = asyncio.current_task()
+    assert task is not None and task.cancelling() == 0  # our cancellation was taken back
+    assert invoker.statistics().deadline_watches == 0
+    assert invoker.statistics().in_flight == {"hang": 0}
+
+
+async def test_event_deadline_earlier_than_timeout_wins() -> None:
+    app = App("t")
+    never = anyio.Event()
+
+    @app.capability(timeout=60)
+    async def hang() -> None:
+        await never.wait()
+
+    clock = FakeClock()
+    outcome = await make_invoker(app, clock=clock).invoke(
+        "hang", event(deadline=clock.now() + 0.05)
+    )
+    assert isinstance(outcome, Retry)
+    assert outcome.code == "deadline_exceeded"
+
+
+async def test_event_arriving_past_its_deadline_is_not_run() -> None:
+    app = App("t")
+    calls: list[int] = []
+
+    @app.capability()
+    async def work() -> None:
+        calls.append(1)
+
+    clock = FakeClock()
+    outcome = await make_invoker(app, clock=clock).invoke("work", event(deadline=clock.now()))
+    assert isinstance(outcome, Retry)
+    assert outcome.code == "deadline_exceeded"
+    assert calls == []
+
+
+async def test_outer_cancellation_is_never_swallowed() -> None:
+    app = App("t")
+    started = anyio.Event()
+    never = anyio.Event()
+
+    @app.capability(timeout=60)
+    async def hang() -> None:
+        started.set()
+        await never.wait()
+
+    invoker = make_invoker(app)
+    results: list[object] = []
+    async with anyio.create_task_group() as group:
+
+        async def call() -> None:
+            results.append(await invoker.invoke("hang", event()))
+
+        group.start_soon(call)
+        await started.wait()
+        group.cancel_scope.cancel()
+    assert results == []  # cancelled, not turned into an Outcome
+    assert invoker.statistics().in_flight == {"hang": 0}
+
+
+async def test_deadline_racing_outer_cancellation_still_propagates() -> None:
+    app = App("t")
+    never = anyio.Event()
+
+    @app.capability(timeout=0.01)
+    async def hang() -> None:
+        await never.wait()
+
+    invoker = make_invoker(app)
+    with anyio.CancelScope() as scope:
+        scope.deadline = anyio.current_time() + 0.01
+        await invoker.invoke("hang", event())
+    # Either the capability timed out first (Outcome) and the scope then expired, or both
+    # fired; in every case the outer scope must see its own cancellation.
+    assert scope.cancel_called
+
+
+async def test_cancel_scopes_and_task_groups_inside_functions_work() -> None:
+    app = App("t")
+
+    @app.capability(timeout=5)
+    async def nested() -> list[int]:
+        out: list[int] = []
+        with anyio.fail_after(2):
+            async with anyio.create_task_group() as group:
+                for i in range(3):
+
+                    async def child(i: int = i) -> None:
+                        await anyio.lowlevel.checkpoint()
+                        out.append(i)
+
+                    group.start_soon(child)
+        with anyio.move_on_after(0.01):
+            await anyio.Event().wait()
+        return sorted(out)
+
+    assert await make_invoker(app).invoke("nested", event()) == Ok(b"[0,1,2]")
+
+
+async def test_function_that_swallows_the_deadline_returns_its_result() -> None:
+    app = App("t")
+    never = anyio.Event()
+
+    @app.capability(timeout=0.02)
+    async def stubborn() -> str:
+        try:
+            await never.wait()
+        except asyncio.CancelledError:
+            return "cleaned up"
+        return "unreachable"
+
+    outcome = await make_invoker(app).invoke("stubborn", event())
+    assert outcome == Ok(b'"cleaned up"')
+    task = asyncio.current_task()
+    assert task is not None and task.cancelling() == 0
+
+
+async def test_unencodable_result_is_a_reject() -> None:
+    app = App("t")
+
+    @app.capability()
+    async def bad() -> Any:
+        return object()
+
+    outcome = await make_invoker(app).invoke("bad", event())
+    assert isinstance(outcome, Reject)
+    assert outcome.code == "result_invalid"
+
+
+async def test_concurrency_limit_sheds_load_with_overloaded() -> None:
+    app = App("t")
+    release = anyio.Event()
+    started = anyio.Event()
+
+    @app.capability(concurrency=1, timeout=5)
+    async def single() -> str:
+        started.set()
+        await release.wait()
+        return "done"
+
+    invoker = make_invoker(app)
+    results: list[object] = []
+    async with anyio.create_task_group() as group:
+
+        async def first() -> None:
+            results.append(await invoker.invoke("single", event()))
+
+        group.start_soon(first)
+        await started.wait()
+        second = await invoker.invoke("single", event())
+        assert isinstance(second, Retry)
+        assert second.code == "overloaded"
+        release.set()
+    assert results == [Ok(b'"done"')]
+    assert await invoker.invoke("single", event()) == Ok(b'"done"')
+
+
+async def test_many_concurrent_suspending_calls_each_get_their_own_result() -> None:
+    app = App("t")
+
+    @app.capability(timeout=5)
+    async def slow_echo(order: Order) -> int:
+        await anyio.lowlevel.checkpoint()
+        await anyio.lowlevel.checkpoint()
+        return order.amount
+
+    invoker = make_invoker(app)
+    results: dict[int, object] = {}
+    async with anyio.create_task_group() as group:
+        for i in range(200):
+
+            async def call(i: int = i) -> None:
+                data = msgspec.json.encode({"order_id": "x", "amount": i})
+                results[i] = await invoker.invoke("slow_echo", event(data))
+
+            group.start_soon(call)
+    assert results == {i: Ok(str(i).encode()) for i in range(200)}
+    assert invoker.statistics().deadline_watches == 0
+
+
+async def test_statistics_count_calls() -> None:
+    app = App("t")
+
+    @app.capability()
+    async def ping() -> None:
+        return None
+
+    invoker = make_invoker(app)
+    for _ in range(3):
+        await invoker.invoke("ping", event())
+    assert invoker.statistics().calls == {"ping": 3}
+
+
+async def test_invalid_utf8_inside_a_string_is_malformed_not_a_crash() -> None:
+    app = App("t")
+
+    @app.capability()
+    async def total(order: Order) -> int:
+        return 1
+
+    outcome = await make_invoker(app).invoke("total", event(b'{"order_id":"\xff","amount":1}'))
+    assert isinstance(outcome, Reject)
+    assert outcome.code == "payload_malformed"
