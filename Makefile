@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/thaw demo examples/hello
+	$(PY) examples/hello/demo.py
 
 test: $(STAMP) lint typecheck pytest
 

@@ -166,7 +166,8 @@ def _build_spec(
     if not inspect.iscoroutinefunction(function):
         raise ConfigError(f"{where} must be an 'async def' function")
     try:
-        hints = typing.get_type_hints(function)
+        # include_extras keeps Annotated[..., msgspec.Meta(...)] constraints on the contract.
+        hints = typing.get_type_hints(function, include_extras=True)
     except Exception as exc:
         raise ConfigError(f"{where}: cannot resolve its annotations: {exc}") from exc
     parameters = list(inspect.signature(function).parameters.values())
@@ -201,9 +202,13 @@ def _build_spec(
             continue
         try:
             msgspec.json.Decoder(contract)
+            # Decoder accepts any class as a "custom type" that needs a dec_hook, which
+            # the invoker never passes; schema generation refuses those, nested ones too.
+            msgspec.json.schema(contract)
         except TypeError as exc:
+            reason = str(exc).strip().splitlines()[-1]
             raise ConfigError(
-                f"{where}: its {kind} type {contract!r} is not a supported contract type: {exc}"
+                f"{where}: its {kind} type {contract!r} is not a supported contract type: {reason}"
             ) from exc
     return CapabilitySpec(
         name=name,

@@ -100,9 +100,9 @@ def _parse_field(
 ) -> frozenset[int]:
     values: set[int] = set()
     for item in part.split(","):
-        range_part, _, step_text = item.partition("/")
+        range_part, slash, step_text = item.partition("/")
         step = 1
-        if step_text:
+        if slash:  # '5/' is a typo, not '5'
             step = _number(step_text, name, expression)
             if step < 1:
                 raise ConfigError(f"cron {name} step must be >= 1 in {expression!r}")
@@ -113,7 +113,7 @@ def _parse_field(
             start, stop = _value(a, name, names, expression), _value(b, name, names, expression)
         else:
             start = _value(range_part, name, names, expression)
-            stop = high if step_text else start
+            stop = high if slash else start
         for bound in (start, stop):
             if not low <= bound <= high:
                 raise ConfigError(

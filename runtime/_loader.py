@@ -38,6 +38,7 @@ def load_app(target: str) -> App:
     if os.path.isdir(path):
         if os.path.isfile(os.path.join(path, "__init__.py")):
             parent, name = os.path.split(path)
+            _forget_if_elsewhere(name, os.path.join(path, "__init__.py"))
             module = _import(name, target, search=parent)
             if attribute or _find_apps(module) or not os.path.isfile(os.path.join(path, "app.py")):
                 return _pick_app(module, target, attribute)
@@ -51,11 +52,21 @@ def load_app(target: str) -> App:
         raise AppLoadError(f"{target!r} is not a Python file (*.py)")
     folder, filename = os.path.split(path)
     name = filename[:-3]
-    existing = sys.modules.get(name)
-    if existing is not None and os.path.abspath(getattr(existing, "__file__", "") or "") != path:
-        # Another file of the same name (say, a second app.py) was loaded before.
-        del sys.modules[name]
+    _forget_if_elsewhere(name, path)
     return _pick_app(_import(name, target, search=folder), target, attribute)
+
+
+def _forget_if_elsewhere(name: str, path: str) -> None:
+    """Drop module ``name`` and its submodules if they were loaded from another file.
+
+    Another file or package of the same name (say, a second app.py) was loaded
+    before; without this, import would hand back the cached one.
+    """
+    existing = sys.modules.get(name)
+    if existing is None or os.path.abspath(getattr(existing, "__file__", "") or "") == path:
+        return
+    for key in [key for key in sys.modules if key == name or key.startswith(name + ".")]:
+        del sys.modules[key]
 
 
 def _import(module_name: str, target: str, *, search: str | None = None) -> ModuleType:

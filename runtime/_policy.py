@@ -18,8 +18,12 @@ from ._errors import ConfigError
 __all__ = ["Backoff", "RetryPolicy", "Idempotency", "Policy"]
 
 
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
 def _positive(name: str, value: float) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
+    if not _is_number(value):
         raise ConfigError(f"{name} must be a number of seconds, got {value!r}")
     if not (math.isfinite(value) and value > 0):
         raise ConfigError(f"{name} must be a positive, finite number of seconds, got {value!r}")
@@ -40,16 +44,23 @@ class Backoff(msgspec.Struct, frozen=True, kw_only=True):
     def __post_init__(self) -> None:
         _positive("Backoff.initial", self.initial)
         _positive("Backoff.maximum", self.maximum)
-        if not (math.isfinite(self.multiplier) and self.multiplier >= 1.0):
+        if not (
+            _is_number(self.multiplier)
+            and math.isfinite(self.multiplier)
+            and self.multiplier >= 1.0
+        ):
             raise ConfigError(f"Backoff.multiplier must be >= 1, got {self.multiplier!r}")
-        if not (0.0 <= self.jitter <= 1.0):
+        if not (_is_number(self.jitter) and 0.0 <= self.jitter <= 1.0):
             raise ConfigError(f"Backoff.jitter must be within [0, 1], got {self.jitter!r}")
 
     def delay(self, attempt: int, draw: float) -> float:
         """Seconds to wait after failed attempt ``attempt`` (1-based); ``draw`` is in [0, 1)."""
         exponent = max(attempt - 1, 0)
         # Cap the exponent so huge attempt counts cannot overflow a float.
-        base = self.initial * self.multiplier ** min(exponent, 256)
+        try:
+            base = self.initial * self.multiplier ** min(exponent, 256)
+        except OverflowError:  # a large multiplier can still overflow: past any maximum
+            base = self.maximum
         base = min(base, self.maximum)
         return base * (1.0 - self.jitter * draw)
 

@@ -1,0 +1,149 @@
+"""The `thaw` command line: run, list, help, and hostile arguments."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from runtime import cli
+
+ROOT = Path(__file__).resolve().parent.parent
+HELLO = str(ROOT / "examples" / "hello")
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = cli.main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_run_prints_ok_and_exits_zero(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "run", HELLO, "--capability", "greet", "--data", '{"name":"Ada"}')
+    assert code == cli.EXIT_OK
+    assert out.startswith("ok ")
+    assert "Hello, Ada!" in out
+
+
+def test_run_json_output(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(
+        capsys, "run", HELLO, "-c", "greet", "-d", '{"name":"Ada","language":"es"}', "--json"
+    )
+    assert code == 0
+    assert json.loads(out) == {"outcome": "ok", "data": {"message": "Hola, Ada!", "attempt": 1}}
+
+
+def test_contract_error_names_the_field_and_exits_4(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "run", HELLO, "-c", "greet", "-d", '{"name": 1}')
+    assert code == cli.EXIT_REJECT
+    assert "contract_invalid" in out
+    assert "$.name" in out
+
+
+def test_malformed_json_argument(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "run", HELLO, "-c", "greet", "-d", '{"name": ')
+    assert code == cli.EXIT_REJECT
+    assert "payload_malformed" in out
+
+
+def test_function_rejection_and_retry_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "run", HELLO, "-c", "greet", "-d", '{"name":"A","language":"xx"}')
+    assert code == cli.EXIT_REJECT
+    assert "unknown_language" in out
+    code, out, _ = run(capsys, "run", HELLO, "-c", "greet", "-d", '{"name":"Flaky"}')
+    assert code == cli.EXIT_RETRY
+    assert out.startswith("retry in ")
+    code, out, _ = run(capsys, "run", HELLO, "-c", "greet", "-d", '{"name":"Flaky"}', "--attempt", "2")
+    assert code == cli.EXIT_OK
+
+
+def test_unknown_capability(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(capsys, "run", HELLO, "-c", "nope", "-d", "{}")
+    assert code == cli.EXIT_FAILED
+    assert "capability_unknown" in err
+    assert "greet" in err
+
+
+def test_missing_app(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    code, _, err = run(capsys, "run", str(tmp_path / "nothing.py"), "-c", "x")
+    assert code == cli.EXIT_FAILED
+    assert "app_load_failed" in err
+    assert "does not exist" in err
+
+
+def test_data_file_and_stdin(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    payload = tmp_path / "p.json"
+    payload.write_bytes(b'{"name":"File"}')
+    code, out, _ = run(capsys, "run", HELLO, "-c", "greet", "--data-file", str(payload))
+    assert code == 0 and "File" in out
+    code, _, err = run(capsys, "run", HELLO, "-c", "greet", "--data-file", str(tmp_path / "no"))
+    assert code == cli.EXIT_USAGE
+    assert "cannot read --data-file" in err
+
+
+def test_oversized_data_file_is_refused(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(cli, "MAX_CLI_DATA", 100)
+    big = tmp_path / "big.json"
+    big.write_bytes(b" " * 101)
+    code, _, err = run(capsys, "run", HELLO, "-c", "greet", "--data-file", str(big))
+    assert code == cli.EXIT_USAGE
+    assert "larger than 100 bytes" in err
+
+
+def test_payload_over_the_capability_limit(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    big = tmp_path / "big.json"
+    big.write_bytes(b'{"name":"' + b"x" * (2 * 1024 * 1024) + b'"}')
+    code, out, _ = run(capsys, "run", HELLO, "-c", "greet", "--data-file", str(big))
+    assert code == cli.EXIT_REJECT
+    assert "payload_too_large" in out
+
+
+@pytest.mark.parametrize("attempt", ["0", "-1", "abc", "99999999999"])
+def test_bad_attempt_is_a_usage_error(capsys: pytest.CaptureFixture[str], attempt: str) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["run", HELLO, "-c", "greet", "--attempt", attempt])
+    assert exit_info.value.code == cli.EXIT_USAGE
+    assert "--attempt" in capsys.readouterr().err
+
+
+def test_data_and_data_file_are_exclusive(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["run", HELLO, "-c", "greet", "-d", "{}", "--data-file", "x"])
+    assert exit_info.value.code == cli.EXIT_USAGE
+
+
+def test_no_command_prints_help(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys)
+    assert code == cli.EXIT_USAGE
+    assert "run" in out and "list" in out
+
+
+def test_list(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "list", HELLO)
+    assert code == 0
+    assert "greet" in out
+    assert "http POST /greet" in out
+    assert "stream hello.greet" in out
+    assert "idempotent: yes" in out
+
+
+def test_console_script_help() -> None:
+    script = Path(sys.executable).parent / "thaw"
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "runtime.cli"]
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    result = subprocess.run(
+        [*command, "--help"], capture_output=True, text=True, timeout=60, env=env, check=False
+    )
+    assert result.returncode == 0
+    assert "capability functions" in result.stdout
+    assert "run" in result.stdout

@@ -1,0 +1,46 @@
+"""The examples work end to end: the hello app and the `make demo` script."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from runtime import Ok, Reject
+from runtime.lowlevel import load_app
+from runtime.testing import invoke
+
+ROOT = Path(__file__).resolve().parent.parent
+HELLO = ROOT / "examples" / "hello"
+
+
+@pytest.mark.anyio
+async def test_hello_greets_in_several_languages() -> None:
+    app = load_app(str(HELLO))
+    outcome = await invoke(app, "greet", {"name": "Ada", "language": "de"})
+    assert outcome == Ok(b'{"message":"Hallo, Ada!","attempt":1}')
+    rejected = await invoke(app, "greet", {"name": "Ada", "language": "tlh"})
+    assert isinstance(rejected, Reject)
+    assert rejected.code == "unknown_language"
+
+
+def test_demo_runs_and_reports_what_happened() -> None:
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    result = subprocess.run(
+        [sys.executable, str(HELLO / "demo.py")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "Bonjour, Ada!" in out
+    assert "(duplicate, not stored)" in out
+    assert "worker: 2 acked, 1 retried, 2 dead-lettered" in out
+    assert "[unknown_language]" in out
+    assert "[contract_invalid]" in out

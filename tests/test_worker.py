@@ -1,0 +1,148 @@
+"""StreamWorker on MemoryBackbone: ack, nak with backoff, dead letters, idempotent redelivery."""
+
+from __future__ import annotations
+
+import msgspec
+import pytest
+
+from runtime import App, Backoff, Context, Idempotency, Rejected, RetryPolicy
+from runtime.lowlevel import (
+    DEAD_LETTER_STREAM,
+    ConsumerConfig,
+    Invoker,
+    StreamConfig,
+    StreamWorker,
+    ensure_dead_letter_stream,
+)
+from runtime.testing import FakeClock, MemoryBackbone
+
+pytestmark = pytest.mark.anyio
+
+
+class Job(msgspec.Struct, frozen=True):
+    name: str
+
+
+def job_app(calls: list[tuple[str, int]]) -> App:
+    app = App("jobs")
+
+    @app.capability(
+        retry=RetryPolicy(max_attempts=3, backoff=Backoff(initial=10, jitter=0)),
+        idempotency=Idempotency(key=lambda event, job: job.name),
+    )
+    async def work(job: Job, ctx: Context) -> str:
+        calls.append((job.name, ctx.attempt))
+        if job.name == "reject":
+            raise Rejected("this job can never work", code="job_invalid")
+        if job.name == "flaky" and ctx.attempt == 1:
+            raise ConnectionError("first attempt fails")
+        if job.name == "broken":
+            raise ConnectionError("always fails")
+        await ctx.publish("done.work", {"name": job.name})
+        return job.name
+
+    return app
+
+
+async def setup(clock: FakeClock) -> tuple[MemoryBackbone, StreamWorker, list[tuple[str, int]]]:
+    backbone = MemoryBackbone(clock=clock)
+    await backbone.add_stream(StreamConfig(name="JOBS", subjects=("jobs.>",)))
+    await backbone.add_stream(StreamConfig(name="DONE", subjects=("done.>",)))
+    await ensure_dead_letter_stream(backbone)
+    consumer = ConsumerConfig(durable="jobs-work", ack_wait=30, max_deliver=3)
+    await backbone.add_consumer("JOBS", consumer)
+    calls: list[tuple[str, int]] = []
+    invoker = Invoker(job_app(calls), backbone=backbone, clock=clock, rand=lambda: 0.0)
+    worker = StreamWorker(invoker, backbone, "work", stream="JOBS", consumer=consumer)
+    return backbone, worker, calls
+
+
+async def publish(backbone: MemoryBackbone, name: str, msg_id: str | None = None) -> None:
+    await backbone.publish("jobs.new", msgspec.json.encode({"name": name}), msg_id=msg_id)
+
+
+async def test_ok_is_acked_and_output_published() -> None:
+    clock = FakeClock()
+    backbone, worker, calls = await setup(clock)
+    await publish(backbone, "a")
+    await worker.run_until_idle()
+    assert calls == [("a", 1)]
+    assert worker.statistics().acked == 1
+    info = await backbone.consumer_info("JOBS", "jobs-work")
+    assert (info.num_pending, info.num_ack_pending) == (0, 0)
+    assert (await backbone.stream_info("DONE")).messages == 1
+
+
+async def test_retry_naks_with_backoff_and_succeeds_later() -> None:
+    clock = FakeClock()
+    backbone, worker, calls = await setup(clock)
+    await publish(backbone, "flaky")
+    await worker.run_until_idle()
+    assert calls == [("flaky", 1)]
+    assert worker.statistics().naked == 1
+    clock.advance(9.9)
+    await worker.run_until_idle()
+    assert calls == [("flaky", 1)]  # backoff not over yet
+    clock.advance(0.2)
+    await worker.run_until_idle()
+    assert calls == [("flaky", 1), ("flaky", 2)]
+    assert worker.statistics().acked == 1
+
+
+async def test_reject_goes_to_dead_letter_stream_with_headers() -> None:
+    clock = FakeClock()
+    backbone, worker, calls = await setup(clock)
+    await publish(backbone, "reject")
+    await worker.run_until_idle()
+    assert worker.statistics().dead_lettered == 1
+    dead = await backbone.get_message(DEAD_LETTER_STREAM, 1)
+    assert dead.subject == "thaw.dlq.jobs.work"
+    assert dead.data == b'{"name":"reject"}'
+    assert dead.headers["Thaw-Error-Code"] == "job_invalid"
+    assert dead.headers["Thaw-Original-Stream"] == "JOBS"
+    assert dead.headers["Thaw-Original-Seq"] == "1"
+    assert dead.headers["Thaw-Original-Subject"] == "jobs.new"
+    assert dead.headers["Thaw-Attempts"] == "1"
+    clock.advance(100)
+    await worker.run_until_idle()
+    assert calls == [("reject", 1)]  # termed: never redelivered
+
+
+async def test_exhausted_attempts_go_to_dead_letter() -> None:
+    clock = FakeClock()
+    backbone, worker, calls = await setup(clock)
+    await publish(backbone, "broken")
+    for _ in range(5):
+        await worker.run_until_idle()
+        clock.advance(100)
+    assert calls == [("broken", 1), ("broken", 2), ("broken", 3)]
+    assert worker.statistics().dead_lettered == 1
+    dead = await backbone.get_message(DEAD_LETTER_STREAM, 1)
+    assert dead.headers["Thaw-Error-Code"] == "handler_error"
+    assert dead.headers["Thaw-Attempts"] == "3"
+    assert "gave up after 3 attempts" in dead.headers["Thaw-Error-Message"]
+
+
+async def test_duplicate_publish_and_redelivered_duplicate_run_once() -> None:
+    clock = FakeClock()
+    backbone, worker, calls = await setup(clock)
+    await publish(backbone, "a", msg_id="m-1")
+    await publish(backbone, "a", msg_id="m-1")  # dropped by the duplicate window
+    await publish(backbone, "a", msg_id="m-2")  # a second message, same idempotency key
+    await worker.run_until_idle()
+    assert calls == [("a", 1)]
+    assert worker.statistics().acked == 2
+    assert (await backbone.stream_info("DONE")).messages == 1
+
+
+async def test_many_messages_with_bounded_slots() -> None:
+    clock = FakeClock()
+    backbone, _, calls = await setup(clock)
+    for i in range(50):
+        await publish(backbone, f"job-{i}")
+    invoker = Invoker(job_app(calls), backbone=backbone, clock=clock)
+    consumer = ConsumerConfig(durable="jobs-work", ack_wait=30, max_deliver=3)
+    worker = StreamWorker(invoker, backbone, "work", stream="JOBS", consumer=consumer, slots=4)
+    await worker.run_until_idle()
+    assert sorted(name for name, _ in calls) == sorted(f"job-{i}" for i in range(50))
+    assert worker.statistics().acked == 50
