@@ -26,9 +26,9 @@ import msgspec
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks._common import machine, median, summarize, table, write_json  # noqa: E402
-from runtime import App, Event, Idempotency  # noqa: E402
-from runtime.lowlevel import Invoker  # noqa: E402
+from benchmarks._common import machine, median, summarize, table, write_json
+from runtime import App, Event, Idempotency
+from runtime.lowlevel import Invoker
 
 PAYLOAD = b'{"order_id":"A-1042","amount":1999,"qty":3}'
 TIMEOUT = 5.0
@@ -218,7 +218,9 @@ def report(raw: dict[str, list[dict[str, float]]], labels: dict[str, str]) -> di
 
     for key in results:
         if key.endswith("susp"):
-            results[key]["naive_over_this"] = ratio("naive_susp", key) if key != "bare_susp" else None
+            results[key]["naive_over_this"] = (
+                ratio("naive_susp", key) if key != "bare_susp" else None
+            )
         elif key != "bare":
             results[key]["naive_over_this"] = ratio("naive", key)
     return results
@@ -241,31 +243,49 @@ def main(argv: list[str] | None = None) -> int:
             use_uvloop = False
     labels = {key: label for key, (label, _) in variants().items()}
     raw = anyio.run(
-        measure, args.calls, args.rounds, backend="asyncio",
+        measure,
+        args.calls,
+        args.rounds,
+        backend="asyncio",
         backend_options={"use_uvloop": use_uvloop},
     )
     results = report(raw, labels)
     rows = []
     for _key, r in results.items():
         naive = r.get("naive_over_this")
-        rows.append([
-            r["label"], r["median_ns"], r["p99_ns"], r["overhead_ns"],
-            f"{naive:.1f}x" if isinstance(naive, float) else "-",
-        ])
+        rows.append(
+            [
+                r["label"],
+                r["median_ns"],
+                r["p99_ns"],
+                r["overhead_ns"],
+                f"{naive:.1f}x" if isinstance(naive, float) else "-",
+            ]
+        )
     info = machine()
-    print(f"invoke benchmark: {args.calls} calls x {args.rounds} rounds (+1 warm-up), "
-          f"loop={'uvloop' if use_uvloop else 'asyncio'}, python {info['python']}, "
-          f"{info['nproc']} cpus, {info['date']}")
+    print(
+        f"invoke benchmark: {args.calls} calls x {args.rounds} rounds (+1 warm-up), "
+        f"loop={'uvloop' if use_uvloop else 'asyncio'}, python {info['python']}, "
+        f"{info['nproc']} cpus, {info['date']}"
+    )
     print(table(["variant", "median ns", "p99 ns", "overhead ns", "naive/this"], rows))
     thaw = results["thaw"]
-    print(f"\nthaw overhead over a bare call: {thaw['overhead_ns'] / 1000:.2f} us "
-          f"(target <= 2.00 us); naive fail_after overhead is "
-          f"{thaw['naive_over_this']:.1f}x thaw's (target >= 4x)")
-    write_json(args.json, {
-        "benchmark": "invoke", "machine": info,
-        "loop": "uvloop" if use_uvloop else "asyncio",
-        "calls": args.calls, "rounds": args.rounds, "results": results,
-    })
+    print(
+        f"\nthaw overhead over a bare call: {thaw['overhead_ns'] / 1000:.2f} us "
+        f"(target <= 2.00 us); naive fail_after overhead is "
+        f"{thaw['naive_over_this']:.1f}x thaw's (target >= 4x)"
+    )
+    write_json(
+        args.json,
+        {
+            "benchmark": "invoke",
+            "machine": info,
+            "loop": "uvloop" if use_uvloop else "asyncio",
+            "calls": args.calls,
+            "rounds": args.rounds,
+            "results": results,
+        },
+    )
     return 0
 
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import inspect
 import re
 import typing
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import Any, TypeVar
 
 import msgspec
@@ -33,7 +33,7 @@ from ._triggers import HttpTrigger, Trigger
 
 __all__ = ["App", "CapabilitySpec", "Hook"]
 
-Handler = Callable[..., Awaitable[Any]]
+Handler = Callable[..., Coroutine[Any, Any, Any]]
 Hook = Callable[[], Awaitable[None]]
 F = TypeVar("F", bound=Handler)
 _NAME = re.compile(r"[A-Za-z][A-Za-z0-9_\-]{0,63}\Z")

@@ -32,7 +32,7 @@ _encode = msgspec.json.Encoder().encode
 class CapabilityEnv:
     """Per-capability, per-invoker values shared by every Context of that capability."""
 
-    __slots__ = ("app", "capability", "backbone", "clock", "logger")
+    __slots__ = ("app", "backbone", "capability", "clock", "logger")
 
     def __init__(
         self,
@@ -59,7 +59,7 @@ class _TraceLogger(logging.LoggerAdapter[logging.Logger]):
 class Context:
     """Handed to a function that declares a ``ctx: Context`` parameter."""
 
-    __slots__ = ("_env", "event", "deadline", "_trace", "_published", "_logger")
+    __slots__ = ("_env", "_logger", "_published", "_trace", "deadline", "event")
 
     def __init__(self, env: CapabilityEnv, event: Event, deadline: float) -> None:
         self._env = env

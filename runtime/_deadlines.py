@@ -36,7 +36,7 @@ _INF = float("inf")
 
 
 class Watch:
-    __slots__ = ("when", "task", "fired", "done", "_owner")
+    __slots__ = ("_owner", "done", "fired", "task", "when")
 
     def __init__(self, when: float, task: asyncio.Task[Any], owner: AsyncioWatchdog) -> None:
         self.when = when
@@ -57,7 +57,7 @@ class Watch:
 class AsyncioWatchdog:
     """All watched deadlines of one event loop, behind a single timer."""
 
-    __slots__ = ("_loop", "_heap", "_handle", "_armed_at", "_done")
+    __slots__ = ("_armed_at", "_done", "_handle", "_heap", "_loop")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop

@@ -40,7 +40,7 @@ class IdempotencyStore(Protocol):
 
 
 class _Entry:
-    __slots__ = ("state", "token", "result", "expires", "settled")
+    __slots__ = ("expires", "result", "settled", "state", "token")
 
     def __init__(self, token: int, expires: float) -> None:
         self.state: Literal["claimed", "done"] = "claimed"

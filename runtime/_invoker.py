@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import sys
 from collections.abc import Callable, Coroutine, Mapping
 from typing import Any
 
@@ -51,11 +52,13 @@ from ._idempotency import IdempotencyStore, MemoryIdempotencyStore
 __all__ = ["Invoker", "CompiledCapability", "InvokerStatistics"]
 
 _get_running_loop = asyncio._get_running_loop
+_modules = sys.modules
 _current_task = asyncio.current_task
 _MAX_REASON = 512
 _OVERLOAD_DELAY = 0.05
 _DUPLICATE_DELAY = 0.5
 _CLAIM_GRACE = 5.0  # a claim outlives the call's timeout by this much
+_EMPTY = Ok(b"")
 
 
 class _DeadlineHit(Exception):
@@ -72,27 +75,27 @@ class CompiledCapability:
     """One capability, precompiled for the invocation path: ``await cap(event) -> Outcome``."""
 
     __slots__ = (
-        "spec",
-        "name",
-        "_env",
-        "_handler",
-        "_shape",
+        "_backoff",
+        "_calls",
         "_decode",
         "_encode",
-        "_raw_output",
-        "_max_payload",
-        "_timeout",
-        "_limit",
-        "_in_flight",
-        "_calls",
-        "_max_attempts",
-        "_backoff",
+        "_env",
+        "_handler",
         "_idempotency",
-        "_store",
+        "_in_flight",
+        "_limit",
+        "_logger",
+        "_max_attempts",
+        "_max_payload",
         "_now",
         "_random",
-        "_logger",
+        "_raw_output",
+        "_shape",
+        "_store",
+        "_timeout",
         "_watchdog",
+        "name",
+        "spec",
     )
 
     def __init__(
@@ -136,7 +139,6 @@ class CompiledCapability:
         return self._calls
 
     async def __call__(self, event: Event) -> Outcome:
-        self._calls += 1
         data = event.data
         if len(data) > self._max_payload:
             return Reject(
@@ -168,12 +170,15 @@ class CompiledCapability:
                 f"capability {self.name!r} is at its concurrency limit of {self._limit}",
                 Overloaded.code,
             )
+        claim: tuple[str, int] | None = None
         if self._idempotency is not None:
-            return await self._call_once(event, payload, deadline)
-        return await self._call(event, payload, deadline)
-
-    async def _call(self, event: Event, payload: Any, deadline: float) -> Outcome:
+            claimed = await self._claim(event, payload, deadline)
+            if not isinstance(claimed, tuple):
+                return claimed  # a stored result, or why we could not claim
+            claim = claimed
+        self._calls += 1
         self._in_flight += 1
+        outcome: Outcome | None = None
         try:
             shape = self._shape
             if shape == 1:
@@ -184,7 +189,9 @@ class CompiledCapability:
                 coro = self._handler()
             else:
                 coro = self._handler(Context(self._env, event, deadline))
-            if _get_running_loop() is None:
+            # asyncio._get_running_loop() costs ~250 ns inside a running loop, so ask
+            # only when trio is loaded at all; without it we can only be on asyncio.
+            if "trio" in _modules and _get_running_loop() is None:
                 result = await self._call_in_scope(coro, deadline)
             else:
                 try:
@@ -194,25 +201,35 @@ class CompiledCapability:
                 else:
                     result = await self._call_watched(coro, first, deadline)
         except _DeadlineHit:
-            return self._failed(
+            outcome = self._failed(
                 event, DeadlineExceeded(f"cancelled after {self._timeout:g}s timeout or deadline")
             )
         except Exception as exc:
-            return self._failed(event, exc)
+            outcome = self._failed(event, exc)
+        except BaseException:
+            if claim is not None:
+                with anyio.CancelScope(shield=True):
+                    await self._store_release(claim)
+            raise
         finally:
             self._in_flight -= 1
-        if result is None:
-            return Ok(b"")
-        if self._raw_output and type(result) is bytes:
-            return Ok(result)
-        try:
-            return Ok(self._encode(result))
-        except (TypeError, ValueError, msgspec.EncodeError) as exc:
-            return Reject(
-                "result_invalid",
-                _clip(f"capability {self.name!r} returned a value that cannot be encoded: {exc}"),
-                event.attempt,
-            )
+        if outcome is None:
+            if result is None:
+                outcome = _EMPTY
+            elif self._raw_output and type(result) is bytes:
+                outcome = Ok(result)
+            else:
+                try:
+                    outcome = Ok(self._encode(result))
+                except (TypeError, ValueError, msgspec.EncodeError) as exc:
+                    outcome = Reject(
+                        "result_invalid",
+                        _clip(f"{self.name!r} returned a value that cannot be encoded: {exc}"),
+                        event.attempt,
+                    )
+        if claim is not None:
+            await self._settle(claim, outcome)
+        return outcome
 
     async def _call_watched(
         self, coro: Coroutine[Any, Any, Any], first: Any, deadline: float
@@ -244,10 +261,14 @@ class CompiledCapability:
             raise _DeadlineHit
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _call_once(self, event: Event, payload: Any, deadline: float) -> Outcome:
+    async def _claim(
+        self, event: Event, payload: Any, deadline: float
+    ) -> tuple[str, int] | Outcome:
+        """Claim the idempotency key: (key, token) to run, or the Outcome to answer now."""
         policy = self._idempotency
         store = self._store
-        assert policy is not None and store is not None
+        assert policy is not None
+        assert store is not None
         try:
             user_key = event.id if policy.key is None else policy.key(event, payload)
         except Exception as exc:
@@ -265,7 +286,7 @@ class CompiledCapability:
             if claim.state == "done":
                 return Ok(claim.result, replayed=True)
             if claim.state == "claimed":
-                break
+                return key, claim.token
             remaining = deadline - self._now()
             if remaining <= 0:
                 return Retry(
@@ -274,17 +295,19 @@ class CompiledCapability:
                     DuplicateInProgress.code,
                 )
             await store.wait_settled(key, timeout=remaining)
-        try:
-            outcome = await self._call(event, payload, deadline)
-        except BaseException:
-            with anyio.CancelScope(shield=True):
-                await store.release(key, claim.token)
-            raise
+
+    async def _settle(self, claim: tuple[str, int], outcome: Outcome) -> None:
+        """Store an Ok result for duplicates; otherwise free the key for the retry."""
+        assert self._store is not None
+        assert self._idempotency is not None
         if type(outcome) is Ok:
-            await store.complete(key, claim.token, outcome.data, ttl=policy.ttl)
+            await self._store.complete(claim[0], claim[1], outcome.data, ttl=self._idempotency.ttl)
         else:
-            await store.release(key, claim.token)
-        return outcome
+            await self._store.release(claim[0], claim[1])
+
+    async def _store_release(self, claim: tuple[str, int]) -> None:
+        assert self._store is not None
+        await self._store.release(claim[0], claim[1])
 
     def _failed(self, event: Event, exc: Exception) -> Outcome:
         """Classify an exception into Retry or Reject (the one place that does)."""

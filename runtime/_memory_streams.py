@@ -284,7 +284,9 @@ class ConsumerState:
         """Deliver up to ``batch`` messages: due redeliveries first, then new ones."""
         self._sweep(now)
         out: list[tuple[StoredMessage, int]] = []
-        due = sorted(seq for seq, entry in self.pending.items() if entry.due_at <= now)
+        # ``pending`` is in sequence order: entries are only ever added by first
+        # deliveries, which go in sequence order, and are never re-inserted.
+        due = [seq for seq, entry in self.pending.items() if entry.due_at <= now]
         for seq in due[:batch]:
             message = self.stream.get(seq)
             assert message is not None  # _sweep dropped the expired ones
@@ -316,7 +318,7 @@ class ConsumerState:
 
     def ack(self, seq: int) -> None:
         if self.pending.pop(seq, None) is not None:
-            self.stream.signal.fire()  # frees a max_ack_pending slot
+            pass  # frees a max_ack_pending slot
 
     term = ack  # both end the message's life on this consumer for good
 

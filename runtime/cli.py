@@ -180,9 +180,9 @@ def _print_outcome(outcome: Outcome, *, as_json: bool) -> None:
             document.update(msgspec.to_builtins(outcome))
         print(msgspec.json.encode(document).decode())
         return
-    if type(outcome) is Ok:
+    if isinstance(outcome, Ok):
         print(f"ok {outcome.data.decode('utf-8', 'replace')}")
-    elif type(outcome) is Retry:
+    elif isinstance(outcome, Retry):
         print(f"retry in {outcome.delay:.3f}s [{outcome.code}] {outcome.reason}")
     else:
         print(f"reject [{outcome.code}] {outcome.reason}")

@@ -461,6 +461,25 @@ class BackboneContract:
         assert seqs(await self.fetch_due(harness, stream, durable, batch=2)) == [3]
 
     @pytest.mark.anyio
+    async def test_an_ack_that_frees_a_slot_wakes_a_waiting_fetch(
+        self, harness: BackboneHarness
+    ) -> None:
+        stream, root = await self.make_stream(harness)
+        durable = await self.make_consumer(harness, stream, max_ack_pending=1, ack_wait=30.0)
+        await self.publish_many(harness, f"{root}.a", 2)
+        (first,) = await self.fetch_now(harness, stream, durable, batch=1)
+        results: list[list[Message]] = []
+
+        async def fetcher() -> None:
+            results.append(await harness.backbone.fetch(stream, durable, batch=1, timeout=10.0))
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(fetcher)
+            await harness.wait_fetching(stream, durable, 1)
+            await first.ack()
+        assert deliveries(results[0]) == [(2, 1)]
+
+    @pytest.mark.anyio
     async def test_filter_subject_with_wildcards(self, harness: BackboneHarness) -> None:
         stream, root = await self.make_stream(harness)
         created = await self.make_consumer(

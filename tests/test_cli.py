@@ -57,7 +57,9 @@ def test_function_rejection_and_retry_exit_codes(capsys: pytest.CaptureFixture[s
     code, out, _ = run(capsys, "run", HELLO, "-c", "greet", "-d", '{"name":"Flaky"}')
     assert code == cli.EXIT_RETRY
     assert out.startswith("retry in ")
-    code, out, _ = run(capsys, "run", HELLO, "-c", "greet", "-d", '{"name":"Flaky"}', "--attempt", "2")
+    code, out, _ = run(
+        capsys, "run", HELLO, "-c", "greet", "-d", '{"name":"Flaky"}', "--attempt", "2"
+    )
     assert code == cli.EXIT_OK
 
 

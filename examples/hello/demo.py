@@ -88,7 +88,10 @@ async def main() -> None:
                 break
             await anyio.sleep(0.02)  # a retry is waiting out its backoff
     stats = worker.statistics()
-    say(f"   worker: {stats.acked} acked, {stats.naked} retried, {stats.dead_lettered} dead-lettered")
+    say(
+        f"   worker: {stats.acked} acked, {stats.naked} retried, "
+        f"{stats.dead_lettered} dead-lettered"
+    )
 
     greeted = await backbone.stream_info("HELLO")
     say(f"   stream HELLO now holds {greeted.messages} messages (inputs + hello.greeted outputs)")
