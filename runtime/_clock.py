@@ -61,7 +61,10 @@ class FakeClock:
             return
         wake = anyio.Event()
         heapq.heappush(self._sleepers, (when, next(self._counter), wake))
-        await wake.wait()
+        try:
+            await wake.wait()
+        finally:
+            wake.set()  # a cancelled sleeper no longer counts in sleepers()
 
     def advance(self, seconds: float) -> None:
         """Move time forward and wake every sleeper whose time has come."""

@@ -31,6 +31,7 @@ __all__ = [
     "StreamNotFound",
     "ConsumerNotFound",
     "BucketNotFound",
+    "MessageNotFound",
     "KeyExists",
     "WrongRevision",
     "DefinitionConflict",
@@ -190,6 +191,13 @@ class ConsumerNotFound(BackboneError):
 
 class BucketNotFound(BackboneError):
     code = "bucket_not_found"
+
+
+class MessageNotFound(BackboneError):
+    """No stored message has that sequence (expired, deleted or never existed)."""
+
+    code = "message_not_found"
+    retryable = False
 
 
 class NoStreamForSubject(BackboneError):

@@ -37,6 +37,7 @@ from runtime._errors import (
     ConfigError,
     ConsumerNotFound,
     DefinitionConflict,
+    MessageNotFound,
     NoStreamForSubject,
     StreamNotFound,
 )
@@ -177,7 +178,7 @@ class MemoryBackbone:
         state.expire(self._clock.now())
         message = state.get(seq)
         if message is None:
-            raise BackboneError(
+            raise MessageNotFound(
                 f"stream {stream!r} has no message with sequence {seq} (it holds "
                 f"{state.first_seq}..{state.last_seq}; older ones expired or never existed)"
             )
@@ -210,7 +211,7 @@ class MemoryBackbone:
         durable: str,
         *,
         batch: int = 1,
-        timeout: float = 0.0,  # noqa: ASYNC109  (the Backbone protocol; on our clock, not wall time)
+        timeout: float = 0.0,
     ) -> list[Message]:
         if batch < 1:
             raise ConfigError(f"fetch batch must be >= 1, not {batch}")

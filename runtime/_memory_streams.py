@@ -318,7 +318,7 @@ class ConsumerState:
 
     def ack(self, seq: int) -> None:
         if self.pending.pop(seq, None) is not None:
-            pass  # frees a max_ack_pending slot
+            self.stream.signal.fire()  # frees a max_ack_pending slot
 
     term = ack  # both end the message's life on this consumer for good
 

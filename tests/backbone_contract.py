@@ -17,11 +17,13 @@ written to run unchanged against a real nats-server too:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from typing import Protocol
 
 import anyio
 import pytest
+from anyio.abc import TaskGroup
 
 from runtime._backbone import (
     Backbone,
@@ -45,6 +47,9 @@ from runtime._errors import (
 __all__ = ["BackboneContract", "BackboneHarness"]
 
 ACK_WAIT = 1.0
+# Real seconds after which a test that waits on other tasks fails instead of hanging
+# (a FakeClock never moves by itself, so a missed wake-up would otherwise hang forever).
+WATCHDOG = 15.0
 
 
 class BackboneHarness(Protocol):
@@ -68,6 +73,14 @@ class BackboneHarness(Protocol):
     async def wait_fetching(self, stream: str, durable: str, count: int) -> None:
         """Return once ``count`` fetch calls on the consumer are parked waiting."""
         ...
+
+
+@asynccontextmanager
+async def watched_task_group() -> AsyncIterator[TaskGroup]:
+    """A task group that fails after ``WATCHDOG`` real seconds instead of hanging."""
+    with anyio.fail_after(WATCHDOG):
+        async with anyio.create_task_group() as group:
+            yield group
 
 
 def seqs(messages: Sequence[Message]) -> list[int]:
@@ -253,9 +266,7 @@ class BackboneContract:
         assert seqs(await self.fetch_now(harness, stream, late)) == [1, 2]
 
     @pytest.mark.anyio
-    async def test_missing_stream_and_consumer_are_reported(
-        self, harness: BackboneHarness
-    ) -> None:
+    async def test_missing_stream_and_consumer_are_reported(self, harness: BackboneHarness) -> None:
         missing = f"{harness.prefix}_missing"
         with pytest.raises(StreamNotFound):
             await harness.backbone.add_consumer(missing, ConsumerConfig(durable="worker"))
@@ -440,9 +451,7 @@ class BackboneContract:
         assert deliveries(got) == [(1, 2), (2, 2), (3, 1), (4, 1)]
 
     @pytest.mark.anyio
-    async def test_max_ack_pending_holds_back_new_messages(
-        self, harness: BackboneHarness
-    ) -> None:
+    async def test_max_ack_pending_holds_back_new_messages(self, harness: BackboneHarness) -> None:
         stream, root = await self.make_stream(harness)
         durable = await self.make_consumer(harness, stream, max_ack_pending=2)
         await self.publish_many(harness, f"{root}.a", 4)
@@ -473,7 +482,7 @@ class BackboneContract:
         async def fetcher() -> None:
             results.append(await harness.backbone.fetch(stream, durable, batch=1, timeout=10.0))
 
-        async with anyio.create_task_group() as group:
+        async with watched_task_group() as group:
             group.start_soon(fetcher)
             await harness.wait_fetching(stream, durable, 1)
             await first.ack()
@@ -501,9 +510,7 @@ class BackboneContract:
     # -- consumers: concurrency and waiting -------------------------------------------
 
     @pytest.mark.anyio
-    async def test_competing_fetchers_never_share_a_message(
-        self, harness: BackboneHarness
-    ) -> None:
+    async def test_competing_fetchers_never_share_a_message(self, harness: BackboneHarness) -> None:
         stream, root = await self.make_stream(harness)
         durable = await self.make_consumer(harness, stream)
         await self.publish_many(harness, f"{root}.a", 6)
@@ -512,7 +519,7 @@ class BackboneContract:
         async def fetcher() -> None:
             results.append(await self.fetch_due(harness, stream, durable, batch=4))
 
-        async with anyio.create_task_group() as group:
+        async with watched_task_group() as group:
             group.start_soon(fetcher)
             group.start_soon(fetcher)
         got = [seq for batch in results for seq in seqs(batch)]
@@ -520,7 +527,7 @@ class BackboneContract:
         # After AckWait each message is redelivered to exactly one of them again.
         results.clear()
         await harness.elapse(ACK_WAIT)
-        async with anyio.create_task_group() as group:
+        async with watched_task_group() as group:
             group.start_soon(fetcher)
             group.start_soon(fetcher)
         again = [(m.seq, m.num_delivered) for batch in results for m in batch]
@@ -537,7 +544,7 @@ class BackboneContract:
         async def fetcher() -> None:
             results.append(await harness.backbone.fetch(stream, durable, batch=5, timeout=1.0))
 
-        async with anyio.create_task_group() as group:
+        async with watched_task_group() as group:
             group.start_soon(fetcher)
             group.start_soon(fetcher)
             await harness.wait_fetching(stream, durable, 2)
@@ -554,7 +561,7 @@ class BackboneContract:
         async def fetcher() -> None:
             results.append(await harness.backbone.fetch(stream, durable, batch=3, timeout=30.0))
 
-        async with anyio.create_task_group() as group:
+        async with watched_task_group() as group:
             group.start_soon(fetcher)
             await harness.wait_fetching(stream, durable, 1)
             await harness.backbone.publish(f"{root}.a", b"wake")
@@ -573,12 +580,12 @@ class BackboneContract:
         async def fetcher(timeout: float) -> None:
             results.append(await harness.backbone.fetch(stream, durable, timeout=timeout))
 
-        async with anyio.create_task_group() as group:
+        async with watched_task_group() as group:
             group.start_soon(fetcher, 30.0)
             await harness.wait_fetching(stream, durable, 1)
             await harness.elapse(ACK_WAIT)
         assert deliveries(results.pop()) == [(1, 2)]
-        async with anyio.create_task_group() as group:
+        async with watched_task_group() as group:
             group.start_soon(fetcher, 0.5)
             await harness.wait_fetching(stream, durable, 1)
             await harness.elapse(0.5)

@@ -91,6 +91,7 @@ def test_adapter_author_surface() -> None:
         "MemoryBackbone",
         "MemoryIdempotencyStore",
         "Message",
+        "MessageNotFound",
         "Nak",
         "NoStreamForSubject",
         "ObjectsTrigger",

@@ -62,9 +62,7 @@ def test_valid_names(kind: str, name: str) -> None:
     validate_name(kind, name)
 
 
-@pytest.mark.parametrize(
-    "name", ["", "a.b", "a*", "a>", "a/b", "a\\b", "a b", "a\nb", "x" * 256]
-)
+@pytest.mark.parametrize("name", ["", "a.b", "a*", "a>", "a/b", "a\\b", "a b", "a\nb", "x" * 256])
 def test_invalid_names_name_the_kind(name: str) -> None:
     with pytest.raises(ConfigError, match="invalid stream name"):
         validate_name("stream", name)
@@ -154,9 +152,7 @@ _patterns = st.builds(
     st.booleans(),
 )
 _UNIVERSE = [
-    ".".join(tokens)
-    for length in range(1, 6)
-    for tokens in itertools.product("abc", repeat=length)
+    ".".join(tokens) for length in range(1, 6) for tokens in itertools.product("abc", repeat=length)
 ]
 
 
