@@ -33,7 +33,9 @@ bench: $(STAMP)
 	$(PY) benchmarks/invoke.py --json benchmarks/results/invoke.json
 
 lock: $(STAMP)
-	$(PY) -m pip freeze --exclude-editable | grep -v '^thaw' > constraints.txt.new
+	{ echo '# Every package in the dev environment, pinned: a fresh machine gets what CI got.'; \
+	  echo '# Regenerate with `make lock` after changing pyproject.toml.'; \
+	  $(PY) -m pip freeze --exclude-editable | grep -v '^thaw'; } > constraints.txt.new
 	mv constraints.txt.new constraints.txt
 
 clean:

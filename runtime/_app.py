@@ -36,6 +36,7 @@ __all__ = ["App", "CapabilitySpec", "Hook"]
 Handler = Callable[..., Coroutine[Any, Any, Any]]
 Hook = Callable[[], Awaitable[None]]
 F = TypeVar("F", bound=Handler)
+_PARAMETER = re.compile(r"\{[^{}]*\}")
 _NAME = re.compile(r"[A-Za-z][A-Za-z0-9_\-]{0,63}\Z")
 _TRIGGER_TYPES = typing.get_args(Trigger)
 
@@ -111,7 +112,8 @@ class App:
         )
 
         def register(function: F) -> F:
-            spec = _build_spec(function, name or function.__name__, tuple(triggers), policy)
+            chosen = function.__name__ if name is None else name
+            spec = _build_spec(function, chosen, tuple(triggers), policy)
             self._add(spec)
             return function
 
@@ -135,19 +137,27 @@ class App:
         if spec.name in self._capabilities:
             raise ConfigError(f"app {self.name!r} already has a capability named {spec.name!r}")
         routes = {
-            (t.method, t.path): name
+            (t.method, _route_shape(t)): name
             for name, other in self._capabilities.items()
             for t in other.triggers
             if isinstance(t, HttpTrigger)
         }
         for trigger in spec.triggers:
-            if isinstance(trigger, HttpTrigger) and (trigger.method, trigger.path) in routes:
-                owner = routes[(trigger.method, trigger.path)]
+            if not isinstance(trigger, HttpTrigger):
+                continue
+            shape = (trigger.method, _route_shape(trigger))
+            if shape in routes:
                 raise ConfigError(
                     f"route {trigger.method} {trigger.path} is already served by capability "
-                    f"{owner!r}"
+                    f"{routes[shape]!r}"
                 )
+            routes[shape] = spec.name
         self._capabilities[spec.name] = spec
+
+
+def _route_shape(trigger: HttpTrigger) -> str:
+    """The path with parameter names erased: /items/{id} and /items/{key:int} collide."""
+    return _PARAMETER.sub("{}", trigger.path)
 
 
 def _check_name(kind: str, name: object) -> None:

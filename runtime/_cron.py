@@ -90,8 +90,8 @@ def parse_cron(expression: str) -> CronSpec:
         days=sets[2],
         months=sets[3],
         weekdays=weekdays,
-        days_restricted=parts[2] != "*",
-        weekdays_restricted=parts[4] != "*",
+        days_restricted=not parts[2].startswith("*"),  # Vixie: "*" or "*/n" is unrestricted
+        weekdays_restricted=not parts[4].startswith("*"),
     )
 
 

@@ -81,9 +81,7 @@ def _import(module_name: str, target: str, *, search: str | None = None) -> Modu
             raise AppLoadError(f"cannot find module {module_name!r} for {target!r}") from exc
         raise AppLoadError(f"importing {target!r} failed: {exc}") from exc
     except Exception as exc:
-        raise AppLoadError(
-            f"importing {target!r} failed: {type(exc).__name__}: {exc}"
-        ) from exc
+        raise AppLoadError(f"importing {target!r} failed: {type(exc).__name__}: {exc}") from exc
 
 
 def _find_apps(module: ModuleType) -> list[tuple[str, App]]:

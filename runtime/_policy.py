@@ -22,6 +22,10 @@ def _is_number(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def _positive(name: str, value: float) -> None:
     if not _is_number(value):
         raise ConfigError(f"{name} must be a number of seconds, got {value!r}")
@@ -72,7 +76,7 @@ class RetryPolicy(msgspec.Struct, frozen=True, kw_only=True):
     backoff: Backoff = Backoff()
 
     def __post_init__(self) -> None:
-        if not (isinstance(self.max_attempts, int) and 1 <= self.max_attempts <= 10_000):
+        if not (_is_int(self.max_attempts) and 1 <= self.max_attempts <= 10_000):
             raise ConfigError(
                 f"RetryPolicy.max_attempts must be an int in [1, 10000], got {self.max_attempts!r}"
             )
@@ -111,10 +115,10 @@ class Policy(msgspec.Struct, frozen=True, kw_only=True):
     def __post_init__(self) -> None:
         _positive("timeout", self.timeout)
         if self.concurrency is not None and not (
-            isinstance(self.concurrency, int) and self.concurrency >= 1
+            _is_int(self.concurrency) and self.concurrency >= 1
         ):
             raise ConfigError(
                 f"concurrency must be a positive int or None, got {self.concurrency!r}"
             )
-        if not (isinstance(self.max_payload, int) and self.max_payload >= 0):
+        if not (_is_int(self.max_payload) and self.max_payload >= 0):
             raise ConfigError(f"max_payload must be a non-negative int, got {self.max_payload!r}")

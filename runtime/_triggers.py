@@ -86,9 +86,7 @@ def http(method: str, path: str, *, enqueue: str | None = None) -> HttpTrigger:
     and answered ``202 Accepted``; the capability then runs from the stream.
     """
     if not isinstance(method, str) or method.upper() not in HTTP_METHODS:
-        raise ConfigError(
-            f"http method {method!r} is not one of {', '.join(sorted(HTTP_METHODS))}"
-        )
+        raise ConfigError(f"http method {method!r} is not one of {', '.join(sorted(HTTP_METHODS))}")
     if not isinstance(path, str) or not path.startswith("/"):
         raise ConfigError(f"http path {path!r} must start with '/'")
     if len(path) > 2048:
@@ -123,9 +121,7 @@ def subject(name: str, *, queue: str = "") -> SubjectTrigger:
     return SubjectTrigger(name, queue)
 
 
-def stream(
-    name: str, *, stream: str | None = None, durable: str | None = None
-) -> StreamTrigger:
+def stream(name: str, *, stream: str | None = None, durable: str | None = None) -> StreamTrigger:
     """Consume JetStream messages on subject ``name`` through a durable pull consumer."""
     validate_subject(name, wildcards=True)
     if stream is not None:

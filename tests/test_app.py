@@ -531,3 +531,46 @@ def test_hooks_must_be_async(app: App, register: str) -> None:
         getattr(app, register)(sync_hook)
     assert app.start_hooks == ()
     assert app.stop_hooks == ()
+
+
+def test_routes_differing_only_in_parameter_names_collide() -> None:
+    from runtime import http
+
+    app = App("routes")
+
+    @app.capability(http("GET", "/items/{id}"))
+    async def first() -> None:
+        return None
+
+    with pytest.raises(ConfigError, match="already served by capability 'first'"):
+
+        @app.capability(http("GET", "/items/{key:int}"))
+        async def second() -> None:
+            return None
+
+
+def test_same_route_twice_on_one_capability_is_refused() -> None:
+    from runtime import http
+
+    app = App("routes")
+    with pytest.raises(ConfigError, match="already served"):
+
+        @app.capability(http("GET", "/a"), http("GET", "/a"))
+        async def twice() -> None:
+            return None
+
+
+def test_empty_capability_name_is_refused() -> None:
+    app = App("names")
+    with pytest.raises(ConfigError, match="capability name ''"):
+
+        @app.capability(name="")
+        async def fn() -> None:
+            return None
+
+
+@pytest.mark.parametrize("field", ["concurrency", "max_payload"])
+def test_booleans_are_not_counts(field: str) -> None:
+    app = App("bools")
+    with pytest.raises(ConfigError, match=field):
+        app.capability(**{field: True})

@@ -371,7 +371,8 @@ def reference_matches(allowed: list[set[int]], texts: list[str], moment: dt.date
         return False
     day_ok = moment.day in days
     weekday_ok = weekday in weekdays or (weekday == 0 and 7 in weekdays)
-    if texts[2] != "*" and texts[4] != "*":
+    # Vixie cron: a day field starting with "*" (also "*/n") counts as unrestricted.
+    if not texts[2].startswith("*") and not texts[4].startswith("*"):
         return day_ok or weekday_ok
     return day_ok and weekday_ok
 
