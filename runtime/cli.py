@@ -19,7 +19,9 @@ from ._errors import ThawError
 from ._event import Event, Ok, Outcome, Retry
 from ._invoker import Invoker
 from ._loader import load_app
+from ._app import App
 from ._memory_backbone import MemoryBackbone
+from ._snapshot_format import MAGIC
 from ._triggers import (
     HttpTrigger,
     KvTrigger,
@@ -78,9 +80,127 @@ def _parser() -> argparse.ArgumentParser:
     run.set_defaults(handler=_cmd_run)
 
     listing = commands.add_parser("list", help="list an app's capabilities and triggers")
-    listing.add_argument("app", metavar="APP", help="the app to load")
+    listing.add_argument("app", metavar="APP", help="the app or snapshot to load")
     listing.set_defaults(handler=_cmd_list)
+
+    snapshot = commands.add_parser("snapshot", help="build and inspect snapshot files")
+    snapshot_commands = snapshot.add_subparsers(dest="snapshot_command", metavar="ACTION")
+    snapshot.set_defaults(handler=lambda args: _subcommand_help(snapshot))
+    build = snapshot_commands.add_parser(
+        "build",
+        help="freeze an app into one snapshot file",
+        description="Import APP in a clean child process and write its compiled modules, "
+        "data files and manifest to one file. Same sources, same revision id.",
+    )
+    build.add_argument("app", metavar="APP", help="the app to build")
+    build.add_argument("-o", "--output", required=True, metavar="FILE", help="snapshot to write")
+    build.set_defaults(handler=_cmd_snapshot_build)
+    inspect = snapshot_commands.add_parser(
+        "inspect", help="validate a snapshot, print its manifest"
+    )
+    inspect.add_argument("file", metavar="FILE", help="the snapshot file")
+    inspect.add_argument("--json", action="store_true", help="print the manifest as JSON")
+    inspect.set_defaults(handler=_cmd_snapshot_inspect)
+
+    bench = commands.add_parser("bench", help="benchmarks you can run on your own app")
+    bench_commands = bench.add_subparsers(dest="bench_command", metavar="BENCHMARK")
+    bench.set_defaults(handler=lambda args: _subcommand_help(bench))
+    coldstart = bench_commands.add_parser(
+        "coldstart",
+        help="measure every cold-start layer of an app or snapshot",
+        description="Measure, per capability: instance thaw from a preloaded revision, "
+        "revision load from the snapshot, import from source (with and without bytecode "
+        "cache), a new process, and a fork; print a table and optionally write JSON.",
+    )
+    coldstart.add_argument("app", metavar="APP_OR_SNAPSHOT")
+    coldstart.add_argument("--trials", type=_positive_int, default=300, help="trials per layer")
+    coldstart.add_argument(
+        "--process-trials", type=_positive_int, default=30, help="trials for new processes"
+    )
+    coldstart.add_argument("--data", metavar="JSON", help="payload (default: {} or per-capability)")
+    coldstart.add_argument("--json", metavar="FILE", help="write the results as JSON")
+    coldstart.set_defaults(handler=_cmd_bench_coldstart)
     return parser
+
+
+def _subcommand_help(parser: argparse.ArgumentParser) -> int:
+    parser.print_help()
+    return EXIT_USAGE
+
+
+def _cmd_snapshot_build(args: argparse.Namespace) -> int:
+    from ._snapshot_build import build_snapshot
+
+    result = build_snapshot(args.app, args.output)
+    print(
+        f"built {result.path}: revision {result.revision}, {result.size} bytes, "
+        f"{len(result.modules)} modules ({', '.join(result.modules)}), "
+        f"{len(result.data_files)} data files, preloads: {', '.join(result.preload) or 'none'}"
+    )
+    return EXIT_OK
+
+
+def _cmd_snapshot_inspect(args: argparse.Namespace) -> int:
+    from ._snapshot_format import SnapshotError, decode_snapshot
+
+    try:
+        with open(args.file, "rb") as handle:
+            blob = handle.read()
+    except OSError as exc:
+        raise SnapshotError(f"cannot read snapshot {args.file!r}: {exc.strerror}") from None
+    payload = decode_snapshot(blob, source=args.file)
+    manifest = payload.manifest
+    if args.json:
+        document = msgspec.to_builtins(manifest)
+        document["revision"] = payload.revision
+        print(msgspec.json.format(msgspec.json.encode(document), indent=2).decode())
+        return EXIT_OK
+    print(f"snapshot {args.file}")
+    print(f"  revision     {payload.revision}")
+    print(f"  app          {manifest.app} ({manifest.entry_module}:{manifest.app_attribute})")
+    print(f"  python       {manifest.python} ({manifest.implementation}, magic {manifest.magic})")
+    print(f"  built        {manifest.built_at} with thaw {manifest.thaw_version or '?'}")
+    print(f"  size         {len(blob)} bytes")
+    print(f"  modules      {', '.join(manifest.modules)}")
+    print(f"  preload      {', '.join(manifest.preload) or '-'}")
+    deps = ", ".join(f"{k} {v}" for k, v in manifest.dependencies.items())
+    print(f"  dependencies {deps or '-'}")
+    print(f"  data files   {', '.join(manifest.data_files) or '-'}")
+    print("  capabilities")
+    for capability in manifest.capabilities:
+        triggers = ", ".join(_describe_trigger_dict(t) for t in capability.triggers) or "-"
+        policy = capability.policy
+        print(
+            f"    {capability.name}  <- {triggers}  timeout {policy.get('timeout')}s, "
+            f"attempts {policy.get('max_attempts')}, "
+            f"idempotent {'yes' if policy.get('idempotency') else 'no'}"
+        )
+    return EXIT_OK
+
+
+def _describe_trigger_dict(trigger: dict[str, Any]) -> str:
+    kind = trigger.get("type", "?")
+    detail = (
+        trigger.get("path")
+        or trigger.get("subject")
+        or (trigger.get("cron") or {}).get("expression")
+        or trigger.get("bucket")
+        or ""
+    )
+    method = trigger.get("method")
+    return f"{kind} {method + ' ' if method else ''}{detail}".strip()
+
+
+def _cmd_bench_coldstart(args: argparse.Namespace) -> int:
+    from ._coldstart import run_coldstart_cli
+
+    return run_coldstart_cli(
+        args.app,
+        trials=args.trials,
+        process_trials=args.process_trials,
+        data=args.data,
+        json_path=args.json,
+    )
 
 
 def _positive_int(text: str) -> int:
@@ -115,19 +235,45 @@ class _UsageError(ThawError):
     code = "cli_usage"
 
 
+def load_target(target: str) -> App:
+    """An App from source (file, folder, module:attr) or from a snapshot file."""
+    if is_snapshot(target):
+        from ._revision import load_revision
+
+        return load_revision(target).app
+    return load_app(target)
+
+
+def is_snapshot(target: str) -> bool:
+    if target.endswith(".snap"):
+        return True
+    try:
+        with open(target, "rb") as handle:
+            return handle.read(len(MAGIC)) == MAGIC
+    except OSError:
+        return False
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     try:
         data = _read_data(args)
     except _UsageError as exc:
         print(f"thaw run: {exc.message}", file=sys.stderr)
         return EXIT_USAGE
-    app = load_app(args.app)
+    app = load_target(args.app)
     invoker = Invoker(app, backbone=MemoryBackbone())
     capability = invoker.capability(args.capability)
     event = Event(id=args.id, data=data, attempt=args.attempt)
 
     async def call() -> Outcome:
-        return await capability(event)
+        # An instance's life in miniature: on_start, one invocation, on_stop.
+        for hook in app.start_hooks:
+            await hook()
+        try:
+            return await capability(event)
+        finally:
+            for hook in reversed(app.stop_hooks):
+                await hook()
 
     outcome = anyio.run(call)
     _print_outcome(outcome, as_json=args.json)
@@ -137,7 +283,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
-    app = load_app(args.app)
+    app = load_target(args.app)
     print(f"app {app.name}: {len(app.capabilities)} capabilities")
     for spec in app.capabilities.values():
         policy = spec.policy
