@@ -200,7 +200,7 @@ async def _thaw_round(
         for name, data in payloads.items():
             totals: list[float] = []
             for _ in range(count):
-                pool = InstancePool(revision, isolation=isolation, backbone=backbone)  # type: ignore[arg-type]
+                pool = InstancePool(revision, isolation=isolation, backbone=backbone)
                 event = Event(id=f"cold-{next(_ids)}", data=data)
                 started = clock()
                 outcome = await pool.invoke(name, event)
@@ -208,7 +208,7 @@ async def _thaw_round(
                 await pool.aclose()
                 outcomes[f"{isolation}:{name}"] = _outcome_label(outcome)
                 # The same again, split into its phases.
-                pool = InstancePool(revision, isolation=isolation, backbone=backbone)  # type: ignore[arg-type]
+                pool = InstancePool(revision, isolation=isolation, backbone=backbone)
                 started = clock()
                 await pool.thaw()
                 thawed = clock()

@@ -15,11 +15,11 @@ import anyio
 import msgspec
 
 from . import __version__
+from ._app import App
 from ._errors import ThawError
 from ._event import Event, Ok, Outcome, Retry
 from ._invoker import Invoker
 from ._loader import load_app
-from ._app import App
 from ._memory_backbone import MemoryBackbone
 from ._snapshot_format import MAGIC
 from ._triggers import (
