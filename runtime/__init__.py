@@ -12,10 +12,13 @@ from ._errors import (
     ContractError,
     DeadlineExceeded,
     FunctionError,
+    KeyExists,
+    MalformedPayload,
     Rejected,
     RetryLater,
     RuntimeFault,
     ThawError,
+    WrongRevision,
 )
 from ._event import Event, Ok, Outcome, Reject, Retry
 from ._policy import Backoff, Idempotency, RetryPolicy
@@ -34,6 +37,8 @@ __all__ = [
     "Event",
     "FunctionError",
     "Idempotency",
+    "KeyExists",
+    "MalformedPayload",
     "Ok",
     "Outcome",
     "Reject",
@@ -43,6 +48,7 @@ __all__ = [
     "RetryPolicy",
     "RuntimeFault",
     "ThawError",
+    "WrongRevision",
     "http",
     "kv",
     "objects",

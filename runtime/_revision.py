@@ -156,6 +156,8 @@ class ModuleNamespace:
             raise ModuleNotFoundError(f"No module named {name!r} in this snapshot", name=name)
         parent_name, _, child = name.rpartition(".")
         parent = self._load(parent_name) if parent_name else None
+        if name in self.modules:  # the parent's body imported it already
+            return self.modules[name]
         full = f"{self.prefix}.{name}"
         file = str(self._base / blob.path)
         module = types.ModuleType(full)

@@ -111,7 +111,7 @@ def _collect(target: str) -> SnapshotPayload:
     app = load_app(target)
     root, base = _app_tree(target)
     blobs: list[ModuleBlob] = []
-    entry: tuple[str, str] | None = None
+    holders: list[tuple[str, str]] = []
     for name in [m for m in sys.modules if m not in set(before)]:
         module = sys.modules[name]
         file = getattr(module, "__file__", None)
@@ -131,12 +131,13 @@ def _collect(target: str) -> SnapshotPayload:
                 code=marshal.dumps(code),
             )
         )
-        if entry is None or name == "app" or name.endswith(".app"):
-            attribute = _attribute_holding(module, app)
-            if attribute is not None and (entry is None or attribute == "app"):
-                entry = (name, attribute)
-    if entry is None:
+        attribute = _attribute_holding(module, app)
+        if attribute is not None:
+            holders.append((name, attribute))
+    if not holders:
         raise AppLoadError(f"the App of {target!r} is not defined in the app's own modules")
+    # The outermost module holding the App (the package the user pointed at), then `app`.
+    entry = min(holders, key=lambda h: (h[0].count("."), h[1] != "app"))
     preload, dependencies = _third_party(before, {b.name.split(".")[0] for b in blobs})
     data = _data_files(root, base)
     manifest = Manifest(

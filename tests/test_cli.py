@@ -149,3 +149,83 @@ def test_console_script_help() -> None:
     assert result.returncode == 0
     assert "capability functions" in result.stdout
     assert "run" in result.stdout
+
+
+def test_snapshot_build_inspect_and_run(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    output = tmp_path / "hello.snap"
+    code, out, _ = run(capsys, "snapshot", "build", HELLO, "-o", str(output))
+    assert code == 0
+    assert "revision" in out
+    assert output.exists()
+    code, out, _ = run(capsys, "snapshot", "inspect", str(output))
+    assert code == 0
+    assert "app          hello" in out
+    assert "greet  <- http POST /greet, stream hello.greet" in out
+    code, out, _ = run(capsys, "snapshot", "inspect", str(output), "--json")
+    assert json.loads(out)["app"] == "hello"
+    code, out, _ = run(capsys, "run", str(output), "-c", "greet", "-d", '{"name":"Snap"}')
+    assert code == 0
+    assert "Hello, Snap!" in out
+    code, out, _ = run(capsys, "list", str(output))
+    assert "greet" in out
+
+
+def test_snapshot_errors_are_clear(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    bogus = tmp_path / "bogus.snap"
+    bogus.write_bytes(b"not a snapshot at all")
+    code, _, err = run(capsys, "snapshot", "inspect", str(bogus))
+    assert code == cli.EXIT_FAILED
+    assert "snapshot_invalid" in err
+    assert "not a Thaw snapshot" in err
+    code, _, err = run(capsys, "run", str(bogus), "-c", "greet")
+    assert code == cli.EXIT_FAILED
+    code, _, err = run(capsys, "snapshot", "inspect", str(tmp_path / "missing.snap"))
+    assert code == cli.EXIT_FAILED
+    assert "cannot read snapshot" in err
+    code, _, err = run(capsys, "snapshot", "build", str(tmp_path / "nope"), "-o", str(bogus))
+    assert code == cli.EXIT_FAILED
+    assert "does not exist" in err
+
+
+def test_snapshot_without_action_prints_help(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "snapshot")
+    assert code == cli.EXIT_USAGE
+    assert "build" in out
+
+
+def test_bench_coldstart_runs_on_a_fresh_user_app(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    app = tmp_path / "mine.py"
+    app.write_text(
+        "import msgspec\n"
+        "from runtime import App\n"
+        "app = App('mine')\n"
+        "class In(msgspec.Struct):\n"
+        "    n: int\n"
+        "    label: str\n"
+        "@app.capability()\n"
+        "async def double(x: In) -> int:\n"
+        "    return x.n * 2\n"
+    )
+    report = tmp_path / "cold.json"
+    code, out, _ = run(
+        capsys,
+        "bench",
+        "coldstart",
+        str(app),
+        "--trials",
+        "6",
+        "--process-trials",
+        "3",
+        "--json",
+        str(report),
+    )
+    assert code == 0
+    assert "capability double (outcome: ok)" in out
+    assert "(a) instance thaw, shared" in out
+    assert "(e) fork of preloaded parent" in out
+    document = json.loads(report.read_text())
+    assert document["app"] == "mine"
+    assert document["layers"]["a_shared:double"]["n"] == 6
+    assert document["capabilities"]["double"]["outcome_shared"] == "ok"
