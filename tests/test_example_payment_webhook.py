@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -13,6 +12,7 @@ from unittest import mock
 import anyio
 import msgspec
 import pytest
+from example_loader import load_example
 from hypothesis import event, given
 from hypothesis import strategies as st
 
@@ -24,7 +24,6 @@ from runtime.lowlevel import (
     KvConfig,
     StreamConfig,
     StreamWorker,
-    load_app,
 )
 from runtime.testing import MemoryBackbone
 
@@ -32,12 +31,12 @@ EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "payment_webhook
 SECRET = "whsec_test_secret"
 OLD_SECRET = "whsec_old_secret"
 
-APP = load_app(str(EXAMPLE))
-capabilities = sys.modules["payment_webhook.capabilities"]
-contracts = sys.modules["payment_webhook.contracts"]
-ledger = sys.modules["payment_webhook.ledger"]
-rules = sys.modules["payment_webhook.rules"]
-signatures = sys.modules["payment_webhook.signatures"]
+APP, MODULES = load_example("payment_webhook")  # from source, or a snapshot (see there)
+capabilities = MODULES["payment_webhook.capabilities"]
+contracts = MODULES["payment_webhook.contracts"]
+ledger = MODULES["payment_webhook.ledger"]
+rules = MODULES["payment_webhook.rules"]
+signatures = MODULES["payment_webhook.signatures"]
 
 
 def payment(**overrides: Any) -> dict[str, Any]:

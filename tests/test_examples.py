@@ -8,9 +8,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from example_loader import FROM_SNAPSHOT, load_example
 
 from runtime import Ok, Reject
-from runtime.lowlevel import load_app
 from runtime.testing import invoke
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -19,12 +19,41 @@ HELLO = ROOT / "examples" / "hello"
 
 @pytest.mark.anyio
 async def test_hello_greets_in_several_languages() -> None:
-    app = load_app(str(HELLO))
+    app, _ = load_example("hello")
     outcome = await invoke(app, "greet", {"name": "Ada", "language": "de"})
     assert outcome == Ok(b'{"message":"Hallo, Ada!","attempt":1}')
     rejected = await invoke(app, "greet", {"name": "Ada", "language": "tlh"})
     assert isinstance(rejected, Reject)
     assert rejected.code == "unknown_language"
+
+
+def test_example_tests_pass_unchanged_from_snapshots() -> None:
+    if FROM_SNAPSHOT:  # already inside the snapshot run: do not recurse
+        return
+    env = dict(os.environ, PYTHONPATH=str(ROOT), THAW_EXAMPLES_FROM="snapshot")
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "-k",
+            "not test_example_tests_pass_unchanged_from_snapshots",
+            str(ROOT / "tests" / "test_examples.py"),
+            str(ROOT / "tests" / "test_example_payment_webhook.py"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+        cwd=ROOT,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    assert " passed" in result.stdout
+    assert " failed" not in result.stdout
 
 
 def test_demo_runs_and_reports_what_happened() -> None:
