@@ -282,14 +282,17 @@ def _fork_round(app: App, capability: str, data: bytes, count: int) -> list[floa
                 os.close(read_end)
                 asyncio.events._set_running_loop(None)
                 label = asyncio.run(_answer_once(app, capability, data))
-                os.write(write_end, label.encode())
+                os.write(write_end, label.encode() + b"\n")
                 status = 0
             finally:
                 os._exit(status)
         os.close(write_end)
-        chunks = []
-        while chunk := os.read(read_end, 4096):
-            chunks.append(chunk)
+        answer = b""
+        while not answer.endswith(b"\n"):  # the answer, not the child's exit, stops the clock
+            chunk = os.read(read_end, 4096)
+            if not chunk:
+                break
+            answer += chunk
         totals.append(time.perf_counter() - started)
         os.close(read_end)
         os.waitpid(pid, 0)

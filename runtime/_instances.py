@@ -124,7 +124,7 @@ class InstancePool:
         # Compiled once per revision: a shared thaw reuses it.
         self._shared_invoker = self._invoker_for(revision.app) if isolation == "shared" else None
         self._instance: Instance | None = None
-        self._thawing: anyio.Event | None = None
+        self._thawing: list[anyio.Event] | None = None
         self._thaws = 0
         self._drops = 0
 
@@ -172,13 +172,17 @@ class InstancePool:
 
     async def thaw(self) -> Instance:
         """The live instance, thawing it if needed; concurrent callers share one thaw."""
-        while True:
-            if self._instance is not None:
-                return self._instance
-            if self._thawing is None:
+        while self._instance is None:
+            waiters = self._thawing
+            if waiters is None:
                 break
-            await self._thawing.wait()
-        self._thawing = done = anyio.Event()
+            # Someone else is thawing: wait for them (an Event only when there is contention).
+            done = anyio.Event()
+            waiters.append(done)
+            await done.wait()
+        else:
+            return self._instance
+        self._thawing = waiters = []
         try:
             instance = await self._new_instance()
             self._instance = instance
@@ -186,7 +190,8 @@ class InstancePool:
             return instance
         finally:
             self._thawing = None
-            done.set()
+            for done in waiters:
+                done.set()
 
     async def _new_instance(self) -> Instance:
         namespace: ModuleNamespace | None = None

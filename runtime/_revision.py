@@ -24,7 +24,6 @@ import importlib.abc
 import importlib.machinery
 import importlib.util
 import itertools
-import linecache
 import marshal
 import os
 import sys
@@ -65,11 +64,18 @@ class LoadTimings(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class _SnapshotLoader(importlib.abc.Loader):
-    """The ``__loader__`` of snapshot modules: serves shipped data files by path."""
+    """The ``__loader__`` of snapshot modules: serves sources (for tracebacks) and data files."""
 
-    def __init__(self, data: dict[str, bytes], base: Path) -> None:
+    def __init__(self, data: dict[str, bytes], base: Path, sources: dict[str, bytes]) -> None:
         self._data = data
         self._base = base
+        self._sources = sources  # by plain module name
+
+    def get_source(self, fullname: str) -> str | None:
+        """Source of a module, by its prefixed or plain name (linecache asks lazily)."""
+        plain = fullname.partition(".")[2] if fullname.startswith("_thaw_") else fullname
+        source = self._sources.get(plain)
+        return None if source is None else source.decode("utf-8", "replace")
 
     def get_data(self, path: str) -> bytes:
         relative = Path(path).resolve().relative_to(self._base.resolve()).as_posix()
@@ -277,9 +283,7 @@ def load_revision(
             ) from exc
     preloaded = clock()
     base = _extract(payload, data_dir)
-    loader = _SnapshotLoader(payload.data, base)
-    for blob_module in payload.modules:
-        _register_source(blob_module, payload.manifest.app)
+    loader = _SnapshotLoader(payload.data, base, {m.name: m.source for m in payload.modules})
     namespace = ModuleNamespace(
         prefix=f"_thaw_{payload.revision[:12]}_{next(_instance_numbers)}",
         blobs={b.name: b for b in payload.modules},
@@ -328,6 +332,9 @@ def _extract(payload: SnapshotPayload, data_dir: str | os.PathLike[str] | None) 
     """Where this revision's files live; data files are written there once."""
     root = Path(data_dir) if data_dir is not None else Path(tempfile.gettempdir()) / "thaw"
     base = root / f"rev-{payload.revision}"
+    marker = base / ".thaw-extracted"
+    if not payload.data or marker.is_file():
+        return base  # the revision id covers the data: same id, same files
     for relative, content in payload.data.items():
         target = (base / relative).resolve()
         if not str(target).startswith(str(base.resolve()) + os.sep):
@@ -338,6 +345,7 @@ def _extract(payload: SnapshotPayload, data_dir: str | os.PathLike[str] | None) 
         temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
         temporary.write_bytes(content)
         os.replace(temporary, target)
+    marker.write_text(payload.revision)
     return base
 
 
@@ -347,10 +355,3 @@ def _same(path: Path, content: bytes) -> bool:
     except OSError:
         return False
     return hashlib.sha256(existing).digest() == hashlib.sha256(content).digest()
-
-
-def _register_source(module: ModuleBlob, app: str) -> None:
-    filename = f"{app}@snapshot/{module.path}"
-    text = module.source.decode("utf-8", "replace")
-    lines = text.splitlines(keepends=True)
-    linecache.cache[filename] = (len(text), None, lines, filename)
