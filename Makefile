@@ -31,6 +31,7 @@ pytest: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/invoke.py --json benchmarks/results/invoke.json
+	$(PY) benchmarks/coldstart.py --json benchmarks/results/coldstart.json
 
 lock: $(STAMP)
 	{ echo '# Every package in the dev environment, pinned: a fresh machine gets what CI got.'; \

@@ -231,3 +231,24 @@ def _build_hello() -> bytes:
 
 
 _HELLO_BLOB = _build_hello()
+
+
+@pytest.mark.anyio
+async def test_tracebacks_from_snapshot_code_show_source_lines(tmp_path: Path) -> None:
+    import traceback
+
+    folder = write_app(tmp_path / "src")
+    (folder / "helpers" / "words.py").write_text(
+        "from ..contracts import Query\n\n\ndef shout(text):\n"
+        "    raise ValueError('shouting failed here')\n"
+    )
+    revision = load_revision(build(tmp_path, folder), data_dir=tmp_path / "d")
+    try:
+        words = revision.namespace.modules["greeter.helpers.words"]
+        with pytest.raises(ValueError) as caught:
+            words.shout("x")
+        rendered = "".join(traceback.format_exception(caught.value))
+        assert "greeter@snapshot/greeter/helpers/words.py" in rendered
+        assert "raise ValueError('shouting failed here')" in rendered
+    finally:
+        revision.unload()
