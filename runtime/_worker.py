@@ -27,7 +27,8 @@ from ._decisions import (
     dead_letter_subject,
     decide_stream,
 )
-from ._event import Event
+from ._budget import RetryBudget
+from ._event import Event, Outcome
 from ._invoker import Invoker
 
 __all__ = ["StreamWorker", "WorkerStatistics", "ensure_dead_letter_stream"]
@@ -60,6 +61,7 @@ class StreamWorker:
         consumer: ConsumerConfig,
         slots: int | None = None,
         fetch_timeout: float = 1.0,
+        budget: RetryBudget | None = None,
     ) -> None:
         self._invoker = invoker
         self._backbone = backbone
@@ -69,6 +71,11 @@ class StreamWorker:
         limit = self._capability.spec.policy.concurrency
         self._slots = slots or limit or 16
         self._fetch_timeout = fetch_timeout
+        self._budget = budget
+        # A call that may outlive AckWait gets in-progress acks every half AckWait, so the
+        # server never redelivers work that is still running (bounded by the timeout).
+        timeout = self._capability.spec.policy.timeout
+        self._heartbeat = consumer.ack_wait / 2 if timeout >= consumer.ack_wait / 2 else None
         self._acked = self._naked = self._dead = 0
 
     def statistics(self) -> WorkerStatistics:
@@ -123,7 +130,12 @@ class StreamWorker:
             attempt=message.num_delivered,
             traceparent=headers.get(TRACEPARENT_HEADER, ""),
         )
-        outcome = await self._capability(event)
+        if self._budget is not None and message.num_delivered == 1:
+            self._budget.record_first_attempt()
+        if self._heartbeat is None:
+            outcome = await self._capability(event)
+        else:
+            outcome = await self._invoke_with_heartbeat(message, event, self._heartbeat)
         action = decide_stream(
             outcome,
             delivery_count=message.num_delivered,
@@ -133,12 +145,33 @@ class StreamWorker:
             await message.ack()
             self._acked += 1
         elif type(action) is Nak:
-            await message.nak(action.delay)
+            delay = action.delay
+            if self._budget is not None:
+                delay = self._budget.retry_delay(delay)
+            await message.nak(delay)
             self._naked += 1
         else:
             assert type(action) is DeadLetter
             await self._dead_letter(message, action, event)
         return action
+
+    async def _invoke_with_heartbeat(
+        self, message: Message, event: Event, interval: float
+    ) -> Outcome:
+        result: list[Outcome] = []
+        async with anyio.create_task_group() as group:
+
+            async def beat() -> None:
+                while True:
+                    await anyio.sleep(interval)
+                    await message.in_progress()
+
+            group.start_soon(beat)
+            try:
+                result.append(await self._capability(event))
+            finally:
+                group.cancel_scope.cancel()
+        return result[0]
 
     async def _dead_letter(self, message: Message, action: DeadLetter, event: Event) -> None:
         spec = self._capability.spec

@@ -17,6 +17,7 @@ from ._backbone import (
     StreamConfig,
     StreamInfo,
 )
+from ._budget import BudgetStatistics, RetryBudget
 from ._clock import Clock, SystemClock
 from ._context import MSG_ID_HEADER, TRACEPARENT_HEADER
 from ._cron import CronSpec, parse_cron
@@ -51,6 +52,7 @@ from ._errors import (
 )
 from ._idempotency import Claim, IdempotencyStore, MemoryIdempotencyStore
 from ._invoker import CompiledCapability, Invoker, InvokerStatistics
+from ._kv_idempotency import IDEMPOTENCY_BUCKET, KvIdempotencyStore
 from ._loader import load_app
 from ._memory_backbone import MemoryBackbone
 from ._policy import Policy
@@ -68,6 +70,10 @@ from ._triggers import (
 from ._worker import StreamWorker, WorkerStatistics, ensure_dead_letter_stream
 
 __all__ = [
+    "BudgetStatistics",
+    "IDEMPOTENCY_BUCKET",
+    "KvIdempotencyStore",
+    "RetryBudget",
     "Ack",
     "AppLoadError",
     "Backbone",

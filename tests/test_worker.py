@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import anyio
 import msgspec
 import pytest
 
@@ -146,3 +147,93 @@ async def test_many_messages_with_bounded_slots() -> None:
     await worker.run_until_idle()
     assert sorted(name for name, _ in calls) == sorted(f"job-{i}" for i in range(50))
     assert worker.statistics().acked == 50
+
+
+class RecordingMessage:
+    """A delivery that records what the worker did with it (for the heartbeat test)."""
+
+    def __init__(self, data: bytes, *, beats_wanted: int) -> None:
+        self.subject = "jobs.new"
+        self.data = data
+        self.headers: dict[str, str] = {}
+        self.stream = "JOBS"
+        self.seq = 1
+        self.num_delivered = 1
+        self.msg_id = "m-1"
+        self.actions: list[str] = []
+        self.beats_wanted = beats_wanted
+        self.enough_beats = anyio.Event()
+
+    async def ack(self) -> None:
+        self.actions.append("ack")
+
+    async def nak(self, delay: float | None = None) -> None:
+        self.actions.append(f"nak {delay}")
+
+    async def term(self, reason: str = "") -> None:
+        self.actions.append("term")
+
+    async def in_progress(self) -> None:
+        self.actions.append("in_progress")
+        if self.actions.count("in_progress") >= self.beats_wanted:
+            self.enough_beats.set()
+
+
+async def test_long_handler_sends_in_progress_until_done() -> None:
+    message = RecordingMessage(b'{"name":"slow"}', beats_wanted=3)
+    app = App("jobs")
+
+    @app.capability(timeout=10)
+    async def slow(job: Job) -> str:
+        await message.enough_beats.wait()  # finishes only after three heartbeats
+        return job.name
+
+    backbone = MemoryBackbone()
+    consumer = ConsumerConfig(durable="slow", ack_wait=0.05)
+    worker = StreamWorker(Invoker(app), backbone, "slow", stream="JOBS", consumer=consumer)
+    with anyio.fail_after(10):
+        await worker.handle(message)  # type: ignore[arg-type]
+    assert message.actions == ["in_progress"] * 3 + ["ack"]
+
+
+async def test_short_handler_sends_no_heartbeat() -> None:
+    message = RecordingMessage(b'{"name":"quick"}', beats_wanted=1)
+    app = App("jobs")
+
+    @app.capability(timeout=1)
+    async def quick(job: Job) -> str:
+        return job.name
+
+    consumer = ConsumerConfig(durable="quick", ack_wait=30)
+    worker = StreamWorker(Invoker(app), MemoryBackbone(), "quick", stream="JOBS", consumer=consumer)
+    await worker.handle(message)  # type: ignore[arg-type]
+    assert message.actions == ["ack"]
+
+
+async def test_retry_budget_delays_retries_beyond_its_share() -> None:
+    from runtime._budget import RetryBudget
+
+    clock = FakeClock()
+    budget = RetryBudget(ratio=0, min_per_second=0, burst=1, throttle_delay=60, clock=clock)
+    app = App("jobs")
+
+    @app.capability(retry=RetryPolicy(max_attempts=5, backoff=Backoff(initial=1, jitter=0)))
+    async def failing(job: Job) -> None:
+        raise ConnectionError("down")
+
+    consumer = ConsumerConfig(durable="failing", ack_wait=30)
+    worker = StreamWorker(
+        Invoker(app, rand=lambda: 0.0),
+        MemoryBackbone(),
+        "failing",
+        stream="JOBS",
+        consumer=consumer,
+        budget=budget,
+    )
+    first = RecordingMessage(b'{"name":"a"}', beats_wanted=1)
+    second = RecordingMessage(b'{"name":"b"}', beats_wanted=1)
+    await worker.handle(first)  # type: ignore[arg-type]
+    await worker.handle(second)  # type: ignore[arg-type]
+    assert first.actions == ["nak 1.0"]  # within the budget's burst
+    assert second.actions == ["nak 60"]  # over budget: delayed, not dropped
+    assert budget.statistics().first_attempts == 2
