@@ -21,12 +21,13 @@ from ._errors import (
     WrongRevision,
 )
 from ._event import Event, Ok, Outcome, Reject, Retry
-from ._policy import Backoff, Idempotency, RetryPolicy
+from ._policy import Access, Backoff, Idempotency, RetryPolicy
 from ._triggers import http, kv, objects, schedule, stream, subject
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Access",
     "App",
     "Backoff",
     "CallerError",

@@ -28,7 +28,7 @@ import msgspec
 
 from ._context import Context
 from ._errors import ConfigError
-from ._policy import Idempotency, Policy, RetryPolicy
+from ._policy import Access, Idempotency, Policy, RetryPolicy
 from ._triggers import HttpTrigger, Trigger
 
 __all__ = ["App", "CapabilitySpec", "Hook"]
@@ -89,13 +89,15 @@ class App:
         idempotency: Idempotency | None = None,
         concurrency: int | None = None,
         max_payload: int = 1024 * 1024,
+        access: Access | None = None,
     ) -> Callable[[F], F]:
         """Declare an async function as a capability of this app.
 
         ``timeout`` (seconds) bounds every call; ``retry`` bounds attempts and sets
         the backoff; ``idempotency`` makes duplicates return the first result;
         ``concurrency`` caps calls in flight (beyond it: ``Retry`` with code
-        ``overloaded``); ``max_payload`` caps input bytes.
+        ``overloaded``); ``max_payload`` caps input bytes; ``access`` lists the
+        subjects and KV buckets the function may touch (None: anything).
         """
         for trigger in triggers:
             if not isinstance(trigger, _TRIGGER_TYPES):
@@ -109,6 +111,7 @@ class App:
             idempotency=idempotency,
             concurrency=concurrency,
             max_payload=max_payload,
+            access=access,
         )
 
         def register(function: F) -> F:

@@ -14,13 +14,15 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from ._errors import ConfigError
+from ._errors import AccessDenied, ConfigError
 from ._event import Event
+from ._subjects import subject_matches
 from ._trace import TraceContext, parse_traceparent, start_trace
 
 if TYPE_CHECKING:
     from ._backbone import Backbone, KeyValue, PubAck
     from ._clock import Clock
+    from ._policy import Access
 
 __all__ = ["Context", "CapabilityEnv", "TRACEPARENT_HEADER", "MSG_ID_HEADER"]
 
@@ -32,7 +34,7 @@ _encode = msgspec.json.Encoder().encode
 class CapabilityEnv:
     """Per-capability, per-invoker values shared by every Context of that capability."""
 
-    __slots__ = ("app", "backbone", "capability", "clock", "logger")
+    __slots__ = ("access", "app", "backbone", "capability", "clock", "logger")
 
     def __init__(
         self,
@@ -42,7 +44,9 @@ class CapabilityEnv:
         backbone: Backbone | None,
         clock: Clock,
         logger: logging.Logger,
+        access: Access | None = None,
     ) -> None:
+        self.access = access
         self.app = app
         self.capability = capability
         self.backbone = backbone
@@ -118,6 +122,12 @@ class Context:
         duplicate window drops the copies. ``data`` that is not bytes is JSON-encoded.
         """
         backbone = self._require_backbone("publish")
+        access = self._env.access
+        if access is not None and not any(subject_matches(p, subject) for p in access.publishes):
+            raise AccessDenied(
+                f"capability {self._env.capability!r} may not publish to {subject!r}; "
+                f"add it to access=Access(publishes=...) (allowed: {list(access.publishes)})"
+            )
         self._published += 1
         if msg_id is None:
             msg_id = f"{self.event.id}/{self._env.capability}/{self._published}"
@@ -128,7 +138,14 @@ class Context:
 
     async def kv(self, bucket: str) -> KeyValue:
         """The KV bucket ``bucket`` (it must exist; hosts provision declared buckets)."""
-        return await self._require_backbone("kv").kv(bucket)
+        backbone = self._require_backbone("kv")
+        access = self._env.access
+        if access is not None and bucket not in access.buckets:
+            raise AccessDenied(
+                f"capability {self._env.capability!r} may not use KV bucket {bucket!r}; "
+                f"add it to access=Access(buckets=...) (allowed: {list(access.buckets)})"
+            )
+        return await backbone.kv(bucket)
 
     def _require_backbone(self, what: str) -> Backbone:
         backbone = self._env.backbone

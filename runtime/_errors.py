@@ -19,6 +19,7 @@ __all__ = [
     "UnknownCapability",
     "Rejected",
     "FunctionError",
+    "AccessDenied",
     "HandlerFailed",
     "DeadlineExceeded",
     "RetryLater",
@@ -109,6 +110,13 @@ class FunctionError(ThawError):
     code = "function_error"
     http_status = 500
     retryable = True
+
+
+class AccessDenied(FunctionError):
+    """A function touched a subject or bucket outside its declared ``Access``."""
+
+    code = "access_denied"
+    retryable = False
 
 
 class HandlerFailed(FunctionError):
@@ -214,14 +222,16 @@ class DefinitionConflict(BackboneError):
 
 
 class KeyExists(BackboneError):
-    """``create`` found a live value under the key."""
+    """``create`` found a live value under the key.
+
+    Retryable: escaping a function, it means a read-modify-write lost a race, and
+    running the function again reads the winner's value.
+    """
 
     code = "kv_key_exists"
-    retryable = False
 
 
 class WrongRevision(BackboneError):
-    """A compare-and-set update saw a different revision than expected."""
+    """A compare-and-set update saw a different revision than expected (retryable, as above)."""
 
     code = "kv_wrong_revision"
-    retryable = False

@@ -362,7 +362,12 @@ class Invoker:
             name: CompiledCapability(
                 spec,
                 CapabilityEnv(
-                    app=app.name, capability=name, backbone=backbone, clock=self.clock, logger=log
+                    app=app.name,
+                    capability=name,
+                    backbone=backbone,
+                    clock=self.clock,
+                    logger=log,
+                    access=spec.policy.access,
                 ),
                 store=self.idempotency_store,
                 rand=rand,

@@ -15,7 +15,7 @@ import msgspec
 
 from ._errors import ConfigError
 
-__all__ = ["Backoff", "RetryPolicy", "Idempotency", "Policy"]
+__all__ = ["Access", "Backoff", "RetryPolicy", "Idempotency", "Policy"]
 
 
 def _is_number(value: object) -> bool:
@@ -103,6 +103,29 @@ class Idempotency(msgspec.Struct, frozen=True, kw_only=True):
             raise ConfigError("Idempotency.key must be a callable (event, payload) -> str")
 
 
+class Access(msgspec.Struct, frozen=True, kw_only=True):
+    """What a function may touch: subjects it publishes to and KV buckets it uses.
+
+    Enforced by ``Context`` (anything else is refused with ``access_denied``) and
+    used by hosts to provision streams for the subjects and the buckets.
+    Subjects may use NATS wildcards (``payments.>``).
+    """
+
+    publishes: tuple[str, ...] = ()
+    buckets: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        from ._subjects import validate_name, validate_subject
+
+        given: tuple[object, object] = (self.publishes, self.buckets)
+        if any(isinstance(value, str) for value in given):
+            raise ConfigError("Access.publishes and Access.buckets take tuples, not a string")
+        for subject in self.publishes:
+            validate_subject(subject, wildcards=True)
+        for bucket in self.buckets:
+            validate_name("kv bucket", bucket)
+
+
 class Policy(msgspec.Struct, frozen=True, kw_only=True):
     """Everything the invoker enforces for one capability."""
 
@@ -111,6 +134,7 @@ class Policy(msgspec.Struct, frozen=True, kw_only=True):
     idempotency: Idempotency | None = None
     concurrency: int | None = None
     max_payload: int = 1024 * 1024
+    access: Access | None = None  # None: unrestricted
 
     def __post_init__(self) -> None:
         _positive("timeout", self.timeout)

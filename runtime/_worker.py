@@ -15,6 +15,7 @@ import anyio
 import msgspec
 
 from ._backbone import Backbone, ConsumerConfig, Message, StreamConfig
+from ._budget import RetryBudget
 from ._context import TRACEPARENT_HEADER
 from ._decisions import (
     DEAD_LETTER_STREAM,
@@ -27,7 +28,6 @@ from ._decisions import (
     dead_letter_subject,
     decide_stream,
 )
-from ._budget import RetryBudget
 from ._event import Event, Outcome
 from ._invoker import Invoker
 
@@ -77,6 +77,16 @@ class StreamWorker:
         timeout = self._capability.spec.policy.timeout
         self._heartbeat = consumer.ack_wait / 2 if timeout >= consumer.ack_wait / 2 else None
         self._acked = self._naked = self._dead = 0
+        self._stopping = False
+        self._stopped = anyio.Event()
+
+    def stop(self) -> None:
+        """Stop fetching; calls in flight finish (see ``wait_stopped``)."""
+        self._stopping = True
+
+    async def wait_stopped(self) -> None:
+        """Return once the worker has stopped fetching and its calls have finished."""
+        await self._stopped.wait()
 
     def statistics(self) -> WorkerStatistics:
         return WorkerStatistics(self._acked, self._naked, self._dead)
@@ -91,27 +101,35 @@ class StreamWorker:
 
     async def _pump(self, *, stop_when_idle: bool) -> None:
         free = anyio.Semaphore(self._slots)
-        async with anyio.create_task_group() as group:
-            while True:
-                if free.value == 0:
-                    await free.acquire()  # wait for a slot, then give it back to count it
-                    free.release()
-                wanted = free.value
-                messages = await self._backbone.fetch(
-                    self._stream,
-                    self._consumer.durable,
-                    batch=wanted,
-                    timeout=0.0 if stop_when_idle else self._fetch_timeout,
-                )
-                if not messages and stop_when_idle:
-                    if free.value == self._slots:
-                        return
-                    await free.acquire()  # something is in flight: wait for it to finish
-                    free.release()
-                    continue
-                for message in messages:
-                    await free.acquire()
-                    group.start_soon(self._handle_and_release, message, free)
+        try:
+            async with anyio.create_task_group() as group:
+                await self._fetch_loop(group, free, stop_when_idle=stop_when_idle)
+        finally:
+            self._stopped.set()
+
+    async def _fetch_loop(
+        self, group: anyio.abc.TaskGroup, free: anyio.Semaphore, *, stop_when_idle: bool
+    ) -> None:
+        while not self._stopping:
+            if free.value == 0:
+                await free.acquire()  # wait for a slot, then give it back to count it
+                free.release()
+            wanted = free.value
+            messages = await self._backbone.fetch(
+                self._stream,
+                self._consumer.durable,
+                batch=wanted,
+                timeout=0.0 if stop_when_idle else self._fetch_timeout,
+            )
+            if not messages and stop_when_idle:
+                if free.value == self._slots:
+                    return
+                await free.acquire()  # something is in flight: wait for it to finish
+                free.release()
+                continue
+            for message in messages:
+                await free.acquire()
+                group.start_soon(self._handle_and_release, message, free)
 
     async def _handle_and_release(self, message: Message, free: anyio.Semaphore) -> None:
         try:

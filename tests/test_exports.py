@@ -10,6 +10,7 @@ import runtime.testing
 def test_function_author_surface() -> None:
     assert sorted(runtime.__all__) == sorted(
         [
+            "Access",
             "App",
             "Backoff",
             "CallerError",

@@ -1,0 +1,114 @@
+"""The host: wires an App, a backbone and its stream workers together and owns lifecycle.
+
+``open_host(app, backbone)`` provisions what the app needs (see ``_provision``),
+builds one invoker (idempotency on the backbone's KV, so several hosts share
+it), runs the app's ``on_start`` hooks, and starts one ``StreamWorker`` per
+``stream`` trigger in its own task group. Several hosts may consume the same
+durable consumers: they are competing workers, so capacity grows by adding
+hosts. Leaving the context drains: workers stop fetching, in-flight calls get
+``drain_timeout`` seconds to finish (unfinished ones are cancelled and, never
+acked, redelivered elsewhere), then ``on_stop`` runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import anyio
+import msgspec
+
+from ._app import App
+from ._backbone import Backbone
+from ._budget import RetryBudget
+from ._event import Event, Outcome
+from ._idempotency import IdempotencyStore
+from ._invoker import Invoker
+from ._kv_idempotency import KvIdempotencyStore
+from ._provision import ProvisionPlan, apply_plan, idempotency_bucket_for, plan_for
+from ._worker import StreamWorker, WorkerStatistics
+
+__all__ = ["Host", "HostStatistics", "open_host"]
+
+
+class HostStatistics(msgspec.Struct, frozen=True):
+    app: str
+    workers: dict[str, WorkerStatistics]
+
+
+class Host:
+    """A running app on a backbone (use ``open_host``)."""
+
+    def __init__(
+        self,
+        app: App,
+        backbone: Backbone,
+        invoker: Invoker,
+        plan: ProvisionPlan,
+        workers: dict[str, StreamWorker],
+    ) -> None:
+        self.app = app
+        self.backbone = backbone
+        self.invoker = invoker
+        self.plan = plan
+        self.workers = workers
+
+    async def invoke(self, capability: str, event: Event) -> Outcome:
+        """Invoke directly (what an HTTP or request/reply adapter does)."""
+        return await self.invoker.invoke(capability, event)
+
+    def statistics(self) -> HostStatistics:
+        return HostStatistics(
+            app=self.app.name,
+            workers={name: worker.statistics() for name, worker in self.workers.items()},
+        )
+
+
+@asynccontextmanager
+async def open_host(
+    app: App,
+    backbone: Backbone,
+    *,
+    provision: bool = True,
+    idempotency_store: IdempotencyStore | None = None,
+    budget: RetryBudget | None = None,
+    fetch_timeout: float = 1.0,
+    drain_timeout: float = 10.0,
+) -> AsyncIterator[Host]:
+    plan = plan_for(app)
+    if provision:
+        await apply_plan(plan, backbone)
+    store = idempotency_store or KvIdempotencyStore(backbone, bucket=idempotency_bucket_for(app))
+    invoker = Invoker(app, backbone=backbone, idempotency_store=store)
+    budget = budget or RetryBudget()
+    workers = {
+        consumer.capability: StreamWorker(
+            invoker,
+            backbone,
+            consumer.capability,
+            stream=consumer.stream,
+            consumer=consumer.config,
+            fetch_timeout=fetch_timeout,
+            budget=budget,
+        )
+        for consumer in plan.consumers
+    }
+    for hook in app.start_hooks:
+        await hook()
+    try:
+        async with anyio.create_task_group() as group:
+            for worker in workers.values():
+                group.start_soon(worker.run)
+            try:
+                yield Host(app, backbone, invoker, plan, workers)
+            finally:
+                for worker in workers.values():
+                    worker.stop()
+                with anyio.move_on_after(drain_timeout, shield=True):
+                    for worker in workers.values():
+                        await worker.wait_stopped()
+                group.cancel_scope.cancel()
+    finally:
+        with anyio.CancelScope(shield=True):
+            for hook in reversed(app.stop_hooks):
+                await hook()

@@ -1,0 +1,139 @@
+"""Provisioning from capability specs: the streams, consumers and buckets an App needs.
+
+``plan_for(app)`` is pure: it derives, from triggers and ``Access`` declarations,
+one stream per app (``<APP>``, or the stream a trigger names) capturing every
+subject its capabilities consume or publish, one durable pull consumer per
+``stream`` trigger (AckWait, MaxDeliver from the retry policy, MaxAckPending
+from the concurrency limit), the KV buckets the capabilities use, the
+idempotency bucket and the dead-letter stream. ``apply_plan`` creates each one
+or confirms an identical existing one; an existing definition that differs is
+reported (``DefinitionConflict`` naming the fields), never silently changed.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from ._app import App
+from ._backbone import Backbone, ConsumerConfig, KvConfig, StreamConfig
+from ._decisions import DEAD_LETTER_STREAM, DEAD_LETTER_SUBJECTS
+from ._kv_idempotency import IDEMPOTENCY_BUCKET
+from ._subjects import subject_is_subset
+from ._triggers import StreamTrigger
+
+__all__ = [
+    "ProvisionPlan",
+    "ConsumerPlan",
+    "plan_for",
+    "apply_plan",
+    "stream_name_for",
+    "idempotency_bucket_for",
+]
+
+DEFAULT_ACK_WAIT = 30.0
+DUPLICATE_WINDOW = 120.0
+
+
+class ConsumerPlan(msgspec.Struct, frozen=True):
+    capability: str
+    stream: str
+    config: ConsumerConfig
+
+
+class ProvisionPlan(msgspec.Struct, frozen=True):
+    streams: list[StreamConfig]
+    consumers: list[ConsumerPlan]
+    buckets: list[KvConfig]
+
+    def describe(self) -> list[str]:
+        lines = [f"stream {s.name}: {', '.join(s.subjects)}" for s in self.streams]
+        lines += [
+            f"consumer {c.stream}/{c.config.durable} for {c.capability}: "
+            f"filter {c.config.filter_subject}, ack_wait {c.config.ack_wait:g}s, "
+            f"max_deliver {c.config.max_deliver}, max_ack_pending {c.config.max_ack_pending}"
+            for c in self.consumers
+        ]
+        lines += [
+            f"kv bucket {b.bucket}" + (f" (ttl {b.ttl:g}s)" if b.ttl else "") for b in self.buckets
+        ]
+        return lines
+
+
+def idempotency_bucket_for(app: App) -> str:
+    """Each app its own idempotency bucket, so apps with different TTLs never conflict."""
+    return f"{IDEMPOTENCY_BUCKET}_{app.name}"
+
+
+def stream_name_for(app: App) -> str:
+    return app.name.upper().replace("-", "_")
+
+
+def _minimal(subjects: list[str]) -> tuple[str, ...]:
+    """Drop subjects another one in the list already covers (streams refuse overlaps)."""
+    kept: list[str] = []
+    for subject in dict.fromkeys(subjects):
+        if any(subject != other and subject_is_subset(subject, other) for other in subjects):
+            continue
+        kept.append(subject)
+    return tuple(kept)
+
+
+def plan_for(app: App, *, ack_wait: float = DEFAULT_ACK_WAIT) -> ProvisionPlan:
+    default_stream = stream_name_for(app)
+    subjects: dict[str, list[str]] = {}
+    consumers: list[ConsumerPlan] = []
+    buckets: dict[str, KvConfig] = {}
+    idempotency_ttl = 0.0
+    for spec in app.capabilities.values():
+        policy = spec.policy
+        for trigger in spec.triggers:
+            if not isinstance(trigger, StreamTrigger):
+                continue
+            stream = trigger.stream or default_stream
+            subjects.setdefault(stream, []).append(trigger.subject)
+            consumers.append(
+                ConsumerPlan(
+                    capability=spec.name,
+                    stream=stream,
+                    config=ConsumerConfig(
+                        durable=trigger.durable or f"{app.name}-{spec.name}",
+                        filter_subject=trigger.subject,
+                        ack_wait=ack_wait,
+                        max_deliver=policy.retry.max_attempts,
+                        max_ack_pending=policy.concurrency or 1000,
+                    ),
+                )
+            )
+        if policy.access is not None:
+            for subject in policy.access.publishes:
+                owner = next(
+                    (
+                        name
+                        for name, held in subjects.items()
+                        if any(subject_is_subset(subject, h) for h in held)
+                    ),
+                    default_stream,
+                )
+                subjects.setdefault(owner, []).append(subject)
+            for bucket in policy.access.buckets:
+                buckets.setdefault(bucket, KvConfig(bucket=bucket))
+        if policy.idempotency is not None:
+            idempotency_ttl = max(idempotency_ttl, policy.idempotency.ttl)
+    streams = [
+        StreamConfig(name=name, subjects=_minimal(held), duplicate_window=DUPLICATE_WINDOW)
+        for name, held in subjects.items()
+    ]
+    streams.append(StreamConfig(name=DEAD_LETTER_STREAM, subjects=DEAD_LETTER_SUBJECTS))
+    if idempotency_ttl:
+        name = idempotency_bucket_for(app)
+        buckets[name] = KvConfig(bucket=name, ttl=idempotency_ttl)
+    return ProvisionPlan(streams=streams, consumers=consumers, buckets=list(buckets.values()))
+
+
+async def apply_plan(plan: ProvisionPlan, backbone: Backbone) -> None:
+    for stream in plan.streams:
+        await backbone.add_stream(stream)
+    for consumer in plan.consumers:
+        await backbone.add_consumer(consumer.stream, consumer.config)
+    for bucket in plan.buckets:
+        await backbone.add_kv(bucket)
