@@ -3,7 +3,7 @@
 ``open_host(app, backbone)`` provisions what the app needs (see ``_provision``),
 builds one invoker (idempotency on the backbone's KV, so several hosts share
 it), runs the app's ``on_start`` hooks, and starts one ``StreamWorker`` per
-``stream`` trigger in its own task group. Several hosts may consume the same
+``stream`` trigger plus the schedule runner in its own task group. Several hosts may consume the same
 durable consumers: they are competing workers, so capacity grows by adding
 hosts. Leaving the context drains: workers stop fetching, in-flight calls get
 ``drain_timeout`` seconds to finish (unfinished ones are cancelled and, never
@@ -26,6 +26,7 @@ from ._idempotency import IdempotencyStore
 from ._invoker import Invoker
 from ._kv_idempotency import KvIdempotencyStore
 from ._provision import ProvisionPlan, apply_plan, idempotency_bucket_for, plan_for
+from ._schedule import ScheduleRunner
 from ._worker import StreamWorker, WorkerStatistics
 
 __all__ = ["Host", "HostStatistics", "open_host"]
@@ -93,12 +94,15 @@ async def open_host(
         )
         for consumer in plan.consumers
     }
+    schedules = ScheduleRunner(app, invoker, backbone)
     for hook in app.start_hooks:
         await hook()
     try:
         async with anyio.create_task_group() as group:
             for worker in workers.values():
                 group.start_soon(worker.run)
+            if schedules.schedules:
+                group.start_soon(schedules.run)
             try:
                 yield Host(app, backbone, invoker, plan, workers)
             finally:
