@@ -3,11 +3,12 @@
 ``open_host(app, backbone)`` provisions what the app needs (see ``_provision``),
 builds one invoker (idempotency on the backbone's KV, so several hosts share
 it), runs the app's ``on_start`` hooks, and starts one ``StreamWorker`` per
-``stream`` trigger plus the schedule runner in its own task group. Several hosts may consume the same
-durable consumers: they are competing workers, so capacity grows by adding
-hosts. Leaving the context drains: workers stop fetching, in-flight calls get
-``drain_timeout`` seconds to finish (unfinished ones are cancelled and, never
-acked, redelivered elsewhere), then ``on_stop`` runs.
+``stream`` trigger, plus the schedule runner, in its own task group. Several
+hosts may consume the same durable consumers: they are competing workers, so
+capacity grows by adding hosts. Leaving the context drains: workers stop
+fetching, in-flight calls get ``drain_timeout`` seconds to finish (unfinished
+ones are cancelled and, never acked, redelivered elsewhere), then ``on_stop``
+runs.
 """
 
 from __future__ import annotations
