@@ -186,6 +186,10 @@ class Backbone(Protocol):
 
     async def get_message(self, stream: str, seq: int) -> StoredMessage: ...
 
+    async def delete_message(self, stream: str, seq: int) -> None:
+        """Remove one stored message; ``MessageNotFound`` if it is not there."""
+        ...
+
     async def add_consumer(self, stream: str, config: ConsumerConfig) -> ConsumerInfo:
         """Create the durable consumer, or confirm an identical one."""
         ...

@@ -26,9 +26,11 @@ __all__ = [
     "dead_letter_headers",
     "DEAD_LETTER_STREAM",
     "DEAD_LETTER_SUBJECTS",
+    "EVENT_ID_HEADER",
 ]
 
 DEAD_LETTER_STREAM = "THAW_DLQ"
+EVENT_ID_HEADER = "Thaw-Event-Id"
 DEAD_LETTER_SUBJECTS = ("thaw.dlq.>",)
 
 
@@ -79,6 +81,7 @@ def dead_letter_headers(
     attempts: int,
     revision: str = "",
     traceparent: str = "",
+    event_id: str = "",
 ) -> dict[str, str]:
     """Headers that say why a message was dead-lettered and where it came from."""
     headers = {
@@ -91,6 +94,8 @@ def dead_letter_headers(
         "Thaw-App": app,
         "Thaw-Capability": capability,
     }
+    if event_id:
+        headers[EVENT_ID_HEADER] = event_id  # a replay keeps the idempotency identity
     if revision:
         headers["Thaw-Revision"] = revision
     if traceparent:

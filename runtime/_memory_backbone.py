@@ -184,6 +184,13 @@ class MemoryBackbone:
             )
         return message
 
+    async def delete_message(self, stream: str, seq: int) -> None:
+        await self._enter()
+        state = self._stream(stream)
+        state.expire(self._clock.now())
+        if not state.delete(seq):
+            raise MessageNotFound(f"stream {stream!r} has no message with sequence {seq}")
+
     # -- consumers --------------------------------------------------------------
 
     async def add_consumer(self, stream: str, config: ConsumerConfig) -> ConsumerInfo:

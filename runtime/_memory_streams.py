@@ -147,15 +147,24 @@ def _header_size(headers: Mapping[str, str]) -> int:
 class _Stored:
     __slots__ = ("message", "stored_at")
 
-    def __init__(self, message: StoredMessage, stored_at: float) -> None:
-        self.message = message
+    def __init__(self, message: StoredMessage | None, stored_at: float) -> None:
+        self.message = message  # None once deleted (a tombstone keeps sequences contiguous)
         self.stored_at = stored_at
 
 
 class StreamState:
     """One stream: its messages, its duplicate-detection window and its consumers."""
 
-    __slots__ = ("_messages", "_msg_ids", "config", "consumers", "first_seq", "last_seq", "signal")
+    __slots__ = (
+        "_deleted",
+        "_messages",
+        "_msg_ids",
+        "config",
+        "consumers",
+        "first_seq",
+        "last_seq",
+        "signal",
+    )
 
     def __init__(self, config: StreamConfig) -> None:
         self.config = config
@@ -164,6 +173,7 @@ class StreamState:
         self.first_seq = 1
         self.last_seq = 0
         self._messages: deque[_Stored] = deque()
+        self._deleted = 0  # tombstones inside _messages
         # msg id -> (seq, stored_at), oldest first: time only moves forward.
         self._msg_ids: dict[str, tuple[int, float]] = {}
 
@@ -175,7 +185,8 @@ class StreamState:
         if max_age > 0:
             messages = self._messages
             while messages and now - messages[0].stored_at >= max_age:
-                messages.popleft()
+                if messages.popleft().message is None:
+                    self._deleted -= 1
                 self.first_seq += 1
         window = self.config.duplicate_window
         msg_ids = self._msg_ids
@@ -225,12 +236,28 @@ class StreamState:
             return self._messages[index].message
         return None
 
+    def delete(self, seq: int) -> bool:
+        """Delete one message (consumers skip it from now on); False if it was not there."""
+        index = seq - self.first_seq
+        if not 0 <= index < len(self._messages) or self._messages[index].message is None:
+            return False
+        self._messages[index].message = None
+        self._deleted += 1
+        for consumer in self.consumers.values():
+            consumer.pending.pop(seq, None)
+        while self._messages and self._messages[0].message is None:
+            self._messages.popleft()
+            self._deleted -= 1
+            self.first_seq += 1
+        self.signal.fire()
+        return True
+
     def info(self, now: float) -> StreamInfo:
         self.expire(now)
         first = self.first_seq if self.last_seq else 0
         return StreamInfo(
             config=self.config,
-            messages=len(self._messages),
+            messages=len(self._messages) - self._deleted,
             first_seq=first,
             last_seq=self.last_seq,
         )
@@ -303,9 +330,8 @@ class ConsumerState:
             and (limit == -1 or len(self.pending) < limit)
         ):
             message = stream.get(seq)
-            assert message is not None
             self.cursor = seq
-            if self._wants(message.subject):
+            if message is not None and self._wants(message.subject):
                 self.pending[seq] = _Pending(1, now + self._wait_after(1))
                 out.append((message, 1))
             seq += 1

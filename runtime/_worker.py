@@ -20,6 +20,7 @@ from ._context import TRACEPARENT_HEADER
 from ._decisions import (
     DEAD_LETTER_STREAM,
     DEAD_LETTER_SUBJECTS,
+    EVENT_ID_HEADER,
     Ack,
     DeadLetter,
     Nak,
@@ -141,7 +142,7 @@ class StreamWorker:
         """Invoke for one delivery and perform the decided action."""
         headers = message.headers
         event = Event(
-            id=message.msg_id or f"{message.stream}.{message.seq}",
+            id=headers.get(EVENT_ID_HEADER) or message.msg_id or f"{message.stream}.{message.seq}",
             data=message.data,
             subject=message.subject,
             headers=dict(headers),
@@ -203,6 +204,7 @@ class StreamWorker:
             seq=message.seq,
             attempts=message.num_delivered,
             traceparent=event.traceparent,
+            event_id=event.id,
         )
         # The msg id makes a repeated dead-lettering of the same delivery idempotent.
         await self._backbone.publish(

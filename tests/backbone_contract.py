@@ -39,6 +39,7 @@ from runtime._errors import (
     ConsumerNotFound,
     DefinitionConflict,
     KeyExists,
+    MessageNotFound,
     NoStreamForSubject,
     StreamNotFound,
     WrongRevision,
@@ -178,6 +179,24 @@ class BackboneContract:
         assert (await harness.backbone.get_message(stream, 2)).headers["Nats-Msg-Id"] == "id-2"
         with pytest.raises(BackboneError):
             await harness.backbone.get_message(stream, 3)
+
+    @pytest.mark.anyio
+    async def test_delete_message_removes_it_for_readers_and_consumers(
+        self, harness: BackboneHarness
+    ) -> None:
+        stream, root = await self.make_stream(harness)
+        durable = await self.make_consumer(harness, stream)
+        await self.publish_many(harness, f"{root}.x", 3)
+        await harness.backbone.delete_message(stream, 2)
+        with pytest.raises(MessageNotFound):
+            await harness.backbone.get_message(stream, 2)
+        with pytest.raises(MessageNotFound):
+            await harness.backbone.delete_message(stream, 2)
+        assert (await harness.backbone.stream_info(stream)).messages == 2
+        delivered = await self.fetch_due(harness, stream, durable)
+        assert [m.data for m in delivered] == [b"m0", b"m2"]
+        await harness.backbone.delete_message(stream, 1)
+        assert (await harness.backbone.get_message(stream, 3)).data == b"m2"
 
     @pytest.mark.anyio
     async def test_publish_to_a_subject_no_stream_captures_fails(

@@ -1,0 +1,125 @@
+"""Dead-letter tooling: list, show, replay (honouring idempotency) and purge."""
+
+from __future__ import annotations
+
+import anyio
+import msgspec
+import pytest
+
+from runtime import App, Context, Event, Idempotency, Rejected, RetryPolicy, stream
+from runtime._dead_letters import (
+    list_dead_letters,
+    purge_dead_letters,
+    replay_dead_letter,
+    show_dead_letter,
+)
+from runtime._errors import MessageNotFound
+from runtime._host import open_host
+from runtime._provision import apply_plan, plan_for
+from runtime.lowlevel import DEAD_LETTER_STREAM, Invoker, StreamWorker
+from runtime.testing import MemoryBackbone
+
+pytestmark = pytest.mark.anyio
+
+
+class Job(msgspec.Struct, frozen=True):
+    name: str
+
+
+def jobs_app(state: dict[str, bool], effects: list[str]) -> App:
+    app = App("jobs")
+
+    @app.capability(
+        stream("jobs.run"), retry=RetryPolicy(max_attempts=1), idempotency=Idempotency()
+    )
+    async def run(job: Job, ctx: Context) -> str:
+        if state.get("broken"):
+            raise Rejected("the job store is down for maintenance", code="store_down")
+        effects.append(job.name)
+        return job.name
+
+    @app.capability(stream("jobs.other"))
+    async def other(raw: bytes) -> None:
+        raise Rejected("never works", code="other_broken")
+
+    return app
+
+
+async def drain(app: App, backbone: MemoryBackbone) -> None:
+    invoker = Invoker(app, backbone=backbone)
+    for consumer in plan_for(app).consumers:
+        worker = StreamWorker(
+            invoker, backbone, consumer.capability, stream=consumer.stream, consumer=consumer.config
+        )
+        await worker.run_until_idle()
+
+
+async def test_list_show_replay_and_purge() -> None:
+    backbone = MemoryBackbone()
+    state = {"broken": True}
+    effects: list[str] = []
+    app = jobs_app(state, effects)
+    await apply_plan(plan_for(app), backbone)
+    await backbone.publish("jobs.run", b'{"name":"a"}', msg_id="evt-a")
+    await backbone.publish("jobs.run", b'{"name":"b"}', msg_id="evt-b")
+    await backbone.publish("jobs.other", b"x", msg_id="evt-x")
+    await drain(app, backbone)
+    letters = await list_dead_letters(backbone)
+    assert [(d.capability, d.code, d.event_id) for d in letters] == [
+        ("run", "store_down", "evt-a"),
+        ("run", "store_down", "evt-b"),
+        ("other", "other_broken", "evt-x"),
+    ]
+    only_run = await list_dead_letters(backbone, app="jobs", capability="run")
+    assert len(only_run) == 2
+    first = await show_dead_letter(backbone, only_run[0].seq)
+    assert first.original_subject == "jobs.run"
+    assert first.message == "the job store is down for maintenance"
+    assert first.attempts == 1
+
+    state["broken"] = False  # the dependency is back: replay
+    await replay_dead_letter(backbone, only_run[0].seq)
+    await replay_dead_letter(backbone, only_run[1].seq)
+    await drain(app, backbone)
+    assert effects == ["a", "b"]
+    remaining = await list_dead_letters(backbone)
+    assert [d.capability for d in remaining] == ["other"]
+    with pytest.raises(MessageNotFound):
+        await show_dead_letter(backbone, only_run[0].seq)
+
+    assert await purge_dead_letters(backbone, capability="other") == 1
+    assert await list_dead_letters(backbone) == []
+
+
+async def test_replay_of_work_that_had_completed_does_not_run_it_again() -> None:
+    backbone = MemoryBackbone()
+    effects: list[str] = []
+    app = jobs_app({}, effects)
+    async with open_host(app, backbone, fetch_timeout=0.01) as host:
+        await host.invoke("run", Event(id="evt-done", data=b'{"name":"once"}'))
+    # Forge a dead letter for that completed event, as if its ack had been lost.
+    await backbone.publish(
+        "thaw.dlq.jobs.run",
+        b'{"name":"once"}',
+        headers={
+            "Thaw-App": "jobs",
+            "Thaw-Capability": "run",
+            "Thaw-Original-Subject": "jobs.run",
+            "Thaw-Original-Stream": "JOBS",
+            "Thaw-Original-Seq": "1",
+            "Thaw-Event-Id": "evt-done",
+        },
+    )
+    letters = await list_dead_letters(backbone)
+    await replay_dead_letter(backbone, letters[0].seq)
+    async with open_host(app, backbone, fetch_timeout=0.01) as host:
+        with anyio.fail_after(10):
+            while host.statistics().workers["run"].acked < 1:
+                await anyio.wait_all_tasks_blocked()
+                await anyio.lowlevel.checkpoint()
+    assert effects == ["once"]  # answered from the idempotency store, not run again
+    assert (await backbone.stream_info(DEAD_LETTER_STREAM)).messages == 0
+
+
+async def test_empty_or_missing_dead_letter_stream() -> None:
+    assert await list_dead_letters(MemoryBackbone()) == []
