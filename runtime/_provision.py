@@ -84,7 +84,7 @@ def plan_for(app: App, *, ack_wait: float = DEFAULT_ACK_WAIT) -> ProvisionPlan:
     consumers: list[ConsumerPlan] = []
     buckets: dict[str, KvConfig] = {}
     idempotency_ttl = 0.0
-    for spec in app.capabilities.values():
+    for spec in app.capabilities.values():  # first the subjects capabilities consume
         policy = spec.policy
         for trigger in spec.triggers:
             if not isinstance(trigger, StreamTrigger):
@@ -104,12 +104,15 @@ def plan_for(app: App, *, ack_wait: float = DEFAULT_ACK_WAIT) -> ProvisionPlan:
                     ),
                 )
             )
+    consumed = {name: list(held) for name, held in subjects.items()}
+    for spec in app.capabilities.values():  # then what they publish and the state they use
+        policy = spec.policy
         if policy.access is not None:
             for subject in policy.access.publishes:
                 owner = next(
                     (
                         name
-                        for name, held in subjects.items()
+                        for name, held in consumed.items()
                         if any(subject_is_subset(subject, h) for h in held)
                     ),
                     default_stream,

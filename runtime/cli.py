@@ -120,6 +120,10 @@ def _parser() -> argparse.ArgumentParser:
     coldstart.add_argument("--data", metavar="JSON", help="payload (default: {} or per-capability)")
     coldstart.add_argument("--json", metavar="FILE", help="write the results as JSON")
     coldstart.set_defaults(handler=_cmd_bench_coldstart)
+
+    from ._cli_ops import add_commands
+
+    add_commands(commands, _positive_int)
     return parser
 
 

@@ -5,7 +5,17 @@ Try it:  thaw run examples/hello --capability greet --data '{"name": "Ada"}'
 
 import msgspec
 
-from runtime import App, Backoff, Context, Idempotency, Rejected, RetryPolicy, http, stream
+from runtime import (
+    Access,
+    App,
+    Backoff,
+    Context,
+    Idempotency,
+    Rejected,
+    RetryPolicy,
+    http,
+    stream,
+)
 
 app = App("hello")
 
@@ -28,6 +38,7 @@ class Reply(msgspec.Struct, frozen=True):
     timeout=1.0,
     retry=RetryPolicy(max_attempts=3, backoff=Backoff(initial=0.05, jitter=0.5)),
     idempotency=Idempotency(),
+    access=Access(publishes=("hello.greeted",)),
 )
 async def greet(request: Greeting, ctx: Context) -> Reply:
     """Greet someone in their language; publishes a `hello.greeted` event."""

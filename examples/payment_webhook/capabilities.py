@@ -26,6 +26,7 @@ from datetime import UTC, datetime
 import msgspec
 
 from runtime import (
+    Access,
     App,
     Backoff,
     Context,
@@ -166,6 +167,7 @@ def _check_version(event: PaymentEvent) -> None:
     retry=RetryPolicy(max_attempts=3, backoff=Backoff(initial=0.1, maximum=1.0)),
     concurrency=256,
     max_payload=64 * 1024,
+    access=Access(publishes=(EVENTS_SUBJECT,)),
 )
 async def ingest(body: bytes, ctx: Context) -> Receipt:
     """Verify a signed payment webhook and queue it on payments.events (async-first intake)."""
@@ -197,6 +199,7 @@ async def ingest(body: bytes, ctx: Context) -> Receipt:
     retry=RetryPolicy(max_attempts=8, backoff=Backoff(initial=0.2, maximum=30.0)),
     idempotency=Idempotency(key=lambda event, payment: ledger.apply_key(payment), ttl=7 * 86400),
     concurrency=32,
+    access=Access(buckets=(LEDGER_BUCKET,)),
 )
 async def apply_payment(payment: PaymentEvent, ctx: Context) -> LedgerEntry:
     """Post a payment event to the customer's ledger account (compare-and-set on KV)."""

@@ -1,0 +1,198 @@
+"""Operational commands of ``thaw``: serve, provision and dead-letter tooling.
+
+They work on any backbone by name (``--backbone``; ``--nats URL`` is short for
+``--backbone nats --url URL``). Without a URL the NATS backbone starts the
+embedded nats-server with its store under ``--state-dir`` (default ``.thaw``),
+so dead letters and KV state survive between commands.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from typing import Any
+
+import anyio
+import msgspec
+
+from ._backbones import available_backbones, open_backbone
+from ._dead_letters import (
+    list_dead_letters,
+    purge_dead_letters,
+    replay_dead_letter,
+    show_dead_letter,
+)
+from ._host import open_host
+from ._provision import apply_plan, plan_for
+
+__all__ = ["add_commands"]
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def _backbone_options(parser: argparse.ArgumentParser) -> None:
+    names = sorted(available_backbones())
+    default = "nats" if "nats" in names else "memory"
+    parser.add_argument(
+        "--backbone",
+        choices=names,
+        default=default,
+        help=f"messaging and state backbone (default: {default})",
+    )
+    parser.add_argument("--url", help="backbone URL (default: start the embedded server)")
+    parser.add_argument("--nats", metavar="URL", help="short for --backbone nats --url URL")
+    parser.add_argument(
+        "--state-dir", default=".thaw", help="where embedded servers keep their data (.thaw)"
+    )
+
+
+def _target(args: argparse.Namespace) -> tuple[str, str | None]:
+    if args.nats:
+        return "nats", args.nats
+    return args.backbone, args.url
+
+
+def add_commands(commands: Any, positive_int: Any) -> None:
+    serve = commands.add_parser(
+        "serve",
+        help="run an app on a backbone until SIGTERM/SIGINT, then drain",
+        description="Provision what the app needs, run its stream consumers and schedules, "
+        "and drain gracefully on SIGTERM or SIGINT.",
+    )
+    serve.add_argument("app", metavar="APP", help="app or snapshot")
+    serve.add_argument("--drain-timeout", type=float, default=10.0, help="seconds (10)")
+    _backbone_options(serve)
+    serve.set_defaults(handler=_cmd_serve)
+
+    provision = commands.add_parser(
+        "provision", help="create or confirm the streams, consumers and buckets an app needs"
+    )
+    provision.add_argument("app", metavar="APP", help="app or snapshot")
+    provision.add_argument("--dry-run", action="store_true", help="only print the plan")
+    _backbone_options(provision)
+    provision.set_defaults(handler=_cmd_provision)
+
+    dlq = commands.add_parser("dlq", help="list, show, replay or purge dead letters")
+    actions = dlq.add_subparsers(dest="dlq_command", metavar="ACTION")
+    dlq.set_defaults(handler=lambda args: (dlq.print_help(), EXIT_USAGE)[1])
+    listing = actions.add_parser("list", help="list dead letters, oldest first")
+    listing.add_argument("--app")
+    listing.add_argument("--capability")
+    listing.add_argument("--limit", type=positive_int, default=100)
+    show = actions.add_parser("show", help="show one dead letter with its headers and payload")
+    show.add_argument("seq", type=positive_int)
+    replay = actions.add_parser("replay", help="re-publish dead letters to their subjects")
+    replay.add_argument("seq", type=positive_int, nargs="+")
+    purge = actions.add_parser("purge", help="delete dead letters")
+    purge.add_argument("--app")
+    purge.add_argument("--capability")
+    purge.add_argument("--yes", action="store_true", help="really delete (required)")
+    for parser, handler in ((listing, _dlq_list), (show, _dlq_show), (replay, _dlq_replay)):
+        _backbone_options(parser)
+        parser.set_defaults(handler=handler)
+    _backbone_options(purge)
+    purge.set_defaults(handler=_dlq_purge)
+
+
+def _load(target: str) -> Any:
+    from .cli import load_target
+
+    return load_target(target)
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    app = _load(args.app)
+    kind, url = _target(args)
+
+    async def main() -> None:
+        async with (
+            open_backbone(kind, url, state_dir=args.state_dir) as backbone,
+            open_host(app, backbone, drain_timeout=args.drain_timeout) as host,
+        ):
+            with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                workers = ", ".join(host.workers) or "none"
+                print(
+                    f"thaw: serving app {app.name} on the {kind} backbone "
+                    f"(stream consumers: {workers}); SIGTERM or Ctrl-C drains and stops",
+                    flush=True,
+                )
+                async for received in signals:
+                    print(f"thaw: {signal.Signals(received).name}: draining", flush=True)
+                    break
+        print("thaw: stopped", flush=True)
+
+    anyio.run(main)
+    return EXIT_OK
+
+
+def _cmd_provision(args: argparse.Namespace) -> int:
+    app = _load(args.app)
+    plan = plan_for(app)
+    for line in plan.describe():
+        print(line)
+    if args.dry_run:
+        return EXIT_OK
+    kind, url = _target(args)
+
+    async def main() -> None:
+        async with open_backbone(kind, url, state_dir=args.state_dir) as backbone:
+            await apply_plan(plan, backbone)
+
+    anyio.run(main)
+    print(f"provisioned app {app.name} on the {kind} backbone")
+    return EXIT_OK
+
+
+def _with_backbone(args: argparse.Namespace, work: Any) -> Any:
+    kind, url = _target(args)
+
+    async def main() -> Any:
+        async with open_backbone(kind, url, state_dir=args.state_dir) as backbone:
+            return await work(backbone)
+
+    return anyio.run(main)
+
+
+def _dlq_list(args: argparse.Namespace) -> int:
+    records = _with_backbone(
+        args,
+        lambda b: list_dead_letters(b, app=args.app, capability=args.capability, limit=args.limit),
+    )
+    if not records:
+        print("no dead letters")
+    for r in records:
+        print(
+            f"{r.seq:>6}  {r.app}.{r.capability}  [{r.code}] attempts {r.attempts}  "
+            f"from {r.original_stream}#{r.original_seq} ({r.original_subject}): {r.message}"
+        )
+    return EXIT_OK
+
+
+def _dlq_show(args: argparse.Namespace) -> int:
+    record = _with_backbone(args, lambda b: show_dead_letter(b, args.seq))
+    document = msgspec.to_builtins(record)
+    document["data"] = record.data.decode("utf-8", "replace")
+    print(msgspec.json.format(msgspec.json.encode(document), indent=2).decode())
+    return EXIT_OK
+
+
+def _dlq_replay(args: argparse.Namespace) -> int:
+    async def work(backbone: Any) -> None:
+        for seq in args.seq:
+            ack = await replay_dead_letter(backbone, seq)
+            print(f"replayed dead letter {seq} as {ack.stream}#{ack.seq}")
+
+    _with_backbone(args, work)
+    return EXIT_OK
+
+
+def _dlq_purge(args: argparse.Namespace) -> int:
+    if not args.yes:
+        print("thaw dlq purge deletes dead letters for good: add --yes", file=sys.stderr)
+        return EXIT_USAGE
+    count = _with_backbone(
+        args, lambda b: purge_dead_letters(b, app=args.app, capability=args.capability)
+    )
+    print(f"purged {count} dead letters")
+    return EXIT_OK
