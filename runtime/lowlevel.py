@@ -17,13 +17,22 @@ from ._backbone import (
     StreamConfig,
     StreamInfo,
 )
+from ._backbones import available_backbones, open_backbone
 from ._budget import BudgetStatistics, RetryBudget
 from ._clock import Clock, SystemClock
 from ._context import MSG_ID_HEADER, TRACEPARENT_HEADER
 from ._cron import CronSpec, parse_cron
+from ._dead_letters import (
+    DeadLetterRecord,
+    list_dead_letters,
+    purge_dead_letters,
+    replay_dead_letter,
+    show_dead_letter,
+)
 from ._decisions import (
     DEAD_LETTER_STREAM,
     DEAD_LETTER_SUBJECTS,
+    EVENT_ID_HEADER,
     Ack,
     DeadLetter,
     Nak,
@@ -33,6 +42,7 @@ from ._decisions import (
     decide_stream,
 )
 from ._errors import (
+    AccessDenied,
     AppLoadError,
     BackboneError,
     BucketNotFound,
@@ -50,12 +60,20 @@ from ._errors import (
     UnknownCapability,
     WrongRevision,
 )
+from ._host import Host, HostStatistics, open_host
 from ._idempotency import Claim, IdempotencyStore, MemoryIdempotencyStore
+from ._instances import Instance, InstancePool, Isolation, PoolStatistics
 from ._invoker import CompiledCapability, Invoker, InvokerStatistics
 from ._kv_idempotency import IDEMPOTENCY_BUCKET, KvIdempotencyStore
 from ._loader import load_app
 from ._memory_backbone import MemoryBackbone
 from ._policy import Policy
+from ._provision import ConsumerPlan, ProvisionPlan, apply_plan, plan_for
+from ._revision import LoadTimings, Revision, RevisionLoadError, load_revision
+from ._revisions import RevisionRouter
+from ._schedule import ScheduleRunner, Tick, next_tick
+from ._snapshot_build import BuildResult, build_snapshot
+from ._snapshot_format import SnapshotError
 from ._subjects import subject_matches, validate_subject
 from ._trace import TraceContext, parse_traceparent, start_trace
 from ._triggers import (
@@ -70,6 +88,37 @@ from ._triggers import (
 from ._worker import StreamWorker, WorkerStatistics, ensure_dead_letter_stream
 
 __all__ = [
+    "available_backbones",
+    "open_backbone",
+    "DeadLetterRecord",
+    "list_dead_letters",
+    "purge_dead_letters",
+    "replay_dead_letter",
+    "show_dead_letter",
+    "Host",
+    "HostStatistics",
+    "open_host",
+    "Instance",
+    "InstancePool",
+    "Isolation",
+    "PoolStatistics",
+    "ConsumerPlan",
+    "ProvisionPlan",
+    "apply_plan",
+    "plan_for",
+    "LoadTimings",
+    "Revision",
+    "RevisionLoadError",
+    "load_revision",
+    "RevisionRouter",
+    "ScheduleRunner",
+    "Tick",
+    "next_tick",
+    "BuildResult",
+    "build_snapshot",
+    "SnapshotError",
+    "EVENT_ID_HEADER",
+    "AccessDenied",
     "BudgetStatistics",
     "IDEMPOTENCY_BUCKET",
     "KvIdempotencyStore",
