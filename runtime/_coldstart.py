@@ -218,6 +218,20 @@ async def _thaw_round(
                 phases.setdefault(f"a_{isolation}:{name}:thaw", []).append(thawed - started)
                 phases.setdefault(f"a_{isolation}:{name}:first_call", []).append(called - thawed)
             result[f"a_{isolation}:{name}"] = totals
+    if hasattr(os, "fork"):
+        from ._process import ProcessPool
+
+        for name, data in payloads.items():
+            totals = []
+            for _ in range(count):
+                forked = ProcessPool(revision, backbone_factory=_bench_backbone)
+                event = Event(id=f"cold-{next(_ids)}", data=data)
+                started = clock()
+                outcome = await forked.invoke(name, event)
+                totals.append(clock() - started)
+                await forked.aclose()
+                outcomes[f"process:{name}"] = _outcome_label(outcome)
+            result[f"a_process:{name}"] = totals
     return result
 
 
@@ -423,6 +437,7 @@ def format_report(report: dict[str, Any]) -> str:
         rows = [
             (f"a_shared:{capability}", "(a) instance thaw, shared (the cold start)"),
             (f"a_fresh:{capability}", "(a) instance thaw, fresh (modules re-executed)"),
+            (f"a_process:{capability}", "(a) instance thaw, process (fork, on_start)"),
             ("b", _LABELS["b"]),
             ("c_nocache", _LABELS["c_nocache"]),
             ("c_cache", _LABELS["c_cache"]),
