@@ -1,0 +1,100 @@
+"""HttpConfig: every limit and timeout of the HTTP server, with its default.
+
+Limits are hard: past one, the client gets a clear answer (413, 414, 431, 408,
+503) and, where the byte stream can no longer be trusted, the connection is
+closed. Nothing queues without bound: a connection holds at most
+``max_pipeline`` unanswered requests, the server at most ``max_in_flight``
+running ones and ``max_connections`` open connections.
+"""
+
+from __future__ import annotations
+
+import math
+
+import msgspec
+
+from runtime import ConfigError
+
+__all__ = ["HttpConfig"]
+
+
+class HttpConfig(msgspec.Struct, frozen=True, kw_only=True):
+    """Limits, timeouts (seconds) and operational paths of the HTTP server."""
+
+    max_header_bytes: int = 16 * 1024
+    """Request line plus header fields (and trailers), in bytes; beyond: 431 and close."""
+    max_headers: int = 100
+    """Header fields (and trailers) per request; beyond: 431 and close."""
+    max_target: int = 8 * 1024
+    """Length of the request target (path and query); beyond: 414 and close."""
+    max_body: int = 1024 * 1024
+    """Body bytes; a route accepts at most min(this, the capability's max_payload). 413."""
+    max_pipeline: int = 32
+    """Unanswered requests per connection; reading pauses there, and a burst past it
+    in one read gets 503 and close."""
+    max_in_flight: int = 1024
+    """Requests being handled across the server; beyond: 503 with Retry-After."""
+    max_connections: int = 4096
+    """Open connections; a connection past it gets 503 and is closed."""
+    keepalive_timeout: float = 5.0
+    """An idle keep-alive connection is closed (silently) after this."""
+    header_timeout: float = 10.0
+    """The whole request head must arrive within this of its first byte (slowloris); 408."""
+    body_timeout: float = 10.0
+    """Longest silence while a body is arriving (reset on progress); 408."""
+    receive_timeout: float = 60.0
+    """A whole request must arrive within this of its first byte, however it trickles; 408."""
+    send_timeout: float = 30.0
+    """A client that reads nothing of our answers for this long is disconnected."""
+    linger_timeout: float = 2.0
+    """After an error answer, how long we read and discard what the client still sends
+    so that it sees the answer instead of a reset."""
+    drain_timeout: float = 10.0
+    """On shutdown, in-flight requests get this long to finish; the rest are cancelled."""
+    health_path: str = "/healthz"
+    """Liveness: 200 while the process serves. Empty string: off."""
+    ready_path: str = "/readyz"
+    """Readiness: 200 when the app is loaded and the server is not draining, else 503."""
+    backlog: int = 1024
+    reuse_port: bool = False
+    """SO_REUSEPORT, so several worker processes can share the port."""
+
+    def __post_init__(self) -> None:
+        for name in (
+            "max_header_bytes",
+            "max_headers",
+            "max_target",
+            "max_body",
+            "max_pipeline",
+            "max_in_flight",
+            "max_connections",
+            "backlog",
+        ):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"HttpConfig.{name} must be a positive int, got {value!r}")
+        for name in (
+            "keepalive_timeout",
+            "header_timeout",
+            "body_timeout",
+            "receive_timeout",
+            "send_timeout",
+            "linger_timeout",
+            "drain_timeout",
+        ):
+            value = getattr(self, name)
+            if (
+                not isinstance(value, int | float)
+                or isinstance(value, bool)
+                or not math.isfinite(value)
+                or value <= 0
+            ):
+                raise ConfigError(
+                    f"HttpConfig.{name} must be a positive number of seconds, got {value!r}"
+                )
+        for name in ("health_path", "ready_path"):
+            value = getattr(self, name)
+            if value and not (isinstance(value, str) and value.startswith("/")):
+                raise ConfigError(
+                    f"HttpConfig.{name} must start with '/' (or be ''), got {value!r}"
+                )

@@ -1,0 +1,207 @@
+"""Serving: bind, accept, drain.
+
+``open_http_server(invoker_or_host)`` binds a listening socket on the running
+asyncio loop (uvloop's when the caller runs one; the server never picks the
+loop) and yields an ``HttpServer`` with the bound ``port``. Leaving the context
+drains: stop accepting, let each connection finish the requests it has read
+(answers say ``connection: close``) within ``drain_timeout``, then abort what is
+left, cancel its request tasks and wait for them to end.
+
+``serve_http`` serves until cancelled (or SIGTERM/SIGINT with
+``handle_signals=True``); ``run_app`` is the blocking entry point that also
+chooses the loop: uvloop when importable, else the standard asyncio loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+import anyio
+
+from runtime import App
+from runtime._host import Host, open_host
+from runtime.lowlevel import Backbone, Invoker, MemoryBackbone
+
+from .config import HttpConfig
+from .protocol import HttpConnection, Service
+from .service import HttpService
+from .state import ServerState, ServerStatistics
+
+__all__ = ["HttpServer", "open_http_server", "open_service_server", "serve_http", "run_app"]
+
+log = logging.getLogger("thaw.http")
+_ABORT_GRACE = 5.0  # after the drain deadline: how long cancelled tasks get to unwind
+
+
+class HttpServer:
+    """A listening server (from ``open_http_server``)."""
+
+    def __init__(self, state: ServerState, server: asyncio.AbstractServer) -> None:
+        self._state = state
+        self._server = server
+        sockets = getattr(server, "sockets", None) or ()
+        address = sockets[0].getsockname() if sockets else ("", 0)
+        self.host: str = address[0]
+        self.port: int = address[1]
+
+    @property
+    def config(self) -> HttpConfig:
+        return self._state.config
+
+    @property
+    def draining(self) -> bool:
+        return self._state.draining
+
+    def statistics(self) -> ServerStatistics:
+        return self._state.statistics()
+
+    async def wait_idle(self) -> None:
+        """Return once no connection is open and no request task is left."""
+        await self._state.wait_idle()
+
+    async def drain(self, timeout: float | None = None) -> None:
+        """Stop accepting and finish in-flight requests within ``timeout`` (default: config)."""
+        state = self._state
+        if timeout is None:
+            timeout = state.config.drain_timeout
+        if not state.draining:
+            state.draining = True
+            self._server.close()
+        for connection in list(state.connections):
+            connection.begin_drain()
+        with anyio.move_on_after(timeout):
+            await state.wait_idle()
+        if state.connections or state.tasks:
+            log.warning(
+                "drain deadline passed with %d connections and %d requests left: cancelling",
+                len(state.connections),
+                len(state.tasks),
+            )
+            for connection in list(state.connections):
+                connection.abort()
+            for task in list(state.tasks):
+                task.cancel()
+            with anyio.move_on_after(_ABORT_GRACE):
+                await state.wait_idle()
+        await self._server.wait_closed()
+
+
+@asynccontextmanager
+async def open_service_server(
+    service: Service,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    config: HttpConfig | None = None,
+    state_hook: Callable[[ServerState], None] | None = None,
+) -> AsyncIterator[HttpServer]:
+    """Serve any ``Service`` (the lower level under ``open_http_server``)."""
+    config = config or HttpConfig()
+    loop = asyncio.get_running_loop()
+    state = ServerState(service, config, loop)
+    if state_hook is not None:
+        state_hook(state)
+    server = await loop.create_server(
+        lambda: HttpConnection(state),
+        host,
+        port,
+        backlog=config.backlog,
+        reuse_port=config.reuse_port or None,
+    )
+    running = HttpServer(state, server)
+    tick: asyncio.TimerHandle | None = None
+
+    def refresh_date() -> None:
+        nonlocal tick
+        state.date.refresh()
+        tick = loop.call_later(1.0, refresh_date)
+
+    refresh_date()
+    try:
+        yield running
+    finally:
+        try:
+            with anyio.CancelScope(shield=True):
+                await running.drain()
+        finally:
+            if tick is not None:
+                tick.cancel()
+
+
+@asynccontextmanager
+async def open_http_server(
+    target: Invoker | Host,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    config: HttpConfig | None = None,
+) -> AsyncIterator[HttpServer]:
+    """Serve the http triggers of an invoker's (or a host's) app; yields the bound server."""
+    config = config or HttpConfig()
+    invoker = target.invoker if isinstance(target, Host) else target
+    holder: list[ServerState] = []
+
+    def not_ready() -> str | None:
+        if holder and holder[0].draining:
+            return "the server is draining"
+        return None
+
+    service = HttpService(invoker, config=config, not_ready=not_ready)
+    async with open_service_server(
+        service, host=host, port=port, config=config, state_hook=holder.append
+    ) as server:
+        yield server
+
+
+async def serve_http(
+    target: Invoker | Host,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    config: HttpConfig | None = None,
+    on_ready: Callable[[HttpServer], None] | None = None,
+    handle_signals: bool = False,
+) -> None:
+    """Serve until cancelled, or until SIGTERM/SIGINT when ``handle_signals``; then drain."""
+    loop = asyncio.get_running_loop()
+    async with open_http_server(target, host=host, port=port, config=config) as server:
+        stop = asyncio.Event()
+        signals = (signal.SIGTERM, signal.SIGINT) if handle_signals else ()
+        for number in signals:
+            loop.add_signal_handler(number, stop.set)
+        try:
+            if on_ready is not None:
+                on_ready(server)
+            await stop.wait()
+        finally:
+            for number in signals:
+                loop.remove_signal_handler(number)
+
+
+def run_app(
+    app: App,
+    *,
+    backbone: Backbone | None = None,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    config: HttpConfig | None = None,
+    on_ready: Callable[[HttpServer], None] | None = None,
+) -> None:
+    """Blocking: open a host for ``app`` (MemoryBackbone by default) and serve it over HTTP."""
+
+    async def main() -> None:
+        async with open_host(app, backbone or MemoryBackbone()) as opened:
+            await serve_http(
+                opened, host=host, port=port, config=config, on_ready=on_ready, handle_signals=True
+            )
+
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main())
+    else:
+        uvloop.run(main())

@@ -1,0 +1,75 @@
+"""ServerState: what every connection of one server shares.
+
+The server owns it; connections register themselves and their tasks here, so
+the server can drain (stop reading, wait for in-flight answers) and, past the
+deadline, cancel what is left and wait for it to finish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+import msgspec
+
+from ._wire import DateLine
+from .config import HttpConfig
+
+if TYPE_CHECKING:
+    from .protocol import HttpConnection, Service
+
+__all__ = ["ServerState", "ServerStatistics"]
+
+
+class ServerStatistics(msgspec.Struct, frozen=True):
+    connections: int
+    accepted: int
+    requests: int
+    in_flight: int
+    tasks: int
+    refused: int
+    draining: bool
+
+
+class ServerState:
+    def __init__(
+        self, service: Service, config: HttpConfig, loop: asyncio.AbstractEventLoop
+    ) -> None:
+        self.service = service
+        self.config = config
+        self.loop = loop
+        self.connections: set[HttpConnection] = set()
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.in_flight = 0
+        self.requests = 0
+        self.accepted = 0
+        self.refused = 0
+        self.draining = False
+        self.date = DateLine()
+        self._idle: asyncio.Future[None] | None = None
+
+    def statistics(self) -> ServerStatistics:
+        return ServerStatistics(
+            connections=len(self.connections),
+            accepted=self.accepted,
+            requests=self.requests,
+            in_flight=self.in_flight,
+            tasks=len(self.tasks),
+            refused=self.refused,
+            draining=self.draining,
+        )
+
+    def notify(self) -> None:
+        """A connection or task ended: wake ``wait_idle`` once nothing is left."""
+        waiter = self._idle
+        if waiter is not None and not self.connections and not self.tasks and not waiter.done():
+            waiter.set_result(None)
+
+    async def wait_idle(self) -> None:
+        """Return once every connection is closed and every request task has ended."""
+        while self.connections or self.tasks:
+            self._idle = self.loop.create_future()
+            try:
+                await self._idle
+            finally:
+                self._idle = None
