@@ -61,6 +61,18 @@ from ._errors import (
     WrongRevision,
 )
 from ._host import Host, HostStatistics, open_host
+from ._http_decisions import (
+    PROTOCOL_ERRORS,
+    HttpAnswer,
+    Problem,
+    answer_outcome,
+    keep_alive,
+    problem,
+    problem_answer,
+    reason_phrase,
+    retry_after_seconds,
+    status_for,
+)
 from ._idempotency import Claim, IdempotencyStore, MemoryIdempotencyStore
 from ._instances import Instance, InstancePool, Isolation, PoolStatistics
 from ._invoker import CompiledCapability, Invoker, InvokerStatistics
@@ -88,6 +100,16 @@ from ._triggers import (
 from ._worker import StreamWorker, WorkerStatistics, ensure_dead_letter_stream
 
 __all__ = [
+    "HttpAnswer",
+    "Problem",
+    "PROTOCOL_ERRORS",
+    "answer_outcome",
+    "keep_alive",
+    "problem",
+    "problem_answer",
+    "reason_phrase",
+    "retry_after_seconds",
+    "status_for",
     "available_backbones",
     "open_backbone",
     "DeadLetterRecord",

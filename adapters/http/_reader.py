@@ -18,7 +18,7 @@ from typing import Protocol
 
 import httptools
 
-from runtime._http_decisions import PROTOCOL_ERRORS, keep_alive, problem_answer
+from runtime.lowlevel import PROTOCOL_ERRORS, keep_alive, problem_answer
 
 from ._wire import Request, Response, response_from_answer
 from .config import HttpConfig

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 from http import HTTPStatus
 from typing import Any
 
-from runtime._http_decisions import HttpAnswer
+from runtime.lowlevel import HttpAnswer
 
 __all__ = [
     "Request",

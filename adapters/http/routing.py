@@ -41,10 +41,18 @@ from urllib.parse import parse_qsl, unquote
 import msgspec
 
 from runtime import Event, Ok, Outcome
-from runtime._http_decisions import JSON, answer_outcome, problem_answer
-from runtime.lowlevel import CompiledCapability, HttpTrigger, Invoker, parse_traceparent
+from runtime.lowlevel import (
+    CompiledCapability,
+    HttpTrigger,
+    Invoker,
+    answer_outcome,
+    parse_traceparent,
+    problem_answer,
+)
 
 from ._wire import Response, response_from_answer
+
+JSON = "application/json"
 
 __all__ = ["Route", "Router", "compile_router", "EventIds"]
 

@@ -23,8 +23,7 @@ from contextlib import asynccontextmanager
 import anyio
 
 from runtime import App
-from runtime._host import Host, open_host
-from runtime.lowlevel import Backbone, Invoker, MemoryBackbone
+from runtime.lowlevel import Backbone, Host, Invoker, MemoryBackbone, open_host
 
 from .config import HttpConfig
 from .protocol import HttpConnection, Service

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from runtime._http_decisions import problem_answer
-from runtime.lowlevel import Invoker
+from runtime.lowlevel import Invoker, problem_answer
 
 from ._wire import Request, Response, response_from_answer
 from .config import HttpConfig
