@@ -50,11 +50,16 @@ class Retry(msgspec.Struct, frozen=True, gc=False):
 
 
 class Reject(msgspec.Struct, frozen=True, gc=False):
-    """Never retry: the event goes to the dead-letter path (or a 4xx/5xx answer)."""
+    """Never retry: the event goes to the dead-letter path (or a 4xx/5xx answer).
+
+    ``status`` is an HTTP status the function chose (``Rejected(http_status=...)``);
+    None means "the one the code implies".
+    """
 
     code: str
     reason: str
     attempts: int = 1
+    status: int | None = None
 
 
 Outcome: TypeAlias = Ok | Retry | Reject

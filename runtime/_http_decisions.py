@@ -215,7 +215,7 @@ def answer_outcome(
         body = problem(status, outcome.code, outcome.reason, event_id=event_id, trace_id=trace_id)
         return HttpAnswer(status, body, PROBLEM_JSON, retry_after_seconds(outcome.delay))
     assert type(outcome) is Reject
-    status = status_for(outcome.code, retryable=False)
+    status = outcome.status or status_for(outcome.code, retryable=False)
     body = problem(status, outcome.code, outcome.reason, event_id=event_id, trace_id=trace_id)
     return HttpAnswer(status, body, PROBLEM_JSON)
 

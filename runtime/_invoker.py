@@ -314,7 +314,10 @@ class CompiledCapability:
         attempt = event.attempt
         if isinstance(exc, ThawError):
             code, message = exc.code, exc.message
-            if isinstance(exc, Rejected) or not exc.retryable:
+            if isinstance(exc, Rejected):
+                chosen = exc.http_status if exc.http_status != Rejected.http_status else None
+                return Reject(code, _clip(message), attempt, chosen)
+            if not exc.retryable:
                 return Reject(code, _clip(message), attempt)
         else:
             code, message = HandlerFailed.code, f"{type(exc).__name__}: {exc}"

@@ -432,3 +432,17 @@ async def test_invalid_utf8_inside_a_string_is_malformed_not_a_crash() -> None:
     outcome = await make_invoker(app).invoke("total", event(b'{"order_id":"\xff","amount":1}'))
     assert isinstance(outcome, Reject)
     assert outcome.code == "payload_malformed"
+
+
+async def test_rejected_with_its_own_http_status_keeps_it() -> None:
+    app = App("t")
+
+    @app.capability()
+    async def gone() -> None:
+        raise Rejected("this order was archived", code="order_archived", http_status=410)
+
+    outcome = await make_invoker(app).invoke("gone", event())
+    assert outcome == Reject("order_archived", "this order was archived", 1, 410)
+    from runtime.lowlevel import answer_outcome
+
+    assert answer_outcome(outcome).status == 410
