@@ -19,7 +19,7 @@ from ._backbone import Backbone
 from ._errors import ConfigError
 from ._memory_backbone import MemoryBackbone
 
-__all__ = ["open_backbone", "available_backbones", "ENTRY_POINT_GROUP"]
+__all__ = ["open_backbone", "available_backbones", "load_server", "ENTRY_POINT_GROUP"]
 
 ENTRY_POINT_GROUP = "thaw.backbones"
 BackboneFactory = Callable[..., AbstractAsyncContextManager[Backbone]]
@@ -66,3 +66,17 @@ def open_backbone(
 ) -> AbstractAsyncContextManager[Backbone]:
     """Open the backbone ``name`` at ``url`` (None: its embedded default)."""
     return _load(name)(url, state_dir=state_dir, **options)
+
+
+SERVER_GROUP = "thaw.servers"
+
+
+def load_server(name: str) -> Callable[..., AbstractAsyncContextManager[Any]] | None:
+    """The server factory registered as ``name`` (e.g. ``http``), or None if not installed."""
+    for entry in importlib.metadata.entry_points(group=SERVER_GROUP):
+        if entry.name == name:
+            try:
+                return cast(Callable[..., AbstractAsyncContextManager[Any]], entry.load())
+            except ImportError:
+                return None
+    return None

@@ -11,12 +11,13 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
+from contextlib import AsyncExitStack
 from typing import Any
 
 import anyio
 import msgspec
 
-from ._backbones import available_backbones, open_backbone
+from ._backbones import available_backbones, load_server, open_backbone
 from ._dead_letters import (
     list_dead_letters,
     purge_dead_letters,
@@ -25,6 +26,7 @@ from ._dead_letters import (
 )
 from ._host import open_host
 from ._provision import apply_plan, plan_for
+from ._triggers import HttpTrigger
 
 __all__ = ["add_commands"]
 
@@ -62,6 +64,15 @@ def add_commands(commands: Any, positive_int: Any) -> None:
     )
     serve.add_argument("app", metavar="APP", help="app or snapshot")
     serve.add_argument("--drain-timeout", type=float, default=10.0, help="seconds (10)")
+    serve.add_argument(
+        "--http",
+        type=int,
+        default=8000,
+        metavar="PORT",
+        help="serve the app's http triggers on 127.0.0.1:PORT (8000; 0 picks a free port)",
+    )
+    serve.add_argument("--http-host", default="127.0.0.1", help="address to bind (127.0.0.1)")
+    serve.add_argument("--no-http", action="store_true", help="do not start the HTTP server")
     _backbone_options(serve)
     serve.set_defaults(handler=_cmd_serve)
 
@@ -104,17 +115,32 @@ def _load(target: str) -> Any:
 def _cmd_serve(args: argparse.Namespace) -> int:
     app = _load(args.app)
     kind, url = _target(args)
+    wants_http = not args.no_http and any(
+        isinstance(t, HttpTrigger) for spec in app.capabilities.values() for t in spec.triggers
+    )
+    http_server = load_server("http") if wants_http else None
+    if wants_http and http_server is None:
+        print("thaw: http triggers not served: install the 'fast' extra", file=sys.stderr)
 
     async def main() -> None:
-        async with (
-            open_backbone(kind, url, state_dir=args.state_dir) as backbone,
-            open_host(app, backbone, drain_timeout=args.drain_timeout) as host,
-        ):
+        async with AsyncExitStack() as stack:
+            backbone = await stack.enter_async_context(
+                open_backbone(kind, url, state_dir=args.state_dir)
+            )
+            host = await stack.enter_async_context(
+                open_host(app, backbone, drain_timeout=args.drain_timeout)
+            )
+            where = ""
+            if http_server is not None:
+                server = await stack.enter_async_context(
+                    http_server(host, host=args.http_host, port=args.http)
+                )
+                where = f"; http on http://{server.host}:{server.port}"
             with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
                 workers = ", ".join(host.workers) or "none"
                 print(
                     f"thaw: serving app {app.name} on the {kind} backbone "
-                    f"(stream consumers: {workers}); SIGTERM or Ctrl-C drains and stops",
+                    f"(stream consumers: {workers}){where}; SIGTERM or Ctrl-C drains and stops",
                     flush=True,
                 )
                 async for received in signals:
@@ -122,8 +148,14 @@ def _cmd_serve(args: argparse.Namespace) -> int:
                     break
         print("thaw: stopped", flush=True)
 
-    anyio.run(main)
+    anyio.run(main, backend_options={"use_uvloop": _uvloop_available()})
     return EXIT_OK
+
+
+def _uvloop_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("uvloop") is not None
 
 
 def _cmd_provision(args: argparse.Namespace) -> int:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import http.client
+import json
 import os
 import signal
 import subprocess
@@ -53,7 +55,17 @@ def test_unknown_backbone_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -
 def test_serve_runs_until_sigterm_and_drains(tmp_path: Path) -> None:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     process = subprocess.Popen(
-        [sys.executable, "-m", "runtime.cli", "serve", HELLO, "--backbone", "memory"],
+        [
+            sys.executable,
+            "-m",
+            "runtime.cli",
+            "serve",
+            HELLO,
+            "--backbone",
+            "memory",
+            "--http",
+            "0",
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -65,6 +77,13 @@ def test_serve_runs_until_sigterm_and_drains(tmp_path: Path) -> None:
         line = process.stdout.readline()  # blocks until the host is up (bounded below)
         assert "serving app hello on the memory backbone" in line
         assert "greet" in line
+        port = int(line.split("http://127.0.0.1:")[1].split(";")[0])
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        connection.request("POST", "/greet", body=b'{"name": "Ada", "language": "de"}')
+        response = connection.getresponse()
+        assert response.status == 200
+        assert json.loads(response.read()) == {"message": "Hallo, Ada!", "attempt": 1}
+        connection.close()
         process.send_signal(signal.SIGTERM)
         out, err = process.communicate(timeout=30)
     finally:
