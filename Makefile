@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck pytest bench lock clean
+.PHONY: demo test lint typecheck pytest bench lock clean edge
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,12 +26,19 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy
 
-pytest: $(STAMP)
+# Node, the pinned npm packages (Pyodide) and the wheels Pyodide needs, into .thaw/edge;
+# a no-op when already current. Network only to PyPI and the npm registry, first run only.
+edge: $(STAMP)
+	$(PY) -m adapters.edge.prepare
+
+pytest: $(STAMP) edge
 	$(VENV)/bin/pytest -q
 
-bench: $(STAMP)
+bench: $(STAMP) edge
 	$(PY) benchmarks/invoke.py --json benchmarks/results/invoke.json
 	$(PY) benchmarks/coldstart.py --json benchmarks/results/coldstart.json
+	$(PY) benchmarks/http_bench.py --json benchmarks/results/http.json
+	$(PY) benchmarks/edge.py --json benchmarks/results/edge.json
 
 lock: $(STAMP)
 	{ echo '# Every package in the dev environment, pinned: a fresh machine gets what CI got.'; \

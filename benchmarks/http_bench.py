@@ -9,7 +9,7 @@ which). Servers alternate within each round (A B C, A B C, ...); each run is
 warmed up first; ratios are medians of per-round ratios. Server CPU time per
 request (from /proc) is reported too: it is steadier than req/s on a shared VM.
 
-    python benchmarks/http.py [--duration 10] [--rounds 3] [--json FILE]
+    python benchmarks/http_bench.py [--duration 10] [--rounds 3] [--json FILE]
 
 Peers: ``uvicorn`` (raw ASGI app, ``--loop uvloop --http httptools``) when it is
 installed (it belongs in the dev extra), and ``raw`` (a minimal httptools +
@@ -21,7 +21,7 @@ from __future__ import annotations
 import os
 import sys
 
-# This file is named http.py: keep its folder off sys.path so that "import http"
+# Run as a script: put the project root, not this folder, on sys.path so that "import http"
 # (http.HTTPStatus, http.client) still finds the standard library.
 _HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
@@ -60,7 +60,7 @@ class Total(msgspec.Struct, frozen=True):
     total: int
 
 
-# -- the servers (run in child processes: python benchmarks/http.py --serve NAME) -------
+# -- the servers (run in child processes: python benchmarks/http_bench.py --serve NAME) -------
 
 
 def serve_thaw(port: int) -> None:

@@ -1,0 +1,163 @@
+"""The guest half of the edge host: runs inside Pyodide (and, for tests, in CPython).
+
+``open_edge(app)`` opens the app the way ``thaw serve`` does (``open_host`` on a
+backbone, MemoryBackbone by default: provisioning, stream workers, schedules,
+on_start/on_stop) and answers HTTP requests through ``adapters.http``'s
+transport-free ``HttpService``: the same routing, contract decoding and problem
+details as the native server. Nothing here touches a socket; the JavaScript
+host turns a fetch ``Request`` into ``handle(method, target, headers, body)``
+and the returned ``EdgeResponse`` into a fetch ``Response``.
+
+``EdgeRuntime`` is what the JavaScript host holds: Pyodide has no main task to
+own the host's task group, so the runtime owns one task that keeps
+``open_edge`` open, and ``stop()`` ends it and waits for it (errors propagate
+there, and ``handle`` answers 503 ``not_ready`` once it has died).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import msgspec
+
+from adapters.http._wire import Request, Response, response_from_answer
+from adapters.http.config import HttpConfig
+from adapters.http.service import HttpService
+from runtime import App
+from runtime._http_decisions import problem_answer
+from runtime.lowlevel import Backbone, MemoryBackbone, load_app, open_host
+
+__all__ = ["EdgeResponse", "EdgeRuntime", "EdgeService", "open_edge"]
+
+_log = logging.getLogger("thaw.edge")
+_NO_BODY = frozenset({204, 304})
+
+
+class EdgeResponse(msgspec.Struct, frozen=True, array_like=True):
+    """What the JavaScript host turns into a fetch ``Response``."""
+
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes
+
+
+class EdgeService:
+    """Answers requests for one opened app (build it with ``open_edge``)."""
+
+    def __init__(self, service: HttpService, *, config: HttpConfig) -> None:
+        self._service = service
+        self._config = config
+
+    async def handle(
+        self, method: str, target: str, headers: Sequence[Sequence[str]], body: bytes
+    ) -> EdgeResponse:
+        """One request; ``target`` is the path (still percent-encoded) and query."""
+        path, _, query = target.partition("?")
+        fields: dict[str, str] = {}
+        for name, value in headers:
+            key = name.lower()
+            fields[key] = f"{fields[key]}, {value}" if key in fields else value
+        request = Request(
+            method.upper(), target, path, query, "1.1", fields, True, self._config.max_body
+        )
+        try:
+            response = self._service.check(request)
+            if response is None:
+                if len(body) > request.max_body:
+                    response = response_from_answer(
+                        problem_answer(
+                            "payload_too_large",
+                            f"the body has {len(body)} bytes; this route accepts at most "
+                            f"{request.max_body}",
+                        )
+                    )
+                else:
+                    request.body = body
+                    response = await self._service.handle(request)
+                    if response.stream is not None:  # the edge answers whole bodies
+                        chunks = [chunk async for chunk in response.stream]
+                        response.body, response.stream = b"".join(chunks), None
+        except Exception:  # a bug in a layer below: answer, log, keep serving
+            _log.exception("edge request %s %s failed", method, target[:200])
+            response = response_from_answer(
+                problem_answer("internal_error", "the edge host failed to answer")
+            )
+        return _encode(response, head=request.method == "HEAD")
+
+
+@asynccontextmanager
+async def open_edge(
+    app: App,
+    *,
+    backbone: Backbone | None = None,
+    config: HttpConfig | None = None,
+) -> AsyncIterator[EdgeService]:
+    """Open ``app`` on ``backbone`` (a new MemoryBackbone by default) for HTTP requests."""
+    config = config or HttpConfig()
+    async with open_host(app, backbone or MemoryBackbone()) as host:
+        yield EdgeService(HttpService(host.invoker, config=config), config=config)
+
+
+class EdgeRuntime:
+    """An opened app held by the JavaScript host: ``await start()``, ``handle``, ``stop()``."""
+
+    def __init__(self, app: App, *, backbone: Backbone | None = None) -> None:
+        self.app = app
+        self._backbone = backbone
+        self._service: EdgeService | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
+
+    @classmethod
+    def load(cls, target: str) -> EdgeRuntime:
+        """Import the app at ``target`` (a file, a package folder or ``module:name``)."""
+        return cls(load_app(target))
+
+    async def start(self) -> None:
+        ready = asyncio.get_running_loop().create_future()
+        self._task = asyncio.ensure_future(self._serve(ready))
+        await asyncio.wait([ready, self._task], return_when=asyncio.FIRST_COMPLETED)
+        if self._task.done():
+            self._task.result()  # raises why the app could not start
+
+    async def _serve(self, ready: asyncio.Future[None]) -> None:
+        async with open_edge(self.app, backbone=self._backbone) as service:
+            self._service = service
+            ready.set_result(None)
+            try:
+                await self._stopping.wait()
+            finally:
+                self._service = None
+
+    async def handle(
+        self, method: str, target: str, headers: Sequence[Sequence[str]], body: bytes
+    ) -> EdgeResponse:
+        service = self._service
+        if service is None:
+            response = response_from_answer(problem_answer("not_ready", "the app is not running"))
+            return _encode(response, head=False)
+        return await service.handle(method, target, headers, body)
+
+    async def handle_js(self, method: str, target: str, headers: Any, body: Any) -> Any:
+        """``handle`` with the JavaScript host's values (JsProxy array, Uint8Array or None)."""
+        pairs = headers.to_py() if hasattr(headers, "to_py") else headers
+        data = body.to_bytes() if hasattr(body, "to_bytes") else bytes(body or b"")
+        answer = await self.handle(method, target, pairs, data)
+        return (answer.status, answer.headers, answer.body)
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        if self._task is not None:
+            await self._task
+
+
+def _encode(response: Response, *, head: bool) -> EdgeResponse:
+    headers = list(response.headers)
+    if response.content_type:
+        headers.append(("content-type", response.content_type))
+    body = b"" if head or response.status in _NO_BODY else response.body
+    return EdgeResponse(response.status, headers, body)

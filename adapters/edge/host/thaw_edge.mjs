@@ -1,0 +1,377 @@
+#!/usr/bin/env node
+// Thaw's edge host: Pyodide under Node, an App's http capabilities behind a
+// fetch-style handler, MemoryBackbone by default.
+//
+//   node thaw_edge.mjs serve APP_DIR [--port N] [--host 127.0.0.1]
+//   node thaw_edge.mjs handle APP_DIR < requests.json   (JSON list in, JSON list out)
+//   node thaw_edge.mjs test [--snapshot FILE] [-- PYTEST_ARGS...]
+//   node thaw_edge.mjs bench APP_DIR --capability NAME [--data JSON] [--trials N]
+//
+// As a module: `const edge = await openEdge("examples/hello"); await edge.handle(request)`.
+//
+// Everything comes from the edge cache (.thaw/edge, or THAW_EDGE_CACHE) that
+// `python -m adapters.edge.prepare` fills: Pyodide from node_modules, wheels
+// unpacked with unpackArchive. Nothing is fetched at run time.
+
+import { spawnSync } from "node:child_process";
+import fs from "node:fs";
+import http from "node:http";
+import path from "node:path";
+import { fileURLToPath, pathToFileURL } from "node:url";
+
+const HERE = path.dirname(fileURLToPath(import.meta.url));
+export const ROOT = path.resolve(HERE, "..", "..", "..");
+export const CACHE = process.env.THAW_EDGE_CACHE || path.join(ROOT, ".thaw", "edge");
+const PREPARE_HINT = "run `.venv/bin/python -m adapters.edge.prepare` (make test runs it)";
+const GUEST = "/thaw"; // runtime/ and adapters/ inside Pyodide
+const APPS = "/apps"; // the app's source tree inside Pyodide
+// The transport-free part of adapters.http: the edge answers with the same
+// routing, contracts and problem details as the native server, without httptools.
+const HTTP_MODULES = ["_wire.py", "config.py", "routing.py", "service.py"];
+const EDGE_MODULES = ["__init__.py", "_guest.py", "_bench.py", "_pyodide_pytest.py"];
+const SKIP = new Set(["__pycache__", "node_modules", ".git", ".venv", ".mypy_cache", ".pytest_cache", ".hypothesis", ".ruff_cache"]);
+const MAX_BODY = 8 * 1024 * 1024; // hard transport cap; routes have their own, smaller ones
+const NO_BODY = new Set([204, 304]);
+
+export class EdgeSetupError extends Error {}
+
+function requireCache(cache, { tests = false } = {}) {
+  const pyodide = path.join(cache, "node_modules", "pyodide", "pyodide.mjs");
+  if (!fs.existsSync(pyodide)) {
+    throw new EdgeSetupError(`Pyodide is not installed under ${cache}: ${PREPARE_HINT}`);
+  }
+  for (const group of tests ? ["runtime", "test"] : ["runtime"]) {
+    const folder = path.join(cache, "wheels", group);
+    if (!fs.existsSync(folder) || !fs.readdirSync(folder).some((f) => f.endsWith(".whl"))) {
+      throw new EdgeSetupError(`the ${group} wheels for Pyodide are missing in ${folder}: ${PREPARE_HINT}`);
+    }
+  }
+  return pyodide;
+}
+
+function copyTree(FS, from, to) {
+  let bytes = 0;
+  FS.mkdirTree(to);
+  for (const entry of fs.readdirSync(from, { withFileTypes: true })) {
+    if (SKIP.has(entry.name) || entry.name.startsWith(".")) continue;
+    const source = path.join(from, entry.name);
+    const target = `${to}/${entry.name}`;
+    if (entry.isDirectory()) bytes += copyTree(FS, source, target);
+    else if (entry.isFile() && !entry.name.endsWith(".pyc")) bytes += copyFile(FS, source, target);
+  }
+  return bytes;
+}
+
+function copyFile(FS, source, target) {
+  const data = fs.readFileSync(source);
+  FS.mkdirTree(path.posix.dirname(target));
+  FS.writeFile(target, new Uint8Array(data.buffer, data.byteOffset, data.byteLength));
+  return data.byteLength;
+}
+
+/**
+ * Boot Pyodide from the cache with Thaw's core and the edge guest in its file system.
+ * Returns { pyodide, timings, sizes }; `tests` adds pytest and hypothesis.
+ */
+export async function bootPyodide({ cache = CACHE, tests = false, output = "stderr" } = {}) {
+  const entry = requireCache(cache, { tests });
+  const timings = {};
+  const sizes = { wheels: 0, sources: 0 };
+  let started = performance.now();
+  const { loadPyodide } = await import(pathToFileURL(entry).href);
+  const stream = output === "stdout" ? process.stdout : process.stderr;
+  const write = { write: (buffer) => { stream.write(buffer); return buffer.length; } };
+  const pyodide = await loadPyodide({ indexURL: path.dirname(entry) + path.sep, env: { HOME: "/home/pyodide" } });
+  pyodide.setStdout(write);
+  pyodide.setStderr({ write: (buffer) => { process.stderr.write(buffer); return buffer.length; } });
+  timings.load_pyodide_ms = performance.now() - started;
+
+  started = performance.now();
+  const site = pyodide.runPython("import sysconfig; sysconfig.get_path('purelib')");
+  for (const group of tests ? ["runtime", "test"] : ["runtime"]) {
+    const folder = path.join(cache, "wheels", group);
+    for (const name of fs.readdirSync(folder).filter((f) => f.endsWith(".whl")).sort()) {
+      const data = fs.readFileSync(path.join(folder, name));
+      sizes.wheels += data.byteLength;
+      // unpackArchive wants a Uint8Array (a Node Buffer is refused), and extracts
+      // into the current directory unless told where.
+      pyodide.unpackArchive(new Uint8Array(data.buffer, data.byteOffset, data.byteLength), "wheel", { extractDir: site });
+    }
+  }
+  timings.unpack_wheels_ms = performance.now() - started;
+
+  started = performance.now();
+  const FS = pyodide.FS;
+  sizes.sources += copyTree(FS, path.join(ROOT, "runtime"), `${GUEST}/runtime`);
+  sizes.sources += copyFile(FS, path.join(ROOT, "adapters", "__init__.py"), `${GUEST}/adapters/__init__.py`);
+  FS.mkdirTree(`${GUEST}/adapters/edge`);
+  for (const name of EDGE_MODULES) {
+    sizes.sources += copyFile(FS, path.join(ROOT, "adapters", "edge", name), `${GUEST}/adapters/edge/${name}`);
+  }
+  FS.mkdirTree(`${GUEST}/adapters/http`);
+  FS.writeFile(`${GUEST}/adapters/http/__init__.py`, '"""adapters.http for the edge: its transport-free modules only (no httptools)."""\n');
+  for (const name of HTTP_MODULES) {
+    sizes.sources += copyFile(FS, path.join(ROOT, "adapters", "http", name), `${GUEST}/adapters/http/${name}`);
+  }
+  pyodide.runPython(`import sys; sys.path.insert(0, ${JSON.stringify(GUEST)})`);
+  timings.copy_sources_ms = performance.now() - started;
+  return { pyodide, timings, sizes };
+}
+
+/** Copy an app (a folder, or a .py file with its folder) into Pyodide; its path there. */
+export function installApp(pyodide, appPath) {
+  const absolute = path.resolve(appPath);
+  if (!fs.existsSync(absolute)) throw new EdgeSetupError(`${appPath} does not exist`);
+  const isFile = fs.statSync(absolute).isFile();
+  const folder = isFile ? path.dirname(absolute) : absolute;
+  const inside = `${APPS}/${path.basename(folder)}`;
+  const bytes = copyTree(pyodide.FS, folder, inside);
+  return { target: isFile ? `${inside}/${path.basename(absolute)}` : inside, bytes };
+}
+
+/** An app opened inside Pyodide, answering fetch Requests. */
+export class EdgeHost {
+  constructor(pyodide, runtime, timings, sizes) {
+    this.pyodide = pyodide;
+    this.timings = timings;
+    this.sizes = sizes;
+    this._runtime = runtime;
+    this._handle = runtime.handle_js;
+  }
+
+  /** The fetch-style handler: a Request in, a Response out. */
+  async handle(request) {
+    const url = new URL(request.url);
+    const body = request.method === "GET" || request.method === "HEAD" ? null : new Uint8Array(await request.arrayBuffer());
+    const headers = [];
+    request.headers.forEach((value, name) => headers.push([name, value]));
+    const [status, outHeaders, outBody] = await this.handleParts(request.method, url.pathname + url.search, headers, body);
+    return new Response(NO_BODY.has(status) || request.method === "HEAD" ? null : outBody, { status, headers: outHeaders });
+  }
+
+  /** The same without fetch objects: [status, [[name, value]...], Uint8Array]. */
+  async handleParts(method, target, headers, body) {
+    const answer = await this._handle(method, target, headers, body && body.length ? body : null);
+    try {
+      return answer.toJs();
+    } finally {
+      answer.destroy();
+    }
+  }
+
+  async close() {
+    await this._runtime.stop();
+    this._handle.destroy();
+    this._runtime.destroy();
+  }
+}
+
+/** Boot Pyodide (unless given one), install and open the app at `appPath`. */
+export async function openEdge(appPath, { cache = CACHE, booted = null } = {}) {
+  const { pyodide, timings, sizes } = booted || (await bootPyodide({ cache }));
+  const mark = performance.now();
+  const app = installApp(pyodide, appPath);
+  sizes.app = app.bytes;
+  const guest = pyodide.pyimport("adapters.edge._guest");
+  const runtime = guest.EdgeRuntime.load(app.target);
+  guest.destroy();
+  await runtime.start();
+  timings.open_app_ms = performance.now() - mark;
+  timings.boot_to_ready_ms = sum(timings, ["load_pyodide_ms", "unpack_wheels_ms", "copy_sources_ms", "open_app_ms"]);
+  const host = new EdgeHost(pyodide, runtime, timings, sizes);
+  host.appTarget = app.target;
+  return host;
+}
+
+function sum(object, keys) {
+  return keys.reduce((total, key) => total + (object[key] || 0), 0);
+}
+
+// ---------------------------------------------------------------- command line
+
+function parseArgs(argv) {
+  const options = { _: [], passthrough: [] };
+  for (let i = 0; i < argv.length; i++) {
+    const arg = argv[i];
+    if (arg === "--") { options.passthrough = argv.slice(i + 1); break; }
+    if (arg.startsWith("--")) {
+      const [key, inline] = arg.slice(2).split("=", 2);
+      options[key] = inline !== undefined ? inline : argv[++i];
+    } else options._.push(arg);
+  }
+  return options;
+}
+
+function finish(line, code) {
+  process.stdout.write(line + "\n", () => process.exit(code));
+}
+
+async function readStdin() {
+  const chunks = [];
+  for await (const chunk of process.stdin) chunks.push(chunk);
+  return Buffer.concat(chunks).toString("utf8");
+}
+
+async function commandServe(options) {
+  const appPath = options._[0];
+  if (!appPath) throw new EdgeSetupError("usage: serve APP_DIR [--port N] [--host 127.0.0.1]");
+  const host = options.host || "127.0.0.1";
+  const port = Number(options.port ?? 8787);
+  const edge = await openEdge(appPath);
+  const server = http.createServer((req, res) => {
+    const chunks = [];
+    let size = 0;
+    let refused = false;
+    req.on("data", (chunk) => {
+      size += chunk.length;
+      if (size > MAX_BODY && !refused) {
+        refused = true;
+        res.writeHead(413, { "content-type": "application/problem+json", connection: "close" });
+        res.end(JSON.stringify({ type: "urn:thaw:error:payload_too_large", title: "Content Too Large", status: 413, detail: `bodies are limited to ${MAX_BODY} bytes`, code: "payload_too_large" }));
+        req.destroy();
+      } else if (!refused) chunks.push(chunk);
+    });
+    req.on("end", async () => {
+      if (refused) return;
+      const headers = [];
+      for (let i = 0; i < req.rawHeaders.length; i += 2) headers.push([req.rawHeaders[i], req.rawHeaders[i + 1]]);
+      const body = chunks.length ? new Uint8Array(Buffer.concat(chunks)) : null;
+      try {
+        const [status, outHeaders, outBody] = await edge.handleParts(req.method, req.url, headers, body);
+        const fields = Object.fromEntries(outHeaders);
+        if (!NO_BODY.has(status)) fields["content-length"] = String(outBody.byteLength);
+        res.writeHead(status, fields);
+        res.end(NO_BODY.has(status) || req.method === "HEAD" ? undefined : Buffer.from(outBody.buffer, outBody.byteOffset, outBody.byteLength));
+      } catch (error) {
+        console.error("edge: request failed:", error);
+        res.writeHead(500, { "content-type": "application/problem+json" });
+        res.end(JSON.stringify({ type: "urn:thaw:error:internal_error", title: "Internal Server Error", status: 500, detail: "the edge host failed to answer", code: "internal_error" }));
+      }
+    });
+  });
+  server.headersTimeout = 10_000;
+  server.requestTimeout = 30_000;
+  await new Promise((resolve, reject) => { server.once("error", reject); server.listen(port, host, resolve); });
+  const address = server.address();
+  console.log(JSON.stringify({ listening: `http://${address.address}:${address.port}`, timings: edge.timings }));
+  let stopping = false;
+  const stop = async () => {
+    if (stopping) return;
+    stopping = true;
+    setTimeout(() => { console.error("edge: shutdown took over 15 s; exiting"); process.exit(1); }, 15_000).unref();
+    server.close();
+    server.closeAllConnections();
+    await edge.close();
+    process.exit(0);
+  };
+  process.on("SIGTERM", stop);
+  process.on("SIGINT", stop);
+}
+
+async function commandHandle(options) {
+  const appPath = options._[0];
+  if (!appPath) throw new EdgeSetupError("usage: handle APP_DIR < requests.json");
+  const requests = JSON.parse(await readStdin());
+  const edge = await openEdge(appPath);
+  const responses = [];
+  for (const item of requests) {
+    const init = { method: item.method || "GET", headers: item.headers || {} };
+    if (item.body !== undefined && item.body !== null) init.body = item.body;
+    const response = await edge.handle(new Request(`http://edge.invalid${item.path}`, init));
+    responses.push({ status: response.status, headers: Object.fromEntries(response.headers), body: await response.text() });
+  }
+  await edge.close();
+  // Exit once written: do not wait for timers the app left behind.
+  finish(JSON.stringify({ responses, timings: edge.timings, sizes: edge.sizes }), 0);
+}
+
+function ensureJspi() {
+  // The test runner blocks on the event loop (asyncio.Runner), which Pyodide can
+  // do only with JavaScript Promise Integration; Node 24 has it behind a flag.
+  if (typeof WebAssembly.Suspending === "function") return;
+  if (process.execArgv.includes("--experimental-wasm-jspi")) {
+    throw new EdgeSetupError("this Node has no WebAssembly JSPI even with --experimental-wasm-jspi");
+  }
+  const child = spawnSync(process.execPath, ["--experimental-wasm-jspi", ...process.execArgv, ...process.argv.slice(1)], { stdio: "inherit" });
+  process.exit(child.status ?? 1);
+}
+
+async function commandTest(options) {
+  ensureJspi();
+  const { pyodide } = await bootPyodide({ tests: true, output: "stdout" });
+  const FS = pyodide.FS;
+  copyTree(FS, path.join(ROOT, "tests"), `${GUEST}/tests`);
+  copyFile(FS, path.join(ROOT, "adapters", "edge", "pyodide_tests", "test_in_pyodide.py"), `${GUEST}/tests/test_in_pyodide.py`);
+  copyTree(FS, path.join(ROOT, "examples"), `${GUEST}/examples`);
+  copyFile(FS, path.join(ROOT, "pyproject.toml"), `${GUEST}/pyproject.toml`);
+  let snapshot = "";
+  if (options.snapshot) {
+    snapshot = `${GUEST}/foreign.snap`;
+    copyFile(FS, path.resolve(options.snapshot), snapshot);
+  }
+  pyodide.runPython(`
+import os, sys
+os.chdir(${JSON.stringify(GUEST)})
+if ${JSON.stringify(snapshot)}:
+    os.environ["THAW_EDGE_FOREIGN_SNAPSHOT"] = ${JSON.stringify(snapshot)}
+`);
+  const runner = pyodide.pyimport("adapters.edge._pyodide_pytest");
+  const summary = JSON.parse(await runner.run.callPromising(pyodide.toPy(options.passthrough)));
+  // Tests may leave timers behind (a fetch waiting out its timeout); do not wait for them.
+  finish(`edge-test-summary: ${JSON.stringify(summary)}`, summary.exit_code);
+}
+
+async function commandBench(options) {
+  const appPath = options._[0];
+  if (!appPath || !options.capability) throw new EdgeSetupError("usage: bench APP_DIR --capability NAME [--data JSON] [--trials N]");
+  const trials = Number(options.trials ?? 300);
+  const edge = await openEdge(appPath);
+  const data = options.data ?? "{}";
+  const route = options.route; // "METHOD /path" for the end-to-end handle() figures
+  const report = { timings: edge.timings, sizes: edge.sizes };
+  if (route) {
+    const [method, target] = route.split(" ");
+    const body = new TextEncoder().encode(data);
+    const first = performance.now();
+    const response = await edge.handle(new Request(`http://edge.invalid${target}`, { method, body, headers: { "content-type": "application/json" } }));
+    report.first_response_ms = performance.now() - first;
+    report.first_status = response.status;
+    const samples = [];
+    for (let i = 0; i < Number(options.requests ?? 2000); i++) {
+      const t0 = performance.now();
+      const answer = await edge.handle(new Request(`http://edge.invalid${target}`, { method, body, headers: { "content-type": "application/json" } }));
+      await answer.arrayBuffer();
+      samples.push((performance.now() - t0) * 1000);
+    }
+    report.handle_us = samples;
+  }
+  const bench = edge.pyodide.pyimport("adapters.edge._bench");
+  const inside = await bench.measure_json(edge.appTarget, options.capability, data, trials);
+  report.inside = JSON.parse(inside);
+  bench.destroy();
+  await edge.close();
+  finish(JSON.stringify(report), 0);
+}
+
+async function main(argv) {
+  const options = parseArgs(argv.slice(1));
+  const command = argv[0];
+  const commands = { serve: commandServe, handle: commandHandle, test: commandTest, bench: commandBench };
+  if (!commands[command]) {
+    console.error("usage: thaw_edge.mjs serve|handle|test|bench ... (see the header of this file)");
+    process.exit(2);
+  }
+  try {
+    await commands[command](options);
+  } catch (error) {
+    if (error instanceof EdgeSetupError) {
+      console.error(`thaw edge: ${error.message}`);
+      process.exit(3);
+    }
+    throw error;
+  }
+}
+
+if (process.argv[1] && path.resolve(process.argv[1]) === fileURLToPath(import.meta.url)) {
+  await main(process.argv.slice(2));
+}
