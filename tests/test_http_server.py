@@ -210,7 +210,7 @@ async def test_payment_webhook_intake_over_http_on_a_host(monkeypatch: pytest.Mo
         )
         assert accepted.status == 200, accepted.body
         assert accepted.json()["event_id"] == "evt_http00001"
-        assert unsigned.status == 422
+        assert unsigned.status == 401  # the function chose it: Rejected(http_status=401)
         assert "Webhook-Signature" in unsigned.json()["detail"]
         assert quote.status == 200 and quote.json()["currency"] == "EUR"
         with anyio.fail_after(WAIT):  # the stream worker applies it to the ledger
