@@ -17,7 +17,7 @@ from ._backbone import (
     StreamConfig,
     StreamInfo,
 )
-from ._backbones import available_backbones, open_backbone
+from ._backbones import available_backbones, load_server, open_backbone
 from ._budget import BudgetStatistics, RetryBudget
 from ._clock import Clock, SystemClock
 from ._context import MSG_ID_HEADER, TRACEPARENT_HEADER
@@ -100,6 +100,7 @@ from ._triggers import (
 from ._worker import StreamWorker, WorkerStatistics, ensure_dead_letter_stream
 
 __all__ = [
+    "load_server",
     "HttpAnswer",
     "Problem",
     "PROTOCOL_ERRORS",

