@@ -12,8 +12,11 @@ JetStream backbone in ``adapters/nats``. The semantics are JetStream's:
   AckWait redelivers (after ``backoff[n]`` when a backoff list is set),
   ``in_progress`` restarts the AckWait timer, and a message delivered
   ``max_deliver`` times is not delivered again. Redeliveries come before new
-  messages. ``fetch`` returns at most ``batch`` messages, waits at most
-  ``timeout`` seconds for the first one, and an empty list is a normal answer.
+  messages, in sequence order within one fetch (across fetches JetStream keeps
+  the order of the naks). Acks may be counted a moment late by ``consumer_info``
+  on JetStream (they are fire-and-forget there). ``fetch`` returns at most
+  ``batch`` messages, waits at most ``timeout`` seconds for the first one, and an
+  empty list is a normal answer.
 - KV buckets keep one value per key with a bucket-wide monotonic revision;
   ``create`` succeeds only when the key has no live value, ``update`` only when
   the key's latest revision equals ``last`` (compare-and-set); values older than

@@ -79,6 +79,7 @@ from ._invoker import CompiledCapability, Invoker, InvokerStatistics
 from ._kv_idempotency import IDEMPOTENCY_BUCKET, KvIdempotencyStore
 from ._loader import load_app
 from ._memory_backbone import MemoryBackbone
+from ._memory_streams import validate_consumer_config, validate_stream_config
 from ._policy import Policy
 from ._provision import ConsumerPlan, ProvisionPlan, apply_plan, plan_for
 from ._revision import LoadTimings, Revision, RevisionLoadError, load_revision
@@ -86,7 +87,7 @@ from ._revisions import RevisionRouter
 from ._schedule import ScheduleRunner, Tick, next_tick
 from ._snapshot_build import BuildResult, build_snapshot
 from ._snapshot_format import SnapshotError
-from ._subjects import subject_matches, validate_subject
+from ._subjects import subject_matches, validate_kv_key, validate_name, validate_subject
 from ._trace import TraceContext, parse_traceparent, start_trace
 from ._triggers import (
     HttpTrigger,
@@ -100,6 +101,10 @@ from ._triggers import (
 from ._worker import StreamWorker, WorkerStatistics, ensure_dead_letter_stream
 
 __all__ = [
+    "validate_consumer_config",
+    "validate_kv_key",
+    "validate_name",
+    "validate_stream_config",
     "load_server",
     "HttpAnswer",
     "Problem",

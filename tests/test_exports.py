@@ -174,5 +174,9 @@ def test_adapter_author_surface() -> None:
         "start_trace",
         "status_for",
         "subject_matches",
+        "validate_consumer_config",
+        "validate_kv_key",
+        "validate_name",
+        "validate_stream_config",
         "validate_subject",
     ]

@@ -1,0 +1,146 @@
+"""JetStream API calls behind provisioning: look up, create or confirm streams and consumers.
+
+"Create or confirm" never updates: an existing definition is returned for the
+caller to compare, and a create that loses a race to another creator (name in
+use, consumer exists) reads the winner's definition instead of failing. Each
+function takes the backbone for its ``api`` method (one bounded request each).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import msgspec
+
+from runtime.lowlevel import DefinitionConflict
+
+from ._errors import (
+    CONSUMER_EXISTS,
+    CONSUMER_NOT_FOUND,
+    STREAM_NAME_IN_USE,
+    STREAM_NOT_FOUND,
+    SUBJECTS_OVERLAP,
+    api_error,
+    stream_missing,
+)
+from ._wire import (
+    ConsumerConfigWire,
+    ConsumerCreateRequest,
+    ConsumerInfoReply,
+    StreamConfigWire,
+    StreamInfoReply,
+    StreamNamesReply,
+    encode,
+)
+
+if TYPE_CHECKING:
+    from .backbone import JetStreamBackbone
+
+__all__ = [
+    "differences",
+    "stream_reply",
+    "streams_capturing",
+    "ensure_stream",
+    "consumer_reply",
+    "ensure_consumer",
+]
+
+
+def differences(existing: msgspec.Struct, requested: msgspec.Struct) -> str:
+    """``field (existing x, requested y)`` for each field that differs, as MemoryBackbone says."""
+    parts = []
+    for field in existing.__struct_fields__:
+        old, new = getattr(existing, field), getattr(requested, field)
+        if old != new:
+            parts.append(f"{field} (existing {old!r}, requested {new!r})")
+    return ", ".join(parts)
+
+
+async def stream_reply(
+    backbone: JetStreamBackbone, name: str, doing: str
+) -> StreamInfoReply | None:
+    """The stream's info, or None when there is no such stream."""
+    reply = await backbone.api(f"STREAM.INFO.{name}", b"", StreamInfoReply, doing)
+    if reply.error is not None:
+        if reply.error.err_code == STREAM_NOT_FOUND:
+            return None
+        raise api_error(reply.error, doing)
+    return reply
+
+
+async def streams_capturing(backbone: JetStreamBackbone, subject: str, doing: str) -> list[str]:
+    """Names of the streams whose subjects overlap ``subject``."""
+    body = encode({"subject": subject})
+    names = await backbone.api("STREAM.NAMES", body, StreamNamesReply, doing)
+    return names.streams or []
+
+
+async def _overlap(
+    backbone: JetStreamBackbone, wire: StreamConfigWire, doing: str
+) -> DefinitionConflict:
+    for subject in wire.subjects:
+        for other in await streams_capturing(backbone, subject, doing):
+            if other != wire.name:
+                return DefinitionConflict(
+                    f"stream {wire.name!r} subject {subject!r} overlaps a subject of "
+                    f"stream {other!r}; a subject can belong to one stream only"
+                )
+    return DefinitionConflict(
+        f"stream {wire.name!r}: its subjects overlap another stream's; a subject can "
+        "belong to one stream only"
+    )
+
+
+async def ensure_stream(
+    backbone: JetStreamBackbone, wire: StreamConfigWire, doing: str
+) -> tuple[StreamInfoReply, bool]:
+    """Create the stream, or find the existing one: (its info, whether this call created it)."""
+    existing = await stream_reply(backbone, wire.name, doing)
+    if existing is not None:
+        return existing, False
+    body = encode(wire)
+    created = await backbone.api(f"STREAM.CREATE.{wire.name}", body, StreamInfoReply, doing)
+    if created.error is None:
+        return created, True
+    if created.error.err_code == SUBJECTS_OVERLAP:
+        raise await _overlap(backbone, wire, doing)
+    if created.error.err_code == STREAM_NAME_IN_USE:  # created by someone else meanwhile
+        existing = await stream_reply(backbone, wire.name, doing)
+        if existing is not None:
+            return existing, False
+    raise api_error(created.error, doing)
+
+
+async def consumer_reply(
+    backbone: JetStreamBackbone, stream: str, durable: str, doing: str
+) -> ConsumerInfoReply | None:
+    """The consumer's info, or None when the stream has no such consumer."""
+    subject = f"CONSUMER.INFO.{stream}.{durable}"
+    reply = await backbone.api(subject, b"", ConsumerInfoReply, doing)
+    if reply.error is not None:
+        if reply.error.err_code == CONSUMER_NOT_FOUND:
+            return None
+        if reply.error.err_code == STREAM_NOT_FOUND:
+            raise stream_missing(stream)
+        raise api_error(reply.error, doing)
+    return reply
+
+
+async def ensure_consumer(
+    backbone: JetStreamBackbone, stream: str, wire: ConsumerConfigWire, doing: str
+) -> tuple[ConsumerInfoReply, bool]:
+    """Create the durable consumer, or find the existing one (action "create" never updates)."""
+    durable = wire.durable_name
+    existing = await consumer_reply(backbone, stream, durable, doing)
+    if existing is not None:
+        return existing, False
+    body = encode(ConsumerCreateRequest(stream_name=stream, config=wire, action="create"))
+    subject = f"CONSUMER.CREATE.{stream}.{durable}"
+    created = await backbone.api(subject, body, ConsumerInfoReply, doing)
+    if created.error is None:
+        return created, True
+    if created.error.err_code == CONSUMER_EXISTS:
+        existing = await consumer_reply(backbone, stream, durable, doing)
+        if existing is not None:
+            return existing, False
+    raise api_error(created.error, doing)

@@ -1,0 +1,312 @@
+"""JetStream KV buckets behind the ``KeyValue`` protocol.
+
+A bucket is the stream ``KV_<bucket>`` on subjects ``$KV.<bucket>.<key>`` with one
+message kept per subject (history 1), laid out as every NATS client expects, so
+``nats kv`` and other languages read the same data. The revision of a value is
+its stream sequence: bucket-wide and increasing, as the contract requires.
+
+Invariants: a delete is a tombstone (a message with ``KV-Operation: DEL``), so a
+deleted key reads as absent but still has a revision that compare-and-set checks
+against; ``create`` and ``update`` are publishes with
+``Nats-Expected-Last-Subject-Sequence`` (0 for "no value"), which JetStream
+applies atomically; a key whose last record expired (bucket ``ttl``) has no record
+at all and so revision 0.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING, Literal
+
+import anyio
+import msgspec
+import nats.errors
+
+from runtime import ConfigError
+from runtime.lowlevel import (
+    BackboneError,
+    BucketNotFound,
+    KeyExists,
+    KvConfig,
+    KvEntry,
+    WrongRevision,
+)
+
+from ._errors import (
+    MESSAGE_TOO_LARGE,
+    NO_MESSAGE_FOUND,
+    STREAM_NOT_FOUND,
+    WRONG_LAST_SEQUENCE,
+    WRONG_LAST_SEQUENCE_CONSTANT,
+    api_error,
+    translate,
+)
+from ._rules import validate_kv_key, validate_name
+from ._wire import (
+    API,
+    ConsumerConfigWire,
+    ConsumerCreateRequest,
+    ConsumerInfoReply,
+    MsgGetReply,
+    PubAckReply,
+    SuccessReply,
+    decode,
+    encode,
+    kv_stream_name,
+    nanoseconds,
+    parse_headers,
+)
+
+if TYPE_CHECKING:
+    from .backbone import JetStreamBackbone
+
+__all__ = ["JetStreamKeyValue", "validate_bucket_config"]
+
+_OPERATION = "KV-Operation"
+_MARKER_REASON = "Nats-Marker-Reason"  # server-placed markers (nats-server 2.11+)
+_EXPECTED_LAST = "Nats-Expected-Last-Subject-Sequence"
+_ACTUAL = re.compile(r"wrong last sequence: (\d+)")
+_CREATE_ATTEMPTS = 5  # tombstones appearing and expiring under our feet
+_KEYS_BATCH = 256
+_KEYS_CONSUMER_IDLE = 10.0  # seconds before the server drops a forgotten keys() consumer
+
+Operation = Literal["PUT", "DEL", "PURGE"]
+
+
+def validate_bucket_config(config: KvConfig) -> None:
+    """The rules MemoryBackbone applies to a bucket definition, with the same messages."""
+    validate_name("bucket", config.bucket)
+    if config.ttl < 0:
+        raise ConfigError(f"bucket {config.bucket!r}: ttl must be >= 0 seconds")
+    if config.max_value_size != -1 and config.max_value_size <= 0:
+        raise ConfigError(
+            f"bucket {config.bucket!r}: max_value_size must be -1 (unlimited) or a "
+            f"positive byte count, not {config.max_value_size}"
+        )
+
+
+class _WrongLast(Exception):
+    def __init__(self, actual: int | None) -> None:
+        self.actual = actual
+
+
+def _operation(headers: dict[str, str]) -> Operation:
+    operation = headers.get(_OPERATION)
+    if operation in ("DEL", "PURGE"):
+        return operation  # type: ignore[return-value]
+    reason = headers.get(_MARKER_REASON)
+    if reason is not None:
+        return "DEL" if reason == "Remove" else "PURGE"
+    return "PUT"
+
+
+class JetStreamKeyValue:
+    """A handle on one JetStream KV bucket (satisfies the ``KeyValue`` protocol)."""
+
+    __slots__ = ("_backbone", "_bucket", "_direct", "_prefix", "_stream")
+
+    def __init__(self, backbone: JetStreamBackbone, bucket: str, *, direct: bool) -> None:
+        self._backbone = backbone
+        self._bucket = bucket
+        self._stream = kv_stream_name(bucket)
+        self._prefix = f"$KV.{bucket}."
+        self._direct = direct  # the stream allows direct gets (any replica answers)
+
+    def __repr__(self) -> str:
+        return f"<JetStreamKeyValue {self._bucket!r}>"
+
+    @property
+    def bucket(self) -> str:
+        return self._bucket
+
+    def _gone(self, doing: str) -> BucketNotFound:
+        return BucketNotFound(f"{doing}: bucket {self._bucket!r} no longer exists")
+
+    # -- reading ------------------------------------------------------------------------
+
+    async def _latest(self, key: str) -> KvEntry | None:
+        """The key's latest record, tombstones included; None when it has none."""
+        doing = f"get key {key!r} from bucket {self._bucket!r}"
+        backbone = self._backbone
+        subject = self._prefix + key
+        if self._direct:
+            backbone.check_open(doing)
+            with translate(doing):
+                try:
+                    reply = await backbone.client.request(
+                        f"{API}.DIRECT.GET.{self._stream}.{subject}",
+                        b"",
+                        timeout=backbone.request_timeout,
+                    )
+                except nats.errors.NoRespondersError:
+                    raise self._gone(doing) from None
+            headers = reply.headers or {}
+            sequence = headers.get("Nats-Sequence")
+            if sequence is None:
+                if headers.get("Status") == "404":
+                    return None
+                raise BackboneError(f"{doing}: JetStream answered {headers.get('Description')!r}")
+            return KvEntry(
+                bucket=self._bucket,
+                key=key,
+                value=reply.data,
+                revision=int(sequence),
+                operation=_operation(headers),
+            )
+        body = encode({"last_by_subj": subject})
+        got = await backbone.api(f"STREAM.MSG.GET.{self._stream}", body, MsgGetReply, doing)
+        if got.error is not None:
+            if got.error.err_code == NO_MESSAGE_FOUND:
+                return None
+            if got.error.err_code == STREAM_NOT_FOUND:
+                raise self._gone(doing)
+            raise api_error(got.error, doing)
+        assert got.message is not None
+        headers = parse_headers(got.message.hdrs) if got.message.hdrs else {}
+        return KvEntry(
+            bucket=self._bucket,
+            key=key,
+            value=got.message.data,
+            revision=got.message.seq,
+            operation=_operation(headers),
+        )
+
+    async def get(self, key: str) -> KvEntry | None:
+        validate_kv_key(key)
+        entry = await self._latest(key)
+        if entry is None or entry.operation != "PUT":
+            return None
+        return entry
+
+    async def keys(self) -> list[str]:
+        """Live keys, sorted: the last record per key through a short-lived consumer."""
+        doing = f"list keys of bucket {self._bucket!r}"
+        backbone = self._backbone
+        name = f"thaw_keys_{backbone.client.new_inbox().rsplit('.', 1)[-1]}"
+        config = ConsumerConfigWire(
+            name=name,
+            deliver_policy="last_per_subject",
+            ack_policy="none",
+            filter_subject=f"{self._prefix}>",
+            headers_only=True,
+            mem_storage=True,
+            num_replicas=1,
+            inactive_threshold=nanoseconds(_KEYS_CONSUMER_IDLE),
+        )
+        request = ConsumerCreateRequest(stream_name=self._stream, config=config, action="create")
+        created = await backbone.api(
+            f"CONSUMER.CREATE.{self._stream}.{name}", encode(request), ConsumerInfoReply, doing
+        )
+        if created.error is not None:
+            if created.error.err_code == STREAM_NOT_FOUND:
+                raise self._gone(doing)
+            raise api_error(created.error, doing)
+        keys: list[str] = []
+        remaining = created.num_pending
+        try:
+            while remaining > 0:
+                pulled = await backbone.puller.pull(
+                    self._stream,
+                    name,
+                    batch=min(remaining, _KEYS_BATCH),
+                    timeout=backbone.request_timeout,
+                )
+                if not pulled.messages:
+                    break
+                for message in pulled.messages:
+                    remaining -= 1
+                    if _operation(message.headers or {}) == "PUT":
+                        keys.append(message.subject[len(self._prefix) :])
+        finally:
+            with anyio.CancelScope(shield=True):
+                try:
+                    await backbone.api(
+                        f"CONSUMER.DELETE.{self._stream}.{name}", b"", SuccessReply, doing
+                    )
+                except BackboneError:
+                    pass  # the server drops it after _KEYS_CONSUMER_IDLE anyway
+        if remaining > 0:
+            raise BackboneError(f"{doing}: JetStream stopped delivering keys; retry")
+        return sorted(keys)
+
+    # -- writing ------------------------------------------------------------------------
+
+    async def _store(
+        self, key: str, value: bytes, headers: dict[str, str] | None, doing: str
+    ) -> int:
+        backbone = self._backbone
+        backbone.check_open(doing)
+        with translate(doing):
+            try:
+                reply = await backbone.client.request(
+                    self._prefix + key, value, timeout=backbone.request_timeout, headers=headers
+                )
+            except nats.errors.NoRespondersError:
+                raise self._gone(doing) from None
+        try:
+            ack = decode(PubAckReply, reply.data)
+        except msgspec.DecodeError as error:
+            raise BackboneError(f"{doing}: the reply was not a JetStream ack") from error
+        if ack.error is None:
+            return ack.seq
+        code = ack.error.err_code
+        if code in (WRONG_LAST_SEQUENCE, WRONG_LAST_SEQUENCE_CONSTANT):
+            found = _ACTUAL.search(ack.error.description)
+            raise _WrongLast(int(found.group(1)) if found else None)
+        if code == MESSAGE_TOO_LARGE:
+            raise BackboneError(
+                f"{doing}: the value is {len(value)} bytes, more than the bucket's "
+                "max_value_size allows"
+            )
+        raise api_error(ack.error, doing)
+
+    async def put(self, key: str, value: bytes) -> int:
+        validate_kv_key(key)
+        return await self._store(key, value, None, f"put key {key!r} in bucket {self._bucket!r}")
+
+    async def create(self, key: str, value: bytes) -> int:
+        validate_kv_key(key)
+        doing = f"create key {key!r} in bucket {self._bucket!r}"
+        last = 0
+        for _ in range(_CREATE_ATTEMPTS):
+            try:
+                return await self._store(key, value, {_EXPECTED_LAST: str(last)}, doing)
+            except _WrongLast:
+                latest = await self._latest(key)
+            if latest is not None and latest.operation == "PUT":
+                raise KeyExists(
+                    f"key {key!r} already exists in bucket {self._bucket!r} at revision "
+                    f"{latest.revision}; use update(last=...) to change it"
+                )
+            last = 0 if latest is None else latest.revision  # over a tombstone
+        raise BackboneError(f"{doing}: the key kept changing underneath; retry")
+
+    async def _wrong_revision(self, key: str, last: int, actual: int | None) -> WrongRevision:
+        if actual is None:
+            latest = await self._latest(key)
+            actual = 0 if latest is None else latest.revision
+        state = "has no value" if actual == 0 else f"is at revision {actual}"
+        return WrongRevision(
+            f"wrong last revision for key {key!r} in bucket {self._bucket!r}: "
+            f"expected {last}, but the key {state}; read it again and retry"
+        )
+
+    async def update(self, key: str, value: bytes, *, last: int) -> int:
+        validate_kv_key(key)
+        doing = f"update key {key!r} in bucket {self._bucket!r}"
+        try:
+            return await self._store(key, value, {_EXPECTED_LAST: str(last)}, doing)
+        except _WrongLast as wrong:
+            raise await self._wrong_revision(key, last, wrong.actual) from None
+
+    async def delete(self, key: str, *, last: int | None = None) -> None:
+        validate_kv_key(key)
+        doing = f"delete key {key!r} in bucket {self._bucket!r}"
+        headers = {_OPERATION: "DEL"}
+        if last is not None:
+            headers[_EXPECTED_LAST] = str(last)
+        try:
+            await self._store(key, b"", headers, doing)
+        except _WrongLast as wrong:
+            assert last is not None
+            raise await self._wrong_revision(key, last, wrong.actual) from None

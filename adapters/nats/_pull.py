@@ -1,0 +1,316 @@
+"""Pull requests to JetStream consumers, and the messages they deliver.
+
+JetStream answers a pull request by sending each message, under its *original*
+subject, to the subscription behind the request's reply inbox; a status message
+(``404`` no messages, ``408`` expired, ``409`` refused) ends a request that did
+not fill its batch. A shared inbox therefore cannot tell which request a message
+answers, and concurrent fetches on one inbox steal each other's messages and
+end-of-request statuses. So:
+
+- every in-flight pull request has an inbox (subscription) of its own;
+- an inbox returns to the pool only once the server has finished its request
+  (batch filled, or a terminal status), so nothing late can land on a reused one;
+  an inbox whose request may still be live (local deadline passed, fetch
+  cancelled, backbone closed) is unsubscribed instead;
+- every request is ``no_wait`` with ``expires``: the server delivers what it has
+  (up to the batch) and ends the request at once, or waits up to ``expires`` for
+  the first message; the fetch waits on the server's answer, and the local
+  deadline (``expires`` plus a margin) only guards against a lost connection;
+- a delivery that arrives with nobody waiting, and messages a cancelled fetch
+  had already received, are nak'ed so they are redelivered now, not after AckWait;
+- when the connection drops, every waiting pull ends at once (the server forgot
+  it), so fetches return and retry after the reconnect instead of stalling.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from types import MappingProxyType
+
+import anyio
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from runtime.lowlevel import MSG_ID_HEADER, BackboneError
+
+from ._errors import translate
+from ._wire import API, nanoseconds
+
+__all__ = ["Puller", "PullResult", "JetStreamMessage", "CLOSED", "LOST", "pending_after"]
+
+log = logging.getLogger("thaw.nats")
+
+CLOSED = "closed"  # the pseudo status of a request aborted by Puller.aclose
+LOST = "lost"  # ... and of one the connection dropped (the server forgot it)
+_HEARTBEAT = "100"
+# A "now" fetch still needs an expiry: JetStream silently drops a no_wait pull that
+# meets max_ack_pending unless it can expire. The expiry also gives the consumer's
+# delivery loop time to run: with 1 ms a fresh consumer under load sometimes
+# delivered nothing it had.
+_MIN_EXPIRES = 0.02
+_MAX_IDLE_INBOXES = 64
+_TOP_UPS = 3  # follow-up pulls when JetStream ends a pull early but still holds messages
+_NO_HEADERS: Mapping[str, str] = MappingProxyType({})
+
+
+class PullResult:
+    __slots__ = ("description", "done", "limit", "messages", "status")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.messages: list[Msg] = []
+        self.status = ""  # "" while open or when the batch filled; else the server's status
+        self.description = ""
+        self.done = anyio.Event()
+
+    def receive(self, message: Msg) -> None:
+        if message.reply:  # a delivery: JetStream sets a $JS.ACK reply subject
+            self.messages.append(message)
+            if len(self.messages) >= self.limit:
+                self.done.set()
+            return
+        headers = message.headers or {}
+        status = headers.get("Status", "")
+        if status == _HEARTBEAT:
+            return
+        self.status = status
+        self.description = headers.get("Description", "")
+        self.done.set()
+
+    def abort(self, status: str) -> None:
+        if not self.done.is_set():
+            self.status = status
+            self.done.set()
+
+
+class _Inbox:
+    __slots__ = ("client", "request", "subject", "subscription")
+
+    def __init__(self, client: Client, subject: str) -> None:
+        self.client = client
+        self.subject = subject
+        self.request: PullResult | None = None
+        self.subscription: Subscription | None = None
+
+    async def on_message(self, message: Msg) -> None:
+        request = self.request
+        if request is not None and not request.done.is_set():
+            request.receive(message)
+        elif message.reply:
+            # A request this inbox no longer waits for still delivered: give it back now.
+            await _nak_quietly(self.client, message)
+
+
+async def _nak_quietly(client: Client, message: Msg) -> None:
+    try:
+        await client.publish(message.reply, b"-NAK")
+    except Exception as error:  # the connection is gone; AckWait will redeliver
+        log.debug("could not nak %s: %s", message.reply, error)
+
+
+class Puller:
+    """Sends pull requests for any consumer on one connection; see the module docstring."""
+
+    def __init__(self, client: Client, *, margin: float) -> None:
+        self._client = client
+        self._margin = margin
+        self._idle: list[_Inbox] = []
+        self._active: set[PullResult] = set()
+        self._closed = False
+
+    async def _take_inbox(self) -> _Inbox:
+        if self._idle:
+            return self._idle.pop()
+        inbox = _Inbox(self._client, self._client.new_inbox())
+        inbox.subscription = await self._client.subscribe(inbox.subject, cb=inbox.on_message)
+        return inbox
+
+    async def _drop_inbox(self, inbox: _Inbox) -> None:
+        subscription = inbox.subscription
+        inbox.subscription = None
+        if subscription is None or self._client.is_closed:
+            return
+        try:
+            await subscription.unsubscribe()
+        except Exception as error:  # closing or reconnecting: the server forgets it anyway
+            log.debug("could not unsubscribe pull inbox %s: %s", inbox.subject, error)
+
+    async def pull(self, stream: str, consumer: str, *, batch: int, timeout: float) -> PullResult:
+        """Ask for up to ``batch`` messages, waiting at most ``timeout`` for the first."""
+        if self._closed:
+            raise BackboneError("the JetStreamBackbone is closed; connect a new one")
+        doing = f"fetch from consumer {consumer!r} on stream {stream!r}"
+        expires = max(timeout, _MIN_EXPIRES)
+        body = b'{"batch":%d,"expires":%d,"no_wait":true}' % (batch, nanoseconds(expires))
+        request = PullResult(batch)
+        finished = False
+        with translate(doing):
+            inbox = await self._take_inbox()
+        inbox.request = request
+        self._active.add(request)
+        try:
+            with translate(doing):
+                await self._client.publish(
+                    f"{API}.CONSUMER.MSG.NEXT.{stream}.{consumer}", body, reply=inbox.subject
+                )
+            with anyio.move_on_after(expires + self._margin):
+                await request.done.wait()
+            finished = True
+            return request
+        finally:
+            self._active.discard(request)
+            inbox.request = None
+            answered = request.done.is_set() and request.status not in (CLOSED, LOST)
+            if finished and answered and len(self._idle) < _MAX_IDLE_INBOXES:
+                self._idle.append(inbox)
+            else:
+                with anyio.CancelScope(shield=True):
+                    await self._drop_inbox(inbox)
+                    if not finished:  # cancelled or failed: nobody will see these
+                        for message in request.messages:
+                            await _nak_quietly(self._client, message)
+
+    async def fetch(
+        self, stream: str, consumer: str, *, batch: int, timeout: float
+    ) -> tuple[list[Msg], str, str]:
+        """Pull up to ``batch`` messages: (messages, last status, its description).
+
+        JetStream can end a no_wait pull early while it still holds messages (its
+        pending count lags behind); the last delivery's metadata says so, and a
+        follow-up pull, which does not wait, takes the rest.
+        """
+        pulled = await self.pull(stream, consumer, batch=batch, timeout=timeout)
+        received = pulled.messages
+        for _ in range(_TOP_UPS):
+            if pulled.status not in ("404", "408") or not pulled.messages:
+                break
+            if len(received) >= batch or pending_after(received[-1]) == 0:
+                break
+            pulled = await self.pull(stream, consumer, batch=batch - len(received), timeout=0.0)
+            received += pulled.messages
+        return received, pulled.status, pulled.description
+
+    def connection_lost(self) -> None:
+        """End the waiting pulls: a dropped connection takes their requests with it.
+
+        The server drops a pull request once its reply subject has no subscriber, and a
+        reconnect (to the same or a restarted server) does not bring it back; waiting
+        on would stall each fetch until its full timeout. They end now, empty or with
+        what had arrived, and the caller simply fetches again.
+        """
+        for request in list(self._active):
+            request.abort(LOST)
+
+    async def aclose(self) -> None:
+        """Fail the waiting pulls and forget the idle inboxes (the connection closes next)."""
+        self._closed = True
+        for request in list(self._active):
+            request.abort(CLOSED)
+        idle, self._idle = self._idle, []
+        for inbox in idle:
+            await self._drop_inbox(inbox)
+
+
+def pending_after(message: Msg) -> int:
+    """How many new messages the consumer still held when it delivered ``message``."""
+    tokens = message.reply.split(".")
+    return int(tokens[8] if len(tokens) == 9 else tokens[10])
+
+
+def _reply_fields(reply: str) -> tuple[str, int, int]:
+    """(stream, num_delivered, stream sequence) from a ``$JS.ACK`` reply subject."""
+    tokens = reply.split(".")
+    if len(tokens) == 9:  # $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>
+        return tokens[2], int(tokens[4]), int(tokens[5])
+    # $JS.ACK.<domain>.<account>.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>...
+    return tokens[4], int(tokens[6]), int(tokens[7])
+
+
+class JetStreamMessage:
+    """One delivery from a durable pull consumer (satisfies the ``Message`` protocol).
+
+    ``ack`` and ``in_progress`` are fire-and-forget publishes to the delivery's
+    ``$JS.ACK`` subject, as in every NATS client: they are the hot path, and a lost
+    ack only means a redelivery, which idempotency absorbs. ``nak`` and ``term``
+    wait for the server to confirm (an ack with a reply subject), so a retry or a
+    dead-letter decision is in force before the call returns and the next fetch
+    sees it. JetStream ignores acks for a message no longer pending, so acking
+    twice, or nak'ing after an ack, is harmless.
+    """
+
+    __slots__ = (
+        "_client",
+        "_headers",
+        "_message",
+        "_num_delivered",
+        "_seq",
+        "_stream",
+        "_timeout",
+    )
+
+    def __init__(self, client: Client, message: Msg, *, timeout: float) -> None:
+        self._client = client
+        self._timeout = timeout
+        self._message = message
+        self._stream, self._num_delivered, self._seq = _reply_fields(message.reply)
+        headers = message.headers
+        self._headers = MappingProxyType(headers) if headers else _NO_HEADERS
+
+    def __repr__(self) -> str:
+        return (
+            f"<JetStreamMessage {self._stream}#{self._seq} {self._message.subject!r} "
+            f"delivery {self._num_delivered}>"
+        )
+
+    @property
+    def subject(self) -> str:
+        return self._message.subject
+
+    @property
+    def data(self) -> bytes:
+        return self._message.data
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        return self._headers
+
+    @property
+    def stream(self) -> str:
+        return self._stream
+
+    @property
+    def seq(self) -> int:
+        return self._seq
+
+    @property
+    def num_delivered(self) -> int:
+        return self._num_delivered
+
+    @property
+    def msg_id(self) -> str | None:
+        return self._headers.get(MSG_ID_HEADER)
+
+    async def _send(self, payload: bytes, doing: str) -> None:
+        with translate(f"{doing} {self._stream}#{self._seq}"):
+            await self._client.publish(self._message.reply, payload)
+
+    async def _confirm(self, payload: bytes, doing: str) -> None:
+        with translate(f"{doing} {self._stream}#{self._seq}"):
+            await self._client.request(self._message.reply, payload, timeout=self._timeout)
+
+    async def ack(self) -> None:
+        await self._send(b"+ACK", "ack")
+
+    async def nak(self, delay: float | None = None) -> None:
+        if delay is not None and delay > 0:
+            await self._confirm(b'-NAK {"delay":%d}' % nanoseconds(delay), "nak")
+        else:
+            await self._confirm(b"-NAK", "nak")
+
+    async def term(self, reason: str = "") -> None:
+        await self._confirm(b"+TERM " + reason.encode() if reason else b"+TERM", "term")
+
+    async def in_progress(self) -> None:
+        await self._send(b"+WPI", "in-progress ack")

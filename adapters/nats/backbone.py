@@ -1,0 +1,479 @@
+"""JetStreamBackbone: the backbone contract on a real NATS JetStream server or cluster.
+
+It passes the same conformance suite as MemoryBackbone (``tests/backbone_contract.py``).
+Provisioning is "create, or confirm an identical definition": an existing stream,
+consumer or bucket is compared field by field with the requested one and a
+difference raises ``DefinitionConflict`` naming the fields; nothing is ever
+updated silently. Definitions are checked with the runtime's own rules before a
+request leaves, so bad ones fail with the same ``ConfigError`` as in memory.
+
+Invariants: one nats-py connection per backbone, which reconnects forever once it
+has connected (consumers resume by themselves after a server restart); every
+JetStream API call is bounded by ``request_timeout``; every nats-py failure is
+translated in ``_errors``. nats-py runs on asyncio, so this backbone needs anyio's
+asyncio backend.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, TypeVar
+
+import anyio
+import msgspec
+import nats.errors
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+
+from runtime import ConfigError
+from runtime.lowlevel import (
+    MSG_ID_HEADER,
+    BackboneError,
+    BucketNotFound,
+    ConsumerConfig,
+    ConsumerInfo,
+    DefinitionConflict,
+    KvConfig,
+    MessageNotFound,
+    NoStreamForSubject,
+    PubAck,
+    StoredMessage,
+    StreamConfig,
+    StreamInfo,
+)
+
+from ._api import (
+    consumer_reply,
+    differences,
+    ensure_consumer,
+    ensure_stream,
+    stream_reply,
+    streams_capturing,
+)
+from ._errors import (
+    MESSAGE_DELETE_FAILED,
+    NO_MESSAGE_FOUND,
+    SEQUENCE_NOT_FOUND,
+    STREAM_NOT_FOUND,
+    api_error,
+    consumer_missing,
+    stream_missing,
+    translate,
+)
+from ._kv import JetStreamKeyValue, validate_bucket_config
+from ._pull import CLOSED, LOST, JetStreamMessage, Puller
+from ._rules import (
+    validate_consumer_config,
+    validate_name,
+    validate_stream_config,
+    validate_subject,
+)
+from ._wire import (
+    API,
+    ConsumerInfoReply,
+    MsgGetReply,
+    PubAckReply,
+    StreamInfoReply,
+    SuccessReply,
+    consumer_config_of,
+    consumer_wire,
+    decode,
+    effective_consumer_config,
+    effective_stream_config,
+    encode,
+    kv_config_of,
+    kv_stream_name,
+    kv_stream_wire,
+    parse_headers,
+    stream_config_of,
+    stream_wire,
+)
+from .connection import JetStreamOptions, connect_client, redact
+
+if TYPE_CHECKING:
+    from runtime.lowlevel import Backbone, KeyValue, Message
+
+__all__ = ["JetStreamBackbone", "open_jetstream_backbone"]
+
+log = logging.getLogger("thaw.nats")
+_T = TypeVar("_T", bound=msgspec.Struct)
+_MIN_DUPLICATE_WINDOW = 0.1  # JetStream refuses shorter windows
+_RETRY_FIRST = 0.05  # seconds before re-sending a publish no stream answered
+_RETRY_MAX = 0.5
+_TRANSIENT = frozenset({"Leadership Change", "Server Shutdown"})  # 409 statuses to retry
+_MESSAGE_MISSING = (NO_MESSAGE_FOUND, MESSAGE_DELETE_FAILED, SEQUENCE_NOT_FOUND)
+
+
+def _redeliveries_by_seq(message: Message) -> tuple[bool, int]:
+    first = message.num_delivered == 1
+    return first, 0 if first else message.seq
+
+
+class JetStreamBackbone:
+    """Streams, durable pull consumers and KV buckets on NATS JetStream."""
+
+    def __init__(
+        self,
+        client: Client,
+        *,
+        options: JetStreamOptions | None = None,
+        owns_client: bool = False,
+    ) -> None:
+        """Wrap a connected nats-py client; ``connect`` is the usual way in."""
+        self._client = client
+        self._options = options if options is not None else JetStreamOptions()
+        self._owns_client = owns_client
+        self._puller = Puller(client, margin=self._options.request_timeout)
+        self._closed = False
+
+    @classmethod
+    async def connect(
+        cls, servers: str | Sequence[str], *, options: JetStreamOptions | None = None
+    ) -> JetStreamBackbone:
+        """Connect to ``servers`` (``nats://host:port`` URLs); call ``aclose`` when done."""
+        options = options if options is not None else JetStreamOptions()
+        lost: list[Puller] = []  # the backbone's puller, once it exists
+
+        def on_disconnect() -> None:
+            for puller in lost:
+                puller.connection_lost()
+
+        client = await connect_client(servers, options, on_disconnect=on_disconnect)
+        backbone = cls(client, options=options, owns_client=True)
+        lost.append(backbone._puller)
+        return backbone
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        url = self._client.connected_url
+        where = redact(url.geturl()) if url is not None else "disconnected"
+        return f"<JetStreamBackbone {state} {where}>"
+
+    # -- for the package's other modules and for adapters needing raw NATS -------------
+
+    @property
+    def client(self) -> Client:
+        """The nats-py connection (core NATS request/reply, services, object store)."""
+        return self._client
+
+    @property
+    def options(self) -> JetStreamOptions:
+        return self._options
+
+    @property
+    def request_timeout(self) -> float:
+        return self._options.request_timeout
+
+    @property
+    def puller(self) -> Puller:
+        return self._puller
+
+    def check_open(self, doing: str) -> None:
+        if self._closed:
+            raise BackboneError(f"{doing}: the JetStreamBackbone is closed; connect a new one")
+
+    async def api(self, subject: str, body: bytes, kind: type[_T], doing: str) -> _T:
+        """One JetStream API request (``$JS.API.<subject>``), its reply decoded as ``kind``."""
+        self.check_open(doing)
+        with translate(doing):
+            reply = await self._client.request(
+                f"{API}.{subject}", body, timeout=self._options.request_timeout
+            )
+        try:
+            return decode(kind, reply.data)
+        except msgspec.DecodeError as error:
+            raise BackboneError(f"{doing}: JetStream sent a reply Thaw cannot read") from error
+
+    # -- streams ------------------------------------------------------------------------
+
+    @staticmethod
+    def _stream_info(reply: StreamInfoReply) -> StreamInfo:
+        assert reply.config is not None
+        return StreamInfo(
+            config=stream_config_of(reply.config),
+            messages=reply.state.messages,
+            first_seq=reply.state.first_seq,
+            last_seq=reply.state.last_seq,
+        )
+
+    async def add_stream(self, config: StreamConfig) -> StreamInfo:
+        validate_stream_config(config)
+        if 0 < config.duplicate_window < _MIN_DUPLICATE_WINDOW:
+            raise ConfigError(
+                f"stream {config.name!r}: JetStream needs duplicate_window >= "
+                f"{_MIN_DUPLICATE_WINDOW} seconds (or 0 for the server's default)"
+            )
+        wire = stream_wire(config, replicas=self._options.replicas)
+        reply, created = await ensure_stream(self, wire, f"add stream {config.name!r}")
+        info = self._stream_info(reply)
+        wanted = effective_stream_config(config)
+        if not created and info.config != wanted:
+            raise DefinitionConflict(
+                f"stream {config.name!r} already exists with a different definition: "
+                f"{differences(info.config, wanted)}; delete it or use another name"
+            )
+        return info
+
+    async def stream_info(self, name: str) -> StreamInfo:
+        validate_name("stream", name)
+        doing = f"stream info {name!r}"
+        reply = await stream_reply(self, name, doing)
+        if reply is None:
+            raise stream_missing(name)
+        return self._stream_info(reply)
+
+    async def delete_stream(self, name: str) -> None:
+        validate_name("stream", name)
+        doing = f"delete stream {name!r}"
+        reply = await self.api(f"STREAM.DELETE.{name}", b"", SuccessReply, doing)
+        if reply.error is not None:
+            if reply.error.err_code == STREAM_NOT_FOUND:
+                raise stream_missing(name)
+            raise api_error(reply.error, doing)
+
+    async def publish(
+        self,
+        subject: str,
+        data: bytes,
+        *,
+        headers: Mapping[str, str] | None = None,
+        msg_id: str | None = None,
+    ) -> PubAck:
+        validate_subject(subject, wildcards=False)
+        doing = f"publish to {subject!r}"
+        self.check_open(doing)
+        sent = dict(headers) if headers else None
+        if msg_id is not None:
+            sent = sent or {}
+            sent[MSG_ID_HEADER] = msg_id
+        reply = await self._request_stored(subject, data, sent, doing)
+        try:
+            ack = decode(PubAckReply, reply.data)
+        except msgspec.DecodeError:
+            raise NoStreamForSubject(
+                f"{doing}: a core NATS subscriber answered, not a stream; no stream captures "
+                "the subject"
+            ) from None
+        if ack.error is not None:
+            raise api_error(ack.error, doing)
+        return PubAck(ack.stream, ack.seq, ack.duplicate)
+
+    async def _request_stored(
+        self, subject: str, data: bytes, headers: dict[str, str] | None, doing: str
+    ) -> Msg:
+        """Publish and wait for the stream's ack, riding out a stream that cannot answer yet.
+
+        "No responders" means nothing stored the message, so sending it again is safe.
+        It is final when no stream captures the subject; when one does, its leader is
+        being elected or its interest has not reached this server (a cluster, just
+        after the stream was created), so the publish is retried within request_timeout.
+        """
+        deadline = anyio.current_time() + self._options.request_timeout
+        delay = _RETRY_FIRST
+        while True:
+            with translate(doing):
+                try:
+                    return await self._client.request(
+                        subject, data, timeout=self._options.request_timeout, headers=headers
+                    )
+                except nats.errors.NoRespondersError:
+                    pass
+            streams = await streams_capturing(self, subject, doing)
+            if not streams:
+                raise NoStreamForSubject(
+                    f"no stream captures subject {subject!r}; add a stream whose subjects match it"
+                )
+            if anyio.current_time() + delay > deadline:
+                raise BackboneError(
+                    f"{doing}: stream {streams[0]!r} captures the subject but did not "
+                    f"answer within {self._options.request_timeout} seconds"
+                )
+            await anyio.sleep(delay)
+            delay = min(delay * 2, _RETRY_MAX)
+
+    async def get_message(self, stream: str, seq: int) -> StoredMessage:
+        validate_name("stream", stream)
+        doing = f"get message {seq} of stream {stream!r}"
+        got = await self.api(f"STREAM.MSG.GET.{stream}", encode({"seq": seq}), MsgGetReply, doing)
+        if got.error is not None:
+            if got.error.err_code == NO_MESSAGE_FOUND:
+                raise MessageNotFound(
+                    f"stream {stream!r} has no message with sequence {seq} (expired, deleted "
+                    "or never existed)"
+                )
+            if got.error.err_code == STREAM_NOT_FOUND:
+                raise stream_missing(stream)
+            raise api_error(got.error, doing)
+        assert got.message is not None
+        message = got.message
+        return StoredMessage(
+            stream=stream,
+            seq=message.seq,
+            subject=message.subject,
+            data=message.data,
+            headers=parse_headers(message.hdrs) if message.hdrs else {},
+        )
+
+    async def delete_message(self, stream: str, seq: int) -> None:
+        validate_name("stream", stream)
+        doing = f"delete message {seq} of stream {stream!r}"
+        body = encode({"seq": seq, "no_erase": True})
+        reply = await self.api(f"STREAM.MSG.DELETE.{stream}", body, SuccessReply, doing)
+        if reply.error is not None:
+            if reply.error.err_code == STREAM_NOT_FOUND:
+                raise stream_missing(stream)
+            if reply.error.err_code in _MESSAGE_MISSING:
+                raise MessageNotFound(f"stream {stream!r} has no message with sequence {seq}")
+            raise api_error(reply.error, doing)
+
+    # -- consumers ----------------------------------------------------------------------
+
+    @staticmethod
+    def _consumer_info(stream: str, reply: ConsumerInfoReply) -> ConsumerInfo:
+        assert reply.config is not None
+        return ConsumerInfo(
+            stream=stream,
+            config=consumer_config_of(reply.config),
+            num_pending=reply.num_pending,
+            num_ack_pending=reply.num_ack_pending,
+            num_redelivered=reply.num_redelivered,
+        )
+
+    async def add_consumer(self, stream: str, config: ConsumerConfig) -> ConsumerInfo:
+        validate_name("stream", stream)
+        doing = f"add consumer {config.durable!r} on stream {stream!r}"
+        found = await stream_reply(self, stream, doing)
+        if found is None:
+            raise stream_missing(stream)
+        assert found.config is not None
+        validate_consumer_config(stream_config_of(found.config), config)
+        reply, created = await ensure_consumer(self, stream, consumer_wire(config), doing)
+        info = self._consumer_info(stream, reply)
+        wanted = effective_consumer_config(config)
+        if not created and info.config != wanted:
+            raise DefinitionConflict(
+                f"consumer {config.durable!r} on stream {stream!r} already exists with a "
+                f"different definition: {differences(info.config, wanted)}; "
+                "delete the stream's consumer or use another durable name"
+            )
+        return info
+
+    async def consumer_info(self, stream: str, durable: str) -> ConsumerInfo:
+        validate_name("stream", stream)
+        validate_name("consumer", durable)
+        reply = await consumer_reply(self, stream, durable, f"consumer info {durable!r}")
+        if reply is None:
+            raise consumer_missing(stream, durable)
+        return self._consumer_info(stream, reply)
+
+    async def _raise_missing(self, stream: str, durable: str) -> None:
+        """Raise StreamNotFound/ConsumerNotFound if that is why a pull went unanswered."""
+        await self.consumer_info(stream, durable)
+
+    async def fetch(
+        self,
+        stream: str,
+        durable: str,
+        *,
+        batch: int = 1,
+        timeout: float = 0.0,
+    ) -> list[Message]:
+        if batch < 1:
+            raise ConfigError(f"fetch batch must be >= 1, not {batch}")
+        if timeout < 0:
+            raise ConfigError(f"fetch timeout must be >= 0 seconds, not {timeout}")
+        validate_name("stream", stream)
+        validate_name("consumer", durable)
+        self.check_open(f"fetch from consumer {durable!r} on stream {stream!r}")
+        received, status, description = await self._puller.fetch(
+            stream, durable, batch=batch, timeout=timeout
+        )
+        if status == CLOSED:
+            raise BackboneError("fetch: the JetStreamBackbone was closed while waiting")
+        if status == LOST:  # the server forgot the request; an empty fetch, try again
+            status = ""
+        if not received and status not in ("", "404", "408"):
+            # 409: the server ended or refused the pull; 503: nobody serves the consumer.
+            if description in _TRANSIENT:
+                return []  # the server is going away or moving the consumer: fetch again
+            await self._raise_missing(stream, durable)
+            if status == "409":
+                raise BackboneError(
+                    f"fetch from consumer {durable!r} on stream {stream!r}: JetStream "
+                    f"refused the pull request ({description or status})"
+                )
+        client, timeout = self._client, self._options.request_timeout
+        messages: list[Message] = [
+            JetStreamMessage(client, message, timeout=timeout) for message in received
+        ]
+        if any(message.num_delivered > 1 for message in messages):
+            # JetStream redelivers nak'ed messages in nak order; within a batch, put
+            # redeliveries first in sequence order, as the contract says (stable sort).
+            messages.sort(key=_redeliveries_by_seq)
+        return messages
+
+    # -- key/value ----------------------------------------------------------------------
+
+    async def add_kv(self, config: KvConfig) -> KeyValue:
+        validate_bucket_config(config)
+        wire = kv_stream_wire(config, replicas=self._options.replicas)
+        reply, created = await ensure_stream(self, wire, f"add bucket {config.bucket!r}")
+        assert reply.config is not None
+        found = kv_config_of(config.bucket, reply.config)
+        if not created and found != config:
+            raise DefinitionConflict(
+                f"bucket {config.bucket!r} already exists with a different definition: "
+                f"{differences(found, config)}; use another bucket name"
+            )
+        return JetStreamKeyValue(self, config.bucket, direct=reply.config.allow_direct)
+
+    async def kv(self, bucket: str) -> KeyValue:
+        validate_name("bucket", bucket)
+        doing = f"open bucket {bucket!r}"
+        existing = await stream_reply(self, kv_stream_name(bucket), doing)
+        if existing is None or existing.config is None:
+            raise BucketNotFound(f"bucket {bucket!r} does not exist; add it with add_kv")
+        if existing.config.max_msgs_per_subject < 1:
+            raise BucketNotFound(
+                f"stream {kv_stream_name(bucket)!r} exists but is not a KV bucket "
+                "(it keeps no per-key history limit)"
+            )
+        return JetStreamKeyValue(self, bucket, direct=existing.config.allow_direct)
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    async def aclose(self) -> None:
+        """Fail waiting fetches, then drain and close the connection if this backbone owns it."""
+        if self._closed:
+            return
+        self._closed = True
+        await self._puller.aclose()
+        if not self._owns_client or self._client.is_closed:
+            return
+        try:
+            await self._client.drain()
+        except nats.errors.Error as error:  # reconnecting or already draining
+            log.debug("NATS drain failed (%s); closing", error)
+            await self._client.close()
+
+
+@asynccontextmanager
+async def open_jetstream_backbone(
+    servers: str | Sequence[str], *, options: JetStreamOptions | None = None
+) -> AsyncIterator[JetStreamBackbone]:
+    """Connect for the duration of the block; the connection is drained and closed after."""
+    backbone = await JetStreamBackbone.connect(servers, options=options)
+    try:
+        yield backbone
+    finally:
+        await backbone.aclose()
+
+
+if TYPE_CHECKING:
+
+    def _conforms(
+        backbone: JetStreamBackbone, message: JetStreamMessage, bucket: JetStreamKeyValue
+    ) -> tuple[Backbone, Message, KeyValue]:
+        return backbone, message, bucket  # mypy checks the protocols here

@@ -1,0 +1,137 @@
+"""Connecting to NATS: the options Thaw exposes, credentials, TLS, and reconnect behaviour.
+
+The first connection is bounded (``connect_attempts`` per server, each within
+``connect_timeout``) so a wrong URL fails fast with a clear error; once connected,
+the client reconnects forever, replaying its subscriptions, so consumers resume by
+themselves after a server restart. Secrets never reach logs, reprs or errors.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from collections.abc import Callable, Sequence
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import msgspec
+import nats.errors
+from nats.aio.client import Client
+
+from runtime.lowlevel import BackboneError
+
+__all__ = ["JetStreamOptions", "connect_client", "redact"]
+
+log = logging.getLogger("thaw.nats")
+_SECRETS = ("password", "token")
+
+
+class JetStreamOptions(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """How to reach NATS, and what this backbone asks of the streams it creates."""
+
+    name: str = "thaw"  # the connection name shown by nats-server monitoring
+    user: str | None = None
+    password: str | None = None
+    token: str | None = None
+    creds_file: str | None = None  # a .creds file (JWT + nkey seed)
+    nkeys_seed_file: str | None = None
+    tls_ca_file: str | None = None  # setting any tls_* file turns TLS on
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+    connect_timeout: float = 2.0
+    connect_attempts: int = 3  # per server, for the first connection only
+    reconnect_wait: float = 0.25  # after the first connection, reconnects never stop
+    reconnect_buffer: int = 8 * 1024 * 1024  # bytes of publishes held while reconnecting
+    request_timeout: float = 5.0  # each JetStream API call and publish ack
+    replicas: int = 1  # replicas for the streams and buckets this backbone creates
+
+    def __repr__(self) -> str:
+        fields = ", ".join(
+            f"{field}={'***' if field in _SECRETS else repr(value)}"
+            for field in self.__struct_fields__
+            if (value := getattr(self, field)) is not None
+        )
+        return f"JetStreamOptions({fields})"
+
+
+def redact(url: str) -> str:
+    parts = urlsplit(url if "://" in url else f"nats://{url}")
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def _tls_context(options: JetStreamOptions) -> ssl.SSLContext | None:
+    if not (options.tls_ca_file or options.tls_cert_file or options.tls_key_file):
+        return None
+    context = ssl.create_default_context(cafile=options.tls_ca_file)
+    if options.tls_cert_file:
+        context.load_cert_chain(options.tls_cert_file, options.tls_key_file)
+    return context
+
+
+def _connection_callbacks(
+    client: Client, shown: str, on_disconnect: Callable[[], None] | None
+) -> dict[str, Any]:
+    """Log connection trouble once per event, briefly (nats-py's default logs tracebacks)."""
+
+    async def error_cb(error: Exception) -> None:
+        log.warning("NATS connection to %s: %s", shown, error or type(error).__name__)
+
+    async def disconnected_cb() -> None:
+        if on_disconnect is not None:
+            on_disconnect()
+        if not client.is_closed:  # closing on purpose is not news
+            log.warning("NATS connection to %s lost; reconnecting", shown)
+
+    async def reconnected_cb() -> None:
+        log.info("NATS connection to %s re-established", shown)
+
+    return {
+        "error_cb": error_cb,
+        "disconnected_cb": disconnected_cb,
+        "reconnected_cb": reconnected_cb,
+    }
+
+
+async def connect_client(
+    servers: str | Sequence[str],
+    options: JetStreamOptions,
+    *,
+    on_disconnect: Callable[[], None] | None = None,
+) -> Client:
+    """A connected nats-py client for ``servers`` (``nats://host:port`` URLs).
+
+    ``on_disconnect`` runs whenever the connection drops (then it reconnects).
+    """
+    urls = [servers] if isinstance(servers, str) else list(servers)
+    shown = ", ".join(redact(url) for url in urls)
+    kwargs: dict[str, Any] = {
+        "servers": urls,
+        "name": options.name,
+        "connect_timeout": options.connect_timeout,
+        "reconnect_time_wait": options.reconnect_wait,
+        "max_reconnect_attempts": options.connect_attempts,
+        "pending_size": options.reconnect_buffer,
+        "drain_timeout": options.request_timeout,
+    }
+    renamed = {"creds_file": "user_credentials", "nkeys_seed_file": "nkeys_seed"}
+    for field in ("user", "password", "token", "creds_file", "nkeys_seed_file"):
+        value = getattr(options, field)
+        if value is not None:
+            kwargs[renamed.get(field, field)] = value
+    tls = _tls_context(options)
+    if tls is not None:
+        kwargs["tls"] = tls
+    client = Client()
+    kwargs.update(_connection_callbacks(client, shown, on_disconnect))
+    try:
+        await client.connect(**kwargs)
+    except (OSError, nats.errors.Error, TimeoutError) as error:
+        await client.close()
+        raise BackboneError(f"could not connect to NATS at {shown}: {error}") from error
+    # The first connection was bounded; from now on the client rides out restarts.
+    client.options["max_reconnect_attempts"] = -1
+    return client

@@ -1,0 +1,105 @@
+"""Fixtures for tests against a real nats-server: one server per session, a namespace per test.
+
+Import the fixtures into a test module (``from nats_fixtures import nats_server,
+jetstream_harness  # noqa: F401``). The session server is started synchronously
+(a subprocess and a bounded wait for its port), so it needs no session-scoped
+event loop; it binds 127.0.0.1 on a port it picks itself and keeps JetStream
+data in a pytest temp directory. Each test gets a fresh name prefix and its own
+connection; afterwards every stream (and KV bucket) under that prefix is deleted.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
+
+import anyio
+import pytest
+
+from adapters.nats import EmbeddedServer, JetStreamBackbone, ServerConfig
+
+__all__ = [
+    "JetStreamHarness",
+    "nats_server",
+    "jetstream_harness",
+    "delete_streams",
+    "wait_until",
+]
+
+GRACE = 0.3  # seconds the server may act after a deadline (timers, expiry sweeps)
+WAIT_LIMIT = 10.0  # seconds before wait_fetching gives up
+POLL = 0.01
+
+
+@pytest.fixture(scope="session")
+def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedServer]:
+    store = tmp_path_factory.mktemp("nats-store")
+    server = EmbeddedServer(ServerConfig(store_dir=str(store)))
+    server.start(timeout=20.0)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@dataclass
+class JetStreamHarness:
+    """The contract's ``BackboneHarness`` on a real server: time passes for real."""
+
+    backbone: JetStreamBackbone
+    prefix: str
+    grace: float = GRACE
+
+    async def elapse(self, seconds: float) -> None:
+        await anyio.sleep(seconds)
+
+    async def wait_fetching(self, stream: str, durable: str, count: int) -> None:
+        jsm = self.backbone.client.jsm()
+
+        async def parked() -> bool:
+            return bool((await jsm.consumer_info(stream, durable)).num_waiting >= count)
+
+        await wait_until(parked)
+
+
+async def wait_until(check: Callable[[], Awaitable[bool]], *, limit: float = WAIT_LIMIT) -> None:
+    """Poll the server until ``check()`` holds; fail after ``limit`` seconds.
+
+    Server-side state (parked pull requests, processed acks) has no local event to
+    wait on, so this asks again every few milliseconds, boundedly.
+    """
+    with anyio.fail_after(limit):
+        while True:
+            if await check():
+                return
+            await anyio.sleep(POLL)
+
+
+async def delete_streams(backbone: JetStreamBackbone, prefix: str) -> None:
+    """Delete every stream named ``<prefix>...`` and every bucket ``KV_<prefix>...``."""
+    client = backbone.client
+    names: list[str] = []
+    while True:
+        request = json.dumps({"offset": len(names)}).encode()
+        reply = json.loads((await client.request("$JS.API.STREAM.NAMES", request, 5)).data)
+        batch = reply.get("streams") or []
+        names += batch
+        if not batch or len(names) >= reply["total"]:
+            break
+    jsm = client.jsm()
+    for name in names:
+        if name.startswith((prefix, f"KV_{prefix}")):
+            await jsm.delete_stream(name)
+
+
+@pytest.fixture
+async def jetstream_harness(nats_server: EmbeddedServer) -> AsyncIterator[JetStreamHarness]:
+    prefix = f"t{uuid.uuid4().hex[:10]}"
+    backbone = await JetStreamBackbone.connect(nats_server.url)
+    try:
+        yield JetStreamHarness(backbone, prefix)
+        await delete_streams(backbone, prefix)
+    finally:
+        await backbone.aclose()
