@@ -124,7 +124,24 @@ def _parser() -> argparse.ArgumentParser:
     from ._cli_ops import add_commands
 
     add_commands(commands, _positive_int)
+    _add_plugin_commands(commands)
     return parser
+
+
+def _add_plugin_commands(commands: Any) -> None:
+    """Commands adapters contribute through the ``thaw.commands`` entry point.
+
+    Each entry point names a function ``register(commands)`` that adds its own
+    subparser(s) and sets ``handler`` on them; the core never imports adapters.
+    """
+    import importlib.metadata
+
+    for entry in importlib.metadata.entry_points(group="thaw.commands"):
+        try:
+            register = entry.load()
+        except ImportError:
+            continue  # the adapter's extra is not installed: its commands are absent
+        register(commands)
 
 
 def _subcommand_help(parser: argparse.ArgumentParser) -> int:
