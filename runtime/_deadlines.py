@@ -45,9 +45,6 @@ class Watch:
         self.done = False
         self._owner = owner
 
-    def __lt__(self, other: Watch) -> bool:
-        return self.when < other.when
-
     def disarm(self) -> None:
         if not self.done:
             self.done = True
@@ -57,11 +54,13 @@ class Watch:
 class AsyncioWatchdog:
     """All watched deadlines of one event loop, behind a single timer."""
 
-    __slots__ = ("_armed_at", "_done", "_handle", "_heap", "_loop")
+    __slots__ = ("_armed_at", "_done", "_handle", "_heap", "_loop", "_sequence")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-        self._heap: list[Watch] = []
+        # (when, sequence, watch): tuples compare in C, a Watch.__lt__ would not.
+        self._heap: list[tuple[float, int, Watch]] = []
+        self._sequence = 0
         self._handle: asyncio.TimerHandle | None = None
         self._armed_at = _INF
         self._done = 0  # disarmed entries still in the heap (removed lazily)
@@ -74,7 +73,8 @@ class AsyncioWatchdog:
         """Cancel ``task`` after ``delay`` seconds unless the watch is disarmed first."""
         when = self._loop.time() + delay
         entry = Watch(when, task, self)
-        heapq.heappush(self._heap, entry)
+        self._sequence += 1
+        heapq.heappush(self._heap, (when, self._sequence, entry))
         if when < self._armed_at:
             self._arm(when)
         if self._done > 1024 and self._done * 2 > len(self._heap):
@@ -92,7 +92,7 @@ class AsyncioWatchdog:
         self._armed_at = when
 
     def _compact(self) -> None:
-        self._heap = [entry for entry in self._heap if not entry.done]
+        self._heap = [item for item in self._heap if not item[2].done]
         heapq.heapify(self._heap)
         self._done = 0
 
@@ -101,8 +101,8 @@ class AsyncioWatchdog:
         self._armed_at = _INF
         now = self._loop.time()
         heap = self._heap
-        while heap and (heap[0].done or heap[0].when <= now):
-            entry = heapq.heappop(heap)
+        while heap and (heap[0][2].done or heap[0][0] <= now):
+            entry = heapq.heappop(heap)[2]
             if entry.done:
                 self._done -= 1
                 continue
@@ -110,7 +110,7 @@ class AsyncioWatchdog:
             entry.done = True  # popped, so not counted in _done
             entry.task.cancel(DEADLINE_CANCEL_MESSAGE)
         if heap:
-            self._arm(heap[0].when)
+            self._arm(heap[0][0])
 
 
 @types.coroutine

@@ -234,12 +234,15 @@ class CompiledCapability:
     async def _call_watched(
         self, coro: Coroutine[Any, Any, Any], first: Any, deadline: float
     ) -> Any:
-        loop = _get_running_loop()
+        # current_task(loop) with the loop we saw last skips the ~250 ns running-loop
+        # lookup; it answers None when another loop is running, and then we look it up.
         watchdog = self._watchdog
-        if watchdog is None or watchdog.loop is not loop:
+        task = _current_task(watchdog.loop) if watchdog is not None else None
+        if task is None or watchdog is None:
+            loop = _get_running_loop()
             assert loop is not None
             watchdog = self._watchdog = _watchdog_for(loop)
-        task = _current_task()
+            task = _current_task(loop)
         assert task is not None
         watch = watchdog.watch(task, deadline - self._now())
         try:
