@@ -9,6 +9,7 @@ so dead letters and KV state survive between commands.
 from __future__ import annotations
 
 import argparse
+import logging
 import signal
 import sys
 from contextlib import AsyncExitStack
@@ -26,7 +27,7 @@ from ._dead_letters import (
 )
 from ._host import open_host
 from ._provision import apply_plan, plan_for
-from ._triggers import HttpTrigger
+from ._triggers import HttpTrigger, SubjectTrigger
 
 __all__ = ["add_commands"]
 
@@ -113,12 +114,17 @@ def _load(target: str) -> Any:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
+    # Operators see where the embedded server is, warnings and dead letters, on stderr.
+    logging.basicConfig(level=logging.INFO, format="thaw: %(name)s: %(message)s")
     app = _load(args.app)
     kind, url = _target(args)
     wants_http = not args.no_http and any(
         isinstance(t, HttpTrigger) for spec in app.capabilities.values() for t in spec.triggers
     )
     http_server = load_server("http") if wants_http else None
+    wants_subjects = any(
+        isinstance(t, SubjectTrigger) for spec in app.capabilities.values() for t in spec.triggers
+    )
     if wants_http and http_server is None:
         print("thaw: http triggers not served: install the 'fast' extra", file=sys.stderr)
 
@@ -131,11 +137,14 @@ def _cmd_serve(args: argparse.Namespace) -> int:
                 open_host(app, backbone, drain_timeout=args.drain_timeout)
             )
             where = ""
+            subjects = load_server("subjects") if wants_subjects else None
+            if subjects is not None and await stack.enter_async_context(subjects(host)):
+                where += "; answering NATS requests on subject triggers"
             if http_server is not None:
                 server = await stack.enter_async_context(
                     http_server(host, host=args.http_host, port=args.http)
                 )
-                where = f"; http on http://{server.host}:{server.port}"
+                where += f"; http on http://{server.host}:{server.port}"
             with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
                 workers = ", ".join(host.workers) or "none"
                 print(
