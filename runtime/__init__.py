@@ -22,7 +22,7 @@ from ._errors import (
 )
 from ._event import Event, Ok, Outcome, Reject, Retry
 from ._policy import Access, Backoff, Idempotency, RetryPolicy
-from ._triggers import http, kv, objects, schedule, stream, subject
+from ._triggers import Webhook, http, kv, objects, schedule, stream, subject
 
 __version__ = "0.1.0"
 
@@ -49,6 +49,7 @@ __all__ = [
     "RetryPolicy",
     "RuntimeFault",
     "ThawError",
+    "Webhook",
     "WrongRevision",
     "http",
     "kv",

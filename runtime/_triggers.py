@@ -8,6 +8,7 @@ not exist yet are still fully validated; adapters read them at start.
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Literal, TypeAlias
 
@@ -19,6 +20,7 @@ from ._subjects import validate_name, validate_subject
 
 __all__ = [
     "HttpTrigger",
+    "Webhook",
     "SubjectTrigger",
     "StreamTrigger",
     "ScheduleTrigger",
@@ -41,11 +43,59 @@ _PATH_CHARS = re.compile(r"[A-Za-z0-9\-._~!$&'()*+,;=:@/%]*\Z")
 MissedTicks = Literal["skip", "run_once"]
 
 
+_HEADER_NAME = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]{1,64}\Z")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}\Z")
+
+
+class Webhook(msgspec.Struct, frozen=True, kw_only=True):
+    """Signature verification of an http route, checked before the capability runs.
+
+    The sender signs ``"<timestamp>.<body>"`` with HMAC-SHA256 and sends
+    ``<header>: t=<unix seconds>,v1=<hex digest>``. The secret comes from the
+    environment variable ``secret_env`` or the file ``secret_file`` (exactly one),
+    read when the server starts; this value names it and never holds it.
+    ``tolerance`` bounds the clock skew (seconds); ``replay_window`` (seconds,
+    0: off) refuses a signature seen before within that window.
+    """
+
+    secret_env: str = ""
+    secret_file: str = ""
+    header: str = "Webhook-Signature"
+    tolerance: float = 300.0
+    scheme: Literal["hmac-sha256"] = "hmac-sha256"
+    replay_window: float = 0.0
+
+    def __post_init__(self) -> None:
+        if bool(self.secret_env) == bool(self.secret_file):
+            raise ConfigError("Webhook needs exactly one of secret_env=... or secret_file=...")
+        if self.secret_env and not _ENV_NAME.match(self.secret_env):
+            raise ConfigError(
+                f"Webhook secret_env {self.secret_env!r} is not an environment variable name"
+            )
+        if not isinstance(self.header, str) or not _HEADER_NAME.match(self.header):
+            raise ConfigError(f"Webhook header {self.header!r} is not an HTTP header name")
+        if self.scheme != "hmac-sha256":
+            raise ConfigError(f"Webhook scheme {self.scheme!r} is not supported (hmac-sha256)")
+        for name in ("tolerance", "replay_window"):
+            value = getattr(self, name)
+            if (
+                not isinstance(value, int | float)
+                or isinstance(value, bool)
+                or not math.isfinite(value)
+                or value < 0
+                or (name == "tolerance" and value == 0)
+            ):
+                raise ConfigError(
+                    f"Webhook {name} must be a positive number of seconds, got {value!r}"
+                )
+
+
 class HttpTrigger(msgspec.Struct, frozen=True, tag="http"):
     method: str
     path: str
     params: tuple[tuple[str, str], ...] = ()  # (name, type) in path order
     enqueue: str | None = None  # async intake: publish to this subject, answer 202
+    webhook: Webhook | None = None  # verify the request's signature first
 
 
 class SubjectTrigger(msgspec.Struct, frozen=True, tag="subject"):
@@ -79,11 +129,14 @@ Trigger: TypeAlias = (
 )
 
 
-def http(method: str, path: str, *, enqueue: str | None = None) -> HttpTrigger:
+def http(
+    method: str, path: str, *, enqueue: str | None = None, webhook: Webhook | None = None
+) -> HttpTrigger:
     """Serve the capability at ``METHOD path``; ``{name}`` or ``{name:int}`` are path parameters.
 
     With ``enqueue=SUBJECT`` the request is validated, published to that subject
     and answered ``202 Accepted``; the capability then runs from the stream.
+    With ``webhook=Webhook(...)`` the request's signature is verified first (401).
     """
     if not isinstance(method, str) or method.upper() not in HTTP_METHODS:
         raise ConfigError(f"http method {method!r} is not one of {', '.join(sorted(HTTP_METHODS))}")
@@ -110,7 +163,9 @@ def http(method: str, path: str, *, enqueue: str | None = None) -> HttpTrigger:
         raise ConfigError(f"http path {path!r} has characters that are not allowed in a URL path")
     if enqueue is not None:
         validate_subject(enqueue, wildcards=False)
-    return HttpTrigger(method.upper(), path, tuple(params), enqueue)
+    if webhook is not None and not isinstance(webhook, Webhook):
+        raise ConfigError(f"http webhook={webhook!r} must be a Webhook(...)")
+    return HttpTrigger(method.upper(), path, tuple(params), enqueue, webhook)
 
 
 def subject(name: str, *, queue: str = "") -> SubjectTrigger:

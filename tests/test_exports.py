@@ -32,6 +32,7 @@ def test_function_author_surface() -> None:
             "RetryPolicy",
             "RuntimeFault",
             "ThawError",
+            "Webhook",
             "WrongRevision",
             "http",
             "kv",

@@ -141,6 +141,7 @@ class HttpConnection(RequestReader):
         state = self._state
         if state.in_flight >= self._config.max_in_flight:
             exchange.response = refusal("overloaded", "the server is at its in-flight limit")
+            state.counters.refused(503)
             self._flush()
             return
         state.in_flight += 1
@@ -248,6 +249,7 @@ class HttpConnection(RequestReader):
 
     def _encode(self, exchange: Exchange, response: Response, close: bool) -> bytes:
         connection = CLOSE if close else KEEP_ALIVE if exchange.http10 else b""
+        self._state.counters.responses[response.status // 100] += 1
         return encode_response(response, self._state.date.line, connection, exchange.head_only)
 
     async def _stream(self, exchange: Exchange, response: Response) -> None:
@@ -263,6 +265,7 @@ class HttpConnection(RequestReader):
             chunked = not exchange.http10
             close = exchange.close or response.close or not chunked or self._closing
             connection = CLOSE if close else b""
+            self._state.counters.responses[response.status // 100] += 1
             transport.write(
                 encode_head(response, self._state.date.line, connection, chunked=chunked)
             )
@@ -317,6 +320,7 @@ class HttpConnection(RequestReader):
         self._exchange = self._request = None
         self._in_message = self._in_head = False
         self._state.refused += 1
+        self._state.counters.refused(fault.status)
         self._block(_STOPPED)
         self._flush()
 

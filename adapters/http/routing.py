@@ -52,6 +52,10 @@ from runtime.lowlevel import (
 
 from ._wire import Response, response_from_answer
 
+if typing.TYPE_CHECKING:
+    from .webhooks import SignatureVerifier
+from .metrics import CapabilityMetrics
+
 JSON = "application/json"
 
 __all__ = ["Route", "Router", "compile_router", "EventIds"]
@@ -149,10 +153,13 @@ class Route:
         "enqueue",
         "max_body",
         "method",
+        "metrics",
         "mode",
         "name",
         "params",
         "template",
+        "verifier",
+        "webhook",
     )
 
     def __init__(
@@ -165,6 +172,9 @@ class Route:
         self.capability = capability
         self.params = {name: _CONVERT[kind] for name, kind in trigger.params}
         self.enqueue = trigger.enqueue
+        self.webhook = trigger.webhook
+        self.verifier: SignatureVerifier | None = None  # set by HttpService for webhook routes
+        self.metrics = CapabilityMetrics(capability.name)  # HttpService shares one per capability
         self.max_body = min(max_body, spec.policy.max_payload)
         self.content_type = "application/octet-stream" if spec.output_type is bytes else JSON
         if not spec.takes_payload:

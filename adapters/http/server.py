@@ -149,9 +149,15 @@ async def open_http_server(
             return "the server is draining"
         return None
 
-    service = HttpService(invoker, config=config, not_ready=not_ready)
+    backbone = target.backbone if isinstance(target, Host) else None
+    service = HttpService(invoker, config=config, not_ready=not_ready, backbone=backbone)
+
+    def bind(state: ServerState) -> None:
+        holder.append(state)
+        service.state = state
+
     async with open_service_server(
-        service, host=host, port=port, config=config, state_hook=holder.append
+        service, host=host, port=port, config=config, state_hook=bind
     ) as server:
         yield server
 

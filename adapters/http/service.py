@@ -9,12 +9,20 @@ capability and maps its Outcome to an answer.
 from __future__ import annotations
 
 from collections.abc import Callable
+from time import perf_counter
+from typing import TYPE_CHECKING, Any
 
-from runtime.lowlevel import Invoker, problem_answer
+from runtime.lowlevel import Backbone, Invoker, problem_answer
 
 from ._wire import Request, Response, response_from_answer
 from .config import HttpConfig
-from .routing import EventIds, Match, Router, _Refused, compile_router, refused_response
+from .intake import STATUS_PREFIX, Intake, compile_intake, status_id
+from .metrics import CONTENT_TYPE, CapabilityMetrics, ServerCounters, render
+from .routing import EventIds, Route, Router, _Refused, compile_router, refused_response
+from .webhooks import SignatureVerifier, load_secret
+
+if TYPE_CHECKING:
+    from .state import ServerState
 
 __all__ = ["HttpService"]
 
@@ -32,15 +40,33 @@ class HttpService:
         *,
         config: HttpConfig,
         not_ready: Callable[[], str | None] = lambda: None,
+        backbone: Backbone | None = None,
     ) -> None:
         self.router: Router = compile_router(invoker, max_body=config.max_body)
+        for route in self.router.routes:
+            if route.webhook is not None:
+                route.verifier = SignatureVerifier(
+                    route.webhook,
+                    load_secret(route.webhook),
+                    replay_key=f"{invoker.app.name}.~webhook.{route.name}",
+                    store=invoker.idempotency_store,
+                )
+        self._intake: Intake | None = None
+        if backbone is not None and any(r.enqueue for r in self.router.routes):
+            self._intake = compile_intake(invoker, self.router.routes, backbone)
         self._ids = EventIds()
         self._not_ready = not_ready
+        self.state: ServerState | None = None  # set by the server that serves this service
+        self.metrics: dict[str, CapabilityMetrics] = {}
+        for route in self.router.routes:  # one set of counters per capability
+            route.metrics = self.metrics.setdefault(route.name, route.metrics)
         self._ops: dict[str, Callable[[], Response]] = {}
         if config.health_path:
             self._ops[config.health_path] = lambda: _HEALTHY
         if config.ready_path:
             self._ops[config.ready_path] = self._readiness
+        if config.metrics_path:
+            self._ops[config.metrics_path] = self._exposition
         clash = [r for r in self.router.routes if r.template in self._ops]
         if clash:
             from runtime import ConfigError
@@ -56,6 +82,17 @@ class HttpService:
             return _READY
         return response_from_answer(problem_answer("not_ready", reason))
 
+    def _exposition(self) -> Response:
+        state = self.state
+        body = render(
+            self.metrics.values(),
+            state.counters if state is not None else ServerCounters(),
+            connections_open=len(state.connections) if state is not None else 0,
+            connections_total=state.accepted if state is not None else 0,
+            requests_in_flight=state.in_flight if state is not None else 0,
+        )
+        return Response(200, body, CONTENT_TYPE)
+
     def check(self, request: Request) -> Response | None:
         op = self._ops.get(request.path)
         if op is not None:
@@ -65,16 +102,18 @@ class HttpService:
                 "method_not_allowed", f"{request.method} is not served here", allow=_OPS_ALLOW
             )
             return response_from_answer(answer)
+        if self._intake is not None and request.path.startswith(STATUS_PREFIX):
+            return self._status_check(request)
         found = self.router.match(request.method, request.path)
         if isinstance(found, Response):
             return found
         route = found[0]
-        if route.enqueue is not None:
+        if route.enqueue is not None and self._intake is None:
             return response_from_answer(
                 problem_answer(
                     "not_implemented",
-                    f"{route.method} {route.template} enqueues to {route.enqueue!r}; "
-                    "async intake is not served by this version yet",
+                    f"{route.method} {route.template} enqueues to {route.enqueue!r}, which "
+                    "needs a backbone: serve a Host (open_host) rather than a bare Invoker",
                 )
             )
         request.route = found
@@ -82,12 +121,44 @@ class HttpService:
             request.max_body = route.max_body
         return None
 
+    def _status_check(self, request: Request) -> Response | None:
+        event_id = status_id(request.path)
+        if not event_id:
+            return response_from_answer(
+                problem_answer("route_not_found", "the status URL has no valid id")
+            )
+        if request.method not in _OPS_ALLOW:
+            answer = problem_answer(
+                "method_not_allowed", f"{request.method} is not served here", allow=_OPS_ALLOW
+            )
+            return response_from_answer(answer)
+        request.route = (None, event_id)
+        return None
+
     async def handle(self, request: Request) -> Response:
-        match: Match = request.route
-        route, params = match
+        route: Route | None
+        params: Any  # the path parameters, or the status id
+        route, params = request.route
+        if route is None:  # GET /_thaw/status/<id>
+            assert self._intake is not None
+            return await self._intake.status(params)
+        if route.verifier is not None:
+            refused = await route.verifier.verify(request.headers, request.body)
+            if refused is not None:
+                return refused
         try:
             event = route.event(request.body, request.query, params, request.headers, self._ids)
         except _Refused as refused:
             return refused_response(refused)
-        outcome = await route.capability(event)
+        if route.enqueue is not None:
+            assert self._intake is not None
+            return await self._intake.publish(route, event)
+        metrics = route.metrics
+        metrics.in_flight += 1
+        start = perf_counter()
+        try:
+            outcome = await route.capability(event)
+        finally:
+            metrics.in_flight -= 1
+        metrics.observe(outcome, perf_counter() - start)
         return route.answer(outcome, event)

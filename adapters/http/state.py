@@ -14,6 +14,7 @@ import msgspec
 
 from ._wire import DateLine
 from .config import HttpConfig
+from .metrics import ServerCounters
 
 if TYPE_CHECKING:
     from .protocol import HttpConnection, Service
@@ -44,6 +45,7 @@ class ServerState:
         self.requests = 0
         self.accepted = 0
         self.refused = 0
+        self.counters = ServerCounters()
         self.draining = False
         self.date = DateLine()
         self._idle: asyncio.Future[None] | None = None

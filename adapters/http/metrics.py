@@ -1,0 +1,187 @@
+"""Metrics of the HTTP server in the Prometheus text exposition format (0.0.4).
+
+Recording is a handful of integer increments per request (no locks: one event
+loop owns a server); rendering happens only when ``/metrics`` is scraped.
+
+Families:
+
+- ``thaw_invocations_total{capability,outcome,code}`` counter: outcome is
+  ``ok``, ``retry`` or ``reject``; code is the stable error code (empty for ok).
+- ``thaw_invocation_duration_seconds{capability}`` histogram of handler time.
+- ``thaw_invocations_in_flight{capability}`` gauge.
+- ``thaw_http_connections_total`` counter, ``thaw_http_connections_open`` gauge,
+  ``thaw_http_requests_in_flight`` gauge,
+  ``thaw_http_responses_total{class}`` counter (``1xx`` .. ``5xx``),
+  ``thaw_http_refusals_total{status}`` counter: requests the server refused
+  itself (limits, timeouts, malformed or smuggling shapes, overload, drain).
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections.abc import Iterable, Mapping
+
+from runtime import Ok, Outcome, Reject
+
+__all__ = [
+    "BUCKETS",
+    "CONTENT_TYPE",
+    "CapabilityMetrics",
+    "ServerCounters",
+    "escape_label",
+    "render",
+]
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+BUCKETS: tuple[float, ...] = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
+
+
+class CapabilityMetrics:
+    """Counters of one capability's HTTP invocations."""
+
+    __slots__ = ("buckets", "failures", "in_flight", "name", "ok", "total_seconds")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.ok = 0
+        self.failures: dict[tuple[str, str], int] = {}  # (outcome, code) -> count
+        self.in_flight = 0
+        self.buckets = [0] * (len(BUCKETS) + 1)  # per bucket, not cumulative; last is +Inf
+        self.total_seconds = 0.0
+
+    def observe(self, outcome: Outcome, seconds: float) -> None:
+        if isinstance(outcome, Ok):
+            self.ok += 1
+        else:
+            key = ("reject" if isinstance(outcome, Reject) else "retry", outcome.code)
+            self.failures[key] = self.failures.get(key, 0) + 1
+        self.buckets[bisect_left(BUCKETS, seconds)] += 1
+        self.total_seconds += seconds
+
+
+class ServerCounters:
+    """What one server counts besides its connections' own state."""
+
+    __slots__ = ("refusals", "responses")
+
+    def __init__(self) -> None:
+        self.responses = [0] * 10  # index: status // 100 (statuses are 100-999)
+        self.refusals: dict[int, int] = {}  # status -> count
+
+    def refused(self, status: int) -> None:
+        self.refusals[status] = self.refusals.get(status, 0) + 1
+
+
+def escape_label(value: str) -> str:
+    """A label value as the text format wants it: backslash, quote and newline escaped."""
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _escape_help(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("\n", "\\n")
+
+
+def _number(value: float) -> str:
+    if isinstance(value, int):
+        return str(value)
+    if value == float("inf"):
+        return "+Inf"
+    return repr(value)
+
+
+def _labels(pairs: Iterable[tuple[str, str]]) -> str:
+    inner = ",".join(f'{name}="{escape_label(value)}"' for name, value in pairs)
+    return "{" + inner + "}" if inner else ""
+
+
+class _Writer:
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def family(self, name: str, kind: str, help_text: str) -> None:
+        self.lines.append(f"# HELP {name} {_escape_help(help_text)}")
+        self.lines.append(f"# TYPE {name} {kind}")
+
+    def sample(self, name: str, labels: Iterable[tuple[str, str]], value: float) -> None:
+        self.lines.append(f"{name}{_labels(labels)} {_number(value)}")
+
+
+def render(
+    capabilities: Iterable[CapabilityMetrics],
+    counters: ServerCounters,
+    *,
+    connections_open: int,
+    connections_total: int,
+    requests_in_flight: int,
+) -> bytes:
+    """The whole exposition, one family after the other (each family once)."""
+    caps = sorted(capabilities, key=lambda m: m.name)
+    out = _Writer()
+    out.family(
+        "thaw_invocations_total", "counter", "Capability invocations over HTTP by outcome and code."
+    )
+    for m in caps:
+        cap = ("capability", m.name)
+        out.sample("thaw_invocations_total", (cap, ("outcome", "ok"), ("code", "")), m.ok)
+        for (kind, code), count in sorted(m.failures.items()):
+            out.sample("thaw_invocations_total", (cap, ("outcome", kind), ("code", code)), count)
+    out.family("thaw_invocation_duration_seconds", "histogram", "Time a capability took to answer.")
+    for m in caps:
+        cumulative = 0
+        for bound, count in zip((*BUCKETS, float("inf")), m.buckets, strict=True):
+            cumulative += count
+            labels = (("capability", m.name), ("le", _number(bound)))
+            out.sample("thaw_invocation_duration_seconds_bucket", labels, cumulative)
+        out.sample(
+            "thaw_invocation_duration_seconds_sum", (("capability", m.name),), m.total_seconds
+        )
+        out.sample("thaw_invocation_duration_seconds_count", (("capability", m.name),), cumulative)
+    out.family("thaw_invocations_in_flight", "gauge", "Capability invocations running now.")
+    for m in caps:
+        out.sample("thaw_invocations_in_flight", (("capability", m.name),), m.in_flight)
+    _server(out, counters, connections_open, connections_total, requests_in_flight)
+    out.lines.append("")
+    return "\n".join(out.lines).encode()
+
+
+def _server(
+    out: _Writer,
+    counters: ServerCounters,
+    connections_open: int,
+    connections_total: int,
+    requests_in_flight: int,
+) -> None:
+    out.family("thaw_http_connections_total", "counter", "Connections accepted.")
+    out.sample("thaw_http_connections_total", (), connections_total)
+    out.family("thaw_http_connections_open", "gauge", "Connections open now.")
+    out.sample("thaw_http_connections_open", (), connections_open)
+    out.family("thaw_http_requests_in_flight", "gauge", "Requests being handled now.")
+    out.sample("thaw_http_requests_in_flight", (), requests_in_flight)
+    out.family("thaw_http_responses_total", "counter", "Responses sent, by status class.")
+    for index in range(1, 6):
+        out.sample(
+            "thaw_http_responses_total", (("class", f"{index}xx"),), counters.responses[index]
+        )
+    out.family(
+        "thaw_http_refusals_total",
+        "counter",
+        "Requests the server refused itself (limits, timeouts, malformed input, overload).",
+    )
+    refusals: Mapping[int, int] = counters.refusals
+    for status in sorted(refusals):
+        out.sample("thaw_http_refusals_total", (("status", str(status)),), refusals[status])
