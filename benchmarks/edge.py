@@ -11,6 +11,9 @@ code, ``adapters/edge/_bench.py``, runs in both):
   start from source (modules executed, first call);
 - warm: the compiled capability, the edge HTTP service, and JavaScript's
   ``handle(Request)`` end to end;
+- boot to first response: ``serve`` spawned until its first 200, from a full boot
+  and from a Pyodide memory snapshot (``memory-snapshot``: stdlib modules imported,
+  Thaw's and the app's bytecode kept; msgspec is imported after the restore);
 - size: what a bundle needs (Pyodide files, wheels, Thaw's sources, the app).
 
     python benchmarks/edge.py [--trials 300] [--boots 5] [--json FILE]
@@ -21,10 +24,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import select
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +87,49 @@ def run_host(args: list[str], bundle: Path, *, stdin: str = "", timeout: float =
     return json.loads(completed.stdout.strip().splitlines()[-1])
 
 
+def first_response_ms(
+    args: list[str], bundle: Path, *, route: str, data: str, timeout: float = 120
+) -> float:
+    """Milliseconds from spawning ``serve`` to the first answered request (Node start included)."""
+    env = {**os.environ, "THAW_EDGE_CACHE": str(bundle)}
+    method, target = route.split(" ", 1)
+    started = time.perf_counter()
+    process = subprocess.Popen(
+        prepare.host_command("serve", *args, "--port", "0"),
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        deadline = time.monotonic() + timeout
+        base = ""
+        while not base:
+            if time.monotonic() > deadline or process.poll() is not None:
+                raise SystemExit(f"edge serve {' '.join(args)} did not listen")
+            ready, _, _ = select.select([process.stdout], [], [], 0.5)
+            line = process.stdout.readline() if ready else ""
+            if line.startswith("{"):
+                base = json.loads(line)["listening"]
+        request = urllib.request.Request(f"{base}{target}", data=data.encode(), method=method)
+        request.add_header("content-type", "application/json")
+        with urllib.request.urlopen(request, timeout=30) as response:
+            response.read()
+            if response.status != 200:
+                raise SystemExit(f"first response was {response.status}")
+        elapsed = (time.perf_counter() - started) * 1000
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=30)
+        return elapsed
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=10)
+        if process.stdout is not None:
+            process.stdout.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--app", default=str(ROOT / "examples" / "hello"))
@@ -104,6 +154,24 @@ def main() -> None:
             run_host(["handle", options.app], bundle, stdin=json.dumps(request))
             for _ in range(options.boots)
         ]
+        print(f"boot to first response, {options.boots} x 2 serve processes ...", file=sys.stderr)
+        memory = bundle / "app.mem"
+        made = run_host(["memory-snapshot", options.app, "--output", str(memory)], bundle)
+        first = {
+            "full_ms": [
+                first_response_ms([options.app], bundle, route=options.route, data=options.data)
+                for _ in range(options.boots)
+            ],
+            "memory_snapshot_ms": [
+                first_response_ms(
+                    [options.app, "--memory-snapshot", str(memory)],
+                    bundle,
+                    route=options.route,
+                    data=options.data,
+                )
+                for _ in range(options.boots)
+            ],
+        }
         print(f"measuring inside Pyodide ({options.trials} cold starts) ...", file=sys.stderr)
         edge = run_host(
             [
@@ -183,6 +251,19 @@ def main() -> None:
     print(f"boot, median of {options.boots} fresh processes, milliseconds")
     print(table(["phase", "ms"], boot_rows))
     print()
+    full_boot, snapshot_boot = median(first["full_ms"]), median(first["memory_snapshot_ms"])
+    print(f"boot to first response (spawn serve -> 200), median of {options.boots}, ms")
+    print(
+        table(
+            ["boot", "ms"],
+            [
+                ["full boot", full_boot],
+                [f"memory snapshot ({made['bytes']:,} bytes)", snapshot_boot],
+                ["snapshot / full", f"{snapshot_boot / full_boot:.2f}"],
+            ],
+        )
+    )
+    print()
     print("bundle size, bytes")
     print(table(["part", "bytes"], [[key, value] for key, value in sizes.items()]))
     cold_p99_ms = figures["cold_instance_us"][0]["p99"] / 1000
@@ -190,6 +271,11 @@ def main() -> None:
     print(
         f"\ntarget: cold start p99 inside Pyodide < {TARGET_COLD_P99_MS} ms: "
         f"{cold_p99_ms:.3f} ms, {verdict}"
+    )
+    ratio = snapshot_boot / full_boot
+    print(
+        f"target: memory-snapshot boot <= 1/4 of a full boot: {ratio:.2f}, "
+        f"{'met' if ratio <= 0.25 else 'MISSED'}"
     )
 
     document = {
@@ -204,6 +290,12 @@ def main() -> None:
         "boots": boots,
         "boot_median_ms": boot_phases,
         "first_response_ms": edge["first_response_ms"],
+        "boot_to_first_response_ms": {
+            **first,
+            "full_median": full_boot,
+            "memory_snapshot_median": snapshot_boot,
+            "memory_snapshot_bytes": made["bytes"],
+        },
         "figures_us": {key: {"pyodide": w, "cpython": c} for key, (w, c) in figures.items()},
         "handle_us": handle,
         "snapshot": {
@@ -217,6 +309,8 @@ def main() -> None:
         "targets": {
             "cold_p99_ms": cold_p99_ms,
             "cold_p99_below_3ms": cold_p99_ms < TARGET_COLD_P99_MS,
+            "memory_snapshot_boot_ratio": ratio,
+            "memory_snapshot_boot_quarter": ratio <= 0.25,
         },
     }
     write_json(options.json, document)

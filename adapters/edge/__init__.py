@@ -10,6 +10,12 @@ Two halves:
   transport-free service, so routing, contracts and problem details are the ones
   the native HTTP server uses.
 
+Commands (``cli.py``, registered through the ``thaw.commands`` entry point):
+``thaw edge serve APP`` runs the host on a local port; ``thaw edge build APP -o DIR``
+(``bundle.py``) writes a self-contained folder: Pyodide's five files, the wheels,
+Thaw's sources, the app, its snapshot built inside Pyodide (bytecode for Pyodide's
+Python) and optionally a Pyodide memory snapshot the host boots from.
+
 Nothing is fetched at run time: ``python -m adapters.edge.prepare`` fills
 ``.thaw/edge/`` (Node packages from ``package-lock.json``, wheels for Pyodide's
 platform pinned by ``constraints.txt``) once, before tests or a bundle.

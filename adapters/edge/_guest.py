@@ -18,6 +18,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import sys
+import sysconfig
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
@@ -31,7 +34,14 @@ from runtime import App
 from runtime._http_decisions import problem_answer
 from runtime.lowlevel import Backbone, MemoryBackbone, load_app, open_host
 
-__all__ = ["EdgeResponse", "EdgeRuntime", "EdgeService", "open_edge"]
+__all__ = [
+    "EdgeResponse",
+    "EdgeRuntime",
+    "EdgeService",
+    "build_snapshot_bytes",
+    "open_edge",
+    "preloadable_modules",
+]
 
 _log = logging.getLogger("thaw.edge")
 _NO_BODY = frozenset({204, 304})
@@ -114,7 +124,15 @@ class EdgeRuntime:
 
     @classmethod
     def load(cls, target: str) -> EdgeRuntime:
-        """Import the app at ``target`` (a file, a package folder or ``module:name``)."""
+        """The app at ``target``: a snapshot (``*.snap``), a file, a folder or ``module:name``.
+
+        A snapshot built by another Python is refused by ``load_revision`` with a
+        message naming both Pythons (bytecode is version-specific).
+        """
+        if target.endswith(".snap"):
+            from runtime._revision import load_revision
+
+            return cls(load_revision(target).app)
         return cls(load_app(target))
 
     async def start(self) -> None:
@@ -153,6 +171,46 @@ class EdgeRuntime:
         self._stopping.set()
         if self._task is not None:
             await self._task
+
+
+def preloadable_modules() -> list[str]:
+    """The loaded standard-library modules a memory snapshot may hold, in load order.
+
+    Left out: compiled extension modules loaded from files (a Pyodide memory
+    snapshot taken after msgspec's was loaded crashes on restore, "table index is
+    out of bounds"), and anything from site-packages, Thaw or the app, whose files
+    are not part of the snapshot and are installed again after the restore.
+    """
+    # Pyodide's standard library is a zip (/lib/python314.zip); CPython's a folder.
+    stdlib = os.path.dirname(os.__file__) + os.sep
+    site = sysconfig.get_path("purelib")
+    names: list[str] = []
+    for name, module in list(sys.modules.items()):
+        file = getattr(module, "__file__", None)
+        if name == "__main__" or name.startswith(("_pyodide", "pyodide", "js")):
+            continue
+        if file is None:
+            if name in sys.builtin_module_names:
+                names.append(name)
+            continue
+        if file.endswith(".py") and file.startswith(stdlib) and not file.startswith(site):
+            names.append(name)
+    return names
+
+
+def build_snapshot_bytes(target: str) -> bytes:
+    """The app's snapshot for this interpreter, built in-process (Pyodide cannot spawn).
+
+    The app's modules are forgotten first: the builder collects what importing the
+    app executes, so an app this process had already imported would look empty.
+    """
+    from runtime._snapshot_build import _collect
+    from runtime._snapshot_format import encode_snapshot
+
+    from ._bench import _app_root, _forget_tree
+
+    _forget_tree(_app_root(target))
+    return encode_snapshot(_collect(target))
 
 
 def _encode(response: Response, *, head: bool) -> EdgeResponse:

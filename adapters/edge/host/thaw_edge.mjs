@@ -6,6 +6,13 @@
 //   node thaw_edge.mjs handle APP_DIR < requests.json   (JSON list in, JSON list out)
 //   node thaw_edge.mjs test [--snapshot FILE] [-- PYTEST_ARGS...]
 //   node thaw_edge.mjs bench APP_DIR --capability NAME [--data JSON] [--trials N]
+//   node thaw_edge.mjs snapshot APP_DIR --output FILE.snap   (built inside Pyodide)
+//   node thaw_edge.mjs memory-snapshot APP_DIR --output FILE  (Pyodide's memory, stdlib preloaded)
+//
+// serve, handle and bench take --memory-snapshot FILE to boot from one.
+//
+// APP may be a snapshot (*.snap). Inside a bundle (`thaw edge build`), `serve`
+// without APP serves the bundled app.
 //
 // As a module: `const edge = await openEdge("examples/hello"); await edge.handle(request)`.
 //
@@ -20,20 +27,28 @@ import path from "node:path";
 import { fileURLToPath, pathToFileURL } from "node:url";
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
-export const ROOT = path.resolve(HERE, "..", "..", "..");
-export const CACHE = process.env.THAW_EDGE_CACHE || path.join(ROOT, ".thaw", "edge");
-const PREPARE_HINT = "run `.venv/bin/python -m adapters.edge.prepare` (make test runs it)";
+// A bundle made by `thaw edge build` holds this file beside thaw-bundle.json, its own
+// Pyodide files and wheels (the cache layout) and Thaw's sources under thaw/.
+const BUNDLE_MANIFEST = path.join(HERE, "thaw-bundle.json");
+export const BUNDLE = fs.existsSync(BUNDLE_MANIFEST) ? JSON.parse(fs.readFileSync(BUNDLE_MANIFEST, "utf8")) : null;
+export const ROOT = BUNDLE ? path.join(HERE, "thaw") : path.resolve(HERE, "..", "..", "..");
+export const CACHE = process.env.THAW_EDGE_CACHE || (BUNDLE ? HERE : path.join(ROOT, ".thaw", "edge"));
+const PREPARE_HINT = BUNDLE
+  ? "this bundle is incomplete: build it again with `thaw edge build`"
+  : "run `.venv/bin/python -m adapters.edge.prepare` (make test runs it)";
 const GUEST = "/thaw"; // runtime/ and adapters/ inside Pyodide
 const APPS = "/apps"; // the app's source tree inside Pyodide
-// The transport-free part of adapters.http: the edge answers with the same
-// routing, contracts and problem details as the native server, without httptools.
-const HTTP_MODULES = ["_wire.py", "config.py", "routing.py", "service.py"];
-const EDGE_MODULES = ["__init__.py", "_guest.py", "_bench.py", "_pyodide_pytest.py"];
+// adapters.http's modules, but a package __init__ of our own: the edge imports only
+// the transport-free ones (service, routing, ...) and never the httptools server, so
+// it answers with the same routing, contracts and problem details as the native one.
+const httpModules = (folder) => fs.readdirSync(folder).filter((f) => f.endsWith(".py") && f !== "__init__.py").sort();
+const EDGE_MODULES = ["__init__.py", "_guest.py", "_bench.py", "_pyodide_pytest.py", "_webloop.py"];
 const SKIP = new Set(["__pycache__", "node_modules", ".git", ".venv", ".mypy_cache", ".pytest_cache", ".hypothesis", ".ruff_cache"]);
 const MAX_BODY = 8 * 1024 * 1024; // hard transport cap; routes have their own, smaller ones
 const NO_BODY = new Set([204, 304]);
 
 export class EdgeSetupError extends Error {}
+const LOAD_ERRORS = new Set(["SnapshotError", "RevisionLoadError", "AppLoadError"]);
 
 function requireCache(cache, { tests = false } = {}) {
   const pyodide = path.join(cache, "node_modules", "pyodide", "pyodide.mjs");
@@ -69,11 +84,27 @@ function copyFile(FS, source, target) {
   return data.byteLength;
 }
 
+/** Thaw's core and the edge guest into Pyodide's file system under GUEST; bytes copied. */
+function installSources(FS) {
+  let bytes = copyTree(FS, path.join(ROOT, "runtime"), `${GUEST}/runtime`);
+  bytes += copyFile(FS, path.join(ROOT, "adapters", "__init__.py"), `${GUEST}/adapters/__init__.py`);
+  FS.mkdirTree(`${GUEST}/adapters/edge`);
+  for (const name of EDGE_MODULES) {
+    bytes += copyFile(FS, path.join(ROOT, "adapters", "edge", name), `${GUEST}/adapters/edge/${name}`);
+  }
+  FS.mkdirTree(`${GUEST}/adapters/http`);
+  FS.writeFile(`${GUEST}/adapters/http/__init__.py`, '"""adapters.http for the edge: its transport-free modules only (no httptools)."""\n');
+  for (const name of httpModules(path.join(ROOT, "adapters", "http"))) {
+    bytes += copyFile(FS, path.join(ROOT, "adapters", "http", name), `${GUEST}/adapters/http/${name}`);
+  }
+  return bytes;
+}
+
 /**
  * Boot Pyodide from the cache with Thaw's core and the edge guest in its file system.
  * Returns { pyodide, timings, sizes }; `tests` adds pytest and hypothesis.
  */
-export async function bootPyodide({ cache = CACHE, tests = false, output = "stderr" } = {}) {
+export async function bootPyodide({ cache = CACHE, tests = false, output = "stderr", memorySnapshot = null } = {}) {
   const entry = requireCache(cache, { tests });
   const timings = {};
   const sizes = { wheels: 0, sources: 0 };
@@ -81,7 +112,14 @@ export async function bootPyodide({ cache = CACHE, tests = false, output = "stde
   const { loadPyodide } = await import(pathToFileURL(entry).href);
   const stream = output === "stdout" ? process.stdout : process.stderr;
   const write = { write: (buffer) => { stream.write(buffer); return buffer.length; } };
-  const pyodide = await loadPyodide({ indexURL: path.dirname(entry) + path.sep, env: { HOME: "/home/pyodide" } });
+  const options = { indexURL: path.dirname(entry) + path.sep, env: { HOME: "/home/pyodide" } };
+  // A memory snapshot restores the interpreter with the stdlib modules it held; the
+  // file system is not part of it, so wheels and sources are installed below either way.
+  if (memorySnapshot) {
+    options._loadSnapshot = readMemorySnapshot(memorySnapshot);
+    sizes.memory_snapshot = options._loadSnapshot.byteLength;
+  }
+  const pyodide = await loadPyodide(options);
   pyodide.setStdout(write);
   pyodide.setStderr({ write: (buffer) => { process.stderr.write(buffer); return buffer.length; } });
   timings.load_pyodide_ms = performance.now() - started;
@@ -101,27 +139,99 @@ export async function bootPyodide({ cache = CACHE, tests = false, output = "stde
   timings.unpack_wheels_ms = performance.now() - started;
 
   started = performance.now();
-  const FS = pyodide.FS;
-  sizes.sources += copyTree(FS, path.join(ROOT, "runtime"), `${GUEST}/runtime`);
-  sizes.sources += copyFile(FS, path.join(ROOT, "adapters", "__init__.py"), `${GUEST}/adapters/__init__.py`);
-  FS.mkdirTree(`${GUEST}/adapters/edge`);
-  for (const name of EDGE_MODULES) {
-    sizes.sources += copyFile(FS, path.join(ROOT, "adapters", "edge", name), `${GUEST}/adapters/edge/${name}`);
-  }
-  FS.mkdirTree(`${GUEST}/adapters/http`);
-  FS.writeFile(`${GUEST}/adapters/http/__init__.py`, '"""adapters.http for the edge: its transport-free modules only (no httptools)."""\n');
-  for (const name of HTTP_MODULES) {
-    sizes.sources += copyFile(FS, path.join(ROOT, "adapters", "http", name), `${GUEST}/adapters/http/${name}`);
-  }
-  pyodide.runPython(`import sys; sys.path.insert(0, ${JSON.stringify(GUEST)})`);
+  sizes.sources += installSources(pyodide.FS);
+  pyodide.runPython(`import sys; ${JSON.stringify(GUEST)} in sys.path or sys.path.insert(0, ${JSON.stringify(GUEST)})`);
+  pyodide.runPython("__import__(\"adapters.edge._webloop\", fromlist=[\"patch\"]).patch()");
+  pyodide.runPython(`
+import os, sys
+for _path, _data in getattr(sys.modules.get("_thaw_edge_pycache"), "files", {}).items():
+    os.makedirs(os.path.dirname(_path), exist_ok=True)
+    with open(_path, "wb") as _handle:
+        _handle.write(_data)
+`);
   timings.copy_sources_ms = performance.now() - started;
   return { pyodide, timings, sizes };
+}
+
+const MEMORY_MAGIC = "thaw-edge-memory-snapshot/1\n";
+
+/** Pyodide's version, from the lock file a bundle carries (its package.json is left out). */
+function pyodideVersionAt(entry) {
+  return JSON.parse(fs.readFileSync(path.join(path.dirname(entry), "pyodide-lock.json"), "utf8")).info.version;
+}
+
+function readMemorySnapshot(file) {
+  const data = fs.readFileSync(file);
+  const head = data.subarray(0, 512).toString("latin1");
+  const end = head.indexOf("\n", MEMORY_MAGIC.length);
+  if (!head.startsWith(MEMORY_MAGIC) || end < 0) {
+    throw new EdgeSetupError(`${file} is not a Thaw edge memory snapshot: make one with \`memory-snapshot\``);
+  }
+  const header = JSON.parse(head.slice(MEMORY_MAGIC.length, end));
+  const pyodideVersion = pyodideVersionAt(requireCache(CACHE));
+  if (header.pyodide !== pyodideVersion) {
+    throw new EdgeSetupError(`${file} was made by Pyodide ${header.pyodide}; this is Pyodide ${pyodideVersion}: make it again`);
+  }
+  return new Uint8Array(data.buffer, data.byteOffset + end + 1, data.byteLength - end - 1);
+}
+
+/**
+ * Write a Pyodide memory snapshot holding the stdlib modules `appPath` uses, already
+ * imported. Compiled extension modules (msgspec) and anything from site-packages,
+ * Thaw or the app are left out: a snapshot taken after msgspec's module was loaded
+ * crashes on restore ("table index is out of bounds"); they are imported after it.
+ */
+export async function makeMemorySnapshot(appPath, output, { cache = CACHE } = {}) {
+  const probe = await openEdge(appPath, { cache });
+  const guest = probe.pyodide.pyimport("adapters.edge._guest");
+  const modules = guest.preloadable_modules().toJs();
+  guest.destroy();
+  await probe.close();
+  const entry = requireCache(cache);
+  const { loadPyodide } = await import(pathToFileURL(entry).href);
+  const pyodide = await loadPyodide({ indexURL: path.dirname(entry) + path.sep, env: { HOME: "/home/pyodide" }, _makeSnapshot: true });
+  // Bytecode for Thaw's and the app's sources, compiled now and kept in memory (the
+  // file system is not in the snapshot): written back as checked-hash .pyc files
+  // after a restore, so an edited source is compiled again, never served stale.
+  installSources(pyodide.FS);
+  installApp(pyodide, appPath);
+  pyodide.globals.set("__thaw_preload", pyodide.toPy(modules));
+  const loaded = pyodide.runPython(`
+import compileall, importlib, os, py_compile, sys, types
+for _name in __thaw_preload:
+    try:
+        importlib.import_module(_name)
+    except Exception:
+        pass
+_cache = types.ModuleType("_thaw_edge_pycache", "bytecode kept by the memory snapshot")
+_cache.files = {}
+for _root in (${JSON.stringify(GUEST)}, ${JSON.stringify(APPS)}):
+    compileall.compile_dir(_root, quiet=2, invalidation_mode=py_compile.PycInvalidationMode.CHECKED_HASH)
+    for _folder, _, _names in os.walk(_root):
+        if os.path.basename(_folder) == "__pycache__":
+            for _file in _names:
+                with open(os.path.join(_folder, _file), "rb") as _handle:
+                    _cache.files[os.path.join(_folder, _file)] = _handle.read()
+sys.modules["_thaw_edge_pycache"] = _cache
+del _name, _cache, _root, _folder, _names, _file, _handle
+len(sys.modules)`);
+  pyodide.globals.delete("__thaw_preload");
+  const bytes = pyodide.makeMemorySnapshot();
+  const version = pyodideVersionAt(entry);
+  const header = Buffer.from(MEMORY_MAGIC + JSON.stringify({ pyodide: version, modules: loaded }) + "\n", "latin1");
+  fs.writeFileSync(output, Buffer.concat([header, bytes]));
+  return { bytes: header.byteLength + bytes.byteLength, modules: loaded };
 }
 
 /** Copy an app (a folder, or a .py file with its folder) into Pyodide; its path there. */
 export function installApp(pyodide, appPath) {
   const absolute = path.resolve(appPath);
   if (!fs.existsSync(absolute)) throw new EdgeSetupError(`${appPath} does not exist`);
+  if (absolute.endsWith(".snap")) {
+    // A snapshot carries the app's code and data files: only the file goes in.
+    const target = `${APPS}/${path.basename(absolute)}`;
+    return { target, bytes: copyFile(pyodide.FS, absolute, target) };
+  }
   const isFile = fs.statSync(absolute).isFile();
   const folder = isFile ? path.dirname(absolute) : absolute;
   const inside = `${APPS}/${path.basename(folder)}`;
@@ -167,14 +277,23 @@ export class EdgeHost {
 }
 
 /** Boot Pyodide (unless given one), install and open the app at `appPath`. */
-export async function openEdge(appPath, { cache = CACHE, booted = null } = {}) {
-  const { pyodide, timings, sizes } = booted || (await bootPyodide({ cache }));
+export async function openEdge(appPath, { cache = CACHE, booted = null, memorySnapshot = null } = {}) {
+  const { pyodide, timings, sizes } = booted || (await bootPyodide({ cache, memorySnapshot }));
   const mark = performance.now();
   const app = installApp(pyodide, appPath);
   sizes.app = app.bytes;
   const guest = pyodide.pyimport("adapters.edge._guest");
-  const runtime = guest.EdgeRuntime.load(app.target);
-  guest.destroy();
+  let runtime;
+  try {
+    runtime = guest.EdgeRuntime.load(app.target);
+  } catch (error) {
+    // A refused snapshot or an app that does not load: its message, not a wasm stack.
+    if (!LOAD_ERRORS.has(error?.type)) throw error;
+    const lines = String(error.message).trim().split("\n");
+    throw new EdgeSetupError(lines[lines.length - 1].replace(/^[\w.]+: /, ""));
+  } finally {
+    guest.destroy();
+  }
   await runtime.start();
   timings.open_app_ms = performance.now() - mark;
   timings.boot_to_ready_ms = sum(timings, ["load_pyodide_ms", "unpack_wheels_ms", "copy_sources_ms", "open_app_ms"]);
@@ -212,12 +331,18 @@ async function readStdin() {
   return Buffer.concat(chunks).toString("utf8");
 }
 
+/** The app a bundle serves when none is named: its snapshot, else its sources. */
+function bundledApp() {
+  if (!BUNDLE) return undefined;
+  return path.join(HERE, BUNDLE.snapshot || BUNDLE.app);
+}
+
 async function commandServe(options) {
-  const appPath = options._[0];
-  if (!appPath) throw new EdgeSetupError("usage: serve APP_DIR [--port N] [--host 127.0.0.1]");
+  const appPath = options._[0] || bundledApp();
+  if (!appPath) throw new EdgeSetupError("usage: serve APP_DIR|APP.snap [--port N] [--host 127.0.0.1]");
   const host = options.host || "127.0.0.1";
   const port = Number(options.port ?? 8787);
-  const edge = await openEdge(appPath);
+  const edge = await openEdge(appPath, { memorySnapshot: memorySnapshotOption(options) });
   const server = http.createServer((req, res) => {
     const chunks = [];
     let size = 0;
@@ -253,7 +378,7 @@ async function commandServe(options) {
   server.requestTimeout = 30_000;
   await new Promise((resolve, reject) => { server.once("error", reject); server.listen(port, host, resolve); });
   const address = server.address();
-  console.log(JSON.stringify({ listening: `http://${address.address}:${address.port}`, timings: edge.timings }));
+  console.log(JSON.stringify({ listening: `http://${address.address}:${address.port}`, timings: edge.timings, sizes: edge.sizes }));
   let stopping = false;
   const stop = async () => {
     if (stopping) return;
@@ -272,7 +397,7 @@ async function commandHandle(options) {
   const appPath = options._[0];
   if (!appPath) throw new EdgeSetupError("usage: handle APP_DIR < requests.json");
   const requests = JSON.parse(await readStdin());
-  const edge = await openEdge(appPath);
+  const edge = await openEdge(appPath, { memorySnapshot: memorySnapshotOption(options) });
   const responses = [];
   for (const item of requests) {
     const init = { method: item.method || "GET", headers: item.headers || {} };
@@ -325,7 +450,7 @@ async function commandBench(options) {
   const appPath = options._[0];
   if (!appPath || !options.capability) throw new EdgeSetupError("usage: bench APP_DIR --capability NAME [--data JSON] [--trials N]");
   const trials = Number(options.trials ?? 300);
-  const edge = await openEdge(appPath);
+  const edge = await openEdge(appPath, { memorySnapshot: memorySnapshotOption(options) });
   const data = options.data ?? "{}";
   const route = options.route; // "METHOD /path" for the end-to-end handle() figures
   const report = { timings: edge.timings, sizes: edge.sizes };
@@ -353,12 +478,40 @@ async function commandBench(options) {
   finish(JSON.stringify(report), 0);
 }
 
+function memorySnapshotOption(options) {
+  const given = options["memory-snapshot"];
+  if (given) return path.resolve(given);
+  if (BUNDLE && BUNDLE.memory_snapshot && !options._[0]) return path.join(HERE, BUNDLE.memory_snapshot);
+  return null;
+}
+
+async function commandMemorySnapshot(options) {
+  const appPath = options._[0] || bundledApp();
+  if (!appPath || !options.output) throw new EdgeSetupError("usage: memory-snapshot APP --output FILE");
+  const made = await makeMemorySnapshot(appPath, path.resolve(options.output));
+  finish(JSON.stringify({ memory_snapshot: path.resolve(options.output), ...made }), 0);
+}
+
+async function commandSnapshot(options) {
+  // Bytecode is version-specific: build the app's snapshot inside Pyodide, for its Python.
+  const appPath = options._[0];
+  if (!appPath || !options.output) throw new EdgeSetupError("usage: snapshot APP_DIR --output FILE.snap");
+  const { pyodide } = await bootPyodide();
+  const app = installApp(pyodide, appPath);
+  const build = pyodide.pyimport("adapters.edge._guest").build_snapshot_bytes;
+  const proxy = build(app.target);
+  const bytes = proxy.toJs();
+  proxy.destroy();
+  fs.writeFileSync(path.resolve(options.output), bytes);
+  finish(JSON.stringify({ snapshot: path.resolve(options.output), bytes: bytes.byteLength, python: pyodide.runPython("import sys; sys.version.split()[0]") }), 0);
+}
+
 async function main(argv) {
   const options = parseArgs(argv.slice(1));
   const command = argv[0];
-  const commands = { serve: commandServe, handle: commandHandle, test: commandTest, bench: commandBench };
+  const commands = { serve: commandServe, handle: commandHandle, test: commandTest, bench: commandBench, snapshot: commandSnapshot, "memory-snapshot": commandMemorySnapshot };
   if (!commands[command]) {
-    console.error("usage: thaw_edge.mjs serve|handle|test|bench ... (see the header of this file)");
+    console.error("usage: thaw_edge.mjs serve|handle|test|bench|snapshot|memory-snapshot ... (see the header of this file)");
     process.exit(2);
   }
   try {

@@ -7,6 +7,7 @@ system (so ``tests/conftest.py`` applies) and runs it with the core subset; see
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sys
 from collections.abc import Callable
@@ -27,6 +28,16 @@ from runtime._snapshot_format import (
 from runtime.lowlevel import MemoryBackbone, load_app
 
 pytestmark = pytest.mark.anyio
+
+
+async def test_the_loop_runs_a_callback_whose_time_has_just_passed() -> None:
+    # asyncio's semantics, which anyio's cancel scopes rely on (adapters/edge/_webloop.py).
+    loop = asyncio.get_running_loop()
+    fired = asyncio.Event()
+    loop.call_at(loop.time() - 0.001, fired.set)
+    loop.call_later(-1, fired.set)
+    with anyio.fail_after(5):
+        await fired.wait()
 
 
 def test_this_is_cpython_on_webassembly_with_compiled_msgspec() -> None:

@@ -1,0 +1,341 @@
+"""``thaw edge serve`` / ``thaw edge build``: the bundle answers HTTP from itself alone.
+
+Node runs as a subprocess on 127.0.0.1 with bounded waits; each test kills only the
+process it started, by its PID. The Node tests need the edge cache (``python -m
+adapters.edge.prepare``, which ``make test`` runs first) and fail, never skip,
+without it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from adapters.edge import cli, prepare
+from adapters.edge.bundle import MANIFEST, PYODIDE_FILES, BundleManifest, build_bundle
+from runtime._snapshot_build import build_snapshot
+
+ROOT = Path(__file__).resolve().parent.parent
+HELLO = str(ROOT / "examples" / "hello")
+# `thaw edge ...` without relying on the entry point being installed.
+HARNESS = (
+    "import argparse, sys\n"
+    "from adapters.edge.cli import register\n"
+    "parser = argparse.ArgumentParser(prog='thaw')\n"
+    "register(parser.add_subparsers())\n"
+    "args = parser.parse_args(sys.argv[1:])\n"
+    "sys.exit(args.handler(args))\n"
+)
+
+
+@pytest.fixture(scope="module")
+def node() -> str:
+    problems = prepare.check(test_wheels=False)
+    if problems:
+        pytest.fail("the edge host cannot run:\n  " + "\n  ".join(problems), pytrace=False)
+    return prepare.find_node().node
+
+
+@pytest.fixture(scope="module")
+def bundle(node: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    output = tmp_path_factory.mktemp("edge") / "hello-bundle"
+    assert thaw("edge", "build", HELLO, "-o", str(output)) == 0
+    return output
+
+
+def thaw(*argv: str) -> int:
+    parser = argparse.ArgumentParser(prog="thaw")
+    cli.register(parser.add_subparsers())
+    args = parser.parse_args(list(argv))
+    result: int = args.handler(args)
+    return result
+
+
+@contextmanager
+def running(command: list[str], *, cwd: Path, timeout: float = 120) -> Iterator[str]:
+    """Start ``command``, yield its base URL once it listens, then stop it (SIGTERM, exit 0)."""
+    with listening(command, cwd=cwd, timeout=timeout) as line:
+        yield str(line["listening"])
+
+
+@contextmanager
+def listening(command: list[str], *, cwd: Path, timeout: float = 120) -> Iterator[dict[str, Any]]:
+    """Start ``command``, yield its "listening" line, then stop it (SIGTERM, exit 0)."""
+    env = {k: v for k, v in os.environ.items() if k != "THAW_EDGE_CACHE"}
+    process = subprocess.Popen(
+        command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        yield _wait_listening(process, timeout=timeout)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=10)
+        assert process.stdout is not None and process.stderr is not None
+        process.stdout.close()
+        process.stderr.close()
+
+
+def _wait_listening(process: subprocess.Popen[str], *, timeout: float) -> dict[str, Any]:
+    assert process.stdout is not None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            assert process.stderr is not None
+            pytest.fail(f"edge serve exited {process.returncode}: {process.stderr.read()[-2000:]}")
+        ready, _, _ = select.select([process.stdout], [], [], 0.5)
+        if ready:
+            line = process.stdout.readline()
+            if line.startswith("{"):
+                document: dict[str, Any] = json.loads(line)
+                return document
+    pytest.fail(f"edge serve did not listen within {timeout:g}s")
+
+
+def post(url: str, body: bytes) -> tuple[int, dict[str, object]]:
+    request = urllib.request.Request(url, data=body, method="POST")
+    request.add_header("content-type", "application/json")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        with error:
+            return error.code, json.loads(error.read())
+
+
+# -- the bundle -----------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_the_bundle_holds_what_it_needs_and_says_so(bundle: Path) -> None:
+    manifest = json.loads((bundle / MANIFEST).read_text())
+    assert manifest["app"] == "app/hello"
+    assert manifest["snapshot"] == "app.snap"
+    assert manifest["python"].startswith("3.14")
+    listed = {p.relative_to(bundle).as_posix() for p in bundle.rglob("*") if p.is_file()}
+    assert listed - set(manifest["files"]) == {MANIFEST, "README.md"}
+    for name, size in manifest["files"].items():
+        assert (bundle / name).stat().st_size == size
+    assert sorted(os.listdir(bundle / "node_modules" / "pyodide")) == sorted(PYODIDE_FILES)
+    assert any(name.startswith("msgspec-") for name in os.listdir(bundle / "wheels" / "runtime"))
+    assert (bundle / "thaw" / "runtime" / "__init__.py").is_file()
+    assert (bundle / "thaw" / "adapters" / "http" / "service.py").is_file()
+    assert not list(bundle.rglob("__pycache__"))
+    sizes = manifest["sizes"]
+    assert sizes["total"] == sum(v for k, v in sizes.items() if k != "total")
+    assert 10_000_000 < sizes["total"] < 25_000_000
+    assert "node thaw_edge.mjs serve" in (bundle / "README.md").read_text()
+
+
+@pytest.mark.slow
+def test_the_bundle_serves_its_snapshot_alone(
+    node: str, bundle: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    # Moved away from the project, started from elsewhere: only the bundle is read.
+    moved = tmp_path_factory.mktemp("deployed") / "site"
+    bundle.rename(moved)
+    try:
+        elsewhere = tmp_path_factory.mktemp("cwd")
+        with running(
+            [node, str(moved / "thaw_edge.mjs"), "serve", "--port", "0"], cwd=elsewhere
+        ) as base:
+            assert base.startswith("http://127.0.0.1:")
+            status, body = post(f"{base}/greet", b'{"name": "Ada", "language": "fr"}')
+            assert (status, body) == (200, {"message": "Bonjour, Ada!", "attempt": 1})
+            status, body = post(f"{base}/greet", b'{"name": 42}')
+            assert (status, body["code"]) == (422, "contract_invalid")
+        with running(
+            [node, "thaw_edge.mjs", "serve", "app/hello", "--port", "0"], cwd=moved
+        ) as base:
+            status, body = post(f"{base}/greet", b'{"name": "Grace"}')
+            assert (status, body["message"]) == (200, "Hello, Grace!")
+    finally:
+        moved.rename(bundle)
+
+
+@pytest.mark.slow
+def test_a_bundle_with_a_memory_snapshot_boots_from_it(node: str, tmp_path: Path) -> None:
+    output = tmp_path / "bundle"
+    assert (
+        thaw("edge", "build", HELLO, "-o", str(output), "--no-snapshot", "--memory-snapshot") == 0
+    )
+    manifest = json.loads((output / MANIFEST).read_text())
+    assert (manifest["snapshot"], manifest["memory_snapshot"]) == (None, "app.mem")
+    assert manifest["sizes"]["memory_snapshot"] == (output / "app.mem").stat().st_size > 1_000_000
+    assert "app.mem" in (output / "README.md").read_text()
+    with listening([node, "thaw_edge.mjs", "serve", "--port", "0"], cwd=output) as line:
+        assert line["sizes"]["memory_snapshot"] > 1_000_000  # booted from it
+        status, body = post(f"{line['listening']}/greet", b'{"name": "Ada", "language": "de"}')
+        assert (status, body) == (200, {"message": "Hallo, Ada!", "attempt": 1})
+
+
+def test_build_refuses_a_folder_that_is_not_empty(tmp_path: Path) -> None:
+    (tmp_path / "keep.txt").write_text("mine")
+    with pytest.raises(prepare.EdgeSetupError, match="not empty"):
+        build_bundle(HELLO, tmp_path)
+    assert os.listdir(tmp_path) == ["keep.txt"]
+
+
+def test_build_and_serve_name_the_prepare_step_without_the_cache(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    check = prepare.check
+    monkeypatch.setattr(prepare, "check", lambda **_: check(tmp_path / "empty"))
+    assert thaw("edge", "serve", HELLO) == cli.EXIT_SETUP
+    assert thaw("edge", "build", HELLO, "-o", str(tmp_path / "out")) == cli.EXIT_SETUP
+    err = capsys.readouterr().err
+    assert err.count("adapters.edge.prepare") >= 2
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_manifest_struct_matches_what_build_writes() -> None:
+    fields = set(BundleManifest.__struct_fields__)
+    assert {"app", "snapshot", "sizes", "files", "pyodide", "python"} <= fields
+
+
+# -- thaw edge serve and snapshots -------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_thaw_edge_serve_runs_the_host(node: str, tmp_path: Path) -> None:
+    command = [sys.executable, "-c", HARNESS, "edge", "serve", HELLO, "--port", "0"]
+    with running(command, cwd=ROOT) as base:
+        status, body = post(f"{base}/greet", b'{"name": "Ada", "language": "es"}')
+        assert (status, body) == (200, {"message": "Hola, Ada!", "attempt": 1})
+
+
+@pytest.mark.slow
+def test_a_native_snapshot_is_refused_by_the_host_naming_both_pythons(
+    node: str, tmp_path: Path
+) -> None:
+    snapshot = tmp_path / "native.snap"
+    build_snapshot(HELLO, str(snapshot))
+    completed = subprocess.run(
+        prepare.host_command("handle", str(snapshot)),
+        input="[]",
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert completed.returncode == 3
+    message = completed.stderr.strip().splitlines()[-1]
+    assert message.startswith("thaw edge: ")
+    assert "3.11" in message and "3.14" in message
+    assert "wasm" not in completed.stderr  # the reason, not a stack through Pyodide
+
+
+# -- memory-snapshot boot -----------------------------------------------------------------
+
+GREET = [{"method": "POST", "path": "/greet", "body": '{"name": "Ada"}'}]
+
+
+def handle(*args: str, requests: list[dict[str, str]]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        prepare.host_command("handle", *args),
+        input=json.dumps(requests),
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+
+
+@pytest.mark.slow
+def test_the_host_boots_from_a_memory_snapshot_and_compiles_edited_sources_again(
+    node: str, tmp_path: Path
+) -> None:
+    app = tmp_path / "hello"
+    shutil.copytree(HELLO, app, ignore=shutil.ignore_patterns("__pycache__"))
+    memory = tmp_path / "hello.mem"
+    made = subprocess.run(
+        prepare.host_command("memory-snapshot", str(app), "--output", str(memory)),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert made.returncode == 0, made.stderr[-2000:]
+    assert json.loads(made.stdout.strip().splitlines()[-1])["modules"] > 200
+    booted = handle(str(app), "--memory-snapshot", str(memory), requests=GREET)
+    assert booted.returncode == 0, booted.stderr[-2000:]
+    document = json.loads(booted.stdout.strip().splitlines()[-1])
+    assert document["responses"][0]["status"] == 200
+    assert json.loads(document["responses"][0]["body"])["message"] == "Hello, Ada!"
+    # The bytecode kept in the snapshot is checked against the source: an edit wins.
+    source = app / "app.py"
+    source.write_text(source.read_text().replace('"en": "Hello"', '"en": "Howdy"'))
+    edited = handle(str(app), "--memory-snapshot", str(memory), requests=GREET)
+    assert edited.returncode == 0, edited.stderr[-2000:]
+    answer = json.loads(edited.stdout.strip().splitlines()[-1])["responses"][0]
+    assert json.loads(answer["body"])["message"] == "Howdy, Ada!"
+
+
+def test_a_file_that_is_not_a_memory_snapshot_is_refused(node: str, tmp_path: Path) -> None:
+    bogus = tmp_path / "bogus.mem"
+    bogus.write_bytes(b"\0asm" + bytes(64))
+    refused = handle(HELLO, "--memory-snapshot", str(bogus), requests=[])
+    assert refused.returncode == 3
+    assert "is not a Thaw edge memory snapshot" in refused.stderr
+    stale = tmp_path / "stale.mem"
+    stale.write_bytes(
+        b'thaw-edge-memory-snapshot/1\n{"pyodide": "0.1.0", "modules": 1}\n' + bytes(8)
+    )
+    refused = handle(HELLO, "--memory-snapshot", str(stale), requests=[])
+    assert refused.returncode == 3
+    assert "Pyodide 0.1.0" in refused.stderr
+
+
+# -- the guest's snapshot helpers, in CPython (Pyodide runs the same code) ---------------
+
+
+def test_preloadable_modules_are_stdlib_source_modules_only() -> None:
+    import asyncio  # noqa: F401  (loaded, so listed)
+
+    import msgspec  # noqa: F401  (a compiled third-party module: never listed)
+
+    from adapters.edge._guest import preloadable_modules
+
+    names = preloadable_modules()
+    assert "asyncio" in names
+    assert "sys" in names  # built in: no file, safe
+    assert not {"msgspec", "anyio", "runtime", "adapters.edge._guest"} & set(names)
+    assert not [name for name in names if name.startswith(("runtime.", "_pytest", "pytest"))]
+
+
+@pytest.mark.anyio
+async def test_a_snapshot_built_in_process_serves_through_the_edge_runtime(tmp_path: Path) -> None:
+    from adapters.edge._guest import EdgeRuntime, build_snapshot_bytes
+
+    snapshot = tmp_path / "hello.snap"
+    snapshot.write_bytes(build_snapshot_bytes(HELLO))
+    edge = EdgeRuntime.load(str(snapshot))
+    await edge.start()
+    try:
+        answer = await edge.handle("POST", "/greet", [], b'{"name": "Ada"}')
+    finally:
+        await edge.stop()
+    assert (answer.status, json.loads(answer.body)["message"]) == (200, "Hello, Ada!")
+
+
+def test_the_webloop_patch_is_a_no_op_outside_pyodide() -> None:
+    from adapters.edge._webloop import patch
+
+    assert patch() is False
