@@ -11,6 +11,7 @@ Protocol (the same for the in-memory store and KV-backed stores):
   no-ops when the token no longer owns the key (the claim lapsed and was taken).
 - ``wait_settled(key, timeout)`` returns when the key is done or free again, or
   when ``timeout`` passes; callers then claim again.
+- ``peek(key)`` reads what is there without claiming (for status look-ups).
 """
 
 from __future__ import annotations
@@ -34,6 +35,10 @@ class Claim(msgspec.Struct, frozen=True, gc=False):
 
 class IdempotencyStore(Protocol):
     async def claim(self, key: str, *, hold: float, ttl: float) -> Claim: ...
+    async def peek(self, key: str) -> Claim | None:
+        """What is stored under ``key`` (done or busy) without claiming it; None if nothing."""
+        ...
+
     async def complete(self, key: str, token: int, result: bytes, *, ttl: float) -> None: ...
     async def release(self, key: str, token: int) -> None: ...
     async def wait_settled(self, key: str, *, timeout: float) -> None: ...
@@ -84,6 +89,14 @@ class MemoryIdempotencyStore:
             token = next(self._tokens)
             self._entries[key] = _Entry(token, now + hold)
             return Claim("claimed", token)
+        if entry.state == "done":
+            return Claim("done", entry.token, entry.result)
+        return Claim("busy", entry.token)
+
+    async def peek(self, key: str) -> Claim | None:
+        entry = self._entries.get(key)
+        if entry is None or entry.expires <= self._clock.now():
+            return None
         if entry.state == "done":
             return Claim("done", entry.token, entry.result)
         return Claim("busy", entry.token)

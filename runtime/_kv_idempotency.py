@@ -92,6 +92,16 @@ class KvIdempotencyStore:
                 continue
         return Claim("busy")
 
+    async def peek(self, key: str) -> Claim | None:
+        kv = await self._kv()
+        entry = await kv.get(self._key(key))
+        record = None if entry is None else _read(entry.value)
+        if entry is None or record is None or record.expires <= self._now():
+            return None
+        if record.state == "done":
+            return Claim("done", entry.revision, record.result)
+        return Claim("busy", entry.revision)
+
     async def complete(self, key: str, token: int, result: bytes, *, ttl: float) -> None:
         kv = await self._kv()
         record = _encode(_Record("done", self._now() + ttl, result))

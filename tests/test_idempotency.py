@@ -219,3 +219,20 @@ async def test_keys_are_scoped_per_capability() -> None:
     await invoker.invoke("one", Event(id="same"))
     await invoker.invoke("two", Event(id="same"))
     assert calls == ["one", "two"]
+
+
+async def test_peek_reads_without_claiming() -> None:
+    clock = FakeClock()
+    store = MemoryIdempotencyStore(clock=clock)
+    assert await store.peek("k") is None
+    claim = await store.claim("k", hold=10, ttl=100)
+    peeked = await store.peek("k")
+    assert peeked is not None
+    assert peeked.state == "busy"
+    await store.complete("k", claim.token, b"r", ttl=100)
+    done = await store.peek("k")
+    assert done is not None
+    assert (done.state, done.result) == ("done", b"r")
+    assert (await store.claim("k", hold=10, ttl=100)).state == "done"  # peek took nothing
+    clock.advance(101)
+    assert await store.peek("k") is None

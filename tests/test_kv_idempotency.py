@@ -124,3 +124,18 @@ async def test_two_hosts_racing_on_a_redelivered_message_run_the_side_effect_onc
     assert len(results) == 2
     assert all(isinstance(r, Ok) and msgspec.json.decode(r.data) == {"charged": 7} for r in results)
     assert sorted(r.replayed for r in results if isinstance(r, Ok)) == [False, True]
+
+
+async def test_peek_reads_without_claiming() -> None:
+    first, second, wall, _ = await store_pair()
+    assert await second.peek("k") is None
+    claim = await first.claim("k", hold=30, ttl=600)
+    busy = await second.peek("k")
+    assert busy is not None
+    assert busy.state == "busy"
+    await first.complete("k", claim.token, b"r", ttl=600)
+    done = await second.peek("k")
+    assert done is not None
+    assert (done.state, done.result) == ("done", b"r")
+    wall.now += 601
+    assert await second.peek("k") is None

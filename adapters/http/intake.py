@@ -40,7 +40,6 @@ __all__ = ["Intake", "STATUS_PREFIX", "compile_intake"]
 
 log = logging.getLogger("thaw.http")
 STATUS_PREFIX = "/_thaw/status/"
-_STATUS_HOLD = 1.0  # a status look-up's claim (released at once) lapses after this
 _PENDING = Response(202, b'{"status":"pending"}', JSON)
 _encode = msgspec.json.Encoder().encode
 
@@ -101,13 +100,9 @@ class Intake:
     async def status(self, event_id: str) -> Response:
         """200 with the stored result, or 202 pending (for any consumer of this app)."""
         for consumer in self._consumers.values():
-            policy = consumer.spec.policy.idempotency
-            assert policy is not None
             key = f"{self._app}.{consumer.name}.{event_id}"
-            claim = await self._store.claim(key, hold=_STATUS_HOLD, ttl=policy.ttl)
-            if claim.state == "claimed":  # nothing there: give the key back at once
-                await self._store.release(key, claim.token)
-            elif claim.state == "done":
+            claim = await self._store.peek(key)  # reads; never claims the key
+            if claim is not None and claim.state == "done":
                 if consumer.spec.output_type is bytes:
                     return Response(200, claim.result, "application/octet-stream")
                 return Response(200 if claim.result else 204, claim.result, JSON)
