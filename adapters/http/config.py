@@ -57,6 +57,8 @@ class HttpConfig(msgspec.Struct, frozen=True, kw_only=True):
     """Readiness: 200 when the app is loaded and the server is not draining, else 503."""
     metrics_path: str = "/metrics"
     """Prometheus text exposition of the server's and capabilities' metrics. Empty: off."""
+    openapi_path: str = "/openapi.json"
+    """The OpenAPI 3.1 document of the app's http triggers. Empty: off."""
     backlog: int = 1024
     reuse_port: bool = False
     """SO_REUSEPORT, so several worker processes can share the port."""
@@ -94,7 +96,7 @@ class HttpConfig(msgspec.Struct, frozen=True, kw_only=True):
                 raise ConfigError(
                     f"HttpConfig.{name} must be a positive number of seconds, got {value!r}"
                 )
-        for name in ("health_path", "ready_path", "metrics_path"):
+        for name in ("health_path", "ready_path", "metrics_path", "openapi_path"):
             value = getattr(self, name)
             if value and not (isinstance(value, str) and value.startswith("/")):
                 raise ConfigError(

@@ -18,6 +18,7 @@ from ._wire import Request, Response, response_from_answer
 from .config import HttpConfig
 from .intake import STATUS_PREFIX, Intake, compile_intake, status_id
 from .metrics import CONTENT_TYPE, CapabilityMetrics, ServerCounters, render
+from .openapi import openapi_bytes
 from .routing import EventIds, Route, Router, _Refused, compile_router, refused_response
 from .webhooks import SignatureVerifier, load_secret
 
@@ -67,6 +68,9 @@ class HttpService:
             self._ops[config.ready_path] = self._readiness
         if config.metrics_path:
             self._ops[config.metrics_path] = self._exposition
+        if config.openapi_path:
+            document = Response(200, openapi_bytes(invoker.app), "application/json")
+            self._ops[config.openapi_path] = lambda: document
         clash = [r for r in self.router.routes if r.template in self._ops]
         if clash:
             from runtime import ConfigError
