@@ -21,6 +21,7 @@ from ._errors import (
     WrongRevision,
 )
 from ._event import Event, Ok, Outcome, Reject, Retry
+from ._fanout import Gathered, fan_out
 from ._policy import Access, Backoff, Idempotency, RetryPolicy
 from ._triggers import Webhook, http, kv, objects, schedule, stream, subject
 
@@ -36,6 +37,7 @@ __all__ = [
     "ContractError",
     "DeadlineExceeded",
     "Event",
+    "Gathered",
     "FunctionError",
     "Idempotency",
     "KeyExists",
@@ -51,6 +53,7 @@ __all__ = [
     "ThawError",
     "Webhook",
     "WrongRevision",
+    "fan_out",
     "http",
     "kv",
     "objects",

@@ -9,13 +9,13 @@ Everything costly (trace parsing, logger adapters) is computed on first use.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 
 from ._errors import AccessDenied, ConfigError
-from ._event import Event
+from ._event import Event, Outcome, Reject
 from ._subjects import subject_matches
 from ._trace import TraceContext, parse_traceparent, start_trace
 
@@ -34,7 +34,7 @@ _encode = msgspec.json.Encoder().encode
 class CapabilityEnv:
     """Per-capability, per-invoker values shared by every Context of that capability."""
 
-    __slots__ = ("access", "app", "backbone", "capability", "clock", "logger")
+    __slots__ = ("access", "app", "backbone", "capability", "clock", "logger", "siblings")
 
     def __init__(
         self,
@@ -52,6 +52,8 @@ class CapabilityEnv:
         self.backbone = backbone
         self.clock = clock
         self.logger = logger
+        # The invoker's compiled capabilities, for ctx.call (set once all are compiled).
+        self.siblings: Mapping[str, Callable[[Event], Awaitable[Outcome]]] = {}
 
 
 class _TraceLogger(logging.LoggerAdapter[logging.Logger]):
@@ -135,6 +137,34 @@ class Context:
         out_headers = dict(headers) if headers else {}
         out_headers[TRACEPARENT_HEADER] = self.trace.child().traceparent
         return await backbone.publish(subject, payload, headers=out_headers, msg_id=msg_id)
+
+    async def call(
+        self, capability: str, payload: bytes | object = b"", *, timeout: float | None = None
+    ) -> Outcome:
+        """Invoke another capability of this app in process (BFF fan-out, composition).
+
+        The callee gets this call's trace (a child span), an event id derived from
+        this one, and a deadline no later than ours (sooner with ``timeout``).
+        Combine several calls with ``runtime.fan_out`` to get partial results.
+        """
+        target = self._env.siblings.get(capability)
+        if target is None:
+            known = ", ".join(sorted(self._env.siblings)) or "none"
+            return Reject(
+                "capability_unknown",
+                f"app {self._env.app!r} has no capability {capability!r} (it has: {known})",
+            )
+        deadline = self.deadline
+        if timeout is not None:
+            deadline = min(deadline, self._env.clock.now() + timeout)
+        data = payload if isinstance(payload, bytes) else _encode(payload)
+        event = Event(
+            id=f"{self.event.id}/{self._env.capability}->{capability}",
+            data=data,
+            deadline=deadline,
+            traceparent=self.trace.child().traceparent,
+        )
+        return await target(event)
 
     async def kv(self, bucket: str) -> KeyValue:
         """The KV bucket ``bucket`` (it must exist; hosts provision declared buckets)."""

@@ -380,6 +380,8 @@ class Invoker:
             )
             for name, spec in app.capabilities.items()
         }
+        for compiled in self._capabilities.values():
+            compiled._env.siblings = self._capabilities
 
     @property
     def capabilities(self) -> Mapping[str, CompiledCapability]:
