@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import json
 import os
-import select
 import signal
 import subprocess
-import time
 import urllib.error
 import urllib.request
 import zipfile
@@ -21,6 +19,7 @@ from typing import Any
 
 import msgspec
 import pytest
+from edge_support import wait_listening
 
 from adapters.edge import prepare
 from adapters.edge._guest import EdgeResponse, open_edge
@@ -124,7 +123,7 @@ def test_serve_answers_http_on_loopback(host: list[str]) -> None:
         text=True,
     )
     try:
-        base = _wait_listening(process, timeout=120)
+        base = str(wait_listening(process, timeout=120)["listening"])
         assert base.startswith("http://127.0.0.1:")
         status, body, headers = _request(
             "POST", f"{base}/greet", b'{"name": "Grace", "language": "es"}'
@@ -147,21 +146,6 @@ def test_serve_answers_http_on_loopback(host: list[str]) -> None:
         assert process.stdout is not None and process.stderr is not None
         process.stdout.close()
         process.stderr.close()
-
-
-def _wait_listening(process: subprocess.Popen[str], *, timeout: float) -> str:
-    assert process.stdout is not None
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            assert process.stderr is not None
-            pytest.fail(f"edge serve exited {process.returncode}: {process.stderr.read()[-2000:]}")
-        ready, _, _ = select.select([process.stdout], [], [], 0.5)
-        if ready:
-            line = process.stdout.readline()
-            if line.startswith("{"):
-                return str(json.loads(line)["listening"])
-    pytest.fail(f"edge serve did not listen within {timeout:g}s")
 
 
 def _request(method: str, url: str, body: bytes | None) -> tuple[int, bytes, dict[str, str]]:

@@ -11,12 +11,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import select
 import shutil
 import signal
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -25,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from edge_support import wait_listening
 
 from adapters.edge import cli, prepare
 from adapters.edge.bundle import MANIFEST, PYODIDE_FILES, BundleManifest, build_bundle
@@ -81,7 +80,7 @@ def listening(command: list[str], *, cwd: Path, timeout: float = 120) -> Iterato
         command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     try:
-        yield _wait_listening(process, timeout=timeout)
+        yield wait_listening(process, timeout=timeout)
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=30) == 0
     finally:
@@ -91,22 +90,6 @@ def listening(command: list[str], *, cwd: Path, timeout: float = 120) -> Iterato
         assert process.stdout is not None and process.stderr is not None
         process.stdout.close()
         process.stderr.close()
-
-
-def _wait_listening(process: subprocess.Popen[str], *, timeout: float) -> dict[str, Any]:
-    assert process.stdout is not None
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            assert process.stderr is not None
-            pytest.fail(f"edge serve exited {process.returncode}: {process.stderr.read()[-2000:]}")
-        ready, _, _ = select.select([process.stdout], [], [], 0.5)
-        if ready:
-            line = process.stdout.readline()
-            if line.startswith("{"):
-                document: dict[str, Any] = json.loads(line)
-                return document
-    pytest.fail(f"edge serve did not listen within {timeout:g}s")
 
 
 def post(url: str, body: bytes) -> tuple[int, dict[str, object]]:
