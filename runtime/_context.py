@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from ._errors import AccessDenied, ConfigError
+from ._errors import AccessDenied, ConfigError, UnknownCapability
 from ._event import Event, Outcome, Reject
 from ._subjects import subject_matches
 from ._trace import TraceContext, parse_traceparent, start_trace
@@ -149,11 +149,8 @@ class Context:
         """
         target = self._env.siblings.get(capability)
         if target is None:
-            known = ", ".join(sorted(self._env.siblings)) or "none"
-            return Reject(
-                "capability_unknown",
-                f"app {self._env.app!r} has no capability {capability!r} (it has: {known})",
-            )
+            error = UnknownCapability.naming(self._env.app, capability, self._env.siblings)
+            return Reject(error.code, error.message)
         deadline = self.deadline
         if timeout is not None:
             deadline = min(deadline, self._env.clock.now() + timeout)

@@ -58,8 +58,12 @@ class CronSpec(msgspec.Struct, frozen=True):
             or when.month not in self.months
         ):
             return False
-        day_ok = when.day in self.days
-        weekday_ok = (when.isoweekday() % 7) in self.weekdays
+        return self.matches_day(when.date())
+
+    def matches_day(self, day: _dt.date) -> bool:
+        """Whether ``day`` is a day of this schedule (month aside; the Vixie OR rule)."""
+        day_ok = day.day in self.days
+        weekday_ok = (day.isoweekday() % 7) in self.weekdays
         if self.days_restricted and self.weekdays_restricted:
             return day_ok or weekday_ok
         return day_ok and weekday_ok

@@ -8,6 +8,7 @@ what to fix, and the path of the bad field where there is one.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import ClassVar
 
 __all__ = [
@@ -84,6 +85,11 @@ class PayloadTooLarge(CallerError):
 class UnknownCapability(CallerError):
     code = "capability_unknown"
     http_status = 404
+
+    @classmethod
+    def naming(cls, app: str, name: str, known: Iterable[str]) -> UnknownCapability:
+        listed = ", ".join(sorted(known)) or "none"
+        return cls(f"app {app!r} has no capability {name!r} (it has: {listed})")
 
 
 class Rejected(CallerError):

@@ -392,20 +392,14 @@ class Invoker:
         try:
             return self._capabilities[name]
         except KeyError:
-            known = ", ".join(sorted(self._capabilities)) or "none"
-            raise UnknownCapability(
-                f"app {self.app.name!r} has no capability {name!r} (it has: {known})"
-            ) from None
+            raise UnknownCapability.naming(self.app.name, name, self._capabilities) from None
 
     async def invoke(self, name: str, event: Event) -> Outcome:
         """Invoke capability ``name``; an unknown name is a ``Reject``, not an exception."""
         capability = self._capabilities.get(name)
         if capability is None:
-            try:
-                self.capability(name)
-            except UnknownCapability as exc:
-                return Reject(exc.code, exc.message, event.attempt)
-        assert capability is not None
+            error = UnknownCapability.naming(self.app.name, name, self._capabilities)
+            return Reject(error.code, error.message, event.attempt)
         return await capability(event)
 
     def statistics(self) -> InvokerStatistics:

@@ -48,6 +48,7 @@ from runtime._memory_streams import (
     StreamState,
     streams_overlapping,
     validate_consumer_config,
+    validate_fetch,
     validate_stream_config,
 )
 from runtime._subjects import validate_name, validate_subject
@@ -220,10 +221,7 @@ class MemoryBackbone:
         batch: int = 1,
         timeout: float = 0.0,
     ) -> list[Message]:
-        if batch < 1:
-            raise ConfigError(f"fetch batch must be >= 1, not {batch}")
-        if timeout < 0:
-            raise ConfigError(f"fetch timeout must be >= 0 seconds, not {timeout}")
+        validate_fetch(batch, timeout)
         await self._enter()
         consumer = self._consumer(stream, durable)
         deadline = self._clock.now() + timeout

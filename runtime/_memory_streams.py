@@ -53,6 +53,7 @@ __all__ = [
     "streams_overlapping",
     "validate_stream_config",
     "validate_consumer_config",
+    "validate_fetch",
 ]
 
 MSG_ID_HEADER = "Nats-Msg-Id"
@@ -103,6 +104,14 @@ def validate_stream_config(config: StreamConfig) -> None:
             f"stream {config.name!r}: max_msg_size must be -1 (unlimited) or a positive "
             f"byte count, not {config.max_msg_size}"
         )
+
+
+def validate_fetch(batch: int, timeout: float) -> None:
+    """The arguments every backbone's ``fetch`` accepts."""
+    if batch < 1:
+        raise ConfigError(f"fetch batch must be >= 1, not {batch}")
+    if timeout < 0:
+        raise ConfigError(f"fetch timeout must be >= 0 seconds, not {timeout}")
 
 
 def validate_consumer_config(stream: StreamConfig, config: ConsumerConfig) -> None:

@@ -57,7 +57,7 @@ def next_tick(spec: CronSpec, after: dt.datetime, timezone: str = "UTC") -> dt.d
     hours = sorted(spec.hours)
     minutes = sorted(spec.minutes)
     for _ in range(_SEARCH_DAYS):
-        if day.month in spec.months and _day_matches(spec, day):
+        if day.month in spec.months and spec.matches_day(day):
             for hour in hours:
                 for minute in minutes:
                     candidate = dt.datetime.combine(day, dt.time(hour, minute))
@@ -79,14 +79,6 @@ def previous_tick(spec: CronSpec, before: dt.datetime, timezone: str = "UTC") ->
         if tick > before:
             return last
         last, probe = tick, tick
-
-
-def _day_matches(spec: CronSpec, day: dt.date) -> bool:
-    day_ok = day.day in spec.days
-    weekday_ok = (day.isoweekday() % 7) in spec.weekdays
-    if spec.days_restricted and spec.weekdays_restricted:
-        return day_ok or weekday_ok
-    return day_ok and weekday_ok
 
 
 class ScheduleRunner:

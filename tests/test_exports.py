@@ -178,6 +178,7 @@ def test_adapter_author_surface() -> None:
         "status_for",
         "subject_matches",
         "validate_consumer_config",
+        "validate_fetch",
         "validate_kv_key",
         "validate_name",
         "validate_stream_config",

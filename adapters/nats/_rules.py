@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from runtime.lowlevel import (
     validate_consumer_config,
+    validate_fetch,
     validate_kv_key,
     validate_name,
     validate_stream_config,
@@ -18,6 +19,7 @@ from runtime.lowlevel import (
 __all__ = [
     "validate_stream_config",
     "validate_consumer_config",
+    "validate_fetch",
     "validate_subject",
     "validate_name",
     "validate_kv_key",

@@ -66,6 +66,7 @@ from ._kv import JetStreamKeyValue, validate_bucket_config
 from ._pull import CLOSED, LOST, JetStreamMessage, Puller
 from ._rules import (
     validate_consumer_config,
+    validate_fetch,
     validate_name,
     validate_stream_config,
     validate_subject,
@@ -380,10 +381,7 @@ class JetStreamBackbone:
         batch: int = 1,
         timeout: float = 0.0,
     ) -> list[Message]:
-        if batch < 1:
-            raise ConfigError(f"fetch batch must be >= 1, not {batch}")
-        if timeout < 0:
-            raise ConfigError(f"fetch timeout must be >= 0 seconds, not {timeout}")
+        validate_fetch(batch, timeout)
         validate_name("stream", stream)
         validate_name("consumer", durable)
         self.check_open(f"fetch from consumer {durable!r} on stream {stream!r}")
