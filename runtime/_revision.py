@@ -18,7 +18,6 @@ every module it registered is removed again and ``RevisionLoadError`` is raised.
 from __future__ import annotations
 
 import builtins
-import hashlib
 import importlib
 import importlib.abc
 import importlib.machinery
@@ -354,4 +353,4 @@ def _same(path: Path, content: bytes) -> bool:
         existing = path.read_bytes()
     except OSError:
         return False
-    return hashlib.sha256(existing).digest() == hashlib.sha256(content).digest()
+    return existing == content
