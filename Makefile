@@ -1,5 +1,5 @@
 # Two commands on a fresh Linux machine with python3 (3.11+), make and git:
-#   make demo   set up .venv and run the example app on the embedded default
+#   make demo   set up .venv and serve the example apps on the embedded default
 #   make test   set up .venv and run lint, type check and the whole test suite
 PYTHON ?= python3
 VENV   := .venv
@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) examples/hello/demo.py
+	$(PY) examples/demo.py
 
 test: $(STAMP) lint typecheck pytest
 

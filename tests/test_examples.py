@@ -73,3 +73,43 @@ def test_demo_runs_and_reports_what_happened() -> None:
     assert "worker: 2 acked, 1 retried, 2 dead-lettered" in out
     assert "[unknown_language]" in out
     assert "[contract_invalid]" in out
+
+
+def test_make_demo_walks_through_the_payment_webhook_and_the_bff() -> None:
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "demo.py")],
+        stdin=subprocess.DEVNULL,  # not a terminal: the demo exits after the walk-through
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "served on an embedded nats-server with JetStream" in out
+    assert "balance 12107 cents after 1 entry(ies) (idempotent on the payment)" in out
+    assert '"duplicate":true' in out
+    assert "signed with another secret -> 401" in out
+    assert "no signature -> 401" in out
+    assert "signed, but breaks the contract -> 422" in out
+    assert "[schema_unsupported]" in out
+    assert "GET /page/u1 -> 200" in out
+    assert "GET /page/nobody -> 404" in out
+    assert "curl -s -X POST http://127.0.0.1:" in out
+    assert "serving" not in out  # it did not wait for Ctrl-C
+
+
+@pytest.mark.parametrize("value", ["-1", "nan", "soon"])
+def test_the_demo_refuses_a_bad_serve_for(value: str) -> None:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "demo.py"), "--serve-for", value],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "--serve-for" in result.stderr

@@ -11,8 +11,6 @@ the input contract. It ends by listing the dead letters and why they died.
 
 from __future__ import annotations
 
-import http.client
-import logging
 import sys
 import tempfile
 from pathlib import Path
@@ -22,6 +20,7 @@ import anyio
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from examples.demo import request, say, show_logs  # noqa: E402
 from runtime import Event  # noqa: E402
 from runtime.lowlevel import (  # noqa: E402
     available_backbones,
@@ -41,35 +40,12 @@ MESSAGES = [
 ]
 
 
-class ShortFormatter(logging.Formatter):
-    """Log lines for a demo: the message and the exception's one-line summary."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        line = f"   log {record.levelname.lower()}: {record.getMessage()}"
-        if record.exc_info and record.exc_info[1] is not None:
-            error = record.exc_info[1]
-            line += f" ({type(error).__name__}: {error})"
-        return line
-
-
-def say(text: str) -> None:
-    print(text, flush=True)
-
-
 def post(port: int, path: str, body: bytes) -> tuple[int, str]:
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    try:
-        connection.request("POST", path, body=body, headers={"Content-Type": "application/json"})
-        response = connection.getresponse()
-        return response.status, response.read().decode()
-    finally:
-        connection.close()
+    return request(port, "POST", path, body)
 
 
 async def main() -> None:
-    handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(ShortFormatter())
-    logging.basicConfig(level=logging.WARNING, handlers=[handler])
+    show_logs()
     app = load_app(str(Path(__file__).parent))
     kind = "nats" if "nats" in available_backbones() else "memory"
     with tempfile.TemporaryDirectory(prefix="thaw-demo-") as state_dir:
