@@ -1,4 +1,4 @@
-"""HTTP throughput and latency: Thaw's server against uvicorn and a raw httptools ceiling.
+"""HTTP throughput and latency: Thaw's server (native and under uvicorn) against peers.
 
 Same work for everyone: ``GET /ok`` answers ``{"ok":true}``; ``POST /order``
 decodes a 44-byte JSON contract and answers a small JSON object. Each server is a
@@ -11,9 +11,12 @@ request (from /proc) is reported too: it is steadier than req/s on a shared VM.
 
     python benchmarks/http_bench.py [--duration 10] [--rounds 3] [--json FILE]
 
-Peers: ``uvicorn`` (raw ASGI app, ``--loop uvloop --http httptools``) when it is
-installed (it belongs in the dev extra), and ``raw`` (a minimal httptools +
-uvloop protocol written here, the practical Python ceiling).
+Servers: ``thaw`` (the native httptools server), ``thaw-asgi`` (the same app
+through ``adapters.asgi`` under uvicorn: what the adapter costs over a raw ASGI
+app on the same server), ``uvicorn`` (a raw ASGI app, ``--loop uvloop --http
+httptools``) and ``raw`` (a minimal httptools + uvloop protocol written here,
+the practical Python ceiling). The uvicorn-based ones run when uvicorn is
+installed (it is in the dev extra); ``--servers`` picks a subset.
 """
 
 from __future__ import annotations
@@ -44,7 +47,8 @@ from benchmarks._common import machine, median, table, write_json  # noqa: E402
 
 ORDER = b'{"order_id":"A-1042","amount":1999,"qty":3}'
 ROUTES = {"get": ("GET", "/ok", b""), "post": ("POST", "/order", ORDER)}
-SERVERS = ("thaw", "uvicorn", "raw")
+SERVERS = ("thaw", "thaw-asgi", "uvicorn", "raw")
+NEEDS_UVICORN = frozenset({"thaw-asgi", "uvicorn"})
 CONNECTIONS = 64
 SERVER_CORE, LOAD_CORE = "0", "1"
 
@@ -63,12 +67,9 @@ class Total(msgspec.Struct, frozen=True):
 # -- the servers (run in child processes: python benchmarks/http_bench.py --serve NAME) -------
 
 
-def serve_thaw(port: int) -> None:
-    import uvloop
-
-    from adapters.http import open_http_server
+def _bench_app() -> Any:
+    """The app both Thaw servers serve (built in the server process)."""
     from runtime import App, http
-    from runtime.lowlevel import Invoker
 
     app = App("bench")
 
@@ -80,8 +81,17 @@ def serve_thaw(port: int) -> None:
     async def order(request: Order) -> Total:
         return Total(request.order_id, request.amount * request.qty)
 
+    return app
+
+
+def serve_thaw(port: int) -> None:
+    import uvloop
+
+    from adapters.http import open_http_server
+    from runtime.lowlevel import Invoker
+
     async def main() -> None:
-        async with open_http_server(Invoker(app), port=port):
+        async with open_http_server(Invoker(_bench_app()), port=port):
             await asyncio.Event().wait()
 
     uvloop.run(main())
@@ -134,13 +144,38 @@ def serve_raw(port: int) -> None:
     uvloop.run(main())
 
 
-def serve_uvicorn(port: int) -> None:
+def _run_uvicorn(app: Any, port: int) -> None:
     import uvicorn
 
+    uvicorn.run(
+        app,
+        host="127.0.0.1",
+        port=port,
+        loop="uvloop",
+        http="httptools",
+        lifespan="on",
+        log_level="warning",
+        access_log=False,
+    )
+
+
+def serve_thaw_asgi(port: int) -> None:
+    from adapters.asgi import asgi_app
+    from runtime.lowlevel import Invoker
+
+    _run_uvicorn(asgi_app(Invoker(_bench_app())), port)
+
+
+def serve_uvicorn(port: int) -> None:
     decode, encode = msgspec.json.Decoder(Order).decode, msgspec.json.Encoder().encode
     headers = [(b"content-type", b"application/json")]
 
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":  # lifespan is on for both uvicorn peers: same work
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
         if scope["path"] == "/ok":
             payload = b'{"ok":true}'
         else:
@@ -154,16 +189,7 @@ def serve_uvicorn(port: int) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": payload})
 
-    uvicorn.run(
-        app,
-        host="127.0.0.1",
-        port=port,
-        loop="uvloop",
-        http="httptools",
-        lifespan="off",
-        log_level="warning",
-        access_log=False,
-    )
+    _run_uvicorn(app, port)
 
 
 # -- load generators ---------------------------------------------------------------------
@@ -324,13 +350,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=float, default=2.0, help="seconds of warm-up per run")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--routes", default="get,post", help="comma-separated: get, post")
+    parser.add_argument("--servers", default=",".join(SERVERS), help="comma-separated subset")
     parser.add_argument("--json", metavar="FILE")
     parser.add_argument("--serve", choices=SERVERS, help=argparse.SUPPRESS)
     parser.add_argument("--load", choices=sorted(ROUTES), help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve:
-        {"thaw": serve_thaw, "raw": serve_raw, "uvicorn": serve_uvicorn}[args.serve](args.port)
+        serve = {
+            "thaw": serve_thaw,
+            "thaw-asgi": serve_thaw_asgi,
+            "raw": serve_raw,
+            "uvicorn": serve_uvicorn,
+        }
+        serve[args.serve](args.port)
         return 0
     if args.load:
         import uvloop
@@ -338,14 +371,18 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(uvloop.run(_python_load(args.port, args.load, args.duration))))
         return 0
     routes = [r.strip() for r in args.routes.split(",") if r.strip()]
+    chosen = [s.strip() for s in args.servers.split(",") if s.strip()]
     if args.rounds < 1 or args.duration <= 0 or not set(routes) <= set(ROUTES):
         parser.error("--rounds must be >= 1, --duration > 0, --routes from get,post")
+    if not chosen or not set(chosen) <= set(SERVERS):
+        parser.error(f"--servers from {','.join(SERVERS)}")
     if shutil.which("taskset") is None:
         parser.error("taskset (util-linux) is needed to pin server and load generator")
     use_wrk = shutil.which("wrk") is not None
-    servers = [s for s in SERVERS if s != "uvicorn" or _installed("uvicorn")]
+    has_uvicorn = _installed("uvicorn")
+    servers = [s for s in SERVERS if s in chosen and (has_uvicorn or s not in NEEDS_UVICORN)]
     notes = []
-    if "uvicorn" not in servers:
+    if not has_uvicorn and NEEDS_UVICORN & set(chosen):
         notes.append(
             "uvicorn is NOT installed: it is the peer this benchmark exists for. Add "
             "uvicorn to the dev extra (pyproject.toml) and constraints.txt, then re-run. "
@@ -367,7 +404,7 @@ def main(argv: list[str] | None = None) -> int:
                 result = measure(server, route, args, use_wrk)
                 raw[route][server].append(result)
                 print(
-                    f"round {round_number + 1}/{args.rounds} {route:4} {server:8} "
+                    f"round {round_number + 1}/{args.rounds} {route:4} {server:9} "
                     f"{result['rps']:>10,.0f} req/s  p99 {result['p99_ms']:.2f} ms  "
                     f"cpu {result['cpu_us_per_request']:.1f} us/req",
                     file=sys.stderr,
