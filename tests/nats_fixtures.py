@@ -5,18 +5,26 @@ jetstream_harness  # noqa: F401``). The session server is started synchronously
 (a subprocess and a bounded wait for its port), so it needs no session-scoped
 event loop; it binds 127.0.0.1 on a port it picks itself and keeps JetStream
 data in a pytest temp directory. Each test gets a fresh name prefix and its own
-connection; afterwards every stream (and KV bucket) under that prefix is deleted.
+connection; afterwards every stream the test created is deleted, whatever its
+name: the server's stream names are listed before and after the test, so app
+streams (upper-cased app names), per-app idempotency buckets
+(``KV_thaw_idempotency_<app>``), the shared dead-letter stream (when this test
+created it) and buckets under the prefix all go, and the next test starts from
+the same server state.
 """
 
 from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import anyio
+import nats
+import nats.js.errors
 import pytest
+from nats.aio.client import Client
 
 from adapters.nats import EmbeddedServer, JetStreamBackbone, ServerConfig
 
@@ -25,6 +33,8 @@ __all__ = [
     "nats_server",
     "jetstream_harness",
     "delete_streams",
+    "delete_new_streams",
+    "stream_names",
     "wait_until",
 ]
 
@@ -77,9 +87,8 @@ async def wait_until(check: Callable[[], Awaitable[bool]], *, limit: float = WAI
             await anyio.sleep(POLL)
 
 
-async def delete_streams(backbone: JetStreamBackbone, prefix: str) -> None:
-    """Delete every stream named ``<prefix>...`` and every bucket ``KV_<prefix>...``."""
-    client = backbone.client
+async def stream_names(client: Client) -> set[str]:
+    """Every stream on the server (the JetStream API pages its answer)."""
     names: list[str] = []
     while True:
         request = json.dumps({"offset": len(names)}).encode()
@@ -87,11 +96,26 @@ async def delete_streams(backbone: JetStreamBackbone, prefix: str) -> None:
         batch = reply.get("streams") or []
         names += batch
         if not batch or len(names) >= reply["total"]:
-            break
+            return set(names)
+
+
+async def _delete_each(client: Client, names: Iterable[str]) -> None:
     jsm = client.jsm()
-    for name in names:
-        if name.startswith((prefix, f"KV_{prefix}")):
+    for name in sorted(names):
+        try:
             await jsm.delete_stream(name)
+        except nats.js.errors.NotFoundError:
+            pass  # the test (or its host) removed it already
+
+
+async def delete_streams(backbone: JetStreamBackbone, prefix: str) -> None:
+    """Delete every stream named ``<prefix>...`` and every bucket ``KV_<prefix>...``.
+
+    Case-insensitive, so an app named ``<prefix>x`` (stream ``<PREFIX>X``) goes too.
+    """
+    wanted = (prefix.upper(), f"KV_{prefix}".upper(), f"OBJ_{prefix}".upper())
+    names = await stream_names(backbone.client)
+    await _delete_each(backbone.client, (n for n in names if n.upper().startswith(wanted)))
 
 
 @pytest.fixture
@@ -99,7 +123,24 @@ async def jetstream_harness(nats_server: EmbeddedServer) -> AsyncIterator[JetStr
     prefix = f"t{uuid.uuid4().hex[:10]}"
     backbone = await JetStreamBackbone.connect(nats_server.url)
     try:
+        before = await stream_names(backbone.client)
         yield JetStreamHarness(backbone, prefix)
-        await delete_streams(backbone, prefix)
+        await delete_new_streams(nats_server, backbone, before)
     finally:
         await backbone.aclose()
+
+
+async def delete_new_streams(
+    server: EmbeddedServer, backbone: JetStreamBackbone, before: set[str]
+) -> None:
+    """Delete the streams (and so the buckets) that appeared on the server during the test."""
+    client = backbone.client
+    own = None
+    if client.is_closed:  # the test closed the harness connection: clean up on a new one
+        own = client = await nats.connect(server.url, connect_timeout=2)
+    try:
+        with anyio.fail_after(WAIT_LIMIT):
+            await _delete_each(client, await stream_names(client) - before)
+    finally:
+        if own is not None:
+            await own.close()

@@ -9,6 +9,13 @@ nothing sleeps to let a race settle.
 from __future__ import annotations
 
 import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
@@ -17,6 +24,7 @@ import anyio
 import anyio.to_thread
 import msgspec
 import pytest
+from _host_process import CONCURRENCY, Payment, ledger_app, ledger_bucket, marks_bucket, subject_of
 from nats_fixtures import (  # noqa: F401
     JetStreamHarness,
     jetstream_harness,
@@ -38,9 +46,11 @@ from runtime import (
 )
 from runtime.lowlevel import (
     DEAD_LETTER_STREAM,
+    BackboneError,
     Host,
     RetryBudget,
     StoredMessage,
+    apply_plan,
     list_dead_letters,
     open_host,
     plan_for,
@@ -227,31 +237,88 @@ async def _true_when(condition: bool) -> bool:
 # -- (c) server restart ---------------------------------------------------------------------
 
 
-async def test_a_host_keeps_consuming_across_a_server_restart(tmp_path: Path) -> None:
+async def _publish_surely(backbone: JetStreamBackbone, subject: str, order: Order) -> None:
+    """Publish until the stream acknowledges (a client's job across a restart); the
+    message id makes a repeat of a publish whose ack was lost harmless."""
+    data = msgspec.json.encode(order)
+    with anyio.fail_after(30):
+        while True:
+            try:
+                await backbone.publish(subject, data, msg_id=order.order_id)
+                return
+            except BackboneError:
+                await anyio.sleep(0.1)  # reconnecting, or the stream is not back yet
+
+
+async def test_a_host_keeps_consuming_across_a_server_restart_under_load(tmp_path: Path) -> None:
+    """The server restarts while every call slot holds a call that posted to the ledger
+    but is not acked, more messages wait in the stream, and publishing goes on: nothing
+    is lost, nothing is posted twice, nothing is dead-lettered."""
     server = EmbeddedServer(ServerConfig(store_dir=str(tmp_path / "store")))
     await anyio.to_thread.run_sync(server.start)
     app = App("restarts")
-    seen: list[str] = []
+    slots, waiting = 4, 8
+    posted: list[str] = []
+    again: list[str] = []
+    held: list[str] = []
+    gate = anyio.Event()
 
-    @app.capability(stream("restarts.jobs"), retry=FAST_RETRY)
-    async def work(order: Order) -> None:
-        seen.append(order.order_id)
+    @app.capability(
+        stream("restarts.jobs"),
+        idempotency=Idempotency(key=lambda event, order: order.order_id),
+        concurrency=slots,
+        retry=FAST_RETRY,
+        access=Access(buckets=("restarts_ledger",)),
+    )
+    async def work(order: Order, ctx: Context) -> None:
+        ledger = await ctx.kv("restarts_ledger")
+        try:
+            await ledger.create(order.order_id, str(order.amount).encode())
+        except KeyExists:
+            again.append(order.order_id)  # an earlier execution posted it: not doubled
+            return
+        posted.append(order.order_id)
+        if not gate.is_set():
+            held.append(order.order_id)
+            await gate.wait()
 
+    before = [Order(f"before{index}", index) for index in range(slots + waiting)]
+    during = [Order(f"during{index}", index) for index in range(10)]
+    after = [Order(f"after{index}", index) for index in range(5)]
     try:
-        async with open_jetstream_backbone(server.url) as backbone, serving(app, backbone):
-            for index in range(3):
-                data = msgspec.json.encode(Order(f"before{index}", index))
-                await backbone.publish("restarts.jobs", data, msg_id=f"b{index}")
-            await wait_until(lambda: _true_when(len(seen) == 3))
-            await anyio.to_thread.run_sync(server.restart)
-            with anyio.fail_after(30):  # publish retries until the reconnected stream answers
-                for index in range(3):
-                    data = msgspec.json.encode(Order(f"after{index}", index))
-                    await backbone.publish("restarts.jobs", data, msg_id=f"a{index}")
-            await wait_until(lambda: _true_when(len(seen) >= 6), limit=30)
-        assert sorted(seen) == sorted(
-            [f"before{i}" for i in range(3)] + [f"after{i}" for i in range(3)]
-        )
+        async with (
+            open_jetstream_backbone(server.url) as backbone,
+            serving(app, backbone) as [host],
+        ):
+            [consumer] = host.plan.consumers
+            for order in before:
+                await _publish_surely(backbone, "restarts.jobs", order)
+            await wait_until(lambda: _true_when(len(held) == slots))
+            info = await backbone.consumer_info(consumer.stream, consumer.config.durable)
+            assert (info.num_ack_pending, info.num_pending) == (slots, waiting)  # under load
+
+            async def publish_during() -> None:
+                for order in during:
+                    await _publish_surely(backbone, "restarts.jobs", order)
+
+            async with anyio.create_task_group() as group:
+                group.start_soon(publish_during)
+                await anyio.to_thread.run_sync(server.restart)
+            gate.set()  # the calls in flight across the restart finish now
+            for order in after:
+                await _publish_surely(backbone, "restarts.jobs", order)
+
+            expected = {order.order_id for order in before + during + after}
+
+            async def all_done() -> bool:
+                return set(posted) == expected and await _settled(backbone, host, "work")
+
+            await wait_until(all_done, limit=30)
+            assert await list_dead_letters(backbone, app=app.name) == []
+            ledger = await backbone.kv("restarts_ledger")
+            assert sorted(await ledger.keys()) == sorted(expected)
+        assert sorted(posted) == sorted(expected)  # each posted exactly once
+        assert set(again) <= set(held)  # only calls caught by the restart may run again
     finally:
         await anyio.to_thread.run_sync(server.stop)
 
@@ -312,3 +379,113 @@ async def test_traceparent_goes_from_the_input_into_ctx_trace_and_out_on_publish
     outgoing = output.headers["traceparent"]
     assert outgoing.startswith(f"00-{trace_id}-") and outgoing.endswith("-01")
     assert outgoing.split("-")[2] != span_id  # a child span, not the parent's
+
+
+# -- (f) kill -9 a host in the middle of a batch ---------------------------------------------
+
+HOST_SCRIPT = Path(__file__).resolve().parent / "_host_process.py"
+ROOT = HOST_SCRIPT.parent.parent
+HOST_START_LIMIT = 30.0  # seconds for a host process to import, connect and provision
+KILL_ACK_WAIT = 2.0  # AckWait of the test's consumer: a killed host's messages come back soon
+
+
+def _start_host(url: str, prefix: str, log: Path, *extra: str) -> subprocess.Popen[str]:
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    command = [sys.executable, str(HOST_SCRIPT), url, prefix, "--ack-wait", str(KILL_ACK_WAIT)]
+    with open(log, "a") as stderr:
+        return subprocess.Popen(
+            [*command, *extra], stdout=subprocess.PIPE, stderr=stderr, text=True, env=env
+        )
+
+
+def _wait_ready(process: subprocess.Popen[str], log: Path) -> None:
+    """Block until the host prints ``ready``; fail if it exits or takes too long."""
+    assert process.stdout is not None
+    deadline = time.monotonic() + HOST_START_LIMIT
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"the host exited {process.returncode}: {log.read_text()[-2000:]}")
+        readable, _, _ = select.select([process.stdout], [], [], 0.5)
+        if readable and process.stdout.readline().strip() == "ready":
+            return
+    pytest.fail(f"the host was not ready within {HOST_START_LIMIT:g}s: {log.read_text()[-2000:]}")
+
+
+def _end(process: subprocess.Popen[str]) -> None:
+    if process.poll() is None:
+        process.kill()  # by PID: only the process this test started
+    process.wait(10)
+    if process.stdout is not None:
+        process.stdout.close()
+
+
+async def test_a_host_killed_mid_batch_loses_nothing_and_doubles_no_ledger_entry(
+    jetstream_harness: JetStreamHarness,  # noqa: F811
+    nats_server: EmbeddedServer,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """kill -9 while calls have posted to the ledger but neither acked nor stored their
+    result; a new host processes the rest, and re-runs exactly the interrupted calls,
+    which find their posting and do not double it."""
+    prefix, backbone = jetstream_harness.prefix, jetstream_harness.backbone
+    count, stall_after = 48, 8
+    app = ledger_app(prefix)
+    plan = plan_for(app, ack_wait=KILL_ACK_WAIT)
+    await apply_plan(plan, backbone)
+    [consumer] = plan.consumers
+    payments = {f"p{index:03d}": 100 + index for index in range(count)}
+    for payment_id, amount in payments.items():
+        data = msgspec.json.encode(Payment(payment_id, amount))
+        await backbone.publish(subject_of(prefix), data, msg_id=payment_id)
+    ledger = await backbone.kv(ledger_bucket(prefix))
+    marks = await backbone.kv(marks_bucket(prefix))
+
+    async def pending() -> tuple[int, int]:
+        info = await backbone.consumer_info(consumer.stream, consumer.config.durable)
+        return info.num_pending, info.num_ack_pending
+
+    async def marked(kind: str) -> list[str]:
+        return [key.split(".")[1] for key in await marks.keys() if key.startswith(f"{kind}.")]
+
+    log = tmp_path / "hosts.log"
+    first = _start_host(nats_server.url, prefix, log, "--stall-after", str(stall_after))
+    second: subprocess.Popen[str] | None = None
+    try:
+        await anyio.to_thread.run_sync(_wait_ready, first, log)
+
+        async def stalled_and_the_rest_acked() -> bool:
+            # Every slot holds a call that posted and hangs; all earlier calls were acked.
+            stalls = await marked("stall")
+            return len(stalls) == CONCURRENCY and (await pending())[1] == CONCURRENCY
+
+        await wait_until(stalled_and_the_rest_acked, limit=30)
+        first.kill()  # SIGKILL, by PID
+        await anyio.to_thread.run_sync(first.wait, 10)
+        interrupted = set(await marked("stall"))
+        posted_at_kill = set(await ledger.keys())
+        assert interrupted <= posted_at_kill
+        assert stall_after + CONCURRENCY <= len(posted_at_kill) < count  # in mid-batch
+
+        second = _start_host(nats_server.url, prefix, log)
+        await anyio.to_thread.run_sync(_wait_ready, second, log)
+
+        async def all_settled() -> bool:
+            return len(await ledger.keys()) == count and await pending() == (0, 0)
+
+        await wait_until(all_settled, limit=60)
+        second.send_signal(signal.SIGTERM)
+        assert await anyio.to_thread.run_sync(second.wait, 30) == 0, log.read_text()[-2000:]
+    finally:
+        for process in (first, second):
+            if process is not None:
+                await anyio.to_thread.run_sync(_end, process)
+
+    for payment_id, amount in payments.items():  # one posting each, the right amount
+        entry = await ledger.get(payment_id)
+        assert entry is not None and entry.value == str(amount).encode(), payment_id
+    runs = Counter(await marked("run"))
+    assert set(runs) == set(payments)
+    rerun = {payment_id for payment_id, times in runs.items() if times > 1}
+    assert rerun == interrupted  # finished calls never ran again, interrupted ones did
+    assert set(await marked("again")) == interrupted  # ... and found their posting
+    assert await list_dead_letters(backbone, app=app.name) == []

@@ -9,6 +9,10 @@ Thaw picks a port itself); client ports are still chosen by each server.
 "Ready" means more than "every node answers": JetStream has elected its meta
 leader and knows enough peers to place a stream with one replica per node, which
 ``wait_jetstream`` checks by creating and deleting a small in-memory probe stream.
+
+Single nodes can be stopped, killed and started again (``stop_node``,
+``kill_node``, ``start_node``) to test fail-over; a node comes back on the same
+ports with the same store.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import tempfile
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from urllib.parse import urlsplit
 
 import anyio
 import anyio.to_thread
@@ -94,6 +99,29 @@ class EmbeddedCluster:
         except BaseException:
             self.stop()
             raise
+
+    def node_serving(self, url: str) -> int:
+        """The index of the node whose client URL is ``url`` (e.g. a client's connected URL)."""
+        port = urlsplit(url if "://" in url else f"nats://{url}").port
+        for index, node in enumerate(self.nodes):
+            if node.running and node.port == port:
+                return index
+        raise ValueError(f"no running node of {self!r} serves {url}")
+
+    def stop_node(self, index: int, *, timeout: float = 5.0) -> None:
+        """Stop one node, as an operator would (SIGTERM, SIGKILL after ``timeout``).
+
+        Its store and ports stay, so ``start_node`` brings the same node back.
+        """
+        self.nodes[index].stop_process(timeout=timeout)
+
+    def kill_node(self, index: int) -> None:
+        """SIGKILL one node, as a crash would; ``start_node`` brings it back."""
+        self.nodes[index].kill()
+
+    def start_node(self, index: int, *, timeout: float = 20.0) -> None:
+        """Start a stopped node again, on the same client and route ports and store."""
+        self.nodes[index].start(timeout=timeout)
 
     def stop(self) -> None:
         """Stop every node and remove the directories this object created."""

@@ -77,13 +77,18 @@ def _connection_callbacks(
 ) -> dict[str, Any]:
     """Log connection trouble once per event, briefly (nats-py's default logs tracebacks)."""
 
+    def closing() -> bool:
+        # Closing on purpose is not news, nor is a server that goes away meanwhile.
+        return bool(client.is_closed or client.is_draining)
+
     async def error_cb(error: Exception) -> None:
-        log.warning("NATS connection to %s: %s", shown, error or type(error).__name__)
+        level = logging.DEBUG if closing() else logging.WARNING
+        log.log(level, "NATS connection to %s: %s", shown, error or type(error).__name__)
 
     async def disconnected_cb() -> None:
         if on_disconnect is not None:
             on_disconnect()
-        if not client.is_closed:  # closing on purpose is not news
+        if not closing():
             log.warning("NATS connection to %s lost; reconnecting", shown)
 
     async def reconnected_cb() -> None:

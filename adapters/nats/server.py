@@ -12,7 +12,9 @@ server has written its ports file *and* answered a TCP connection with its INFO
 line (with JetStream on, when asked for), never "some time has passed"; every
 wait is bounded; ``stop`` ends only the process this object started, by its PID
 (SIGTERM, a bounded wait, then SIGKILL), and removes only the directories it
-created. The blocking ``start``/``stop`` suit pytest session fixtures;
+created. The server runs in a session of its own, so signals meant for the
+terminal's foreground job (Ctrl-C) reach Thaw only, which then closes its
+connection before stopping the server. The blocking ``start``/``stop`` suit pytest session fixtures;
 ``open_embedded_server`` runs them in a worker thread for async code.
 """
 
@@ -181,7 +183,15 @@ class EmbeddedServer:
         with open(self._log, "ab") as log:
             try:
                 self._process = subprocess.Popen(
-                    args, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
+                    args,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    # Its own session: Ctrl-C in a terminal signals the whole foreground
+                    # process group, and a server stopping by itself before Thaw has closed
+                    # its connection makes the client log "connection lost; reconnecting"
+                    # at every shutdown. Thaw stops it, by PID, once the client is closed.
+                    start_new_session=sys.platform != "win32",
                 )
             except OSError as error:
                 self.stop()
