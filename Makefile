@@ -37,8 +37,15 @@ pytest: $(STAMP) edge
 bench: $(STAMP) edge
 	$(PY) benchmarks/invoke.py --json benchmarks/results/invoke.json
 	$(PY) benchmarks/coldstart.py --json benchmarks/results/coldstart.json
+	@# wrk (Debian) is the HTTP load generator; without it http_bench.py uses a Python one.
+	@command -v wrk >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get install -y -q wrk || { apt-get update -q && apt-get install -y -q wrk; } || \
+	    echo "bench: could not install wrk: the HTTP benchmark uses its Python load generator"; \
+	  else echo "bench: wrk is missing (apt-get install -y wrk needs root): the HTTP benchmark uses its Python load generator"; fi; }
 	$(PY) benchmarks/http_bench.py --json benchmarks/results/http.json
 	$(PY) benchmarks/edge.py --json benchmarks/results/edge.json
+	$(PY) benchmarks/jetstream.py --json benchmarks/results/jetstream.json
 
 lock: $(STAMP)
 	{ echo '# Every package in the dev environment, pinned: a fresh machine gets what CI got.'; \

@@ -10,12 +10,15 @@ and on JetStream; every task it starts lives in its own task group.
 from __future__ import annotations
 
 import logging
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
 
 import anyio
 import msgspec
 
 from ._backbone import Backbone, ConsumerConfig, Message, StreamConfig
 from ._budget import RetryBudget
+from ._changes import Shaper
 from ._context import TRACEPARENT_HEADER
 from ._decisions import (
     DEAD_LETTER_STREAM,
@@ -29,12 +32,16 @@ from ._decisions import (
     dead_letter_subject,
     decide_stream,
 )
+from ._errors import BackboneError
 from ._event import Event, Outcome
 from ._invoker import Invoker
 
 __all__ = ["StreamWorker", "WorkerStatistics", "ensure_dead_letter_stream"]
 
 log = logging.getLogger("thaw.worker")
+DEFAULT_SLOTS = 256
+FETCH_PAUSE_MIN = 0.1  # seconds before the first retry of a failed fetch
+FETCH_PAUSE_MAX = 5.0
 
 
 class WorkerStatistics(msgspec.Struct, frozen=True):
@@ -63,14 +70,23 @@ class StreamWorker:
         slots: int | None = None,
         fetch_timeout: float = 1.0,
         budget: RetryBudget | None = None,
+        shape: Shaper | None = None,
     ) -> None:
+        self._shape = shape  # kv/objects triggers: the delivery -> the input (None: skip it)
         self._invoker = invoker
         self._backbone = backbone
         self._capability = invoker.capability(capability)
         self._stream = stream
         self._consumer = consumer
         limit = self._capability.spec.policy.concurrency
-        self._slots = slots or limit or 16
+        # Without a concurrency limit, up to DEFAULT_SLOTS calls run at once (never more than
+        # the consumer's MaxAckPending): big fetches are what make a busy stream fast, and a
+        # fetched message always starts at once (a lane per slot), so AckWait is never spent
+        # waiting in a local queue.
+        pending = consumer.max_ack_pending  # -1: unlimited
+        self._slots = (
+            slots or limit or (min(DEFAULT_SLOTS, pending) if pending > 0 else DEFAULT_SLOTS)
+        )
         self._fetch_timeout = fetch_timeout
         self._budget = budget
         # A call that may outlive AckWait gets in-progress acks every half AckWait, so the
@@ -101,49 +117,65 @@ class StreamWorker:
         await self._pump(stop_when_idle=True)
 
     async def _pump(self, *, stop_when_idle: bool) -> None:
-        free = anyio.Semaphore(self._slots)
         try:
             async with anyio.create_task_group() as group:
-                await self._fetch_loop(group, free, stop_when_idle=stop_when_idle)
+                lanes = _Lanes(group, self.handle, self._slots)
+                await self._fetch_loop(lanes, stop_when_idle=stop_when_idle)
+                while lanes.busy:  # stopped or idle: let the calls in flight finish
+                    await lanes.wait_change()
+                group.cancel_scope.cancel()  # only parked lanes are left
         finally:
             self._stopped.set()
 
-    async def _fetch_loop(
-        self, group: anyio.abc.TaskGroup, free: anyio.Semaphore, *, stop_when_idle: bool
-    ) -> None:
+    async def _fetch_loop(self, lanes: _Lanes, *, stop_when_idle: bool) -> None:
+        pause = 0.0  # after a failed fetch: backs off up to FETCH_PAUSE_MAX, reset by success
         while not self._stopping:
-            if free.value == 0:
-                await free.acquire()  # wait for a slot, then give it back to count it
-                free.release()
-            wanted = free.value
-            messages = await self._backbone.fetch(
-                self._stream,
-                self._consumer.durable,
-                batch=wanted,
-                timeout=0.0 if stop_when_idle else self._fetch_timeout,
-            )
-            if not messages and stop_when_idle:
-                if free.value == self._slots:
-                    return
-                await free.acquire()  # something is in flight: wait for it to finish
-                free.release()
+            if lanes.free == 0:
+                await lanes.wait_change()
                 continue
-            for message in messages:
-                await free.acquire()
-                group.start_soon(self._handle_and_release, message, free)
-
-    async def _handle_and_release(self, message: Message, free: anyio.Semaphore) -> None:
-        try:
-            await self.handle(message)
-        finally:
-            free.release()
+            try:
+                messages = await self._backbone.fetch(
+                    self._stream,
+                    self._consumer.durable,
+                    batch=lanes.free,  # never more than can start at once
+                    timeout=0.0 if stop_when_idle else self._fetch_timeout,
+                )
+            except BackboneError as exc:
+                # A node down, a leader election, a consumer being re-created: the worker
+                # outlives it and keeps trying, loudly, instead of stopping the host.
+                pause = min(max(pause * 2, FETCH_PAUSE_MIN), FETCH_PAUSE_MAX)
+                log.warning(
+                    "fetch from %s/%s failed (%s: %s); trying again in %.1fs",
+                    self._stream,
+                    self._consumer.durable,
+                    exc.code,
+                    exc,
+                    pause,
+                )
+                await anyio.sleep(pause)  # a back-off, not a wait for a condition
+                continue
+            pause = 0.0
+            if not messages and stop_when_idle:
+                if lanes.busy == 0:
+                    return
+                await lanes.wait_change()  # something is in flight: wait for it to finish
+                continue
+            lanes.submit(messages)
 
     async def handle(self, message: Message) -> StreamAction:
         """Invoke for one delivery and perform the decided action."""
         headers = message.headers
+        data = message.data
+        if self._shape is not None:
+            shaped = self._shape(message)
+            if shaped is None:  # not for this capability (an object deletion, say)
+                await message.ack()
+                self._acked += 1
+                return Ack()
+            data = shaped
         event = Event(
             id=headers.get(EVENT_ID_HEADER) or message.msg_id or f"{message.stream}.{message.seq}",
-            data=message.data,
+            data=data,
             subject=message.subject,
             headers=dict(headers),
             attempt=message.num_delivered,
@@ -160,18 +192,31 @@ class StreamWorker:
             delivery_count=message.num_delivered,
             max_deliver=self._consumer.max_deliver,
         )
-        if type(action) is Ack:
-            await message.ack()
-            self._acked += 1
-        elif type(action) is Nak:
-            delay = action.delay
-            if self._budget is not None:
-                delay = self._budget.retry_delay(delay)
-            await message.nak(delay)
-            self._naked += 1
-        else:
-            assert type(action) is DeadLetter
-            await self._dead_letter(message, action, event)
+        try:
+            if type(action) is Ack:
+                await message.ack()
+                self._acked += 1
+            elif type(action) is Nak:
+                delay = action.delay
+                if self._budget is not None:
+                    delay = self._budget.retry_delay(delay)
+                await message.nak(delay)
+                self._naked += 1
+            else:
+                assert type(action) is DeadLetter
+                await self._dead_letter(message, action, event)
+        except BackboneError as exc:
+            # The server may never have seen the action (connection lost, node down): it
+            # redelivers after AckWait, where idempotency answers the duplicate. One lost
+            # action must not stop the worker.
+            log.warning(
+                "could not %s %s seq %d for %s (redelivered after AckWait): %s",
+                type(action).__name__.lower(),
+                message.stream,
+                message.seq,
+                self._capability.spec.name,
+                exc,
+            )
         return action
 
     async def _invoke_with_heartbeat(
@@ -183,7 +228,10 @@ class StreamWorker:
             async def beat() -> None:
                 while True:
                     await anyio.sleep(interval)
-                    await message.in_progress()
+                    try:
+                        await message.in_progress()
+                    except BackboneError as exc:  # the next beat may get through
+                        log.warning("in-progress ack for seq %d failed: %s", message.seq, exc)
 
             group.start_soon(beat)
             try:
@@ -223,3 +271,92 @@ class StreamWorker:
             action.code,
             action.reason,
         )
+
+
+class _Lanes:
+    """At most ``slots`` long-lived tasks running deliveries, one after another each.
+
+    A task per message costs more than a no-op function. Lanes are started on
+    demand (up to ``slots``) and park when the queue is empty. A lane that takes
+    a message first makes sure one more lane is on its way while messages are
+    still queued, so if its call suspends, the next message starts at once on
+    another lane (a chain, at most one lane waking at a time); if its calls do
+    not suspend, it runs the batch back to back (one socket write for all the
+    acks) and the lane it woke finds nothing and parks. ``busy`` (queued plus
+    running) never exceeds ``slots``, so a free lane always exists for a queued
+    message.
+    """
+
+    __slots__ = (
+        "_changed",
+        "_group",
+        "_handle",
+        "_idle",
+        "_lanes",
+        "_queue",
+        "_slots",
+        "_waking",
+        "busy",
+    )
+
+    def __init__(
+        self,
+        group: anyio.abc.TaskGroup,
+        handle: Callable[[Message], Awaitable[object]],
+        slots: int,
+    ) -> None:
+        self._group = group
+        self._handle = handle
+        self._slots = slots
+        self._queue: deque[Message] = deque()
+        self._idle: list[anyio.Event] = []
+        self._lanes = 0
+        self._waking = 0  # lanes woken or started that have not run yet
+        self._changed: anyio.Event | None = None
+        self.busy = 0
+
+    @property
+    def free(self) -> int:
+        return self._slots - self.busy
+
+    def submit(self, messages: Sequence[Message]) -> None:
+        assert len(messages) <= self.free, "fetched more than there are free slots"
+        self._queue.extend(messages)
+        self.busy += len(messages)
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._waking or not self._queue:
+            return
+        if self._idle:
+            self._idle.pop().set()
+        elif self._lanes < self._slots:
+            self._lanes += 1
+            self._group.start_soon(self._run)
+        else:  # every lane is busy; one of them takes the message when it finishes
+            return
+        self._waking += 1
+
+    async def wait_change(self) -> None:
+        """Wait until a delivery finishes (``busy`` drops)."""
+        if self._changed is None:
+            self._changed = anyio.Event()
+        await self._changed.wait()
+
+    async def _run(self) -> None:
+        queue = self._queue
+        while True:
+            self._waking -= 1
+            while queue:
+                message = queue.popleft()
+                self._wake()  # someone for the next message, should this call suspend
+                try:
+                    await self._handle(message)
+                finally:
+                    self.busy -= 1
+                    changed, self._changed = self._changed, None
+                    if changed is not None:
+                        changed.set()
+            wake = anyio.Event()
+            self._idle.append(wake)
+            await wake.wait()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import anyio
 import msgspec
 import pytest
@@ -139,3 +141,110 @@ async def test_peek_reads_without_claiming() -> None:
     assert (done.state, done.result) == ("done", b"r")
     wall.now += 601
     assert await second.peek("k") is None
+
+
+class CountingBucket:
+    """Forwards to a KeyValue and records which of its methods were called."""
+
+    def __init__(self, inner: Any, calls: list[str]) -> None:
+        self._inner = inner
+        self._calls = calls
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self._inner, name)
+
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            self._calls.append(name)
+            return await method(*args, **kwargs)
+
+        return call
+
+
+class CountingBackbone:
+    """A MemoryBackbone whose KV buckets count the calls made on them (round trips)."""
+
+    def __init__(self) -> None:
+        self.inner = MemoryBackbone()
+        self.calls: list[str] = []
+
+    async def add_kv(self, config: KvConfig) -> Any:
+        return CountingBucket(await self.inner.add_kv(config), self.calls)
+
+    async def kv(self, bucket: str) -> Any:
+        return CountingBucket(await self.inner.kv(bucket), self.calls)
+
+
+async def counting_pair(
+    *, local_entries: int = 100
+) -> tuple[KvIdempotencyStore, KvIdempotencyStore, WallClock, CountingBackbone]:
+    backbone = CountingBackbone()
+    wall = WallClock()
+    first = KvIdempotencyStore(backbone, wall_clock=wall, local_entries=local_entries)  # type: ignore[arg-type]
+    await first.provision(ttl=3600)
+    second = KvIdempotencyStore(backbone, wall_clock=wall, local_entries=local_entries)  # type: ignore[arg-type]
+    return first, second, wall, backbone
+
+
+async def test_a_fresh_key_is_claimed_in_one_round_trip() -> None:
+    first, _, _, backbone = await counting_pair()
+    claim = await first.claim("evt/1", hold=30, ttl=600)
+    assert claim.state == "claimed"
+    assert backbone.calls == ["create"]
+
+
+async def test_an_event_done_here_is_answered_without_a_round_trip() -> None:
+    first, second, _, backbone = await counting_pair()
+    claim = await first.claim("evt/1", hold=30, ttl=600)
+    await first.complete("evt/1", claim.token, b"result", ttl=600)
+    backbone.calls.clear()
+    again = await first.claim("evt/1", hold=30, ttl=600)
+    peeked = await first.peek("evt/1")
+    assert (again.state, again.result) == ("done", b"result")
+    assert peeked == again
+    assert backbone.calls == []
+    # another host reads the bucket once, then knows it too
+    seen = await second.claim("evt/1", hold=30, ttl=600)
+    assert (seen.state, seen.result) == ("done", b"result")
+    calls = len(backbone.calls)
+    assert calls > 0
+    assert (await second.claim("evt/1", hold=30, ttl=600)).state == "done"
+    assert len(backbone.calls) == calls
+
+
+async def test_known_results_expire_with_their_records() -> None:
+    first, _, wall, backbone = await counting_pair()
+    claim = await first.claim("k", hold=30, ttl=600)
+    await first.complete("k", claim.token, b"old", ttl=600)
+    wall.now += 601
+    backbone.calls.clear()
+    fresh = await first.claim("k", hold=30, ttl=600)
+    assert fresh.state == "claimed"  # expired: run again, and the bucket was asked
+    assert backbone.calls
+
+
+async def test_known_results_are_bounded_and_big_results_stay_remote() -> None:
+    first, _, _, backbone = await counting_pair(local_entries=2)
+    for key in ("a", "b", "c"):
+        claim = await first.claim(key, hold=30, ttl=600)
+        await first.complete(key, claim.token, key.encode(), ttl=600)
+    big = await first.claim("big", hold=30, ttl=600)
+    await first.complete("big", big.token, b"x" * 100_000, ttl=600)
+    backbone.calls.clear()
+    assert (await first.claim("c", hold=30, ttl=600)).result == b"c"
+    assert backbone.calls == []
+    assert (await first.claim("a", hold=30, ttl=600)).result == b"a"  # evicted: read again
+    assert backbone.calls
+    backbone.calls.clear()
+    assert (await first.claim("big", hold=30, ttl=600)).result == b"x" * 100_000
+    assert backbone.calls
+
+
+async def test_a_lost_claim_is_not_remembered_as_done() -> None:
+    first, second, wall, _ = await counting_pair()
+    stale = await first.claim("k", hold=30, ttl=600)
+    wall.now += 31
+    fresh = await second.claim("k", hold=30, ttl=600)
+    await first.complete("k", stale.token, b"late", ttl=600)  # ignored: not ours any more
+    assert (await first.claim("k", hold=30, ttl=600)).state == "busy"
+    await second.complete("k", fresh.token, b"fresh", ttl=600)
+    assert (await first.claim("k", hold=30, ttl=600)).result == b"fresh"

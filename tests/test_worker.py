@@ -9,6 +9,7 @@ import pytest
 from runtime import App, Backoff, Context, Idempotency, Rejected, RetryPolicy
 from runtime.lowlevel import (
     DEAD_LETTER_STREAM,
+    BackboneError,
     ConsumerConfig,
     Invoker,
     StreamConfig,
@@ -237,3 +238,161 @@ async def test_retry_budget_delays_retries_beyond_its_share() -> None:
     assert first.actions == ["nak 1.0"]  # within the budget's burst
     assert second.actions == ["nak 60"]  # over budget: delayed, not dropped
     assert budget.statistics().first_attempts == 2
+
+
+class FetchRecorder:
+    """Forwards to a MemoryBackbone and records every fetch's batch size."""
+
+    def __init__(self, inner: MemoryBackbone) -> None:
+        self.inner = inner
+        self.batches: list[int] = []
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.inner, name)
+
+    async def fetch(self, stream: str, durable: str, *, batch: int = 1, timeout: float = 0.0):  # type: ignore[no-untyped-def]
+        self.batches.append(batch)
+        return await self.inner.fetch(stream, durable, batch=batch, timeout=timeout)
+
+
+async def test_slow_handlers_run_concurrently_up_to_the_slots_and_never_more() -> None:
+    backbone = MemoryBackbone()
+    await backbone.add_stream(StreamConfig(name="JOBS", subjects=("jobs.>",)))
+    consumer = ConsumerConfig(durable="slow", ack_wait=30)
+    await backbone.add_consumer("JOBS", consumer)
+    for i in range(10):
+        await backbone.publish("jobs.new", msgspec.json.encode(Job(f"j{i}")))
+    running = 0
+    peak = 0
+    four_running = anyio.Event()
+    release = anyio.Event()
+    app = App("jobs")
+
+    @app.capability(timeout=10)
+    async def slow(job: Job) -> None:
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        if running == 4:
+            four_running.set()
+        await release.wait()
+        running -= 1
+
+    recorder = FetchRecorder(backbone)
+    worker = StreamWorker(
+        Invoker(app),
+        recorder,  # type: ignore[arg-type]
+        "slow",
+        stream="JOBS",
+        consumer=consumer,
+        slots=4,
+    )
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as group:
+            group.start_soon(worker.run_until_idle)
+            await four_running.wait()
+            await anyio.sleep(0.01)  # nothing more starts while all slots are busy
+            assert (running, peak) == (4, 4)
+            release.set()
+    assert worker.statistics().acked == 10
+    assert peak == 4
+    assert max(recorder.batches) <= 4  # every fetch fits the free slots
+
+
+async def test_default_slots_are_bounded_by_max_ack_pending() -> None:
+    from runtime._worker import DEFAULT_SLOTS
+
+    app = App("jobs")
+
+    @app.capability()
+    async def work(job: Job) -> None:
+        return None
+
+    def slots(consumer: ConsumerConfig) -> int:
+        worker = StreamWorker(Invoker(app), MemoryBackbone(), "work", stream="S", consumer=consumer)
+        return worker._slots
+
+    assert slots(ConsumerConfig(durable="a")) == DEFAULT_SLOTS
+    assert slots(ConsumerConfig(durable="b", max_ack_pending=8)) == 8
+    assert slots(ConsumerConfig(durable="c", max_ack_pending=-1)) == DEFAULT_SLOTS
+
+
+# -- the backbone failing under a running worker ------------------------------------------
+
+
+class FlakyBackbone(MemoryBackbone):
+    """Fetches fail ``fetch_failures`` times; the first ``ack_failures`` acks fail."""
+
+    def __init__(self, *, fetch_failures: int = 0, ack_failures: int = 0) -> None:
+        super().__init__()
+        self.fetch_failures = fetch_failures
+        self.ack_failures = ack_failures
+
+    async def fetch(self, stream, durable, *, batch, timeout):  # type: ignore[no-untyped-def,override]
+        if self.fetch_failures:
+            self.fetch_failures -= 1
+            raise BackboneError("JetStream did not answer in time (a test)")
+        messages = await super().fetch(stream, durable, batch=batch, timeout=timeout)
+        return [FlakyAck(message, self) for message in messages]
+
+
+class FlakyAck:
+    def __init__(self, message, backbone: FlakyBackbone) -> None:  # type: ignore[no-untyped-def]
+        self._message = message
+        self._backbone = backbone
+
+    def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
+        return getattr(self._message, name)
+
+    async def ack(self) -> None:
+        if self._backbone.ack_failures:
+            self._backbone.ack_failures -= 1
+            raise BackboneError("the NATS connection is closed (a test)")
+        await self._message.ack()
+
+
+async def flaky_worker(backbone: FlakyBackbone, calls: list[str]) -> StreamWorker:
+    await backbone.add_stream(StreamConfig(name="JOBS", subjects=("jobs.>",)))
+    consumer = ConsumerConfig(durable="jobs-work", ack_wait=0.2, max_deliver=5)
+    await backbone.add_consumer("JOBS", consumer)
+    app = App("flaky")
+
+    @app.capability()
+    async def work(job: Job) -> None:
+        calls.append(job.name)
+
+    return StreamWorker(
+        Invoker(app, backbone=backbone), backbone, "work", stream="JOBS", consumer=consumer
+    )
+
+
+async def test_the_worker_outlives_failed_fetches_and_says_so(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    backbone = FlakyBackbone(fetch_failures=2)
+    calls: list[str] = []
+    worker = await flaky_worker(backbone, calls)
+    await publish(backbone, "a")
+    with anyio.fail_after(10):
+        await worker.run_until_idle()
+    assert calls == ["a"]
+    failures = [r for r in caplog.records if "fetch from JOBS/jobs-work failed" in r.message]
+    assert len(failures) == 2
+    assert "backbone_error" in failures[0].message
+
+
+async def test_a_failed_ack_is_logged_and_the_message_comes_back(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    backbone = FlakyBackbone(ack_failures=1)
+    calls: list[str] = []
+    worker = await flaky_worker(backbone, calls)
+    await publish(backbone, "a")
+    with anyio.fail_after(10):
+        await worker.run_until_idle()  # the lost ack: the message waits out AckWait
+        info = await backbone.consumer_info("JOBS", "jobs-work")
+        assert info.num_ack_pending == 1
+        while (await backbone.consumer_info("JOBS", "jobs-work")).num_ack_pending:
+            await worker.run_until_idle()  # redelivered after AckWait (0.2 s), then acked
+    assert calls == ["a", "a"]  # at-least-once: idempotency is what makes this safe
+    assert any("could not ack JOBS seq 1" in r.message for r in caplog.records)

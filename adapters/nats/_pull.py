@@ -301,7 +301,13 @@ class JetStreamMessage:
             await self._client.request(self._message.reply, payload, timeout=self._timeout)
 
     async def ack(self) -> None:
-        await self._send(b"+ACK", "ack")
+        # The hot path: a plain publish, translated only when it fails (``translate`` as a
+        # context manager costs more than the publish itself).
+        try:
+            await self._client.publish(self._message.reply, b"+ACK")
+        except Exception as error:
+            with translate(f"ack {self._stream}#{self._seq}"):
+                raise error
 
     async def nak(self, delay: float | None = None) -> None:
         if delay is not None and delay > 0:
