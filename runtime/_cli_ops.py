@@ -27,6 +27,7 @@ from ._dead_letters import (
 )
 from ._host import open_host
 from ._provision import apply_plan, plan_for
+from ._supervise import MAX_WORKERS, become_worker, serve_workers, worker_count
 from ._triggers import HttpTrigger, SubjectTrigger
 
 __all__ = ["add_commands"]
@@ -74,6 +75,21 @@ def add_commands(commands: Any, positive_int: Any) -> None:
     )
     serve.add_argument("--http-host", default="127.0.0.1", help="address to bind (127.0.0.1)")
     serve.add_argument("--no-http", action="store_true", help="do not start the HTTP server")
+    serve.add_argument(
+        "--workers",
+        type=worker_count,
+        default=1,
+        metavar="N",
+        help=f"worker processes sharing the HTTP port with SO_REUSEPORT (1..{MAX_WORKERS}; "
+        "Linux); the parent restarts a crashed worker with backoff (1)",
+    )
+    serve.add_argument(
+        "--access-log",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="one INFO line per HTTP request on logger thaw.http.access (on)",
+    )
+    serve.add_argument("--worker-of", type=int, default=0, help=argparse.SUPPRESS)
     _backbone_options(serve)
     serve.set_defaults(handler=_cmd_serve)
 
@@ -127,6 +143,10 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     )
     if wants_http and http_server is None:
         print("thaw: http triggers not served: install the 'fast' extra", file=sys.stderr)
+    if args.workers > 1:
+        return serve_workers(args, app, kind=kind, url=url)
+    if args.worker_of:
+        become_worker(args.worker_of)
 
     async def main() -> None:
         async with AsyncExitStack() as stack:
@@ -142,7 +162,13 @@ def _cmd_serve(args: argparse.Namespace) -> int:
                 where += "; answering NATS requests on subject triggers"
             if http_server is not None:
                 server = await stack.enter_async_context(
-                    http_server(host, host=args.http_host, port=args.http)
+                    http_server(
+                        host,
+                        host=args.http_host,
+                        port=args.http,
+                        reuse_port=bool(args.worker_of),
+                        access_log=args.access_log,
+                    )
                 )
                 where += f"; http on http://{server.host}:{server.port}"
             with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:

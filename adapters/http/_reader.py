@@ -14,6 +14,7 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Awaitable
+from time import perf_counter
 from typing import Protocol
 
 import httptools
@@ -74,14 +75,18 @@ class Exchange:
         "fault",
         "head_only",
         "http10",
+        "request",
         "response",
+        "started",
         "task",
         "turn",
     )
 
-    def __init__(self, head_only: bool, http10: bool) -> None:
+    def __init__(self, head_only: bool, http10: bool, started: float = 0.0) -> None:
         self.head_only = head_only
         self.http10 = http10
+        self.started = started  # perf_counter() at the end of the head (access log only)
+        self.request: Request | None = None
         self.close = False
         self.fault = False
         self.continue_pending = False
@@ -102,6 +107,7 @@ class RequestReader(asyncio.Protocol):
     def __init__(self, config: HttpConfig, service: Service) -> None:
         self._config = config
         self._service = service
+        self._timed = config.access_log  # the access log measures each request's duration
         self._parser = httptools.HttpRequestParser(self)
         self._exchanges: deque[Exchange] = deque()
         self._closing = False  # read no further requests; close once answers are out
@@ -255,7 +261,10 @@ class RequestReader(asyncio.Protocol):
         request = Request(
             method, target, path, query, version, headers, keep, self._config.max_body
         )
-        exchange = Exchange(method == "HEAD", version == "1.0")
+        exchange = Exchange(
+            method == "HEAD", version == "1.0", perf_counter() if self._timed else 0.0
+        )
+        exchange.request = request
         self._exchanges.append(exchange)
         self._exchange, self._request = exchange, request
         if not path:

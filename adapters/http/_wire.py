@@ -40,6 +40,7 @@ class Request:
         "query",
         "route",
         "target",
+        "trace_id",
         "version",
     )
 
@@ -64,6 +65,7 @@ class Request:
         self.max_body = max_body
         self.body = b""
         self.route: Any = None
+        self.trace_id = ""  # set by the service when it assigns or reads the trace
 
     def __repr__(self) -> str:
         return f"<Request {self.method} {self.target[:80]!r} HTTP/{self.version}>"

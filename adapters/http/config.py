@@ -62,6 +62,10 @@ class HttpConfig(msgspec.Struct, frozen=True, kw_only=True):
     backlog: int = 1024
     reuse_port: bool = False
     """SO_REUSEPORT, so several worker processes can share the port."""
+    access_log: bool = False
+    """One INFO line per answered request on logger ``thaw.http.access`` (remote address,
+    method, target, status, bytes, duration, trace id, capability; never headers or
+    bodies). Off by default for embedded use; ``thaw serve`` turns it on."""
 
     def __post_init__(self) -> None:
         for name in (
@@ -96,6 +100,9 @@ class HttpConfig(msgspec.Struct, frozen=True, kw_only=True):
                 raise ConfigError(
                     f"HttpConfig.{name} must be a positive number of seconds, got {value!r}"
                 )
+        for name in ("reuse_port", "access_log"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"HttpConfig.{name} must be a bool, got {getattr(self, name)!r}")
         for name in ("health_path", "ready_path", "metrics_path", "openapi_path"):
             value = getattr(self, name)
             if value and not (isinstance(value, str) and value.startswith("/")):

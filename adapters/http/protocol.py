@@ -25,10 +25,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from time import perf_counter
 from typing import cast
 
 from ._reader import Exchange, RequestReader, Service, refusal
 from ._wire import CLOSE, CONTINUE, KEEP_ALIVE, Request, Response, encode_head, encode_response
+from .access_log import peer_name
 from .state import ServerState
 
 __all__ = ["HttpConnection", "Service"]
@@ -59,12 +61,16 @@ class HttpConnection(RequestReader):
         self._timer_at = 0.0
         self._now = self._last_activity = self._write_paused_at = self._loop.time()
         self._linger_deadline = 0.0
+        self._access = state.access_log
+        self._peer = "-"
 
     # -- asyncio.Protocol ---------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)
         state = self._state
+        if self._access is not None:
+            self._peer = peer_name(transport.get_extra_info("peername"))
         state.connections.add(self)
         state.accepted += 1
         if state.draining:
@@ -250,7 +256,19 @@ class HttpConnection(RequestReader):
     def _encode(self, exchange: Exchange, response: Response, close: bool) -> bytes:
         connection = CLOSE if close else KEEP_ALIVE if exchange.http10 else b""
         self._state.counters.responses[response.status // 100] += 1
+        if self._access is not None:
+            self._log_access(
+                exchange, response.status, 0 if exchange.head_only else len(response.body)
+            )
         return encode_response(response, self._state.date.line, connection, exchange.head_only)
+
+    def _log_access(self, exchange: Exchange, status: int, size: int) -> None:
+        assert self._access is not None
+        duration = perf_counter() - exchange.started if exchange.started else 0.0
+        try:
+            self._access.record(self._peer, exchange.request, status, size, duration)
+        except Exception:  # a broken log handler must not break the answer
+            log.exception("the access log failed")
 
     async def _stream(self, exchange: Exchange, response: Response) -> None:
         """Send a streamed answer when its turn comes: chunked, or close-delimited on 1.0."""
@@ -269,14 +287,18 @@ class HttpConnection(RequestReader):
             transport.write(
                 encode_head(response, self._state.date.line, connection, chunked=chunked)
             )
+            sent = 0
             if not exchange.head_only:
                 async for chunk in stream:
                     if chunk:
+                        sent += len(chunk)
                         transport.write(b"%x\r\n%s\r\n" % (len(chunk), chunk) if chunked else chunk)
                         if self._write_paused:
                             await self._wait_writable()
                 if chunked:
                     transport.write(b"0\r\n\r\n")
+            if self._access is not None:
+                self._log_access(exchange, response.status, sent)
         except Exception:
             log.exception("HTTP streamed answer failed")
             self._abort()  # the status is sent: only an incomplete body can say it failed
@@ -313,7 +335,7 @@ class HttpConnection(RequestReader):
         self._closing = self._stopped = True
         exchange = self._exchange
         if exchange is None:
-            exchange = Exchange(False, False)
+            exchange = Exchange(False, False, perf_counter() if self._timed else 0.0)
             self._exchanges.append(exchange)
         exchange.response, exchange.close, exchange.fault = fault, True, True
         exchange.continue_pending = False

@@ -54,6 +54,7 @@ from ._wire import Response, response_from_answer
 
 if typing.TYPE_CHECKING:
     from .webhooks import SignatureVerifier
+from .cors import CorsPolicy
 from .metrics import CapabilityMetrics
 
 JSON = "application/json"
@@ -150,6 +151,7 @@ class Route:
         "capability",
         "coercer",
         "content_type",
+        "cors",
         "enqueue",
         "max_body",
         "method",
@@ -173,6 +175,7 @@ class Route:
         self.params = {name: _CONVERT[kind] for name, kind in trigger.params}
         self.enqueue = trigger.enqueue
         self.webhook = trigger.webhook
+        self.cors = CorsPolicy(trigger.cors, trigger.method) if trigger.cors is not None else None
         self.verifier: SignatureVerifier | None = None  # set by HttpService for webhook routes
         self.metrics = CapabilityMetrics(capability.name)  # HttpService shares one per capability
         self.max_body = min(max_body, spec.policy.max_payload)

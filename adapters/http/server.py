@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 import anyio
+import msgspec
 
 from runtime import App
 from runtime.lowlevel import Backbone, Host, Invoker, MemoryBackbone, open_host
@@ -138,16 +139,33 @@ async def open_http_server(
     host: str = "127.0.0.1",
     port: int = 0,
     config: HttpConfig | None = None,
+    reuse_port: bool | None = None,
+    access_log: bool | None = None,
+    readiness: Callable[[], str | None] | None = None,
 ) -> AsyncIterator[HttpServer]:
-    """Serve the http triggers of an invoker's (or a host's) app; yields the bound server."""
+    """Serve the http triggers of an invoker's (or a host's) app; yields the bound server.
+
+    ``reuse_port`` and ``access_log`` override those ``config`` fields (so a caller
+    that cannot import HttpConfig, like ``thaw serve`` finding this through an entry
+    point, can set them). ``readiness()`` returns why the app should get no traffic
+    yet (e.g. its revision is still loading), or None; ``/readyz`` answers 503 with
+    that reason, as it does while draining or while the backbone is disconnected.
+    """
     config = config or HttpConfig()
+    overrides = {
+        name: value
+        for name, value in (("reuse_port", reuse_port), ("access_log", access_log))
+        if value is not None
+    }
+    if overrides:
+        config = msgspec.structs.replace(config, **overrides)
     invoker = target.invoker if isinstance(target, Host) else target
     holder: list[ServerState] = []
 
     def not_ready() -> str | None:
         if holder and holder[0].draining:
             return "the server is draining"
-        return None
+        return readiness() if readiness is not None else None
 
     backbone = target.backbone if isinstance(target, Host) else None
     service = HttpService(invoker, config=config, not_ready=not_ready, backbone=backbone)

@@ -8,14 +8,16 @@ capability and maps its Outcome to an answer.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
-from runtime.lowlevel import Backbone, Invoker, problem_answer
+from runtime.lowlevel import Backbone, Invoker, parse_traceparent, problem_answer, start_trace
 
 from ._wire import Request, Response, response_from_answer
 from .config import HttpConfig
+from .cors import actual_headers, is_preflight, preflight, with_headers
 from .intake import STATUS_PREFIX, Intake, compile_intake, status_id
 from .metrics import CONTENT_TYPE, CapabilityMetrics, ServerCounters, render
 from .openapi import openapi_bytes
@@ -27,13 +29,18 @@ if TYPE_CHECKING:
 
 __all__ = ["HttpService"]
 
-_HEALTHY = Response(200, b'{"status":"ok"}', "application/json")
+_HEALTHY_BODY = b'{"status":"ok"}'
 _READY = Response(200, b'{"status":"ready"}', "application/json")
 _OPS_ALLOW = ("GET", "HEAD")
 
 
 class HttpService:
-    """Serves an invoker's http triggers; ``not_ready()`` returns why it is not ready, or None."""
+    """Serves an invoker's http triggers; ``not_ready()`` returns why it is not ready, or None.
+
+    ``/readyz`` is 503 while the server drains, while the backbone reports itself
+    disconnected (a ``connected`` attribute that is False, as JetStreamBackbone's
+    during a NATS outage), and while ``not_ready()`` gives a reason.
+    """
 
     def __init__(
         self,
@@ -57,13 +64,22 @@ class HttpService:
             self._intake = compile_intake(invoker, self.router.routes, backbone)
         self._ids = EventIds()
         self._not_ready = not_ready
+        self._backbone = backbone
+        # With the access log on, a request without a valid traceparent gets a new trace,
+        # so the log line and the function's spans and publishes share one trace id.
+        self._assign_trace = config.access_log
+        self._any_cors = any(route.cors is not None for route in self.router.routes)
+        # /healthz names the serving process, so clients can tell `--workers` apart.
+        healthy = Response(
+            200, _HEALTHY_BODY, "application/json", (("thaw-worker", str(os.getpid())),)
+        )
         self.state: ServerState | None = None  # set by the server that serves this service
         self.metrics: dict[str, CapabilityMetrics] = {}
         for route in self.router.routes:  # one set of counters per capability
             route.metrics = self.metrics.setdefault(route.name, route.metrics)
         self._ops: dict[str, Callable[[], Response]] = {}
         if config.health_path:
-            self._ops[config.health_path] = lambda: _HEALTHY
+            self._ops[config.health_path] = lambda: healthy
         if config.ready_path:
             self._ops[config.ready_path] = self._readiness
         if config.metrics_path:
@@ -80,8 +96,15 @@ class HttpService:
                 "collides with an operational path; move it or change HttpConfig"
             )
 
-    def _readiness(self) -> Response:
+    def not_ready(self) -> str | None:
+        """Why the server should get no traffic now, or None when it is ready."""
         reason = self._not_ready()
+        if reason is None and getattr(self._backbone, "connected", True) is False:
+            reason = "the backbone is disconnected"
+        return reason
+
+    def _readiness(self) -> Response:
+        reason = self.not_ready()
         if reason is None:
             return _READY
         return response_from_answer(problem_answer("not_ready", reason))
@@ -108,6 +131,12 @@ class HttpService:
             return response_from_answer(answer)
         if self._intake is not None and request.path.startswith(STATUS_PREFIX):
             return self._status_check(request)
+        if self._any_cors and is_preflight(request.method, request.headers):
+            asked = self.router.match(
+                request.headers["access-control-request-method"], request.path
+            )
+            if not isinstance(asked, Response) and asked[0].cors is not None:
+                return preflight(asked[0].cors, request.headers).response()
         found = self.router.match(request.method, request.path)
         if isinstance(found, Response):
             return found
@@ -146,17 +175,19 @@ class HttpService:
         if route is None:  # GET /_thaw/status/<id>
             assert self._intake is not None
             return await self._intake.status(params)
+        if self._assign_trace:
+            self._trace(request)
         if route.verifier is not None:
             refused = await route.verifier.verify(request.headers, request.body)
             if refused is not None:
-                return refused
+                return self._cors(route, request, refused)
         try:
             event = route.event(request.body, request.query, params, request.headers, self._ids)
-        except _Refused as refused:
-            return refused_response(refused)
+        except _Refused as error:
+            return self._cors(route, request, refused_response(error))
         if route.enqueue is not None:
             assert self._intake is not None
-            return await self._intake.publish(route, event)
+            return self._cors(route, request, await self._intake.publish(route, event))
         metrics = route.metrics
         metrics.in_flight += 1
         start = perf_counter()
@@ -165,4 +196,21 @@ class HttpService:
         finally:
             metrics.in_flight -= 1
         metrics.observe(outcome, perf_counter() - start)
-        return route.answer(outcome, event)
+        if route.cors is None:
+            return route.answer(outcome, event)
+        return self._cors(route, request, route.answer(outcome, event))
+
+    @staticmethod
+    def _cors(route: Route, request: Request, response: Response) -> Response:
+        if route.cors is None:
+            return response
+        return with_headers(response, actual_headers(route.cors, request.headers.get("origin")))
+
+    @staticmethod
+    def _trace(request: Request) -> None:
+        headers = request.headers
+        context = parse_traceparent(headers.get("traceparent", ""))
+        if context is None:
+            context = start_trace()
+            headers["traceparent"] = context.traceparent
+        request.trace_id = context.trace_id
