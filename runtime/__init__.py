@@ -5,6 +5,7 @@ unchanged in Pyodide and on edge nodes (a test guards this).
 """
 
 from ._app import App
+from ._changes import KvChange, ObjectChange
 from ._context import Context
 from ._errors import (
     CallerError,
@@ -14,6 +15,7 @@ from ._errors import (
     FunctionError,
     KeyExists,
     MalformedPayload,
+    ObjectNotFound,
     Rejected,
     RetryLater,
     RuntimeFault,
@@ -23,7 +25,7 @@ from ._errors import (
 from ._event import Event, Ok, Outcome, Reject, Retry
 from ._fanout import Gathered, fan_out
 from ._policy import Access, Backoff, Idempotency, RetryPolicy
-from ._triggers import Webhook, http, kv, objects, schedule, stream, subject
+from ._triggers import Cors, Webhook, http, kv, objects, schedule, stream, subject
 
 __version__ = "0.1.0"
 
@@ -35,13 +37,17 @@ __all__ = [
     "ConfigError",
     "Context",
     "ContractError",
+    "Cors",
     "DeadlineExceeded",
     "Event",
     "Gathered",
     "FunctionError",
     "Idempotency",
     "KeyExists",
+    "KvChange",
     "MalformedPayload",
+    "ObjectChange",
+    "ObjectNotFound",
     "Ok",
     "Outcome",
     "Reject",

@@ -20,7 +20,14 @@ JetStream backbone in ``adapters/nats``. The semantics are JetStream's:
 - KV buckets keep one value per key with a bucket-wide monotonic revision;
   ``create`` succeeds only when the key has no live value, ``update`` only when
   the key's latest revision equals ``last`` (compare-and-set); values older than
-  the bucket's ``ttl`` vanish.
+  the bucket's ``ttl`` vanish. Every change is also a message on the bucket's
+  stream ``KV_<bucket>`` (subject ``$KV.<bucket>.<key>``, header
+  ``KV-Operation: DEL`` on deletes, stream sequence = revision, one message kept
+  per key), so a durable consumer on that stream sees key changes (``kv`` triggers).
+- Object stores keep named blobs of any size; every put and delete writes the
+  object's JSON info to ``$O.<bucket>.M.<base64url name>`` on the stream
+  ``OBJ_<bucket>`` (the layout every NATS client uses), so a durable consumer on
+  it sees uploads (``objects`` triggers).
 
 Times are seconds (floats). Definitions are frozen Structs so "create or confirm"
 provisioning can compare them.
@@ -44,6 +51,9 @@ __all__ = [
     "KvConfig",
     "KvEntry",
     "KeyValue",
+    "ObjectStoreConfig",
+    "ObjectInfo",
+    "ObjectStore",
     "Backbone",
 ]
 
@@ -169,6 +179,48 @@ class KeyValue(Protocol):
         ...
 
 
+class ObjectStoreConfig(msgspec.Struct, frozen=True, kw_only=True):
+    bucket: str
+
+
+class ObjectInfo(msgspec.Struct, frozen=True, kw_only=True):
+    """What the store knows about one object (its data is read with ``get``)."""
+
+    bucket: str
+    name: str
+    size: int
+    digest: str  # "SHA-256=<base64url of the SHA-256 of the data>", as NATS clients write it
+    chunks: int = 0  # messages the data is split into (JetStream: 128 KiB each)
+    modified: str = ""  # ISO 8601 time of the put, as the writer recorded it
+    deleted: bool = False
+
+
+ObjectInfos = list[ObjectInfo]  # ``list`` is a method name of ObjectStore
+
+
+class ObjectStore(Protocol):
+    """Named blobs in one bucket. Names are any text up to 1024 UTF-8 bytes without
+    control characters (spaces, ``/`` and non-ASCII are fine); a bad name raises
+    ``ConfigError``, a missing object ``ObjectNotFound``."""
+
+    @property
+    def bucket(self) -> str: ...
+
+    async def put(self, name: str, data: bytes) -> ObjectInfo:
+        """Store (or replace) the object; return its info."""
+        ...
+
+    async def get(self, name: str) -> bytes: ...
+
+    async def info(self, name: str) -> ObjectInfo: ...
+
+    async def delete(self, name: str) -> None: ...
+
+    async def list(self) -> ObjectInfos:
+        """Live objects, sorted by name."""
+        ...
+
+
 class Backbone(Protocol):
     async def add_stream(self, config: StreamConfig) -> StreamInfo:
         """Create the stream, or confirm an identical one; ``DefinitionConflict`` if it differs."""
@@ -209,6 +261,14 @@ class Backbone(Protocol):
 
     async def kv(self, bucket: str) -> KeyValue:
         """An existing bucket; ``BucketNotFound`` otherwise."""
+        ...
+
+    async def add_object_store(self, config: ObjectStoreConfig) -> ObjectStore:
+        """Create the object store, or confirm an identical one."""
+        ...
+
+    async def object_store(self, bucket: str) -> ObjectStore:
+        """An existing object store; ``BucketNotFound`` otherwise."""
         ...
 
     async def aclose(self) -> None: ...

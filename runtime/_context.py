@@ -2,7 +2,8 @@
 
 A Context is created per call only for functions that ask for one. It exposes
 the event's attempt, deadline and trace, a logger that stamps the trace id, and
-the backbone (publish with a message id derived from the input, KV buckets).
+the backbone (publish with a message id derived from the input, KV buckets,
+object stores).
 Everything costly (trace parsing, logger adapters) is computed on first use.
 """
 
@@ -14,13 +15,14 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from ._errors import AccessDenied, ConfigError, UnknownCapability
-from ._event import Event, Outcome, Reject
+from ._errors import AccessDenied, ConfigError, DeadlineExceeded, NoResponders, UnknownCapability
+from ._event import Event, Outcome, Reject, Retry
+from ._requests import Requester, outcome_of_reply
 from ._subjects import subject_matches
 from ._trace import TraceContext, parse_traceparent, start_trace
 
 if TYPE_CHECKING:
-    from ._backbone import Backbone, KeyValue, PubAck
+    from ._backbone import Backbone, KeyValue, ObjectStore, PubAck
     from ._clock import Clock
     from ._policy import Access
 
@@ -65,14 +67,14 @@ class _TraceLogger(logging.LoggerAdapter[logging.Logger]):
 class Context:
     """Handed to a function that declares a ``ctx: Context`` parameter."""
 
-    __slots__ = ("_env", "_logger", "_published", "_trace", "deadline", "event")
+    __slots__ = ("_env", "_logger", "_published", "_requested", "_trace", "deadline", "event")
 
     def __init__(self, env: CapabilityEnv, event: Event, deadline: float) -> None:
         self._env = env
         self.event = event
         self.deadline = deadline
         self._trace: TraceContext | None = None
-        self._published = 0
+        self._published = self._requested = 0
         self._logger: logging.LoggerAdapter[logging.Logger] | None = None
 
     @property
@@ -163,6 +165,56 @@ class Context:
         )
         return await target(event)
 
+    async def request(
+        self,
+        subject: str,
+        payload: bytes | object = b"",
+        *,
+        timeout: float | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> Outcome:
+        """Call a capability behind a ``subject`` trigger (any app) over request/reply.
+
+        The remote counterpart of ``call``: the same Outcome comes back (``Ok``
+        with the encoded result, or the responder's ``Reject``/``Retry`` with its
+        stable code), so ``fan_out`` mixes both. The request carries a child
+        trace and an id derived from this event (``Nats-Msg-Id``); it waits no
+        later than our deadline (sooner with ``timeout``). No reply in time is
+        ``Retry(code="deadline_exceeded")`` (``fan_out`` lists it as late);
+        nobody serving the subject is ``Retry(code="no_responders")``. The
+        subject must be allowed by ``Access(publishes=...)`` when the capability
+        declares one.
+        """
+        backbone = self._require_backbone("request")
+        access = self._env.access
+        if access is not None and not any(subject_matches(p, subject) for p in access.publishes):
+            raise AccessDenied(
+                f"capability {self._env.capability!r} may not send requests to {subject!r}; "
+                f"add it to access=Access(publishes=...) (allowed: {list(access.publishes)})"
+            )
+        if not isinstance(backbone, Requester):
+            raise ConfigError(
+                f"capability {self._env.capability!r} called ctx.request() but the backbone "
+                f"{type(backbone).__name__} carries no request/reply"
+            )
+        wait = self.deadline - self._env.clock.now()
+        if timeout is not None:
+            wait = min(wait, timeout)
+        if wait <= 0:
+            return Retry(0.0, f"no time left to request {subject!r}", DeadlineExceeded.code)
+        self._requested += 1
+        out_headers = dict(headers) if headers else {}
+        out_headers[TRACEPARENT_HEADER] = self.trace.child().traceparent
+        out_headers[MSG_ID_HEADER] = (
+            f"{self.event.id}/{self._env.capability}?{subject}/{self._requested}"
+        )
+        data = payload if isinstance(payload, bytes) else _encode(payload)
+        try:
+            reply = await backbone.request(subject, data, headers=out_headers, timeout=wait)
+        except (DeadlineExceeded, NoResponders) as exc:
+            return Retry(0.0, exc.message, exc.code)
+        return outcome_of_reply(reply.data, reply.headers)
+
     async def kv(self, bucket: str) -> KeyValue:
         """The KV bucket ``bucket`` (it must exist; hosts provision declared buckets)."""
         backbone = self._require_backbone("kv")
@@ -173,6 +225,17 @@ class Context:
                 f"add it to access=Access(buckets=...) (allowed: {list(access.buckets)})"
             )
         return await backbone.kv(bucket)
+
+    async def objects(self, bucket: str) -> ObjectStore:
+        """The object store ``bucket`` (it must exist; hosts provision declared ones)."""
+        backbone = self._require_backbone("objects")
+        access = self._env.access
+        if access is not None and bucket not in access.objects:
+            raise AccessDenied(
+                f"capability {self._env.capability!r} may not use object store {bucket!r}; "
+                f"add it to access=Access(objects=...) (allowed: {list(access.objects)})"
+            )
+        return await backbone.object_store(bucket)
 
     def _require_backbone(self, what: str) -> Backbone:
         backbone = self._env.backbone

@@ -36,8 +36,10 @@ __all__ = [
     "MessageNotFound",
     "KeyExists",
     "WrongRevision",
+    "ObjectNotFound",
     "DefinitionConflict",
     "NoStreamForSubject",
+    "NoResponders",
 ]
 
 
@@ -220,6 +222,12 @@ class NoStreamForSubject(BackboneError):
     code = "no_stream_for_subject"
 
 
+class NoResponders(BackboneError):
+    """A request went to a subject nobody serves (core NATS: "no responders")."""
+
+    code = "no_responders"
+
+
 class DefinitionConflict(BackboneError):
     """An existing stream/consumer/bucket differs from the requested definition."""
 
@@ -241,3 +249,11 @@ class WrongRevision(BackboneError):
     """A compare-and-set update saw a different revision than expected (retryable, as above)."""
 
     code = "kv_wrong_revision"
+
+
+class ObjectNotFound(BackboneError):
+    """The object store has no (live) object under that name."""
+
+    code = "object_not_found"
+    http_status = 404
+    retryable = False

@@ -3,7 +3,7 @@
 ``open_host(app, backbone)`` provisions what the app needs (see ``_provision``),
 builds one invoker (idempotency on the backbone's KV, so several hosts share
 it), runs the app's ``on_start`` hooks, and starts one ``StreamWorker`` per
-``stream`` trigger, plus the schedule runner, in its own task group. Several
+``stream``, ``kv`` and ``objects`` trigger, plus the schedule runner, in its own task group. Several
 hosts may consume the same durable consumers: they are competing workers, so
 capacity grows by adding hosts. Leaving the context drains: workers stop
 fetching, in-flight calls get ``drain_timeout`` seconds to finish (unfinished
@@ -13,8 +13,10 @@ runs.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import uuid
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
+from typing import Any
 
 import anyio
 import msgspec
@@ -22,12 +24,18 @@ import msgspec
 from ._app import App
 from ._backbone import Backbone
 from ._budget import RetryBudget
+from ._changes import shaper_for
+from ._context import MSG_ID_HEADER, TRACEPARENT_HEADER
 from ._event import Event, Outcome
 from ._idempotency import IdempotencyStore
 from ._invoker import Invoker
 from ._kv_idempotency import KvIdempotencyStore
+from ._memory_backbone import MemoryBackbone
+from ._memory_requests import Responding
 from ._provision import ProvisionPlan, apply_plan, idempotency_bucket_for, plan_for
+from ._requests import Reply, service_reply
 from ._schedule import ScheduleRunner
+from ._triggers import SubjectTrigger
 from ._worker import StreamWorker, WorkerStatistics
 
 __all__ = ["Host", "HostStatistics", "open_host"]
@@ -76,15 +84,26 @@ async def open_host(
     budget: RetryBudget | None = None,
     fetch_timeout: float = 1.0,
     drain_timeout: float = 10.0,
+    ack_wait: float | None = None,
 ) -> AsyncIterator[Host]:
-    plan = plan_for(app)
+    """Provision (unless ``provision=False``), start the workers, yield the host, drain.
+
+    ``ack_wait`` (seconds) is the AckWait of the consumers this host provisions (and
+    the basis of its in-progress heartbeats); None keeps the planner's default.
+    """
+    plan = plan_for(app) if ack_wait is None else plan_for(app, ack_wait=ack_wait)
     if provision:
         await apply_plan(plan, backbone)
     store = idempotency_store or KvIdempotencyStore(backbone, bucket=idempotency_bucket_for(app))
     invoker = Invoker(app, backbone=backbone, idempotency_store=store)
     budget = budget or RetryBudget()
-    workers = {
-        consumer.capability: StreamWorker(
+    workers: dict[str, StreamWorker] = {}
+    for consumer in plan.consumers:
+        # Keyed by capability; a capability's further consumers by "capability/stream/durable".
+        key = consumer.capability
+        if key in workers:
+            key = f"{key}/{consumer.stream}/{consumer.config.durable}"
+        workers[key] = StreamWorker(
             invoker,
             backbone,
             consumer.capability,
@@ -92,12 +111,12 @@ async def open_host(
             consumer=consumer.config,
             fetch_timeout=fetch_timeout,
             budget=budget,
+            shape=shaper_for(consumer.trigger),
         )
-        for consumer in plan.consumers
-    }
     schedules = ScheduleRunner(app, invoker, backbone)
     for hook in app.start_hooks:
         await hook()
+    responders = _answer_subjects(invoker, backbone) if isinstance(backbone, MemoryBackbone) else []
     try:
         async with anyio.create_task_group() as group:
             for worker in workers.values():
@@ -107,6 +126,8 @@ async def open_host(
             try:
                 yield Host(app, backbone, invoker, plan, workers)
             finally:
+                for responding in responders:
+                    responding.close()
                 for worker in workers.values():
                     worker.stop()
                 with anyio.move_on_after(drain_timeout, shield=True):
@@ -114,6 +135,39 @@ async def open_host(
                         await worker.wait_stopped()
                 group.cancel_scope.cancel()
     finally:
+        for responding in responders:
+            responding.close()
         with anyio.CancelScope(shield=True):
             for hook in reversed(app.stop_hooks):
                 await hook()
+
+
+def _answer_subjects(invoker: Invoker, backbone: MemoryBackbone) -> list[Responding]:
+    """Serve the app's ``subject`` triggers in process (JetStream: adapters/nats/services)."""
+    responders = []
+    for name, compiled in invoker.capabilities.items():
+        for trigger in compiled.spec.triggers:
+            if isinstance(trigger, SubjectTrigger):
+                capability = invoker.capability(name)
+                timeout = compiled.spec.policy.timeout
+
+                async def answer(
+                    subject: str,
+                    data: bytes,
+                    headers: Mapping[str, str],
+                    capability: Any = capability,
+                    timeout: float = timeout,
+                ) -> Reply:
+                    event = Event(
+                        id=headers.get(MSG_ID_HEADER) or uuid.uuid4().hex,
+                        data=data,
+                        subject=subject,
+                        headers=dict(headers),
+                        deadline=invoker.clock.now() + timeout,
+                        traceparent=headers.get(TRACEPARENT_HEADER, ""),
+                    )
+                    body, reply_headers = service_reply(await capability(event))
+                    return Reply(body, reply_headers)
+
+                responders.append(backbone.respond(trigger.subject, answer))
+    return responders

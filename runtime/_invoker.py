@@ -34,6 +34,7 @@ from ._clock import Clock, SystemClock
 from ._context import CapabilityEnv, Context
 from ._deadlines import AsyncioWatchdog, resume
 from ._errors import (
+    BackboneError,
     ContractError,
     DeadlineExceeded,
     DuplicateInProgress,
@@ -285,7 +286,10 @@ class CompiledCapability:
         key = f"{self._env.app}.{self.name}.{user_key}"
         hold = self._timeout + _CLAIM_GRACE
         while True:
-            claim = await store.claim(key, hold=hold, ttl=policy.ttl)
+            try:
+                claim = await store.claim(key, hold=hold, ttl=policy.ttl)
+            except BackboneError as exc:  # the store is unreachable: the function has not run
+                return self._failed(event, exc)
             if claim.state == "done":
                 return Ok(claim.result, replayed=True)
             if claim.state == "claimed":
@@ -297,20 +301,39 @@ class CompiledCapability:
                     f"a duplicate of key {user_key!r} is still running elsewhere",
                     DuplicateInProgress.code,
                 )
-            await store.wait_settled(key, timeout=remaining)
+            try:
+                await store.wait_settled(key, timeout=remaining)
+            except BackboneError as exc:
+                return self._failed(event, exc)
 
     async def _settle(self, claim: tuple[str, int], outcome: Outcome) -> None:
         """Store an Ok result for duplicates; otherwise free the key for the retry."""
         assert self._store is not None
         assert self._idempotency is not None
-        if type(outcome) is Ok:
-            await self._store.complete(claim[0], claim[1], outcome.data, ttl=self._idempotency.ttl)
-        else:
-            await self._store.release(claim[0], claim[1])
+        # The function has run: a store failure now must not turn its Outcome into an
+        # error (running it again would repeat the side effect). The claim then lapses
+        # after its hold time, and a duplicate in the meantime waits or retries.
+        try:
+            if type(outcome) is Ok:
+                await self._store.complete(
+                    claim[0], claim[1], outcome.data, ttl=self._idempotency.ttl
+                )
+            else:
+                await self._store.release(claim[0], claim[1])
+        except BackboneError as exc:
+            self._logger.warning(
+                "could not settle idempotency key %s of %s (%s); it lapses after its hold time",
+                claim[0],
+                self.name,
+                exc,
+            )
 
     async def _store_release(self, claim: tuple[str, int]) -> None:
         assert self._store is not None
-        await self._store.release(claim[0], claim[1])
+        try:
+            await self._store.release(claim[0], claim[1])
+        except BackboneError as exc:
+            self._logger.warning("could not release idempotency key %s: %s", claim[0], exc)
 
     def _failed(self, event: Event, exc: Exception) -> Outcome:
         """Classify an exception into Retry or Reject (the one place that does)."""

@@ -3,7 +3,11 @@
 Used by the core's tests, by embedded hosts and under WebAssembly, where no
 nats-server exists. It passes the same conformance suite as the JetStream
 backbone (``tests/backbone_contract.py``). The state machines live in
-``_memory_streams`` (streams, consumers, messages) and ``_memory_kv`` (buckets).
+``_memory_streams`` (streams, consumers, messages), ``_memory_kv`` (buckets) and
+``_memory_objects`` (object stores). A bucket or object store owns a stream
+named as on JetStream (``KV_<bucket>``, ``OBJ_<bucket>``) that records its
+changes, so durable consumers (``kv`` and ``objects`` triggers) work on it;
+deleting that stream deletes the bucket, as on JetStream.
 
 Invariants: every public method is async, starts with a checkpoint and then
 changes state without awaiting, so each operation is atomic among tasks of one
@@ -25,6 +29,7 @@ from runtime._backbone import (
     ConsumerConfig,
     ConsumerInfo,
     KvConfig,
+    ObjectStoreConfig,
     PubAck,
     StoredMessage,
     StreamConfig,
@@ -41,7 +46,9 @@ from runtime._errors import (
     NoStreamForSubject,
     StreamNotFound,
 )
-from runtime._memory_kv import BucketState, MemoryKeyValue
+from runtime._memory_kv import BucketState, MemoryKeyValue, kv_stream_config
+from runtime._memory_objects import MemoryObjectStore, ObjectBucketState, object_stream_config
+from runtime._memory_requests import MemoryResponders, Responding
 from runtime._memory_streams import (
     ConsumerState,
     MemoryMessage,
@@ -51,10 +58,11 @@ from runtime._memory_streams import (
     validate_fetch,
     validate_stream_config,
 )
+from runtime._requests import Reply, Responder
 from runtime._subjects import validate_name, validate_subject
 
 if TYPE_CHECKING:
-    from runtime._backbone import Backbone, KeyValue, Message
+    from runtime._backbone import Backbone, KeyValue, Message, ObjectStore
 
 __all__ = ["MemoryBackbone", "MemoryBackboneStatistics"]
 
@@ -63,7 +71,8 @@ class MemoryBackboneStatistics(msgspec.Struct, frozen=True, kw_only=True):
     streams: int
     consumers: int
     buckets: int
-    waiting_fetches: int  # fetch calls parked, waiting for a message or their timeout
+    waiting_fetches: int
+    object_stores: int = 0  # fetch calls parked, waiting for a message or their timeout
 
 
 def _differences(existing: msgspec.Struct, requested: msgspec.Struct) -> str:
@@ -82,6 +91,8 @@ class MemoryBackbone:
         self._clock: Clock = clock if clock is not None else SystemClock()
         self._streams: dict[str, StreamState] = {}
         self._buckets: dict[str, BucketState] = {}
+        self._object_stores: dict[str, ObjectBucketState] = {}
+        self._responders = MemoryResponders()
         self._waiting = 0
         self._closed = False
 
@@ -95,10 +106,11 @@ class MemoryBackbone:
 
     def statistics(self) -> MemoryBackboneStatistics:
         return MemoryBackboneStatistics(
-            streams=len(self._streams),
+            streams=sum(1 for stream in self._streams.values() if not stream.system),
             consumers=sum(len(stream.consumers) for stream in self._streams.values()),
             buckets=len(self._buckets),
             waiting_fetches=self._waiting,
+            object_stores=len(self._object_stores),
         )
 
     # -- lookups ----------------------------------------------------------------
@@ -154,6 +166,10 @@ class MemoryBackbone:
         await self._enter()
         stream = self._stream(name)
         del self._streams[name]
+        for states in (self._buckets, self._object_stores):
+            owner = next((key for key, state in states.items() if state.stream is stream), None)
+            if owner is not None:
+                del states[owner]  # a bucket is its stream
         stream.signal.fire()  # waiting fetches wake and find their stream gone
 
     async def publish(
@@ -166,6 +182,10 @@ class MemoryBackbone:
     ) -> PubAck:
         await self._enter()
         validate_subject(subject, wildcards=False)
+        if subject.startswith("$KV."):  # a bucket's subject: a KV write, as on JetStream
+            for bucket in self._buckets.values():
+                if bucket.stream.captures(subject):
+                    return bucket.publish(subject, data, headers, msg_id, self._clock.now())
         for stream in self._streams.values():
             if stream.captures(subject):
                 return stream.store(subject, data, headers, msg_id, self._clock.now())
@@ -270,7 +290,8 @@ class MemoryBackbone:
             )
         existing = self._buckets.get(config.bucket)
         if existing is None:
-            existing = self._buckets[config.bucket] = BucketState(config)
+            stream = self._system_stream(kv_stream_config(config))
+            existing = self._buckets[config.bucket] = BucketState(config, stream)
         elif existing.config != config:
             raise DefinitionConflict(
                 f"bucket {config.bucket!r} already exists with a different definition: "
@@ -285,6 +306,69 @@ class MemoryBackbone:
             raise BucketNotFound(f"bucket {bucket!r} does not exist; add it with add_kv")
         return MemoryKeyValue(state, self._clock, self._check_open)
 
+    def _system_stream(self, config: StreamConfig) -> StreamState:
+        """Create the stream that records a bucket's changes (one message kept per subject)."""
+        if config.name in self._streams:
+            raise DefinitionConflict(
+                f"stream {config.name!r} already exists and is not a bucket's stream; "
+                "delete it or use another bucket name"
+            )
+        overlap = streams_overlapping(self._streams, config, system=True)
+        if overlap is not None:
+            raise DefinitionConflict(overlap)
+        stream = StreamState(config, last_per_subject=True, system=True)
+        self._streams[config.name] = stream
+        return stream
+
+    # -- object stores ------------------------------------------------------------
+
+    async def add_object_store(self, config: ObjectStoreConfig) -> ObjectStore:
+        await self._enter()
+        validate_name("object store bucket", config.bucket)
+        existing = self._object_stores.get(config.bucket)
+        if existing is None:
+            stream = self._system_stream(object_stream_config(config))
+            existing = self._object_stores[config.bucket] = ObjectBucketState(config, stream)
+        elif existing.config != config:
+            raise DefinitionConflict(
+                f"object store {config.bucket!r} already exists with a different definition: "
+                f"{_differences(existing.config, config)}; use another bucket name"
+            )
+        return MemoryObjectStore(existing, self._clock, self._check_open)
+
+    async def object_store(self, bucket: str) -> ObjectStore:
+        await self._enter()
+        validate_name("object store bucket", bucket)
+        state = self._object_stores.get(bucket)
+        if state is None:
+            raise BucketNotFound(
+                f"object store {bucket!r} does not exist; add it with add_object_store"
+            )
+        return MemoryObjectStore(state, self._clock, self._check_open)
+
+    # -- request/reply (in process) ---------------------------------------------
+
+    def respond(self, subject: str, handler: Responder) -> Responding:
+        """Answer requests on ``subject`` (wildcards allowed) with ``handler``.
+
+        Returns a handle; ``close()`` it (or use it in ``with``) to stop answering.
+        Each request goes to exactly one matching responder (round robin).
+        """
+        self._check_open()
+        return self._responders.respond(subject, handler)
+
+    async def request(
+        self,
+        subject: str,
+        data: bytes,
+        *,
+        headers: Mapping[str, str] | None = None,
+        timeout: float,
+    ) -> Reply:
+        """Send a request to an in-process responder (see ``respond``)."""
+        await self._enter()
+        return await self._responders.request(subject, data, headers=headers, timeout=timeout)
+
     async def aclose(self) -> None:
         """Close: later calls raise ``BackboneError``, and so do fetches waiting now."""
         await anyio.lowlevel.checkpoint()
@@ -296,6 +380,9 @@ class MemoryBackbone:
 if TYPE_CHECKING:
 
     def _conforms(
-        backbone: MemoryBackbone, message: MemoryMessage, bucket: MemoryKeyValue
-    ) -> tuple[Backbone, Message, KeyValue]:
-        return backbone, message, bucket  # mypy checks the protocols here
+        backbone: MemoryBackbone,
+        message: MemoryMessage,
+        bucket: MemoryKeyValue,
+        objects: MemoryObjectStore,
+    ) -> tuple[Backbone, Message, KeyValue, ObjectStore]:
+        return backbone, message, bucket, objects  # mypy checks the protocols here

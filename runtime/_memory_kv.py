@@ -5,8 +5,11 @@ is the async handle that reads the clock and checks the backbone is open.
 
 Invariants:
 
-- The revision counter is bucket-wide: every put or delete takes the next number,
-  starting at 1, so revisions increase strictly across all keys.
+- Every put or delete is also a message on the bucket's stream ``KV_<bucket>``
+  (subject ``$KV.<bucket>.<key>``, ``KV-Operation: DEL`` on deletes, one kept per
+  key), and the revision is that message's sequence, as on JetStream: bucket-wide,
+  starting at 1, strictly increasing across all keys. Consumers on that stream
+  are how ``kv`` triggers see changes.
 - Each key keeps only its latest record (history 1): a value or a tombstone.
   A record older than the bucket's ``ttl`` is gone, as if never written, so
   ``update(last=...)`` then sees revision 0.
@@ -16,17 +19,32 @@ Invariants:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Literal
 
 import anyio
 
-from runtime._backbone import KvConfig, KvEntry
+from runtime._backbone import KvConfig, KvEntry, PubAck, StreamConfig
+from runtime._changes import KV_OPERATION_HEADER, kv_stream_name, kv_subject_prefix
 from runtime._clock import Clock
 from runtime._errors import BackboneError, KeyExists, WrongRevision
+from runtime._memory_streams import StreamState
 from runtime._subjects import validate_kv_key
 
-__all__ = ["BucketState", "MemoryKeyValue"]
+__all__ = ["BucketState", "MemoryKeyValue", "kv_stream_config"]
+
+_DELETE_HEADERS = {KV_OPERATION_HEADER: "DEL"}
+
+
+def kv_stream_config(config: KvConfig) -> StreamConfig:
+    """The stream behind a bucket, as JetStream lays it out."""
+    window = 120.0 if config.ttl <= 0 else min(120.0, config.ttl)
+    return StreamConfig(
+        name=kv_stream_name(config.bucket),
+        subjects=(f"{kv_subject_prefix(config.bucket)}>",),
+        duplicate_window=window,
+        max_age=config.ttl,
+    )
 
 
 class _Record:
@@ -44,12 +62,18 @@ class _Record:
 class BucketState:
     """One bucket: the latest record per key and the bucket-wide revision counter."""
 
-    __slots__ = ("_records", "config", "revision")
+    __slots__ = ("_prefix", "_records", "config", "stream")
 
-    def __init__(self, config: KvConfig) -> None:
+    def __init__(self, config: KvConfig, stream: StreamState) -> None:
         self.config = config
-        self.revision = 0  # the last revision handed out
+        self.stream = stream  # where every change is recorded; its sequence is the revision
+        self._prefix = kv_subject_prefix(config.bucket)
         self._records: dict[str, _Record] = {}
+
+    @property
+    def revision(self) -> int:
+        """The last revision handed out."""
+        return self.stream.last_seq
 
     def _latest(self, key: str, now: float) -> _Record | None:
         record = self._records.get(key)
@@ -62,10 +86,37 @@ class BucketState:
             return None
         return record
 
-    def _write(self, key: str, value: bytes, operation: Literal["PUT", "DEL"], now: float) -> int:
-        self.revision += 1
-        self._records[key] = _Record(value, self.revision, operation, now)
-        return self.revision
+    def _write(
+        self,
+        key: str,
+        value: bytes,
+        operation: Literal["PUT", "DEL"],
+        now: float,
+        msg_id: str | None = None,
+    ) -> PubAck:
+        headers = _DELETE_HEADERS if operation == "DEL" else None
+        ack = self.stream.store(self._prefix + key, value, headers, msg_id, now)
+        if not ack.duplicate:
+            self._records[key] = _Record(value, ack.seq, operation, now)
+        return ack
+
+    def publish(
+        self,
+        subject: str,
+        data: bytes,
+        headers: Mapping[str, str] | None,
+        msg_id: str | None,
+        now: float,
+    ) -> PubAck:
+        """A plain publish to ``$KV.<bucket>.<key>``: a put, or a delete with ``KV-Operation``
+        (as on JetStream, where a dead letter's replay or ``nats pub`` writes the bucket)."""
+        key = subject[len(self._prefix) :]
+        validate_kv_key(key)
+        operation = (headers or {}).get(KV_OPERATION_HEADER)
+        if operation in ("DEL", "PURGE"):
+            return self._write(key, b"", "DEL", now, msg_id)
+        self._check_size(key, data)
+        return self._write(key, data, "PUT", now, msg_id)
 
     def _check_size(self, key: str, value: bytes) -> None:
         limit = self.config.max_value_size
@@ -95,7 +146,7 @@ class BucketState:
 
     def put(self, key: str, value: bytes, now: float) -> int:
         self._check_size(key, value)
-        return self._write(key, value, "PUT", now)
+        return self._write(key, value, "PUT", now).seq
 
     def create(self, key: str, value: bytes, now: float) -> int:
         self._check_size(key, value)
@@ -105,12 +156,12 @@ class BucketState:
                 f"key {key!r} already exists in bucket {self.config.bucket!r} at revision "
                 f"{record.revision}; use update(last=...) to change it"
             )
-        return self._write(key, value, "PUT", now)
+        return self._write(key, value, "PUT", now).seq
 
     def update(self, key: str, value: bytes, last: int, now: float) -> int:
         self._check_size(key, value)
         self._check_revision(key, last, now)
-        return self._write(key, value, "PUT", now)
+        return self._write(key, value, "PUT", now).seq
 
     def delete(self, key: str, last: int | None, now: float) -> None:
         if last is not None:

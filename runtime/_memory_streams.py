@@ -6,9 +6,12 @@ clock) as an argument, so ``MemoryBackbone`` makes every operation atomic (no
 
 Invariants:
 
-- A stream's stored messages are contiguous from ``first_seq`` to ``last_seq``;
-  only the oldest ever leave (``max_age``), so a deque indexed by
-  ``seq - first_seq`` finds any of them.
+- A stream's stored messages are kept by sequence in storage order (a dict, so
+  deleting one in the middle leaves nothing behind); ``first_seq`` is the
+  lowest stored sequence (``last_seq + 1`` when empty). ``max_age`` expires the
+  oldest first. A stream made with ``last_per_subject`` (the stream behind a KV
+  bucket or an object store) keeps only the latest message per subject, as
+  JetStream's ``max_msgs_per_subject: 1`` does.
 - A consumer hands out each stream sequence above its ``cursor`` once as a new
   message; from then until it is acked, termed, given up at ``max_deliver`` or
   gone from the stream, it lives in ``pending``.
@@ -20,7 +23,6 @@ Invariants:
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Mapping
 from types import MappingProxyType
 
@@ -156,8 +158,8 @@ def _header_size(headers: Mapping[str, str]) -> int:
 class _Stored:
     __slots__ = ("message", "stored_at")
 
-    def __init__(self, message: StoredMessage | None, stored_at: float) -> None:
-        self.message = message  # None once deleted (a tombstone keeps sequences contiguous)
+    def __init__(self, message: StoredMessage, stored_at: float) -> None:
+        self.message = message
         self.stored_at = stored_at
 
 
@@ -165,7 +167,7 @@ class StreamState:
     """One stream: its messages, its duplicate-detection window and its consumers."""
 
     __slots__ = (
-        "_deleted",
+        "_last_by_subject",
         "_messages",
         "_msg_ids",
         "config",
@@ -173,16 +175,21 @@ class StreamState:
         "first_seq",
         "last_seq",
         "signal",
+        "system",
     )
 
-    def __init__(self, config: StreamConfig) -> None:
+    def __init__(
+        self, config: StreamConfig, *, last_per_subject: bool = False, system: bool = False
+    ) -> None:
         self.config = config
         self.consumers: dict[str, ConsumerState] = {}
         self.signal = Signal()
         self.first_seq = 1
         self.last_seq = 0
-        self._messages: deque[_Stored] = deque()
-        self._deleted = 0  # tombstones inside _messages
+        self.system = system  # behind a KV bucket or object store (``$KV.``/``$O.`` subjects)
+        self._messages: dict[int, _Stored] = {}
+        # subject -> its latest seq, when only that one is kept
+        self._last_by_subject: dict[str, int] | None = {} if last_per_subject else None
         # msg id -> (seq, stored_at), oldest first: time only moves forward.
         self._msg_ids: dict[str, tuple[int, float]] = {}
 
@@ -192,11 +199,15 @@ class StreamState:
     def expire(self, now: float) -> None:
         max_age = self.config.max_age
         if max_age > 0:
-            messages = self._messages
-            while messages and now - messages[0].stored_at >= max_age:
-                if messages.popleft().message is None:
-                    self._deleted -= 1
-                self.first_seq += 1
+            expired: list[int] = []
+            for seq, stored in self._messages.items():  # storage order is time order
+                if now - stored.stored_at < max_age:
+                    break
+                expired.append(seq)
+            if expired:
+                for seq in expired:
+                    self._forget(seq)
+                self._renumber_first()
         window = self.config.duplicate_window
         msg_ids = self._msg_ids
         while msg_ids:
@@ -233,31 +244,42 @@ class StreamState:
         message = StoredMessage(
             stream=self.config.name, seq=seq, subject=subject, data=data, headers=stored_headers
         )
-        self._messages.append(_Stored(message, now))
+        self._messages[seq] = _Stored(message, now)
         if msg_id is not None and self.config.duplicate_window > 0:
             self._msg_ids[msg_id] = (seq, now)
+        last_by_subject = self._last_by_subject
+        if last_by_subject is not None:
+            previous = last_by_subject.get(subject)
+            last_by_subject[subject] = seq
+            if previous is not None and previous in self._messages:
+                self._forget(previous)
+                self._renumber_first()
         self.signal.fire()
         return PubAck(self.config.name, seq)
 
     def get(self, seq: int) -> StoredMessage | None:
-        index = seq - self.first_seq
-        if 0 <= index < len(self._messages):
-            return self._messages[index].message
-        return None
+        stored = self._messages.get(seq)
+        return None if stored is None else stored.message
+
+    def _forget(self, seq: int) -> None:
+        stored = self._messages.pop(seq)
+        for consumer in self.consumers.values():
+            consumer.pending.pop(seq, None)
+        last_by_subject = self._last_by_subject
+        if last_by_subject is not None:
+            subject = stored.message.subject
+            if last_by_subject.get(subject) == seq:
+                del last_by_subject[subject]
+
+    def _renumber_first(self) -> None:
+        self.first_seq = next(iter(self._messages), self.last_seq + 1)
 
     def delete(self, seq: int) -> bool:
         """Delete one message (consumers skip it from now on); False if it was not there."""
-        index = seq - self.first_seq
-        if not 0 <= index < len(self._messages) or self._messages[index].message is None:
+        if seq not in self._messages:
             return False
-        self._messages[index].message = None
-        self._deleted += 1
-        for consumer in self.consumers.values():
-            consumer.pending.pop(seq, None)
-        while self._messages and self._messages[0].message is None:
-            self._messages.popleft()
-            self._deleted -= 1
-            self.first_seq += 1
+        self._forget(seq)
+        self._renumber_first()
         self.signal.fire()
         return True
 
@@ -266,7 +288,7 @@ class StreamState:
         first = self.first_seq if self.last_seq else 0
         return StreamInfo(
             config=self.config,
-            messages=len(self._messages) - self._deleted,
+            messages=len(self._messages),
             first_seq=first,
             last_seq=self.last_seq,
         )
@@ -385,10 +407,18 @@ class ConsumerState:
         )
 
 
-def streams_overlapping(streams: Mapping[str, StreamState], config: StreamConfig) -> str | None:
-    """Describe the first overlap between ``config`` and another stream, if any."""
+def streams_overlapping(
+    streams: Mapping[str, StreamState], config: StreamConfig, *, system: bool = False
+) -> str | None:
+    """Describe the first overlap between ``config`` and another stream, if any.
+
+    Streams behind buckets (``system``) are checked only against each other: in
+    memory a user stream may capture ``>`` (a benchmark's catch-all) beside them,
+    which JetStream would refuse (MemoryBackbone routes ``$KV.`` publishes to the
+    bucket before looking at other streams).
+    """
     for name, other in streams.items():
-        if name == config.name:
+        if name == config.name or other.system != system:
             continue
         for subject in config.subjects:
             for existing in other.config.subjects:

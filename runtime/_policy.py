@@ -104,26 +104,33 @@ class Idempotency(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class Access(msgspec.Struct, frozen=True, kw_only=True):
-    """What a function may touch: subjects it publishes to and KV buckets it uses.
+    """What a function may touch: subjects it publishes to, KV buckets and object stores.
 
     Enforced by ``Context`` (anything else is refused with ``access_denied``) and
-    used by hosts to provision streams for the subjects and the buckets.
+    used by hosts to provision streams for the subjects, the buckets and the
+    object stores. A trigger's bucket is not implied: a capability run by
+    ``objects("uploads")`` that reads the upload lists ``objects=("uploads",)``.
     Subjects may use NATS wildcards (``payments.>``).
     """
 
     publishes: tuple[str, ...] = ()
     buckets: tuple[str, ...] = ()
+    objects: tuple[str, ...] = ()  # object-store buckets
 
     def __post_init__(self) -> None:
         from ._subjects import validate_name, validate_subject
 
-        given: tuple[object, object] = (self.publishes, self.buckets)
+        given: tuple[object, ...] = (self.publishes, self.buckets, self.objects)
         if any(isinstance(value, str) for value in given):
-            raise ConfigError("Access.publishes and Access.buckets take tuples, not a string")
+            raise ConfigError(
+                "Access.publishes, Access.buckets and Access.objects take tuples, not a string"
+            )
         for subject in self.publishes:
             validate_subject(subject, wildcards=True)
         for bucket in self.buckets:
             validate_name("kv bucket", bucket)
+        for bucket in self.objects:
+            validate_name("object store bucket", bucket)
 
 
 class Policy(msgspec.Struct, frozen=True, kw_only=True):

@@ -4,8 +4,12 @@
 one stream per app (``<APP>``, or the stream a trigger names) capturing every
 subject its capabilities consume or publish, one durable pull consumer per
 ``stream`` trigger (AckWait, MaxDeliver from the retry policy, MaxAckPending
-from the concurrency limit), the KV buckets the capabilities use, the
-idempotency bucket and the dead-letter stream. ``apply_plan`` creates each one
+from the concurrency limit), the KV buckets and object stores the capabilities
+use, the idempotency bucket and the dead-letter stream. A ``kv`` or ``objects``
+trigger adds its bucket and a durable consumer on the bucket's own stream
+(``KV_<bucket>`` filtered to ``$KV.<bucket>.<key>``, ``OBJ_<bucket>`` filtered
+to ``$O.<bucket>.M.>``); these consumers deliver from the start of the bucket,
+so changes made while no host ran are processed when one starts. ``apply_plan`` creates each one
 or confirms an identical existing one; an existing definition that differs is
 reported (``DefinitionConflict`` naming the fields), never silently changed.
 """
@@ -15,11 +19,12 @@ from __future__ import annotations
 import msgspec
 
 from ._app import App
-from ._backbone import Backbone, ConsumerConfig, KvConfig, StreamConfig
+from ._backbone import Backbone, ConsumerConfig, KvConfig, ObjectStoreConfig, StreamConfig
+from ._changes import kv_stream_name, kv_subject_prefix, object_stream_name
 from ._decisions import DEAD_LETTER_STREAM, DEAD_LETTER_SUBJECTS
 from ._kv_idempotency import IDEMPOTENCY_BUCKET
 from ._subjects import subject_is_subset
-from ._triggers import StreamTrigger
+from ._triggers import KvTrigger, ObjectsTrigger, StreamTrigger, Trigger
 
 __all__ = [
     "ProvisionPlan",
@@ -38,12 +43,14 @@ class ConsumerPlan(msgspec.Struct, frozen=True):
     capability: str
     stream: str
     config: ConsumerConfig
+    trigger: Trigger | None = None  # what the consumer serves (kv/objects shape the input)
 
 
 class ProvisionPlan(msgspec.Struct, frozen=True):
     streams: list[StreamConfig]
     consumers: list[ConsumerPlan]
     buckets: list[KvConfig]
+    object_stores: list[ObjectStoreConfig] = []
 
     def describe(self) -> list[str]:
         lines = [f"stream {s.name}: {', '.join(s.subjects)}" for s in self.streams]
@@ -56,6 +63,7 @@ class ProvisionPlan(msgspec.Struct, frozen=True):
         lines += [
             f"kv bucket {b.bucket}" + (f" (ttl {b.ttl:g}s)" if b.ttl else "") for b in self.buckets
         ]
+        lines += [f"object store {o.bucket}" for o in self.object_stores]
         return lines
 
 
@@ -84,24 +92,44 @@ def plan_for(app: App, *, ack_wait: float = DEFAULT_ACK_WAIT) -> ProvisionPlan:
     consumers: list[ConsumerPlan] = []
     buckets: dict[str, KvConfig] = {}
     idempotency_ttl = 0.0
+    object_stores: dict[str, ObjectStoreConfig] = {}
+    durables: set[tuple[str, str]] = set()
     for spec in app.capabilities.values():  # first the subjects capabilities consume
         policy = spec.policy
         for trigger in spec.triggers:
-            if not isinstance(trigger, StreamTrigger):
+            durable = f"{app.name}-{spec.name}"
+            if isinstance(trigger, StreamTrigger):
+                stream = trigger.stream or default_stream
+                subjects.setdefault(stream, []).append(trigger.subject)
+                durable = trigger.durable or durable
+                filter_subject = trigger.subject
+            elif isinstance(trigger, KvTrigger):
+                buckets.setdefault(trigger.bucket, KvConfig(bucket=trigger.bucket))
+                stream = kv_stream_name(trigger.bucket)
+                filter_subject = kv_subject_prefix(trigger.bucket) + trigger.key
+            elif isinstance(trigger, ObjectsTrigger):
+                object_stores.setdefault(trigger.bucket, ObjectStoreConfig(bucket=trigger.bucket))
+                stream = object_stream_name(trigger.bucket)
+                filter_subject = f"$O.{trigger.bucket}.M.>"
+            else:
                 continue
-            stream = trigger.stream or default_stream
-            subjects.setdefault(stream, []).append(trigger.subject)
+            base, n = durable, 1
+            while (stream, durable) in durables:  # two triggers of one capability, one stream
+                n += 1
+                durable = f"{base}-{n}"
+            durables.add((stream, durable))
             consumers.append(
                 ConsumerPlan(
                     capability=spec.name,
                     stream=stream,
                     config=ConsumerConfig(
-                        durable=trigger.durable or f"{app.name}-{spec.name}",
-                        filter_subject=trigger.subject,
+                        durable=durable,
+                        filter_subject=filter_subject,
                         ack_wait=ack_wait,
                         max_deliver=policy.retry.max_attempts,
                         max_ack_pending=policy.concurrency or 1000,
                     ),
+                    trigger=trigger,
                 )
             )
     consumed = {name: list(held) for name, held in subjects.items()}
@@ -120,6 +148,8 @@ def plan_for(app: App, *, ack_wait: float = DEFAULT_ACK_WAIT) -> ProvisionPlan:
                 subjects.setdefault(owner, []).append(subject)
             for bucket in policy.access.buckets:
                 buckets.setdefault(bucket, KvConfig(bucket=bucket))
+            for bucket in policy.access.objects:
+                object_stores.setdefault(bucket, ObjectStoreConfig(bucket=bucket))
         if policy.idempotency is not None:
             idempotency_ttl = max(idempotency_ttl, policy.idempotency.ttl)
     streams = [
@@ -130,13 +160,20 @@ def plan_for(app: App, *, ack_wait: float = DEFAULT_ACK_WAIT) -> ProvisionPlan:
     if idempotency_ttl:
         name = idempotency_bucket_for(app)
         buckets[name] = KvConfig(bucket=name, ttl=idempotency_ttl)
-    return ProvisionPlan(streams=streams, consumers=consumers, buckets=list(buckets.values()))
+    return ProvisionPlan(
+        streams=streams,
+        consumers=consumers,
+        buckets=list(buckets.values()),
+        object_stores=list(object_stores.values()),
+    )
 
 
 async def apply_plan(plan: ProvisionPlan, backbone: Backbone) -> None:
     for stream in plan.streams:
         await backbone.add_stream(stream)
+    for bucket in plan.buckets:  # before the consumers: kv triggers consume their streams
+        await backbone.add_kv(bucket)
+    for store in plan.object_stores:
+        await backbone.add_object_store(store)
     for consumer in plan.consumers:
         await backbone.add_consumer(consumer.stream, consumer.config)
-    for bucket in plan.buckets:
-        await backbone.add_kv(bucket)

@@ -21,6 +21,7 @@ from ._subjects import validate_name, validate_subject
 __all__ = [
     "HttpTrigger",
     "Webhook",
+    "Cors",
     "SubjectTrigger",
     "StreamTrigger",
     "ScheduleTrigger",
@@ -90,12 +91,79 @@ class Webhook(msgspec.Struct, frozen=True, kw_only=True):
                 )
 
 
+_ORIGIN = re.compile(
+    r"[a-z][a-z0-9+.\-]{0,15}://"  # scheme
+    r"(?:[a-z0-9](?:[a-z0-9\-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9\-]{0,61}[a-z0-9])?)*"
+    r"|\[[0-9a-f:.]{2,45}\])"  # host name, IPv4 or [IPv6]
+    r"(?::[1-9][0-9]{0,4})?\Z"  # port
+)
+MAX_CORS_AGE = 86400
+
+
+class Cors(msgspec.Struct, frozen=True, kw_only=True):
+    """Cross-origin access to an http route from browser front ends (the Fetch CORS protocol).
+
+    ``origins`` are exact ``scheme://host[:port]`` values in lower case (what browsers
+    send in ``Origin``), or ``("*",)`` for any origin, which cannot be combined with
+    ``credentials=True``. ``methods`` are advertised to preflights (default: the
+    route's own method, which a non-empty tuple must include); ``headers`` are the
+    request headers a page may send beyond the CORS-safelisted ones; ``expose`` the
+    response headers its scripts may read; ``max_age`` how long (seconds, at most a
+    day) a browser may cache a preflight answer.
+    """
+
+    origins: tuple[str, ...]
+    methods: tuple[str, ...] = ()
+    headers: tuple[str, ...] = ("content-type",)
+    expose: tuple[str, ...] = ()
+    max_age: int = 600
+    credentials: bool = False
+
+    def __post_init__(self) -> None:
+        origins = self.origins
+        if not isinstance(origins, tuple) or not origins:
+            raise ConfigError("Cors origins must be a non-empty tuple of origins, or ('*',)")
+        if "*" in origins:
+            if len(origins) != 1:
+                raise ConfigError("Cors origins: '*' stands alone, not beside named origins")
+            if self.credentials:
+                raise ConfigError(
+                    "Cors origins=('*',) with credentials=True is refused (browsers refuse it "
+                    "too): name the origins that may send credentials"
+                )
+        else:
+            for origin in origins:
+                if not isinstance(origin, str) or not _ORIGIN.match(origin):
+                    raise ConfigError(
+                        f"Cors origin {str(origin)[:100]!r} is not scheme://host[:port] in lower "
+                        "case (no path, no trailing slash; 'null' is never allowed)"
+                    )
+            if len(set(origins)) != len(origins):
+                raise ConfigError("Cors origins repeat an origin")
+        for method in self.methods:
+            if method not in HTTP_METHODS:
+                raise ConfigError(
+                    f"Cors method {str(method)[:20]!r} is not one of "
+                    f"{', '.join(sorted(HTTP_METHODS))} (upper case)"
+                )
+        for field in ("headers", "expose"):
+            for name in getattr(self, field):
+                if not isinstance(name, str) or not _HEADER_NAME.match(name):
+                    raise ConfigError(f"Cors {field}: {str(name)[:80]!r} is not a header name")
+        age = self.max_age
+        if not isinstance(age, int) or isinstance(age, bool) or not 0 <= age <= MAX_CORS_AGE:
+            raise ConfigError(f"Cors max_age must be an int of seconds in 0..86400, got {age!r}")
+        if not isinstance(self.credentials, bool):
+            raise ConfigError(f"Cors credentials must be a bool, got {self.credentials!r}")
+
+
 class HttpTrigger(msgspec.Struct, frozen=True, tag="http"):
     method: str
     path: str
     params: tuple[tuple[str, str], ...] = ()  # (name, type) in path order
     enqueue: str | None = None  # async intake: publish to this subject, answer 202
     webhook: Webhook | None = None  # verify the request's signature first
+    cors: Cors | None = None  # answer browsers' cross-origin preflights and requests
 
 
 class SubjectTrigger(msgspec.Struct, frozen=True, tag="subject"):
@@ -117,6 +185,7 @@ class ScheduleTrigger(msgspec.Struct, frozen=True, tag="schedule"):
 
 class ObjectsTrigger(msgspec.Struct, frozen=True, tag="objects"):
     bucket: str
+    deletes: bool = False  # also run (with deleted=True) when an object is deleted
 
 
 class KvTrigger(msgspec.Struct, frozen=True, tag="kv"):
@@ -130,13 +199,19 @@ Trigger: TypeAlias = (
 
 
 def http(
-    method: str, path: str, *, enqueue: str | None = None, webhook: Webhook | None = None
+    method: str,
+    path: str,
+    *,
+    enqueue: str | None = None,
+    webhook: Webhook | None = None,
+    cors: Cors | None = None,
 ) -> HttpTrigger:
     """Serve the capability at ``METHOD path``; ``{name}`` or ``{name:int}`` are path parameters.
 
     With ``enqueue=SUBJECT`` the request is validated, published to that subject
     and answered ``202 Accepted``; the capability then runs from the stream.
     With ``webhook=Webhook(...)`` the request's signature is verified first (401).
+    With ``cors=Cors(origins=(...))`` browsers on those origins may call it.
     """
     if not isinstance(method, str) or method.upper() not in HTTP_METHODS:
         raise ConfigError(f"http method {method!r} is not one of {', '.join(sorted(HTTP_METHODS))}")
@@ -165,7 +240,15 @@ def http(
         validate_subject(enqueue, wildcards=False)
     if webhook is not None and not isinstance(webhook, Webhook):
         raise ConfigError(f"http webhook={webhook!r} must be a Webhook(...)")
-    return HttpTrigger(method.upper(), path, tuple(params), enqueue, webhook)
+    if cors is not None:
+        if not isinstance(cors, Cors):
+            raise ConfigError(f"http cors={cors!r} must be a Cors(...)")
+        if cors.methods and method.upper() not in cors.methods:
+            raise ConfigError(
+                f"http {method.upper()} {path}: cors methods {cors.methods} must include "
+                "the route's own method"
+            )
+    return HttpTrigger(method.upper(), path, tuple(params), enqueue, webhook, cors)
 
 
 def subject(name: str, *, queue: str = "") -> SubjectTrigger:
@@ -199,14 +282,33 @@ def schedule(cron: str, *, timezone: str = "UTC", missed: MissedTicks = "skip") 
     return ScheduleTrigger(spec, timezone, missed)
 
 
-def objects(bucket: str) -> ObjectsTrigger:
-    """Run when an object is put into the object-store ``bucket``."""
+def objects(bucket: str, *, deletes: bool = False) -> ObjectsTrigger:
+    """Run when an object is put into the object-store ``bucket``; the input is an ``ObjectChange``.
+
+    A durable consumer on the bucket's stream delivers every put, retried and
+    dead-lettered like a ``stream`` trigger. It starts at the beginning of the
+    bucket: uploads made while no host ran (or before the first deploy) are
+    processed when a host starts; the latest put of each name is kept, so an
+    object replaced twice meanwhile runs once, with its latest info. With
+    ``deletes=True`` deletions run too (``ObjectChange.deleted`` is true).
+    The host creates the bucket if it does not exist.
+    """
     validate_name("object store bucket", bucket)
-    return ObjectsTrigger(bucket)
+    if not isinstance(deletes, bool):
+        raise ConfigError(f"objects deletes={deletes!r} must be True or False")
+    return ObjectsTrigger(bucket, deletes)
 
 
 def kv(bucket: str, *, key: str = ">") -> KvTrigger:
-    """Run when a key matching ``key`` (NATS wildcards) changes in the KV ``bucket``."""
+    """Run when a key matching ``key`` (NATS wildcards) changes in the KV ``bucket``.
+
+    The input is a ``KvChange`` (operation ``PUT``, ``DEL`` or ``PURGE``, the
+    revision and the new value). Like ``objects``, the durable consumer starts at
+    the beginning of the bucket: on first start every key's latest change runs
+    once (a bucket keeps one record per key, so a key changed again before its
+    change ran is delivered once, with the latest value), and changes made while
+    no host ran are processed when one starts. The host creates the bucket if needed.
+    """
     validate_name("kv bucket", bucket)
     validate_subject(key, wildcards=True)
     return KvTrigger(bucket, key)

@@ -12,6 +12,9 @@ from ._backbone import (
     KvConfig,
     KvEntry,
     Message,
+    ObjectInfo,
+    ObjectStore,
+    ObjectStoreConfig,
     PubAck,
     StoredMessage,
     StreamConfig,
@@ -19,6 +22,12 @@ from ._backbone import (
 )
 from ._backbones import available_backbones, load_server, open_backbone
 from ._budget import BudgetStatistics, RetryBudget
+from ._changes import (
+    kv_stream_name,
+    object_stream_name,
+    object_stream_subjects,
+    validate_object_name,
+)
 from ._clock import Clock, SystemClock
 from ._context import MSG_ID_HEADER, TRACEPARENT_HEADER
 from ._cron import CronSpec, parse_cron
@@ -53,7 +62,9 @@ from ._errors import (
     KeyExists,
     MalformedPayload,
     MessageNotFound,
+    NoResponders,
     NoStreamForSubject,
+    ObjectNotFound,
     Overloaded,
     PayloadTooLarge,
     StreamNotFound,
@@ -79,9 +90,21 @@ from ._invoker import CompiledCapability, Invoker, InvokerStatistics
 from ._kv_idempotency import IDEMPOTENCY_BUCKET, KvIdempotencyStore
 from ._loader import load_app
 from ._memory_backbone import MemoryBackbone
+from ._memory_requests import Responding
 from ._memory_streams import validate_consumer_config, validate_fetch, validate_stream_config
 from ._policy import Policy
 from ._provision import ConsumerPlan, ProvisionPlan, apply_plan, plan_for
+from ._requests import (
+    ERROR_CODE_HEADER,
+    ERROR_HEADER,
+    RETRY_AFTER_HEADER,
+    STATUS_HEADER,
+    Reply,
+    Requester,
+    Responder,
+    outcome_of_reply,
+    service_reply,
+)
 from ._revision import LoadTimings, Revision, RevisionLoadError, load_revision
 from ._revisions import RevisionRouter
 from ._schedule import ScheduleRunner, Tick, next_tick
@@ -188,6 +211,25 @@ __all__ = [
     "Message",
     "Nak",
     "NoStreamForSubject",
+    "NoResponders",
+    "ERROR_CODE_HEADER",
+    "ERROR_HEADER",
+    "RETRY_AFTER_HEADER",
+    "STATUS_HEADER",
+    "Reply",
+    "Requester",
+    "Responder",
+    "Responding",
+    "outcome_of_reply",
+    "service_reply",
+    "ObjectInfo",
+    "ObjectNotFound",
+    "ObjectStore",
+    "ObjectStoreConfig",
+    "kv_stream_name",
+    "object_stream_name",
+    "object_stream_subjects",
+    "validate_object_name",
     "ObjectsTrigger",
     "Overloaded",
     "PayloadTooLarge",

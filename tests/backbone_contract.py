@@ -30,8 +30,10 @@ from runtime._backbone import (
     ConsumerConfig,
     KvConfig,
     Message,
+    ObjectStoreConfig,
     StreamConfig,
 )
+from runtime._changes import decode_object_meta, object_digest
 from runtime._errors import (
     BackboneError,
     BucketNotFound,
@@ -41,6 +43,7 @@ from runtime._errors import (
     KeyExists,
     MessageNotFound,
     NoStreamForSubject,
+    ObjectNotFound,
     StreamNotFound,
     WrongRevision,
 )
@@ -714,3 +717,122 @@ class BackboneContract:
         for key in ("", "with space", ".leading", "trailing.", "a..b", "star*"):
             with pytest.raises(ConfigError):
                 await bucket.put(key, b"x")
+
+    # -- kv change streams ----------------------------------------------------------
+
+    @pytest.mark.anyio
+    async def test_kv_changes_are_messages_on_the_bucket_stream(
+        self, harness: BackboneHarness
+    ) -> None:
+        backbone, name = harness.backbone, f"{harness.prefix}_kv"
+        bucket = await backbone.add_kv(KvConfig(bucket=name))
+        first = await bucket.put("users.ann", b"v1")
+        await backbone.add_consumer(
+            f"KV_{name}",
+            ConsumerConfig(durable="changes", filter_subject=f"$KV.{name}.users.>", ack_wait=5.0),
+        )
+        await bucket.put("orders.1", b"other")  # outside the filter
+        second = await bucket.put("users.bob", b"v2")
+        await bucket.delete("users.ann")
+        got = await backbone.fetch(f"KV_{name}", "changes", batch=10, timeout=harness.grace)
+        summary = [(m.subject, m.seq, m.data, m.headers.get("KV-Operation", "PUT")) for m in got]
+        # Delivered from the start of the bucket; "users.ann" keeps only its latest record.
+        assert summary == [
+            (f"$KV.{name}.users.bob", second, b"v2", "PUT"),
+            (f"$KV.{name}.users.ann", second + 1, b"", "DEL"),
+        ]
+        assert first < second
+        for message in got:
+            await message.ack()
+
+    @pytest.mark.anyio
+    async def test_a_publish_to_a_bucket_subject_is_a_kv_write(
+        self, harness: BackboneHarness
+    ) -> None:
+        backbone, name = harness.backbone, f"{harness.prefix}_kv"
+        bucket = await backbone.add_kv(KvConfig(bucket=name))
+        ack = await backbone.publish(f"$KV.{name}.replayed", b"again")  # e.g. a DLQ replay
+        entry = await bucket.get("replayed")
+        assert entry is not None
+        assert (entry.value, entry.revision, ack.stream) == (b"again", ack.seq, f"KV_{name}")
+        await backbone.publish(f"$KV.{name}.replayed", b"", headers={"KV-Operation": "DEL"})
+        assert await bucket.get("replayed") is None
+        assert await bucket.put("next", b"1") == ack.seq + 2
+
+    # -- object stores ----------------------------------------------------------------
+
+    @pytest.mark.anyio
+    async def test_object_store_put_get_info_list_delete(self, harness: BackboneHarness) -> None:
+        backbone, name = harness.backbone, f"{harness.prefix}_obj"
+        store = await backbone.add_object_store(ObjectStoreConfig(bucket=name))
+        assert store.bucket == name
+        assert (await backbone.add_object_store(ObjectStoreConfig(bucket=name))).bucket == name
+        data = bytes(range(256)) * 5
+        info = await store.put("reports/2026 März.csv", data)
+        assert (info.bucket, info.name, info.size, info.deleted) == (
+            name,
+            "reports/2026 März.csv",
+            len(data),
+            False,
+        )
+        assert info.digest == object_digest(data)
+        assert await store.get("reports/2026 März.csv") == data
+        assert (await store.info("reports/2026 März.csv")).digest == info.digest
+        await store.put("a", b"")
+        assert await store.get("a") == b""
+        again = await (await backbone.object_store(name)).put("a", b"second")
+        assert again.size == 6
+        assert [i.name for i in await store.list()] == ["a", "reports/2026 März.csv"]
+        await store.delete("a")
+        assert [i.name for i in await store.list()] == ["reports/2026 März.csv"]
+        with pytest.raises(ObjectNotFound):
+            await store.get("a")
+        with pytest.raises(ObjectNotFound):
+            await store.info("a")
+        with pytest.raises(ObjectNotFound):
+            await store.delete("a")
+
+    @pytest.mark.anyio
+    async def test_object_store_refuses_bad_names_and_missing_buckets(
+        self, harness: BackboneHarness
+    ) -> None:
+        backbone, name = harness.backbone, f"{harness.prefix}_obj"
+        with pytest.raises(BucketNotFound):
+            await backbone.object_store(name)
+        for bad in ("", "a.b", "with space", "a/b"):
+            with pytest.raises(ConfigError):
+                await backbone.add_object_store(ObjectStoreConfig(bucket=bad))
+        store = await backbone.add_object_store(ObjectStoreConfig(bucket=name))
+        for hostile in ("", "x" * 1025, "tab\there", "nul\x00", "\ud800"):
+            with pytest.raises(ConfigError):
+                await store.put(hostile, b"data")
+            with pytest.raises(ConfigError):
+                await store.get(hostile)
+        with pytest.raises(ConfigError):
+            await store.put("text", "not bytes")  # type: ignore[arg-type]
+        assert await store.list() == []
+
+    @pytest.mark.anyio
+    async def test_object_puts_are_meta_messages_on_the_store_stream(
+        self, harness: BackboneHarness
+    ) -> None:
+        backbone, name = harness.backbone, f"{harness.prefix}_obj"
+        store = await backbone.add_object_store(ObjectStoreConfig(bucket=name))
+        await store.put("before consumer", b"1")
+        await backbone.add_consumer(
+            f"OBJ_{name}",
+            ConsumerConfig(durable="uploads", filter_subject=f"$O.{name}.M.>", ack_wait=5.0),
+        )
+        await store.put("after/ü", b"22")
+        await store.put("gone", b"333")
+        await store.delete("gone")
+        got = await backbone.fetch(f"OBJ_{name}", "uploads", batch=10, timeout=harness.grace)
+        metas = [decode_object_meta(m.data) for m in got]
+        assert [(m.name, m.size, bool(m.deleted)) for m in metas if m is not None] == [
+            ("before consumer", 1, False),
+            ("after/ü", 2, False),
+            ("gone", 0, True),
+        ]
+        assert [m.seq for m in got] == sorted(m.seq for m in got)
+        for message in got:
+            await message.ack()

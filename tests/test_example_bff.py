@@ -66,3 +66,44 @@ async def test_call_to_an_unknown_capability_and_fan_out_of_nothing() -> None:
     assert await Invoker(app).invoke("caller", Event(id="c")) == Ok(b'"capability_unknown"')
     assert (await fan_out({})).partial is False
     assert module.app.name == "bff"
+
+
+# -- the back ends over request/reply (BFF_BACKENDS=nats) --------------------------------
+
+
+@pytest.fixture
+def over_requests(monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+    module = bff()
+    monkeypatch.setattr(module, "BACKENDS", "nats")
+    monkeypatch.setitem(module.DELAYS, "recommendations", 0.0)
+    return module
+
+
+async def test_page_over_requests_on_the_memory_backbone(over_requests) -> None:  # type: ignore[no-untyped-def]
+    from runtime.lowlevel import open_host
+    from runtime.testing import MemoryBackbone
+
+    async with open_host(over_requests.app, MemoryBackbone(), fetch_timeout=0.05) as host:
+        page = msgspec.json.decode(
+            (await host.invoke("page", Event(id="r1", data=b'{"user":"u1"}'))).data
+        )  # type: ignore[union-attr]
+        assert page["recommendations"] == ["B-7", "C-3"]
+        assert (page["partial"], page["missing"]) == (False, [])
+        over_requests.DELAYS["recommendations"] = 5.0
+        late = msgspec.json.decode(
+            (await host.invoke("page", Event(id="r2", data=b'{"user":"u1"}'))).data
+        )  # type: ignore[union-attr]
+        assert (late["partial"], late["missing"]) == (True, ["recommendations"])
+        unknown = await host.invoke("page", Event(id="r3", data=b'{"user":"zz"}'))
+        assert isinstance(unknown, Reject) and unknown.status == 404
+
+
+async def test_page_over_requests_with_no_back_ends_running(over_requests) -> None:  # type: ignore[no-untyped-def]
+    from runtime.testing import MemoryBackbone
+
+    invoker = Invoker(over_requests.app, backbone=MemoryBackbone())  # no host: nobody answers
+    outcome = await invoker.invoke("page", Event(id="r4", data=b'{"user":"u1"}'))
+    assert isinstance(outcome, Ok)
+    page = msgspec.json.decode(outcome.data)
+    assert page["partial"] is True
+    assert page["profile"] is None and page["orders"] is None

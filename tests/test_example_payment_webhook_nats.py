@@ -151,8 +151,7 @@ async def test_signed_webhooks_retried_concurrently_land_in_the_ledger_once(
         account = ledger.decode_account(entry.value)
         assert account.entries == len(numbers)
         expected = sum(
-            rules.quote(1_000 + 37 * n, contracts.Currency.EUR, customer, {}).net
-            for n in numbers
+            rules.quote(1_000 + 37 * n, contracts.Currency.EUR, customer, {}).net for n in numbers
         )
         assert account.balance == expected
         assert sorted(e.payment_id for e in account.recent) == sorted(

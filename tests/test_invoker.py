@@ -446,3 +446,67 @@ async def test_rejected_with_its_own_http_status_keeps_it() -> None:
     from runtime.lowlevel import answer_outcome
 
     assert answer_outcome(outcome).status == 410
+
+
+# -- the idempotency store failing ----------------------------------------------------------
+
+
+class FailingStore:
+    """A MemoryIdempotencyStore whose chosen operations raise BackboneError."""
+
+    def __init__(self, *failing: str) -> None:
+        from runtime.testing import MemoryIdempotencyStore
+
+        self._store = MemoryIdempotencyStore()
+        self._failing = set(failing)
+
+    def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
+        if name in self._failing:
+
+            async def fail(*args: object, **kwargs: object) -> None:
+                from runtime.lowlevel import BackboneError
+
+                raise BackboneError(f"{name}: JetStream did not answer in time (a test)")
+
+            return fail
+        return getattr(self._store, name)
+
+
+def counting_app(calls: list[str], *, fail: bool = False) -> App:
+    from runtime import Idempotency
+
+    app = App("stores")
+
+    @app.capability(idempotency=Idempotency())
+    async def once() -> str:
+        calls.append("ran")
+        if fail:
+            raise RetryLater("the downstream is busy")
+        return "done"
+
+    return app
+
+
+async def test_an_unreachable_store_retries_before_the_function_runs() -> None:
+    calls: list[str] = []
+    invoker = Invoker(counting_app(calls), idempotency_store=FailingStore("claim"))  # type: ignore[arg-type]
+    outcome = await invoker.invoke("once", Event(id="e1"))
+    assert isinstance(outcome, Retry)
+    assert outcome.code == "backbone_error"
+    assert calls == []
+
+
+@pytest.mark.parametrize("failing", ["complete", "release"])
+async def test_a_store_failing_after_the_call_keeps_its_outcome(
+    failing: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    calls: list[str] = []
+    app = counting_app(calls, fail=failing == "release")  # release follows a failure
+    invoker = Invoker(app, idempotency_store=FailingStore(failing))  # type: ignore[arg-type]
+    outcome = await invoker.invoke("once", Event(id="e2"))
+    if failing == "complete":
+        assert outcome == Ok(b'"done"')  # acked: running it again would repeat the effect
+    else:
+        assert isinstance(outcome, Retry) and outcome.code == "retry_requested"
+    assert any("could not settle idempotency key" in r.message for r in caplog.records)
+    assert calls == ["ran"]

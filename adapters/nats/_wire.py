@@ -12,7 +12,14 @@ from typing import Literal, TypeVar
 
 import msgspec
 
-from runtime.lowlevel import ConsumerConfig, KvConfig, StreamConfig
+from runtime.lowlevel import (
+    ConsumerConfig,
+    KvConfig,
+    ObjectStoreConfig,
+    StreamConfig,
+    object_stream_name,
+    object_stream_subjects,
+)
 
 __all__ = [
     "API",
@@ -41,6 +48,7 @@ __all__ = [
     "kv_stream_name",
     "kv_stream_wire",
     "kv_config_of",
+    "object_stream_wire",
     "parse_headers",
 ]
 
@@ -278,6 +286,18 @@ def kv_stream_wire(config: KvConfig, *, replicas: int) -> StreamConfigWire:
 
 def kv_config_of(bucket: str, wire: StreamConfigWire) -> KvConfig:
     return KvConfig(bucket=bucket, ttl=seconds(wire.max_age), max_value_size=wire.max_msg_size)
+
+
+def object_stream_wire(config: ObjectStoreConfig, *, replicas: int) -> StreamConfigWire:
+    """The stream behind an object store, as nats-py and the Go client lay it out."""
+    return StreamConfigWire(
+        name=object_stream_name(config.bucket),
+        subjects=list(object_stream_subjects(config.bucket)),
+        discard="new",
+        num_replicas=replicas,
+        allow_rollup_hdrs=True,
+        allow_direct=True,
+    )
 
 
 def parse_headers(block: bytes) -> dict[str, str]:

@@ -27,7 +27,7 @@ import nats.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-from runtime import ConfigError
+from runtime import ConfigError, DeadlineExceeded
 from runtime.lowlevel import (
     MSG_ID_HEADER,
     BackboneError,
@@ -37,8 +37,11 @@ from runtime.lowlevel import (
     DefinitionConflict,
     KvConfig,
     MessageNotFound,
+    NoResponders,
     NoStreamForSubject,
+    ObjectStoreConfig,
     PubAck,
+    Reply,
     StoredMessage,
     StreamConfig,
     StreamInfo,
@@ -63,6 +66,7 @@ from ._errors import (
     translate,
 )
 from ._kv import JetStreamKeyValue, validate_bucket_config
+from ._objects import JetStreamObjectStore, add_object_store, open_object_store
 from ._pull import CLOSED, LOST, JetStreamMessage, Puller
 from ._rules import (
     validate_consumer_config,
@@ -94,7 +98,7 @@ from ._wire import (
 from .connection import JetStreamOptions, connect_client, redact
 
 if TYPE_CHECKING:
-    from runtime.lowlevel import Backbone, KeyValue, Message
+    from runtime.lowlevel import Backbone, KeyValue, Message, ObjectStore, Requester
 
 __all__ = ["JetStreamBackbone", "open_jetstream_backbone"]
 
@@ -166,6 +170,11 @@ class JetStreamBackbone:
     @property
     def request_timeout(self) -> float:
         return self._options.request_timeout
+
+    @property
+    def connected(self) -> bool:
+        """Open and connected to a server right now (readiness probes read this)."""
+        return not self._closed and self._client.is_connected
 
     @property
     def puller(self) -> Puller:
@@ -440,6 +449,42 @@ class JetStreamBackbone:
             )
         return JetStreamKeyValue(self, bucket, direct=existing.config.allow_direct)
 
+    # -- object stores (``_objects``) -----------------------------------------------------
+
+    async def add_object_store(self, config: ObjectStoreConfig) -> ObjectStore:
+        return await add_object_store(self, config)
+
+    async def object_store(self, bucket: str) -> ObjectStore:
+        return await open_object_store(self, bucket)
+
+    # -- core request/reply -------------------------------------------------------------
+
+    async def request(
+        self,
+        subject: str,
+        data: bytes,
+        *,
+        headers: Mapping[str, str] | None = None,
+        timeout: float,
+    ) -> Reply:
+        """A core NATS request (``ctx.request``): the first reply, or a clear error."""
+        validate_subject(subject, wildcards=False)
+        doing = f"request on {subject!r}"
+        self.check_open(doing)
+        try:
+            with translate(doing):
+                try:
+                    reply = await self._client.request(
+                        subject, data, timeout=timeout, headers=dict(headers) if headers else None
+                    )
+                except nats.errors.NoRespondersError:
+                    raise NoResponders(f"nobody answers requests on {subject!r}") from None
+                except nats.errors.TimeoutError:
+                    raise DeadlineExceeded(f"no reply on {subject!r} within {timeout:g}s") from None
+        except TimeoutError:  # anyio/asyncio's own, when the wait itself was bounded
+            raise DeadlineExceeded(f"no reply on {subject!r} within {timeout:g}s") from None
+        return Reply(reply.data, dict(reply.headers or {}))
+
     # -- lifecycle ----------------------------------------------------------------------
 
     async def aclose(self) -> None:
@@ -472,6 +517,9 @@ async def open_jetstream_backbone(
 if TYPE_CHECKING:
 
     def _conforms(
-        backbone: JetStreamBackbone, message: JetStreamMessage, bucket: JetStreamKeyValue
-    ) -> tuple[Backbone, Message, KeyValue]:
-        return backbone, message, bucket  # mypy checks the protocols here
+        backbone: JetStreamBackbone,
+        message: JetStreamMessage,
+        bucket: JetStreamKeyValue,
+        objects: JetStreamObjectStore,
+    ) -> tuple[Backbone, Message, KeyValue, ObjectStore, Requester]:
+        return backbone, message, bucket, objects, backbone  # mypy checks the protocols here

@@ -37,16 +37,17 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.errors import Error as NatsError
 
-from runtime import Event, Ok, Outcome, Retry
+from runtime import Event
 from runtime.lowlevel import (
+    ERROR_CODE_HEADER,
+    ERROR_HEADER,
     MSG_ID_HEADER,
     TRACEPARENT_HEADER,
     CompiledCapability,
     Invoker,
-    Problem,
     SubjectTrigger,
-    answer_outcome,
     parse_traceparent,
+    service_reply,
 )
 
 __all__ = [
@@ -59,32 +60,11 @@ __all__ = [
 ]
 
 log = logging.getLogger("thaw.nats.services")
-ERROR_HEADER = "Nats-Service-Error"
-ERROR_CODE_HEADER = "Nats-Service-Error-Code"
-STATUS_HEADER = "Thaw-Status"
-RETRY_AFTER_HEADER = "Retry-After"
 DEFAULT_MAX_IN_FLIGHT = 256
 _SRV = "$SRV"
 _PING_TYPE = "io.nats.micro.v1.ping_response"
 _INFO_TYPE = "io.nats.micro.v1.info_response"
 _STATS_TYPE = "io.nats.micro.v1.stats_response"
-_decode_problem = msgspec.json.Decoder(Problem).decode
-
-
-def service_reply(outcome: Outcome) -> tuple[bytes, dict[str, str]]:
-    """The reply body and headers for an Outcome (pure; the service only sends it)."""
-    answer = answer_outcome(outcome)
-    if type(outcome) is Ok:
-        return answer.body, {}
-    problem = _decode_problem(answer.body)
-    headers = {
-        ERROR_HEADER: problem.detail,
-        ERROR_CODE_HEADER: problem.code,
-        STATUS_HEADER: str(answer.status),
-    }
-    if type(outcome) is Retry and answer.retry_after is not None:
-        headers[RETRY_AFTER_HEADER] = str(answer.retry_after)
-    return answer.body, headers
 
 
 class EndpointStatistics(msgspec.Struct, frozen=True):
