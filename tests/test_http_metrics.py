@@ -207,3 +207,41 @@ def test_the_exposition_needs_no_server() -> None:
 
     service = HttpService(Invoker(app), config=HttpConfig())
     assert service.router.routes[0].metrics is service.metrics["place"]
+
+
+async def test_a_served_host_exposes_its_stream_workers() -> None:
+    from adapters.http import open_http_server
+    from runtime import RetryPolicy, stream
+    from runtime.lowlevel import open_host
+    from runtime.testing import MemoryBackbone
+
+    app = App("streamed")
+
+    @app.capability(stream("jobs.run"), retry=RetryPolicy(max_attempts=1))
+    async def run(order: Order) -> None:
+        if order.amount < 0:
+            raise Rejected("negative", code="amount_negative")
+
+    backbone = MemoryBackbone()
+    async with (
+        open_host(app, backbone, fetch_timeout=0.05) as host,
+        open_http_server(host) as server,
+        RawClient.connect(server.port) as client,
+    ):
+        for amount in (1, 2, -1):
+            await backbone.publish("jobs.run", msgspec.json.encode({"amount": amount}))
+        worker = host.workers["run"]
+        with anyio.fail_after(10):
+            while True:
+                numbers = worker.statistics()
+                if numbers.acked + numbers.dead_lettered == 3:
+                    break
+                await anyio.sleep(0.01)  # the worker's progress has no event to wait on
+        await client.send(request("GET", "/metrics"))
+        reply = await client.response()
+    types, samples = parse(reply.body.decode())
+    assert types["thaw_stream_deliveries_total"] == "counter"
+    name = "thaw_stream_deliveries_total"
+    assert value(samples, name, worker="run", action="ack") == 2
+    assert value(samples, name, worker="run", action="dead_letter") == 1
+    assert value(samples, name, worker="run", action="nak") == 0

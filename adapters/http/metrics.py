@@ -14,6 +14,11 @@ Families:
   ``thaw_http_responses_total{class}`` counter (``1xx`` .. ``5xx``),
   ``thaw_http_refusals_total{status}`` counter: requests the server refused
   itself (limits, timeouts, malformed or smuggling shapes, overload, drain).
+- When the server serves a Host, its stream workers (stream, kv and objects
+  triggers) too: ``thaw_stream_deliveries_total{worker,action}`` counter, action
+  ``ack`` (done), ``nak`` (retried later) or ``dead_letter`` (to the dead-letter
+  stream); ``worker`` is the capability (a capability's further consumers are
+  ``capability/stream/durable``).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from bisect import bisect_left
 from collections.abc import Iterable, Mapping
 
 from runtime import Ok, Outcome, Reject
+from runtime.lowlevel import WorkerStatistics
 
 __all__ = [
     "BUCKETS",
@@ -128,6 +134,7 @@ def render(
     connections_open: int,
     connections_total: int,
     requests_in_flight: int,
+    workers: Mapping[str, WorkerStatistics] | None = None,
 ) -> bytes:
     """The whole exposition, one family after the other (each family once)."""
     caps = sorted(capabilities, key=lambda m: m.name)
@@ -155,8 +162,23 @@ def render(
     for m in caps:
         out.sample("thaw_invocations_in_flight", (("capability", m.name),), m.in_flight)
     _server(out, counters, connections_open, connections_total, requests_in_flight)
+    if workers:
+        _workers(out, workers)
     out.lines.append("")
     return "\n".join(out.lines).encode()
+
+
+def _workers(out: _Writer, workers: Mapping[str, WorkerStatistics]) -> None:
+    name = "thaw_stream_deliveries_total"
+    out.family(name, "counter", "Stream deliveries handled by a host's workers, by action.")
+    for worker in sorted(workers):
+        numbers = workers[worker]
+        for action, count in (
+            ("ack", numbers.acked),
+            ("nak", numbers.naked),
+            ("dead_letter", numbers.dead_lettered),
+        ):
+            out.sample(name, (("worker", worker), ("action", action)), count)
 
 
 def _server(

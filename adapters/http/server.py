@@ -169,6 +169,8 @@ async def open_http_server(
 
     backbone = target.backbone if isinstance(target, Host) else None
     service = HttpService(invoker, config=config, not_ready=not_ready, backbone=backbone)
+    if isinstance(target, Host):
+        service.workers = lambda: target.statistics().workers
 
     def bind(state: ServerState) -> None:
         holder.append(state)

@@ -9,11 +9,18 @@ capability and maps its Outcome to an answer.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
-from runtime.lowlevel import Backbone, Invoker, parse_traceparent, problem_answer, start_trace
+from runtime.lowlevel import (
+    Backbone,
+    Invoker,
+    WorkerStatistics,
+    parse_traceparent,
+    problem_answer,
+    start_trace,
+)
 
 from ._wire import Request, Response, response_from_answer
 from .config import HttpConfig
@@ -74,6 +81,8 @@ class HttpService:
             200, _HEALTHY_BODY, "application/json", (("thaw-worker", str(os.getpid())),)
         )
         self.state: ServerState | None = None  # set by the server that serves this service
+        # A host's stream workers, for /metrics (set by whoever serves a Host).
+        self.workers: Callable[[], Mapping[str, WorkerStatistics]] | None = None
         self.metrics: dict[str, CapabilityMetrics] = {}
         for route in self.router.routes:  # one set of counters per capability
             route.metrics = self.metrics.setdefault(route.name, route.metrics)
@@ -111,12 +120,14 @@ class HttpService:
 
     def _exposition(self) -> Response:
         state = self.state
+        workers = self.workers() if self.workers is not None else None
         body = render(
             self.metrics.values(),
             state.counters if state is not None else ServerCounters(),
             connections_open=len(state.connections) if state is not None else 0,
             connections_total=state.accepted if state is not None else 0,
             requests_in_flight=state.in_flight if state is not None else 0,
+            workers=workers,
         )
         return Response(200, body, CONTENT_TYPE)
 
