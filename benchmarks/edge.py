@@ -12,8 +12,9 @@ code, ``adapters/edge/_bench.py``, runs in both):
 - warm: the compiled capability, the edge HTTP service, and JavaScript's
   ``handle(Request)`` end to end;
 - boot to first response: ``serve`` spawned until its first 200, from a full boot
-  and from a Pyodide memory snapshot (``memory-snapshot``: stdlib modules imported,
-  Thaw's and the app's bytecode kept; msgspec is imported after the restore);
+  and from a Pyodide memory snapshot (``memory-snapshot``: stdlib and pure-Python
+  third-party modules imported, the wheels' files and Thaw's and the app's bytecode
+  kept; msgspec's compiled module is loaded after the restore);
 - size: what a bundle needs (Pyodide files, wheels, Thaw's sources, the app).
 
     python benchmarks/edge.py [--trials 300] [--boots 5] [--json FILE]

@@ -303,6 +303,17 @@ def test_preloadable_modules_are_stdlib_source_modules_only() -> None:
     assert not [name for name in names if name.startswith(("runtime.", "_pytest", "pytest"))]
 
 
+def test_preloadable_site_modules_leave_out_distributions_with_compiled_modules() -> None:
+    import anyio  # noqa: F401  (pure Python: listed)
+    import msgspec  # noqa: F401  (has a compiled module: none of its modules is listed)
+
+    from adapters.edge._guest import preloadable_site_modules
+
+    names = preloadable_site_modules()
+    assert "anyio" in names
+    assert not [name for name in names if name.partition(".")[0] in {"msgspec", "runtime"}]
+
+
 @pytest.mark.anyio
 async def test_a_snapshot_built_in_process_serves_through_the_edge_runtime(tmp_path: Path) -> None:
     from adapters.edge._guest import EdgeRuntime, build_snapshot_bytes

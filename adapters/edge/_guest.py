@@ -41,6 +41,7 @@ __all__ = [
     "build_snapshot_bytes",
     "open_edge",
     "preloadable_modules",
+    "preloadable_site_modules",
 ]
 
 _log = logging.getLogger("thaw.edge")
@@ -105,10 +106,15 @@ async def open_edge(
     *,
     backbone: Backbone | None = None,
     config: HttpConfig | None = None,
+    provision: bool = True,
 ) -> AsyncIterator[EdgeService]:
-    """Open ``app`` on ``backbone`` (a new MemoryBackbone by default) for HTTP requests."""
+    """Open ``app`` on ``backbone`` (a new MemoryBackbone by default) for HTTP requests.
+
+    Its ``stream`` triggers are consumed too (``open_host``'s workers); ``provision``
+    False leaves streams, consumers and buckets as they are (they must exist).
+    """
     config = config or HttpConfig()
-    async with open_host(app, backbone or MemoryBackbone()) as host:
+    async with open_host(app, backbone or MemoryBackbone(), provision=provision) as host:
         yield EdgeService(HttpService(host.invoker, config=config), config=config)
 
 
@@ -118,22 +124,31 @@ class EdgeRuntime:
     def __init__(self, app: App, *, backbone: Backbone | None = None) -> None:
         self.app = app
         self._backbone = backbone
+        self._provision = backbone is None
         self._service: EdgeService | None = None
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
 
     @classmethod
-    def load(cls, target: str) -> EdgeRuntime:
+    def load(cls, target: str, nats: Any = None) -> EdgeRuntime:
         """The app at ``target``: a snapshot (``*.snap``), a file, a folder or ``module:name``.
 
         A snapshot built by another Python is refused by ``load_revision`` with a
-        message naming both Pythons (bytecode is version-specific).
+        message naming both Pythons (bytecode is version-specific). ``nats``, the
+        JavaScript host's ``NatsBridge``, puts the app on JetStream (``JsBackbone``):
+        its stream triggers are consumed, its KV and idempotency records live there,
+        and nothing is provisioned (``start`` fails naming ``thaw provision``).
         """
+        backbone: Backbone | None = None
+        if nats is not None:
+            from ._jsbackbone import JsBackbone
+
+            backbone = JsBackbone(nats)
         if target.endswith(".snap"):
             from runtime._revision import load_revision
 
-            return cls(load_revision(target).app)
-        return cls(load_app(target))
+            return cls(load_revision(target).app, backbone=backbone)
+        return cls(load_app(target), backbone=backbone)
 
     async def start(self) -> None:
         ready = asyncio.get_running_loop().create_future()
@@ -143,7 +158,13 @@ class EdgeRuntime:
             self._task.result()  # raises why the app could not start
 
     async def _serve(self, ready: asyncio.Future[None]) -> None:
-        async with open_edge(self.app, backbone=self._backbone) as service:
+        from ._jsbackbone import JsBackbone, check_provisioned
+
+        if isinstance(self._backbone, JsBackbone):
+            await check_provisioned(self.app, self._backbone)
+        async with open_edge(
+            self.app, backbone=self._backbone, provision=self._provision
+        ) as service:
             self._service = service
             ready.set_result(None)
             try:
@@ -196,6 +217,31 @@ def preloadable_modules() -> list[str]:
         if file.endswith(".py") and file.startswith(stdlib) and not file.startswith(site):
             names.append(name)
     return names
+
+
+def preloadable_site_modules() -> list[str]:
+    """The loaded third-party pure-Python modules a memory snapshot may hold, in load order.
+
+    Modules from site-packages whose file is Python source, except those of a
+    distribution that has a compiled extension module (msgspec: see
+    ``preloadable_modules``). The snapshot keeps the wheels' files too, so these
+    modules' files exist again after a restore.
+    """
+    site = os.path.realpath(sysconfig.get_path("purelib")) + os.sep  # Pyodide's has "//lib"
+    loaded = [
+        (name, getattr(module, "__file__", None) or "")
+        for name, module in list(sys.modules.items())
+    ]
+    compiled = {
+        name.partition(".")[0]
+        for name, file in loaded
+        if file.startswith(site) and not file.endswith(".py")
+    }
+    return [
+        name
+        for name, file in loaded
+        if file.startswith(site) and file.endswith(".py") and name.partition(".")[0] not in compiled
+    ]
 
 
 def build_snapshot_bytes(target: str) -> bytes:

@@ -4,6 +4,7 @@ The bundle has the edge cache's layout, so the host finds everything beside itse
 (it switches to bundle mode when ``thaw-bundle.json`` sits next to it)::
 
     DIR/thaw_edge.mjs                the host (serve / handle / bench / snapshot)
+    DIR/nats_bridge.mjs              its JetStream half (``serve --nats`` needs @nats-io too)
     DIR/thaw-bundle.json             manifest: app, snapshot, versions, every file's size
     DIR/README.md                    how to run it
     DIR/node_modules/pyodide/        Pyodide's five files (nothing else is read)
@@ -39,7 +40,14 @@ PYODIDE_FILES = (
     "python_stdlib.zip",
     "pyodide-lock.json",
 )
-EDGE_MODULES = ("__init__.py", "_guest.py", "_bench.py", "_pyodide_pytest.py", "_webloop.py")
+EDGE_MODULES = (
+    "__init__.py",
+    "_guest.py",
+    "_bench.py",
+    "_jsbackbone.py",
+    "_pyodide_pytest.py",
+    "_webloop.py",
+)
 MANIFEST = "thaw-bundle.json"
 _SKIP = ("__pycache__", "*.pyc", ".*", "node_modules")
 _SNAPSHOT_TIMEOUT = 300.0
@@ -85,6 +93,9 @@ def build_bundle(
     shutil.copytree(folder, app_dir, ignore=shutil.ignore_patterns(*_SKIP))
     app_entry = app_dir if source.is_dir() else app_dir / source.name
     shutil.copyfile(prepare.HOST_SCRIPT, output / "thaw_edge.mjs")
+    # Imported by the host; `serve --nats` also needs the @nats-io packages, which a
+    # bundle does not carry yet (it says so and names them).
+    shutil.copyfile(prepare.HOST_SCRIPT.parent / "nats_bridge.mjs", output / "nats_bridge.mjs")
 
     snapshot_name: str | None = None
     if snapshot:
@@ -178,7 +189,7 @@ def _manifest(
         "app": under("app/"),
         "snapshot": files.get(snapshot, 0) if snapshot else 0,
         "memory_snapshot": files.get(memory, 0) if memory else 0,
-        "host": files["thaw_edge.mjs"],
+        "host": files["thaw_edge.mjs"] + files["nats_bridge.mjs"],
     }
     sizes["total"] = sum(sizes.values())
     target = stamp.get("target")

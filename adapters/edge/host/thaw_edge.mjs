@@ -2,7 +2,7 @@
 // Thaw's edge host: Pyodide under Node, an App's http capabilities behind a
 // fetch-style handler, MemoryBackbone by default.
 //
-//   node thaw_edge.mjs serve APP_DIR [--port N] [--host 127.0.0.1]
+//   node thaw_edge.mjs serve APP_DIR [--port N] [--host 127.0.0.1] [--nats URL]
 //   node thaw_edge.mjs handle APP_DIR < requests.json   (JSON list in, JSON list out)
 //   node thaw_edge.mjs test [--snapshot FILE] [-- PYTEST_ARGS...]
 //   node thaw_edge.mjs bench APP_DIR --capability NAME [--data JSON] [--trials N]
@@ -10,6 +10,13 @@
 //   node thaw_edge.mjs memory-snapshot APP_DIR --output FILE  (Pyodide's memory, stdlib preloaded)
 //
 // serve, handle and bench take --memory-snapshot FILE to boot from one.
+//
+// `serve --nats URL` puts the app on JetStream instead of the in-memory backbone:
+// nats_bridge.mjs (the @nats-io npm client) moves bytes, and the unchanged Python
+// host inside Pyodide consumes the app's stream triggers from their durable
+// consumers and acks, naks or dead-letters each message by its Outcome, with
+// idempotency records in the app's KV bucket (shared with Python hosts). The
+// streams, consumers and buckets must exist: `thaw provision APP --nats URL`.
 //
 // APP may be a snapshot (*.snap). Inside a bundle (`thaw edge build`), `serve`
 // without APP serves the bundled app.
@@ -25,6 +32,7 @@ import fs from "node:fs";
 import http from "node:http";
 import path from "node:path";
 import { fileURLToPath, pathToFileURL } from "node:url";
+import { NatsBridge } from "./nats_bridge.mjs";
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 // A bundle made by `thaw edge build` holds this file beside thaw-bundle.json, its own
@@ -42,18 +50,28 @@ const APPS = "/apps"; // the app's source tree inside Pyodide
 // the transport-free ones (service, routing, ...) and never the httptools server, so
 // it answers with the same routing, contracts and problem details as the native one.
 const httpModules = (folder) => fs.readdirSync(folder).filter((f) => f.endsWith(".py") && f !== "__init__.py").sort();
-const EDGE_MODULES = ["__init__.py", "_guest.py", "_bench.py", "_pyodide_pytest.py", "_webloop.py"];
+const EDGE_MODULES = ["__init__.py", "_guest.py", "_bench.py", "_jsbackbone.py", "_pyodide_pytest.py", "_webloop.py"];
 const SKIP = new Set(["__pycache__", "node_modules", ".git", ".venv", ".mypy_cache", ".pytest_cache", ".hypothesis", ".ruff_cache"]);
 const MAX_BODY = 8 * 1024 * 1024; // hard transport cap; routes have their own, smaller ones
 const NO_BODY = new Set([204, 304]);
 
 export class EdgeSetupError extends Error {}
 const LOAD_ERRORS = new Set(["SnapshotError", "RevisionLoadError", "AppLoadError"]);
+// Why an app on JetStream could not start (not provisioned, no server): a message, not a stack.
+const START_ERRORS = new Set(["StreamNotFound", "ConsumerNotFound", "BucketNotFound", "BackboneError", "NoStreamForSubject"]);
 
-function requireCache(cache, { tests = false } = {}) {
+function setupError(error) {
+  const lines = String(error.message).trim().split("\n");
+  return new EdgeSetupError(lines[lines.length - 1].replace(/^[\w.]+: /, ""));
+}
+
+function requireCache(cache, { tests = false, nats = false } = {}) {
   const pyodide = path.join(cache, "node_modules", "pyodide", "pyodide.mjs");
   if (!fs.existsSync(pyodide)) {
     throw new EdgeSetupError(`Pyodide is not installed under ${cache}: ${PREPARE_HINT}`);
+  }
+  if (nats && !fs.existsSync(path.join(cache, "node_modules", "@nats-io", "transport-node"))) {
+    throw new EdgeSetupError(`the NATS client (@nats-io/transport-node) is not installed under ${cache}: ${PREPARE_HINT}`);
   }
   for (const group of tests ? ["runtime", "test"] : ["runtime"]) {
     const folder = path.join(cache, "wheels", group);
@@ -113,11 +131,20 @@ export async function bootPyodide({ cache = CACHE, tests = false, output = "stde
   const stream = output === "stdout" ? process.stdout : process.stderr;
   const write = { write: (buffer) => { stream.write(buffer); return buffer.length; } };
   const options = { indexURL: path.dirname(entry) + path.sep, env: { HOME: "/home/pyodide" } };
-  // A memory snapshot restores the interpreter with the stdlib modules it held; the
-  // file system is not part of it, so wheels and sources are installed below either way.
+  // A memory snapshot restores the interpreter with the modules it held; the file
+  // system is not part of it, so the files are written again below: the wheels' files
+  // from the section after the memory image (no unzipping), Thaw's sources from disk.
+  let keptWheels = null;
+  let keptFiles = null;
   if (memorySnapshot) {
-    options._loadSnapshot = readMemorySnapshot(memorySnapshot);
-    sizes.memory_snapshot = options._loadSnapshot.byteLength;
+    const snapshot = readMemorySnapshot(memorySnapshot);
+    options._loadSnapshot = snapshot.bytes;
+    sizes.memory_snapshot = snapshot.bytes.byteLength;
+    keptWheels = snapshot.files ? snapshot.header.wheels : null;
+    keptFiles = snapshot.files;
+    if (keptWheels && (tests || keptWheels.join() !== wheelNames(cache, "runtime").join())) {
+      throw new EdgeSetupError(`${memorySnapshot} was made with other wheels than those in ${path.join(cache, "wheels")}: make it again`);
+    }
   }
   const pyodide = await loadPyodide(options);
   pyodide.setStdout(write);
@@ -125,32 +152,86 @@ export async function bootPyodide({ cache = CACHE, tests = false, output = "stde
   timings.load_pyodide_ms = performance.now() - started;
 
   started = performance.now();
-  const site = pyodide.runPython("import sysconfig; sysconfig.get_path('purelib')");
-  for (const group of tests ? ["runtime", "test"] : ["runtime"]) {
-    const folder = path.join(cache, "wheels", group);
-    for (const name of fs.readdirSync(folder).filter((f) => f.endsWith(".whl")).sort()) {
-      const data = fs.readFileSync(path.join(folder, name));
-      sizes.wheels += data.byteLength;
-      // unpackArchive wants a Uint8Array (a Node Buffer is refused), and extracts
-      // into the current directory unless told where.
-      pyodide.unpackArchive(new Uint8Array(data.buffer, data.byteOffset, data.byteLength), "wheel", { extractDir: site });
-    }
-  }
+  if (keptWheels) writeFiles(pyodide.FS, keptFiles);
+  else sizes.wheels += unpackWheels(pyodide, cache, tests ? ["runtime", "test"] : ["runtime"]);
   timings.unpack_wheels_ms = performance.now() - started;
 
   started = performance.now();
   sizes.sources += installSources(pyodide.FS);
   pyodide.runPython(`import sys; ${JSON.stringify(GUEST)} in sys.path or sys.path.insert(0, ${JSON.stringify(GUEST)})`);
+  pyodide.runPython(writeKeptFiles("_thaw_edge_pycache")); // before the first import below
   pyodide.runPython("__import__(\"adapters.edge._webloop\", fromlist=[\"patch\"]).patch()");
-  pyodide.runPython(`
+  timings.copy_sources_ms = performance.now() - started;
+  return { pyodide, timings, sizes };
+}
+
+/** Write files kept as [index length: u32 LE][index JSON: [[path, size]...]][data...]. */
+function writeFiles(FS, blob) {
+  const length = new DataView(blob.buffer, blob.byteOffset, 4).getUint32(0, true);
+  const index = JSON.parse(new TextDecoder().decode(blob.subarray(4, 4 + length)));
+  let offset = 4 + length;
+  const folders = new Set();
+  for (const [file, size] of index) {
+    const folder = path.posix.dirname(file);
+    if (!folders.has(folder)) { FS.mkdirTree(folder); folders.add(folder); }
+    FS.writeFile(file, blob.subarray(offset, offset + size));
+    offset += size;
+  }
+}
+
+/** Every file under `root` in Pyodide's file system, packed for writeFiles. */
+function packFiles(FS, root) {
+  const index = [];
+  const chunks = [];
+  const walk = (folder) => {
+    for (const name of FS.readdir(folder)) {
+      if (name === "." || name === "..") continue;
+      const file = `${folder}/${name}`;
+      const mode = FS.stat(file).mode;
+      if (FS.isDir(mode)) walk(file);
+      else if (FS.isFile(mode)) {
+        const data = FS.readFile(file);
+        index.push([file, data.byteLength]);
+        chunks.push(Buffer.from(data.buffer, data.byteOffset, data.byteLength));
+      }
+    }
+  };
+  walk(root);
+  const head = Buffer.from(JSON.stringify(index), "utf8");
+  const length = Buffer.alloc(4);
+  length.writeUInt32LE(head.byteLength, 0);
+  return Buffer.concat([length, head, ...chunks]);
+}
+
+function wheelNames(cache, group) {
+  return fs.readdirSync(path.join(cache, "wheels", group)).filter((f) => f.endsWith(".whl")).sort();
+}
+
+/** Unpack the wheels of `groups` into site-packages; their total size. */
+function unpackWheels(pyodide, cache, groups) {
+  let bytes = 0;
+  const site = pyodide.runPython("import sysconfig; sysconfig.get_path('purelib')");
+  for (const group of groups) {
+    for (const name of wheelNames(cache, group)) {
+      const data = fs.readFileSync(path.join(cache, "wheels", group, name));
+      bytes += data.byteLength;
+      // unpackArchive wants a Uint8Array (a Node Buffer is refused), and extracts
+      // into the current directory unless told where.
+      pyodide.unpackArchive(new Uint8Array(data.buffer, data.byteOffset, data.byteLength), "wheel", { extractDir: site });
+    }
+  }
+  return bytes;
+}
+
+/** Python that writes the files a memory snapshot kept in module `name` (path -> bytes). */
+function writeKeptFiles(name) {
+  return `
 import os, sys
-for _path, _data in getattr(sys.modules.get("_thaw_edge_pycache"), "files", {}).items():
+for _path, _data in getattr(sys.modules.get(${JSON.stringify(name)}), "files", {}).items():
     os.makedirs(os.path.dirname(_path), exist_ok=True)
     with open(_path, "wb") as _handle:
         _handle.write(_data)
-`);
-  timings.copy_sources_ms = performance.now() - started;
-  return { pyodide, timings, sizes };
+`;
 }
 
 const MEMORY_MAGIC = "thaw-edge-memory-snapshot/1\n";
@@ -162,7 +243,7 @@ function pyodideVersionAt(entry) {
 
 function readMemorySnapshot(file) {
   const data = fs.readFileSync(file);
-  const head = data.subarray(0, 512).toString("latin1");
+  const head = data.subarray(0, 4096).toString("latin1");
   const end = head.indexOf("\n", MEMORY_MAGIC.length);
   if (!head.startsWith(MEMORY_MAGIC) || end < 0) {
     throw new EdgeSetupError(`${file} is not a Thaw edge memory snapshot: make one with \`memory-snapshot\``);
@@ -172,27 +253,44 @@ function readMemorySnapshot(file) {
   if (header.pyodide !== pyodideVersion) {
     throw new EdgeSetupError(`${file} was made by Pyodide ${header.pyodide}; this is Pyodide ${pyodideVersion}: make it again`);
   }
-  return new Uint8Array(data.buffer, data.byteOffset + end + 1, data.byteLength - end - 1);
+  const start = data.byteOffset + end + 1;
+  const size = header.image ?? data.byteLength - end - 1;
+  const bytes = new Uint8Array(data.buffer, start, size);
+  const files = header.image ? new Uint8Array(data.buffer, start + size, data.byteLength - end - 1 - size) : null;
+  // Pyodide views the image through Uint32Arrays: copy it if it does not start aligned.
+  return { header, bytes: bytes.byteOffset % 8 ? bytes.slice() : bytes, files };
 }
 
 /**
- * Write a Pyodide memory snapshot holding the stdlib modules `appPath` uses, already
- * imported. Compiled extension modules (msgspec) and anything from site-packages,
- * Thaw or the app are left out: a snapshot taken after msgspec's module was loaded
- * crashes on restore ("table index is out of bounds"); they are imported after it.
+ * Write a Pyodide memory snapshot for `appPath`: the stdlib modules it uses and the
+ * pure-Python third-party ones (anyio, with its asyncio backend) already imported, the
+ * wheels' files and the bytecode of Thaw and the app kept in memory. Compiled
+ * extension modules (msgspec) and everything from Thaw or the app are left out: a
+ * snapshot taken after msgspec's module was loaded crashes on restore ("table index
+ * is out of bounds"), and Thaw's and the app's sources may change after it is made.
  */
 export async function makeMemorySnapshot(appPath, output, { cache = CACHE } = {}) {
   const probe = await openEdge(appPath, { cache });
   const guest = probe.pyodide.pyimport("adapters.edge._guest");
-  const modules = guest.preloadable_modules().toJs();
+  const modules = [...guest.preloadable_modules().toJs(), ...guest.preloadable_site_modules().toJs()];
   guest.destroy();
+  // The wheels' files, with their bytecode, from the probe: unzipping and compiling
+  // them in the snapshot's interpreter would grow its heap past what a restore fits.
+  const site = probe.pyodide.runPython(`
+import compileall, os, py_compile, sysconfig
+_site = os.path.realpath(sysconfig.get_path("purelib"))
+compileall.compile_dir(_site, quiet=2, invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)
+_site`);
+  const files = packFiles(probe.pyodide.FS, site);
   await probe.close();
   const entry = requireCache(cache);
   const { loadPyodide } = await import(pathToFileURL(entry).href);
   const pyodide = await loadPyodide({ indexURL: path.dirname(entry) + path.sep, env: { HOME: "/home/pyodide" }, _makeSnapshot: true });
-  // Bytecode for Thaw's and the app's sources, compiled now and kept in memory (the
-  // file system is not in the snapshot): written back as checked-hash .pyc files
-  // after a restore, so an edited source is compiled again, never served stale.
+  // Bytecode for Thaw's and the app's sources is compiled now and kept in memory,
+  // written back as checked-hash .pyc files after a restore, so an edited source is
+  // compiled again, never served stale.
+  const wheels = wheelNames(cache, "runtime");
+  writeFiles(pyodide.FS, files);
   installSources(pyodide.FS);
   installApp(pyodide, appPath);
   pyodide.globals.set("__thaw_preload", pyodide.toPy(modules));
@@ -215,12 +313,17 @@ for _root in (${JSON.stringify(GUEST)}, ${JSON.stringify(APPS)}):
 sys.modules["_thaw_edge_pycache"] = _cache
 del _name, _cache, _root, _folder, _names, _file, _handle
 len(sys.modules)`);
+  // The wheels' files go after the memory image, outside Python's heap: written back
+  // straight into the file system after a restore.
   pyodide.globals.delete("__thaw_preload");
   const bytes = pyodide.makeMemorySnapshot();
   const version = pyodideVersionAt(entry);
-  const header = Buffer.from(MEMORY_MAGIC + JSON.stringify({ pyodide: version, modules: loaded }) + "\n", "latin1");
-  fs.writeFileSync(output, Buffer.concat([header, bytes]));
-  return { bytes: header.byteLength + bytes.byteLength, modules: loaded };
+  // Padded so the memory image starts 8-byte aligned (Pyodide reads it through typed arrays).
+  let text = MEMORY_MAGIC + JSON.stringify({ pyodide: version, modules: loaded, wheels, image: bytes.byteLength });
+  text += " ".repeat(7 - ((text.length + 7) % 8)) + "\n";
+  const header = Buffer.from(text, "latin1");
+  fs.writeFileSync(output, Buffer.concat([header, bytes, files]));
+  return { bytes: header.byteLength + bytes.byteLength + files.byteLength, modules: loaded };
 }
 
 /** Copy an app (a folder, or a .py file with its folder) into Pyodide; its path there. */
@@ -241,8 +344,9 @@ export function installApp(pyodide, appPath) {
 
 /** An app opened inside Pyodide, answering fetch Requests. */
 export class EdgeHost {
-  constructor(pyodide, runtime, timings, sizes) {
+  constructor(pyodide, runtime, timings, sizes, nats = null) {
     this.pyodide = pyodide;
+    this.nats = nats;
     this.timings = timings;
     this.sizes = sizes;
     this._runtime = runtime;
@@ -273,31 +377,52 @@ export class EdgeHost {
     await this._runtime.stop();
     this._handle.destroy();
     this._runtime.destroy();
+    if (this.nats) await this.nats.close();
   }
 }
 
-/** Boot Pyodide (unless given one), install and open the app at `appPath`. */
-export async function openEdge(appPath, { cache = CACHE, booted = null, memorySnapshot = null } = {}) {
+/**
+ * Boot Pyodide (unless given one), install and open the app at `appPath`; with
+ * `nats` (a server URL) the app runs on JetStream and consumes its stream triggers.
+ */
+export async function openEdge(appPath, { cache = CACHE, booted = null, memorySnapshot = null, nats = null } = {}) {
+  if (nats) requireCache(cache, { nats: true });
   const { pyodide, timings, sizes } = booted || (await bootPyodide({ cache, memorySnapshot }));
   const mark = performance.now();
   const app = installApp(pyodide, appPath);
   sizes.app = app.bytes;
+  let bridge = null;
+  if (nats) {
+    try {
+      bridge = await NatsBridge.open(nats, { cache });
+    } catch (error) {
+      throw new EdgeSetupError(`cannot connect to NATS at ${nats}: ${error.message}`);
+    }
+  }
   const guest = pyodide.pyimport("adapters.edge._guest");
   let runtime;
   try {
-    runtime = guest.EdgeRuntime.load(app.target);
+    // Not `load(target, null)`: Pyodide hands null to Python as jsnull, not None.
+    runtime = bridge ? guest.EdgeRuntime.load(app.target, bridge) : guest.EdgeRuntime.load(app.target);
   } catch (error) {
     // A refused snapshot or an app that does not load: its message, not a wasm stack.
+    if (bridge) await bridge.close();
     if (!LOAD_ERRORS.has(error?.type)) throw error;
-    const lines = String(error.message).trim().split("\n");
-    throw new EdgeSetupError(lines[lines.length - 1].replace(/^[\w.]+: /, ""));
+    throw setupError(error);
   } finally {
     guest.destroy();
   }
-  await runtime.start();
+  try {
+    await runtime.start();
+  } catch (error) {
+    runtime.destroy();
+    if (bridge) await bridge.close();
+    if (!START_ERRORS.has(error?.type)) throw error;
+    throw setupError(error);
+  }
   timings.open_app_ms = performance.now() - mark;
   timings.boot_to_ready_ms = sum(timings, ["load_pyodide_ms", "unpack_wheels_ms", "copy_sources_ms", "open_app_ms"]);
-  const host = new EdgeHost(pyodide, runtime, timings, sizes);
+  const host = new EdgeHost(pyodide, runtime, timings, sizes, bridge);
   host.appTarget = app.target;
   return host;
 }
@@ -339,10 +464,10 @@ function bundledApp() {
 
 async function commandServe(options) {
   const appPath = options._[0] || bundledApp();
-  if (!appPath) throw new EdgeSetupError("usage: serve APP_DIR|APP.snap [--port N] [--host 127.0.0.1]");
+  if (!appPath) throw new EdgeSetupError("usage: serve APP_DIR|APP.snap [--port N] [--host 127.0.0.1] [--nats URL]");
   const host = options.host || "127.0.0.1";
   const port = Number(options.port ?? 8787);
-  const edge = await openEdge(appPath, { memorySnapshot: memorySnapshotOption(options) });
+  const edge = await openEdge(appPath, { memorySnapshot: memorySnapshotOption(options), nats: options.nats || null });
   const server = http.createServer((req, res) => {
     const chunks = [];
     let size = 0;
@@ -378,7 +503,7 @@ async function commandServe(options) {
   server.requestTimeout = 30_000;
   await new Promise((resolve, reject) => { server.once("error", reject); server.listen(port, host, resolve); });
   const address = server.address();
-  console.log(JSON.stringify({ listening: `http://${address.address}:${address.port}`, timings: edge.timings, sizes: edge.sizes }));
+  console.log(JSON.stringify({ listening: `http://${address.address}:${address.port}`, nats: options.nats || null, timings: edge.timings, sizes: edge.sizes }));
   let stopping = false;
   const stop = async () => {
     if (stopping) return;

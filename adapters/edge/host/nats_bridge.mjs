@@ -1,0 +1,284 @@
+// The JetStream half of the edge host: moves bytes between nats-server and the
+// Python guest, decides nothing.
+//
+// The guest's JsBackbone (adapters/edge/_jsbackbone.py) implements Thaw's Backbone
+// contract on top of this object, so the unchanged host (open_host, StreamWorker,
+// decide_stream, KvIdempotencyStore) runs inside Pyodide; every decision (ack, nak
+// with a delay, dead-letter and term) is made there, exactly as in the Python host.
+//
+// Every method answers a plain object: `{ error: "", ... }` or `{ error: CODE,
+// message }` (CODE as in ERROR_CODES), so the guest raises the matching Thaw error
+// without parsing JavaScript exceptions. No nulls: Pyodide hands JavaScript's null
+// to Python as `jsnull`, not None.
+//
+// Pulls are hand-rolled on the core client, as in adapters/nats/_pull.py: one inbox
+// per pull request, `no_wait` with `expires` (the server delivers what it holds, or
+// waits up to `expires` for the first message), follow-up pulls while the consumer
+// still holds messages. The jetstream package's `consumer.fetch` waits until the
+// batch is full (a fetch sized to the free slots would then stall up to `expires`
+// on a quiet stream) and accepts no expiry under one second.
+
+import { createRequire } from "node:module";
+import path from "node:path";
+
+// The packages live in the edge cache's node_modules (`npm ci` from the committed
+// package-lock.json), not beside this file: loaded from there by openNatsBridge.
+let connect, createInbox, natsHeaders, jetstream, jetstreamManager, JetStreamApiError, Kvm;
+
+function loadPackages(cache) {
+  if (Kvm) return;
+  const require = createRequire(path.join(cache, "node_modules", "thaw-edge.cjs"));
+  ({ connect, createInbox, headers: natsHeaders } = require("@nats-io/transport-node"));
+  ({ jetstream, jetstreamManager, JetStreamApiError } = require("@nats-io/jetstream"));
+  ({ Kvm } = require("@nats-io/kv"));
+}
+
+const API = "$JS.API";
+const MIN_EXPIRES = 0.02; // seconds: a no_wait pull still needs an expiry (see _pull.py)
+const MARGIN = 2.0; // seconds past `expires` before a pull is given up locally
+const TOP_UPS = 3;
+const CONFIRM_TIMEOUT = 5_000; // ms for nak/term confirmations and API requests
+const encoder = new TextEncoder();
+
+const ERROR_CODES = {
+  10014: "consumer_not_found",
+  10059: "stream_not_found",
+  10037: "message_not_found",
+  10071: "wrong_last_sequence",
+  10164: "wrong_last_sequence",
+};
+
+function fail(error, fallback = "backbone_error") {
+  const code = error instanceof JetStreamApiError ? ERROR_CODES[error.code] : undefined;
+  const message = String(error?.message || error);
+  if (!code && /no responders/i.test(message)) return { error: "no_responders", message };
+  if (!code && /stream not found/i.test(message)) return { error: "stream_not_found", message };
+  if (!code && /consumer not found/i.test(message)) return { error: "consumer_not_found", message };
+  return { error: code || fallback, message };
+}
+
+async function answer(work) {
+  try {
+    return { error: "", ...(await work()) };
+  } catch (error) {
+    return fail(error);
+  }
+}
+
+/** Headers as JSON text (first value of each name), the shape the guest decodes. */
+function headersJson(h) {
+  if (!h) return "{}";
+  const fields = {};
+  for (const name of h.keys()) fields[name] = h.get(name);
+  return JSON.stringify(fields);
+}
+
+/** A plain Uint8Array view (Pyodide refuses a Node Buffer, which the client hands out). */
+function plainBytes(data) {
+  return new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
+}
+
+function pendingAfter(reply) {
+  const tokens = reply.split(".");
+  return Number(tokens.length === 9 ? tokens[8] : tokens[10]);
+}
+
+export class NatsBridge {
+  constructor(connection) {
+    this.connection = connection;
+    this.js = jetstream(connection);
+    this.kvm = new Kvm(this.js);
+    this._jsm = null;
+    this._buckets = new Map();
+  }
+
+  /** Connect to `url` with the npm client from the edge cache `cache`. */
+  static async open(url, { cache, name = "thaw-edge" }) {
+    loadPackages(cache);
+    const connection = await connect({ servers: url, name, maxReconnectAttempts: -1 });
+    return new NatsBridge(connection);
+  }
+
+  async jsm() {
+    this._jsm ??= await jetstreamManager(this.connection, { timeout: CONFIRM_TIMEOUT });
+    return this._jsm;
+  }
+
+  // -- streams and consumers ---------------------------------------------------------
+
+  /** One pull request: up to `batch` messages, waiting at most `timeout` s for the first. */
+  _pull(stream, durable, batch, timeout) {
+    const expires = Math.max(timeout, MIN_EXPIRES);
+    const messages = [];
+    return new Promise((resolve) => {
+      let timer = null;
+      const subscription = this.connection.subscribe(createInbox(), {
+        callback: (error, message) => {
+          if (error) return finish("error", String(error.message || error));
+          const code = message.headers?.code || 0;
+          if (code === 100) return; // idle heartbeat
+          if (code || (message.data.length === 0 && message.headers?.hasError)) {
+            return finish(String(code), message.headers.description);
+          }
+          messages.push({
+            subject: message.subject,
+            reply: message.reply,
+            data: plainBytes(message.data),
+            headers: headersJson(message.headers),
+          });
+          if (messages.length >= batch) finish("full", "");
+        },
+      });
+      const finish = (status, description) => {
+        clearTimeout(timer);
+        subscription.unsubscribe();
+        resolve({ messages, status, description });
+      };
+      timer = setTimeout(() => finish("local-timeout", ""), (expires + MARGIN) * 1000);
+      const body = JSON.stringify({ batch, expires: Math.round(expires * 1e9), no_wait: true });
+      this.connection.publish(`${API}.CONSUMER.MSG.NEXT.${stream}.${durable}`, encoder.encode(body), { reply: subscription.getSubject() });
+    });
+  }
+
+  fetch(stream, durable, batch, timeout) {
+    return answer(async () => {
+      let pulled = await this._pull(stream, durable, batch, timeout);
+      const received = pulled.messages;
+      for (let i = 0; i < TOP_UPS; i++) {
+        if (!["404", "408"].includes(pulled.status) || !pulled.messages.length) break;
+        if (received.length >= batch || pendingAfter(received[received.length - 1].reply) === 0) break;
+        pulled = await this._pull(stream, durable, batch - received.length, 0);
+        received.push(...pulled.messages);
+      }
+      if (pulled.status === "503" && !received.length) {
+        throw new Error(`no responders: JetStream is not available for ${stream}/${durable}`);
+      }
+      return { messages: received };
+    });
+  }
+
+  // ack and in-progress are fire-and-forget, nak and term wait for the server's
+  // confirmation, as JetStreamMessage does in adapters/nats/_pull.py.
+  ack(reply) {
+    return answer(async () => { this.connection.publish(reply, "+ACK"); return {}; });
+  }
+
+  working(reply) {
+    return answer(async () => { this.connection.publish(reply, "+WPI"); return {}; });
+  }
+
+  nak(reply, delay) {
+    const payload = delay > 0 ? `-NAK ${JSON.stringify({ delay: Math.round(delay * 1e9) })}` : "-NAK";
+    return answer(async () => { await this.connection.request(reply, payload, { timeout: CONFIRM_TIMEOUT }); return {}; });
+  }
+
+  term(reply, reason) {
+    return answer(async () => {
+      await this.connection.request(reply, reason ? `+TERM ${reason}` : "+TERM", { timeout: CONFIRM_TIMEOUT });
+      return {};
+    });
+  }
+
+  publish(subject, data, headersText, msgId) {
+    return answer(async () => {
+      const fields = JSON.parse(headersText);
+      const options = { timeout: CONFIRM_TIMEOUT };
+      if (Object.keys(fields).length) {
+        options.headers = natsHeaders();
+        for (const [name, value] of Object.entries(fields)) options.headers.set(name, value);
+      }
+      if (msgId) options.msgID = msgId;
+      const ack = await this.js.publish(subject, data, options);
+      return { stream: ack.stream, seq: ack.seq, duplicate: Boolean(ack.duplicate) };
+    });
+  }
+
+  consumerInfo(stream, durable) {
+    return answer(async () => {
+      const info = await (await this.jsm()).consumers.info(stream, durable);
+      const config = info.config;
+      return {
+        info: JSON.stringify({
+          stream,
+          config: {
+            durable: config.durable_name,
+            filter_subject: config.filter_subject || "",
+            ack_wait: (config.ack_wait || 0) / 1e9,
+            max_deliver: config.max_deliver ?? -1,
+            backoff: (config.backoff || []).map((nanos) => nanos / 1e9),
+            max_ack_pending: config.max_ack_pending ?? 1000,
+          },
+          num_pending: info.num_pending,
+          num_ack_pending: info.num_ack_pending,
+          num_redelivered: info.num_redelivered,
+        }),
+      };
+    });
+  }
+
+  // -- KV ------------------------------------------------------------------------------
+
+  async _bucket(name) {
+    let bucket = this._buckets.get(name);
+    if (!bucket) {
+      bucket = await this.kvm.open(name);
+      await bucket.status(); // open() binds lazily: make a missing bucket fail here
+      this._buckets.set(name, bucket);
+    }
+    return bucket;
+  }
+
+  kvOpen(name) {
+    return answer(async () => { await this._bucket(name); return {}; });
+  }
+
+  kvCreateBucket(name, ttl, maxValueSize) {
+    return answer(async () => {
+      const options = { history: 1 };
+      if (ttl > 0) options.ttl = Math.round(ttl * 1000);
+      if (maxValueSize > 0) options.maxValueSize = maxValueSize;
+      this._buckets.set(name, await this.kvm.create(name, options));
+      return {};
+    });
+  }
+
+  /** The key's latest record, tombstones included (the guest reads those as absent). */
+  kvGet(name, key) {
+    return answer(async () => {
+      const entry = await (await this._bucket(name)).get(key);
+      if (!entry) return { found: false };
+      return { found: true, value: plainBytes(entry.value), revision: entry.revision, operation: entry.operation };
+    });
+  }
+
+  kvPut(name, key, value) {
+    return answer(async () => ({ revision: await (await this._bucket(name)).put(key, value) }));
+  }
+
+  kvCreate(name, key, value) {
+    return answer(async () => ({ revision: await (await this._bucket(name)).create(key, value) }));
+  }
+
+  kvUpdate(name, key, value, last) {
+    return answer(async () => ({ revision: await (await this._bucket(name)).update(key, value, last) }));
+  }
+
+  kvDelete(name, key, last) {
+    return answer(async () => {
+      await (await this._bucket(name)).delete(key, last > 0 ? { previousSeq: last } : undefined);
+      return {};
+    });
+  }
+
+  kvKeys(name) {
+    return answer(async () => {
+      const keys = [];
+      for await (const key of await (await this._bucket(name)).keys()) keys.push(key);
+      return { keys: JSON.stringify(keys.sort()) };
+    });
+  }
+
+  async close() {
+    await this.connection.drain();
+  }
+}
