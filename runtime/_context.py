@@ -126,12 +126,7 @@ class Context:
         duplicate window drops the copies. ``data`` that is not bytes is JSON-encoded.
         """
         backbone = self._require_backbone("publish")
-        access = self._env.access
-        if access is not None and not any(subject_matches(p, subject) for p in access.publishes):
-            raise AccessDenied(
-                f"capability {self._env.capability!r} may not publish to {subject!r}; "
-                f"add it to access=Access(publishes=...) (allowed: {list(access.publishes)})"
-            )
+        self._check_subject("publish to", subject)
         self._published += 1
         if msg_id is None:
             msg_id = f"{self.event.id}/{self._env.capability}/{self._published}"
@@ -186,12 +181,7 @@ class Context:
         declares one.
         """
         backbone = self._require_backbone("request")
-        access = self._env.access
-        if access is not None and not any(subject_matches(p, subject) for p in access.publishes):
-            raise AccessDenied(
-                f"capability {self._env.capability!r} may not send requests to {subject!r}; "
-                f"add it to access=Access(publishes=...) (allowed: {list(access.publishes)})"
-            )
+        self._check_subject("send requests to", subject)
         if not isinstance(backbone, Requester):
             raise ConfigError(
                 f"capability {self._env.capability!r} called ctx.request() but the backbone "
@@ -220,10 +210,7 @@ class Context:
         backbone = self._require_backbone("kv")
         access = self._env.access
         if access is not None and bucket not in access.buckets:
-            raise AccessDenied(
-                f"capability {self._env.capability!r} may not use KV bucket {bucket!r}; "
-                f"add it to access=Access(buckets=...) (allowed: {list(access.buckets)})"
-            )
+            raise self._denied(f"use KV bucket {bucket!r}", "buckets", access.buckets)
         return await backbone.kv(bucket)
 
     async def objects(self, bucket: str) -> ObjectStore:
@@ -231,11 +218,19 @@ class Context:
         backbone = self._require_backbone("objects")
         access = self._env.access
         if access is not None and bucket not in access.objects:
-            raise AccessDenied(
-                f"capability {self._env.capability!r} may not use object store {bucket!r}; "
-                f"add it to access=Access(objects=...) (allowed: {list(access.objects)})"
-            )
+            raise self._denied(f"use object store {bucket!r}", "objects", access.objects)
         return await backbone.object_store(bucket)
+
+    def _check_subject(self, doing: str, subject: str) -> None:
+        access = self._env.access
+        if access is not None and not any(subject_matches(p, subject) for p in access.publishes):
+            raise self._denied(f"{doing} {subject!r}", "publishes", access.publishes)
+
+    def _denied(self, doing: str, field: str, allowed: tuple[str, ...]) -> AccessDenied:
+        return AccessDenied(
+            f"capability {self._env.capability!r} may not {doing}; "
+            f"add it to access=Access({field}=...) (allowed: {list(allowed)})"
+        )
 
     def _require_backbone(self, what: str) -> Backbone:
         backbone = self._env.backbone

@@ -56,16 +56,21 @@ def test_example_tests_pass_unchanged_from_snapshots() -> None:
     assert " failed" not in result.stdout
 
 
-def test_demo_runs_and_reports_what_happened() -> None:
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    result = subprocess.run(
-        [sys.executable, str(HELLO / "demo.py")],
+def run_demo(script: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """Run a demo script as a user would; stdin is not a terminal, so it never waits."""
+    return subprocess.run(
+        [sys.executable, str(script), *args],
+        stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,
-        timeout=120,
-        env=env,
+        timeout=timeout,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
         check=False,
     )
+
+
+def test_demo_runs_and_reports_what_happened() -> None:
+    result = run_demo(HELLO / "demo.py")
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert "Bonjour, Ada!" in out
@@ -76,16 +81,7 @@ def test_demo_runs_and_reports_what_happened() -> None:
 
 
 def test_make_demo_walks_through_the_payment_webhook_and_the_bff() -> None:
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "examples" / "demo.py")],
-        stdin=subprocess.DEVNULL,  # not a terminal: the demo exits after the walk-through
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=env,
-        check=False,
-    )
+    result = run_demo(ROOT / "examples" / "demo.py")
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert "served on an embedded nats-server with JetStream" in out
@@ -103,13 +99,6 @@ def test_make_demo_walks_through_the_payment_webhook_and_the_bff() -> None:
 
 @pytest.mark.parametrize("value", ["-1", "nan", "soon"])
 def test_the_demo_refuses_a_bad_serve_for(value: str) -> None:
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "examples" / "demo.py"), "--serve-for", value],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=dict(os.environ, PYTHONPATH=str(ROOT)),
-        check=False,
-    )
+    result = run_demo(ROOT / "examples" / "demo.py", "--serve-for", value, timeout=60)
     assert result.returncode == 2
     assert "--serve-for" in result.stderr
