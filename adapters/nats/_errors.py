@@ -21,6 +21,7 @@ from runtime.lowlevel import (
     StreamNotFound,
 )
 
+from ._request_mux import RequestLost
 from ._wire import ApiError
 
 __all__ = [
@@ -40,6 +41,7 @@ __all__ = [
     "stream_missing",
     "consumer_missing",
     "translate",
+    "translated",
 ]
 
 # JetStream err_code values (nats-server's errors.json); stable across releases.
@@ -100,25 +102,35 @@ def consumer_missing(stream: str, durable: str) -> ConsumerNotFound:
     )
 
 
+def translated(error: nats.errors.Error, doing: str) -> BackboneError:
+    """The Thaw error for a connection-level nats-py failure ``error`` while ``doing``."""
+    if isinstance(error, nats.errors.ConnectionClosedError):
+        return BackboneError(f"{doing}: the NATS connection is closed")
+    if isinstance(error, nats.errors.OutboundBufferLimitError):
+        return BackboneError(
+            f"{doing}: the NATS connection is down and its reconnect buffer is full; "
+            "retry once it reconnects"
+        )
+    if isinstance(error, nats.errors.NoRespondersError):
+        return BackboneError(
+            f"{doing}: no JetStream server answered; is JetStream enabled on the server?"
+        )
+    if isinstance(error, nats.errors.TimeoutError):
+        return BackboneError(
+            f"{doing}: JetStream did not answer in time (server down or overloaded?)"
+        )
+    if isinstance(error, RequestLost):
+        return BackboneError(
+            f"{doing}: the NATS connection dropped before JetStream answered, so whether "
+            "it was applied is unknown; retry once it reconnects"
+        )
+    return BackboneError(f"{doing}: {error}")
+
+
 @contextmanager
 def translate(doing: str) -> Iterator[None]:
     """Turn connection-level nats-py failures inside the block into ``BackboneError``."""
     try:
         yield
-    except nats.errors.ConnectionClosedError as error:
-        raise BackboneError(f"{doing}: the NATS connection is closed") from error
-    except nats.errors.OutboundBufferLimitError as error:
-        raise BackboneError(
-            f"{doing}: the NATS connection is down and its reconnect buffer is full; "
-            "retry once it reconnects"
-        ) from error
-    except nats.errors.NoRespondersError as error:
-        raise BackboneError(
-            f"{doing}: no JetStream server answered; is JetStream enabled on the server?"
-        ) from error
-    except nats.errors.TimeoutError as error:
-        raise BackboneError(
-            f"{doing}: JetStream did not answer in time (server down or overloaded?)"
-        ) from error
     except nats.errors.Error as error:
-        raise BackboneError(f"{doing}: {error}") from error
+        raise translated(error, doing) from error

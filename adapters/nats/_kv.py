@@ -39,8 +39,9 @@ from ._errors import (
     WRONG_LAST_SEQUENCE,
     WRONG_LAST_SEQUENCE_CONSTANT,
     api_error,
-    translate,
+    translated,
 )
+from ._request_mux import header_block
 from ._rules import validate_kv_key, validate_name
 from ._wire import (
     API,
@@ -50,7 +51,6 @@ from ._wire import (
     MsgGetReply,
     PubAckReply,
     SuccessReply,
-    decode,
     encode,
     kv_stream_name,
     nanoseconds,
@@ -69,6 +69,9 @@ _ACTUAL = re.compile(r"wrong last sequence: (\d+)")
 _CREATE_ATTEMPTS = 5  # tombstones appearing and expiring under our feet
 _KEYS_BATCH = 256
 _KEYS_CONSUMER_IDLE = 10.0  # seconds before the server drops a forgotten keys() consumer
+_NO_VALUE = header_block({_EXPECTED_LAST: "0"})
+_DELETE = header_block({_OPERATION: "DEL"})
+_decode_ack = msgspec.json.Decoder(PubAckReply).decode
 
 Operation = Literal["PUT", "DEL", "PURGE"]
 
@@ -83,6 +86,11 @@ def validate_bucket_config(config: KvConfig) -> None:
             f"bucket {config.bucket!r}: max_value_size must be -1 (unlimited) or a "
             f"positive byte count, not {config.max_value_size}"
         )
+
+
+def _expecting(last: int) -> bytes:
+    """The header block of a write that expects the key's last revision to be ``last``."""
+    return b"NATS/1.0\r\nNats-Expected-Last-Subject-Sequence: %d\r\n\r\n" % last
 
 
 class _WrongLast(Exception):
@@ -131,15 +139,14 @@ class JetStreamKeyValue:
         subject = self._prefix + key
         if self._direct:
             backbone.check_open(doing)
-            with translate(doing):
-                try:
-                    reply = await backbone.client.request(
-                        f"{API}.DIRECT.GET.{self._stream}.{subject}",
-                        b"",
-                        timeout=backbone.request_timeout,
-                    )
-                except nats.errors.NoRespondersError:
-                    raise self._gone(doing) from None
+            try:
+                reply = await backbone.requests.request(
+                    f"{API}.DIRECT.GET.{self._stream}.{subject}", b""
+                )
+            except nats.errors.NoRespondersError:
+                raise self._gone(doing) from None
+            except nats.errors.Error as error:
+                raise translated(error, doing) from error
             headers = reply.headers or {}
             sequence = headers.get("Nats-Sequence")
             if sequence is None:
@@ -231,28 +238,37 @@ class JetStreamKeyValue:
 
     # -- writing ------------------------------------------------------------------------
 
-    async def _store(
-        self, key: str, value: bytes, headers: dict[str, str] | None, doing: str
-    ) -> int:
+    def _doing(self, verb: str, key: str) -> str:
+        return f"{verb} key {key!r} in bucket {self._bucket!r}"
+
+    async def _store(self, verb: str, key: str, value: bytes, headers: bytes) -> int:
+        """Publish one record; its revision, or ``_WrongLast`` (the hot path of KV writes).
+
+        ``key`` is valid (so is the subject) and ``headers`` a ``header_block``. The
+        text naming the operation for errors is only built when one happens.
+        """
         backbone = self._backbone
-        backbone.check_open(doing)
-        with translate(doing):
-            try:
-                reply = await backbone.client.request(
-                    self._prefix + key, value, timeout=backbone.request_timeout, headers=headers
-                )
-            except nats.errors.NoRespondersError:
-                raise self._gone(doing) from None
+        if backbone.closed:
+            backbone.check_open(self._doing(verb, key))
         try:
-            ack = decode(PubAckReply, reply.data)
+            reply = await backbone.requests.request(self._prefix + key, value, prepared=headers)
+        except nats.errors.NoRespondersError:
+            raise self._gone(self._doing(verb, key)) from None
+        except nats.errors.Error as error:
+            raise translated(error, self._doing(verb, key)) from error
+        try:
+            ack = _decode_ack(reply.data)
         except msgspec.DecodeError as error:
-            raise BackboneError(f"{doing}: the reply was not a JetStream ack") from error
+            raise BackboneError(
+                f"{self._doing(verb, key)}: the reply was not a JetStream ack"
+            ) from error
         if ack.error is None:
             return ack.seq
         code = ack.error.err_code
         if code in (WRONG_LAST_SEQUENCE, WRONG_LAST_SEQUENCE_CONSTANT):
             found = _ACTUAL.search(ack.error.description)
             raise _WrongLast(int(found.group(1)) if found else None)
+        doing = self._doing(verb, key)
         if code == MESSAGE_TOO_LARGE:
             raise BackboneError(
                 f"{doing}: the value is {len(value)} bytes, more than the bucket's "
@@ -262,15 +278,14 @@ class JetStreamKeyValue:
 
     async def put(self, key: str, value: bytes) -> int:
         validate_kv_key(key)
-        return await self._store(key, value, None, f"put key {key!r} in bucket {self._bucket!r}")
+        return await self._store("put", key, value, b"")
 
     async def create(self, key: str, value: bytes) -> int:
         validate_kv_key(key)
-        doing = f"create key {key!r} in bucket {self._bucket!r}"
-        last = 0
+        headers = _NO_VALUE
         for _ in range(_CREATE_ATTEMPTS):
             try:
-                return await self._store(key, value, {_EXPECTED_LAST: str(last)}, doing)
+                return await self._store("create", key, value, headers)
             except _WrongLast:
                 latest = await self._latest(key)
             if latest is not None and latest.operation == "PUT":
@@ -278,8 +293,11 @@ class JetStreamKeyValue:
                     f"key {key!r} already exists in bucket {self._bucket!r} at revision "
                     f"{latest.revision}; use update(last=...) to change it"
                 )
-            last = 0 if latest is None else latest.revision  # over a tombstone
-        raise BackboneError(f"{doing}: the key kept changing underneath; retry")
+            # over a tombstone, or no record at all (it expired meanwhile)
+            headers = _NO_VALUE if latest is None else _expecting(latest.revision)
+        raise BackboneError(
+            f"{self._doing('create', key)}: the key kept changing underneath; retry"
+        )
 
     async def _wrong_revision(self, key: str, last: int, actual: int | None) -> WrongRevision:
         if actual is None:
@@ -293,20 +311,20 @@ class JetStreamKeyValue:
 
     async def update(self, key: str, value: bytes, *, last: int) -> int:
         validate_kv_key(key)
-        doing = f"update key {key!r} in bucket {self._bucket!r}"
         try:
-            return await self._store(key, value, {_EXPECTED_LAST: str(last)}, doing)
+            return await self._store("update", key, value, _expecting(last))
         except _WrongLast as wrong:
             raise await self._wrong_revision(key, last, wrong.actual) from None
 
     async def delete(self, key: str, *, last: int | None = None) -> None:
         validate_kv_key(key)
-        doing = f"delete key {key!r} in bucket {self._bucket!r}"
-        headers = {_OPERATION: "DEL"}
-        if last is not None:
-            headers[_EXPECTED_LAST] = str(last)
+        headers = (
+            _DELETE
+            if last is None
+            else header_block({_OPERATION: "DEL", _EXPECTED_LAST: str(last)})
+        )
         try:
-            await self._store(key, b"", headers, doing)
+            await self._store("delete", key, b"", headers)
         except _WrongLast as wrong:
             assert last is not None
             raise await self._wrong_revision(key, last, wrong.actual) from None

@@ -64,10 +64,12 @@ from ._errors import (
     consumer_missing,
     stream_missing,
     translate,
+    translated,
 )
 from ._kv import JetStreamKeyValue, validate_bucket_config
 from ._objects import JetStreamObjectStore, add_object_store, open_object_store
 from ._pull import CLOSED, LOST, JetStreamMessage, Puller
+from ._request_mux import RequestMux
 from ._rules import (
     validate_consumer_config,
     validate_fetch,
@@ -131,6 +133,7 @@ class JetStreamBackbone:
         self._options = options if options is not None else JetStreamOptions()
         self._owns_client = owns_client
         self._puller = Puller(client, margin=self._options.request_timeout)
+        self._requests = RequestMux(client, timeout=self._options.request_timeout)
         self._closed = False
 
     @classmethod
@@ -139,15 +142,16 @@ class JetStreamBackbone:
     ) -> JetStreamBackbone:
         """Connect to ``servers`` (``nats://host:port`` URLs); call ``aclose`` when done."""
         options = options if options is not None else JetStreamOptions()
-        lost: list[Puller] = []  # the backbone's puller, once it exists
+        lost: list[JetStreamBackbone] = []  # the backbone, once it exists
 
         def on_disconnect() -> None:
-            for puller in lost:
-                puller.connection_lost()
+            for backbone in lost:
+                backbone._puller.connection_lost()
+                backbone._requests.connection_lost()
 
         client = await connect_client(servers, options, on_disconnect=on_disconnect)
         backbone = cls(client, options=options, owns_client=True)
-        lost.append(backbone._puller)
+        lost.append(backbone)
         return backbone
 
     def __repr__(self) -> str:
@@ -180,6 +184,15 @@ class JetStreamBackbone:
     def puller(self) -> Puller:
         return self._puller
 
+    @property
+    def requests(self) -> RequestMux:
+        """JetStream API calls, publishes and KV writes: requests bounded by request_timeout."""
+        return self._requests
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     def check_open(self, doing: str) -> None:
         if self._closed:
             raise BackboneError(f"{doing}: the JetStreamBackbone is closed; connect a new one")
@@ -187,10 +200,10 @@ class JetStreamBackbone:
     async def api(self, subject: str, body: bytes, kind: type[_T], doing: str) -> _T:
         """One JetStream API request (``$JS.API.<subject>``), its reply decoded as ``kind``."""
         self.check_open(doing)
-        with translate(doing):
-            reply = await self._client.request(
-                f"{API}.{subject}", body, timeout=self._options.request_timeout
-            )
+        try:
+            reply = await self._requests.request(f"{API}.{subject}", body)
+        except nats.errors.Error as error:
+            raise translated(error, doing) from error
         try:
             return decode(kind, reply.data)
         except msgspec.DecodeError as error:
@@ -285,9 +298,7 @@ class JetStreamBackbone:
         while True:
             with translate(doing):
                 try:
-                    return await self._client.request(
-                        subject, data, timeout=self._options.request_timeout, headers=headers
-                    )
+                    return await self._requests.request(subject, data, headers)
                 except nats.errors.NoRespondersError:
                     pass
             streams = await streams_capturing(self, subject, doing)
@@ -493,6 +504,7 @@ class JetStreamBackbone:
             return
         self._closed = True
         await self._puller.aclose()
+        await self._requests.aclose()
         if not self._owns_client or self._client.is_closed:
             return
         try:
