@@ -64,17 +64,7 @@ def add_commands(commands: Any, positive_int: Any) -> None:
         description="Provision what the app needs, run its stream consumers and schedules, "
         "and drain gracefully on SIGTERM or SIGINT.",
     )
-    serve.add_argument("app", metavar="APP", help="app or snapshot")
-    serve.add_argument("--drain-timeout", type=float, default=10.0, help="seconds (10)")
-    serve.add_argument(
-        "--http",
-        type=int,
-        default=8000,
-        metavar="PORT",
-        help="serve the app's http triggers on 127.0.0.1:PORT (8000; 0 picks a free port)",
-    )
-    serve.add_argument("--http-host", default="127.0.0.1", help="address to bind (127.0.0.1)")
-    serve.add_argument("--no-http", action="store_true", help="do not start the HTTP server")
+    _serve_options(serve)
     serve.add_argument(
         "--workers",
         type=worker_count,
@@ -83,15 +73,28 @@ def add_commands(commands: Any, positive_int: Any) -> None:
         help=f"worker processes sharing the HTTP port with SO_REUSEPORT (1..{MAX_WORKERS}; "
         "Linux); the parent restarts a crashed worker with backoff (1)",
     )
-    serve.add_argument(
-        "--access-log",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="one INFO line per HTTP request on logger thaw.http.access (on)",
-    )
     serve.add_argument("--worker-of", type=int, default=0, help=argparse.SUPPRESS)
-    _backbone_options(serve)
     serve.set_defaults(handler=_cmd_serve)
+
+    dev = commands.add_parser(
+        "dev",
+        help="serve an app and restart it when its files change (development)",
+        description="Like serve, with the embedded nats-server kept across restarts: the "
+        "app runs in a child process that is drained and started again whenever a watched "
+        "file (the app's folder, plus --watch) changes.",
+    )
+    _serve_options(dev)
+    dev.add_argument(
+        "--watch",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="also watch this file or folder (repeatable)",
+    )
+    dev.add_argument(
+        "--poll", type=_poll_period, default=0.5, metavar="SECONDS", help="check files every (0.5)"
+    )
+    dev.set_defaults(handler=_cmd_dev, workers=1)
 
     provision = commands.add_parser(
         "provision", help="create or confirm the streams, consumers and buckets an app needs"
@@ -121,6 +124,49 @@ def add_commands(commands: Any, positive_int: Any) -> None:
         parser.set_defaults(handler=handler)
     _backbone_options(purge)
     purge.set_defaults(handler=_dlq_purge)
+
+
+def _serve_options(parser: argparse.ArgumentParser) -> None:
+    """What ``serve`` and ``dev`` share: the app, HTTP, draining, the backbone."""
+    parser.add_argument("app", metavar="APP", help="app or snapshot")
+    parser.add_argument("--drain-timeout", type=float, default=10.0, help="seconds (10)")
+    parser.add_argument(
+        "--http",
+        type=int,
+        default=8000,
+        metavar="PORT",
+        help="serve the app's http triggers on 127.0.0.1:PORT (8000; 0 picks a free port)",
+    )
+    parser.add_argument("--http-host", default="127.0.0.1", help="address to bind (127.0.0.1)")
+    parser.add_argument("--no-http", action="store_true", help="do not start the HTTP server")
+    parser.add_argument(
+        "--access-log",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="one INFO line per HTTP request on logger thaw.http.access (on)",
+    )
+    _backbone_options(parser)
+
+
+def _poll_period(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text[:40]!r} is not a number of seconds") from None
+    if not 0.05 <= value <= 60:
+        raise argparse.ArgumentTypeError(f"{value:g} is not between 0.05 and 60 seconds")
+    return value
+
+
+def _cmd_dev(args: argparse.Namespace) -> int:
+    from ._dev import run_dev
+
+    kind, url = _target(args)
+    try:
+        return run_dev(args, kind=kind, url=url)
+    except ValueError as exc:  # a watched tree that is far too large
+        print(str(exc), file=sys.stderr)
+        return EXIT_USAGE
 
 
 def _load(target: str) -> Any:

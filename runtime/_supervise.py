@@ -44,7 +44,10 @@ from ._backbones import open_backbone
 from ._provision import apply_plan, plan_for
 
 __all__ = [
+    "KILL_GRACE",
     "MAX_WORKERS",
+    "backbone_url",
+    "worker_command",
     "WorkerPlan",
     "become_worker",
     "reserve_port",
@@ -294,7 +297,7 @@ def serve_workers(args: argparse.Namespace, app: App, *, kind: str, url: str | N
                 )
                 await apply_plan(plan_for(app), backbone)
                 if worker_url is None:  # the embedded server: workers connect to it
-                    worker_url = _backbone_url(backbone)
+                    worker_url = backbone_url(backbone)
                     if worker_url is None:
                         print(
                             f"thaw: the {kind} backbone does not say where its embedded server "
@@ -324,7 +327,7 @@ def serve_workers(args: argparse.Namespace, app: App, *, kind: str, url: str | N
     return code
 
 
-def _backbone_url(backbone: object) -> str | None:
+def backbone_url(backbone: object) -> str | None:
     """The URL a connected backbone's client uses (duck-typed: the core imports no adapter)."""
     client = getattr(backbone, "client", None)
     connected = getattr(client, "connected_url", None)
