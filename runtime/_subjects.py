@@ -28,6 +28,8 @@ _MAX_NAME_LENGTH = 255
 _FORBIDDEN_IN_NAME = frozenset(".*>/\\")
 _BUCKET_NAME = re.compile(r"[-_a-zA-Z0-9]+")
 _KV_KEY = re.compile(r"[-/_=.a-zA-Z0-9]+")
+# A valid key in one match (tokens of key characters joined by single dots): the fast path.
+_VALID_KV_KEY = re.compile(r"[-/_=a-zA-Z0-9]+(?:\.[-/_=a-zA-Z0-9]+)*").fullmatch
 
 
 def _bad_char(text: str) -> str | None:
@@ -169,6 +171,8 @@ def validate_kv_key(key: str) -> None:
     Keys use ``[-/_=.a-zA-Z0-9]``; dots separate tokens, so a key may not start or
     end with a dot or contain two dots in a row.
     """
+    if type(key) is str and _VALID_KV_KEY(key) is not None:
+        return  # the common case, checked in one regex match (this is on the KV hot path)
     if not isinstance(key, str) or not key:
         raise ConfigError(f"invalid KV key {key!r}: a key must be a non-empty string")
     if _KV_KEY.fullmatch(key) is None:

@@ -204,3 +204,21 @@ def test_subset_means_every_match_of_one_matches_the_other(pattern: str, of: str
 )
 def test_matching_examples(pattern: str, subject: str, matches: bool) -> None:
     assert subject_matches(pattern, subject) is matches
+
+
+@given(st.text(alphabet=st.sampled_from("ab9-/_=.*> \x00é"), max_size=12))
+def test_the_kv_key_fast_path_agrees_with_the_rules(key: str) -> None:
+    allowed = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-/_=.")
+    valid = (
+        bool(key)
+        and set(key) <= allowed
+        and not key.startswith(".")
+        and not key.endswith(".")
+        and ".." not in key
+    )
+    try:
+        validate_kv_key(key)
+    except ConfigError:
+        assert not valid, key
+    else:
+        assert valid, key
