@@ -10,6 +10,7 @@ checks the issue's targets, printing where they are met and where not.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -56,6 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", metavar="FILE")
     parser.add_argument("--only", choices=EXAMPLES, action="append")
     args = parser.parse_args(argv)
+    # payment_webhook warns on every start without a secret; the benchmark signs nothing.
+    os.environ.setdefault("PAYMENT_WEBHOOK_SECRET", "whsec_benchmark_only")
     reports = []
     for name in args.only or EXAMPLES:
         print(f"== {name}", flush=True)
