@@ -24,9 +24,17 @@ from typing import Any
 
 import pytest
 from edge_support import wait_listening
+from nats_fixtures import nats_server, wait_until  # noqa: F401
 
 from adapters.edge import cli, prepare
-from adapters.edge.bundle import MANIFEST, PYODIDE_FILES, BundleManifest, build_bundle
+from adapters.edge.bundle import (
+    MANIFEST,
+    PYODIDE_FILES,
+    BundleManifest,
+    build_bundle,
+    nats_client_packages,
+)
+from adapters.nats import EmbeddedServer
 from runtime._snapshot_build import build_snapshot
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -125,6 +133,21 @@ def test_the_bundle_holds_what_it_needs_and_says_so(bundle: Path) -> None:
     assert sizes["total"] == sum(v for k, v in sizes.items() if k != "total")
     assert 10_000_000 < sizes["total"] < 25_000_000
     assert "node thaw_edge.mjs serve" in (bundle / "README.md").read_text()
+    for package in nats_client_packages():  # serve --nats from the bundle alone
+        assert (bundle / "node_modules" / package / "package.json").is_file(), package
+    assert (bundle / "node_modules" / "tweetnacl").is_dir()  # a dependency, found by the lock
+    assert 100_000 < sizes["nats_client"] < 5_000_000
+
+
+def test_the_nats_client_closure_comes_from_the_lock(tmp_path: Path) -> None:
+    packages = nats_client_packages()
+    assert {"@nats-io/transport-node", "@nats-io/jetstream", "@nats-io/kv"} <= set(packages)
+    assert "@nats-io/nats-core" in packages and "tweetnacl" in packages
+    assert "pyodide" not in packages and "ws" not in packages
+    broken = tmp_path / "package-lock.json"
+    broken.write_text(json.dumps({"packages": {"node_modules/@nats-io/kv": {}}}))
+    with pytest.raises(prepare.EdgeSetupError, match="is not in adapters/edge/package-lock"):
+        nats_client_packages(broken)
 
 
 @pytest.mark.slow
@@ -333,3 +356,69 @@ def test_the_webloop_patch_is_a_no_op_outside_pyodide() -> None:
     from adapters.edge._webloop import patch
 
     assert patch() is False
+
+
+@pytest.mark.slow
+def test_the_bundle_consumes_jetstream_from_itself(
+    node: str,
+    bundle: Path,
+    nats_server: EmbeddedServer,  # noqa: F811
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    import anyio
+    import msgspec
+
+    from adapters.nats import open_jetstream_backbone
+    from runtime.lowlevel import (
+        DEAD_LETTER_STREAM,
+        apply_plan,
+        load_app,
+        plan_for,
+        purge_dead_letters,
+    )
+
+    app = load_app(HELLO)
+    [consumer] = plan_for(app).consumers
+
+    async def provision() -> None:
+        async with open_jetstream_backbone(nats_server.url) as backbone:
+            await apply_plan(plan_for(app), backbone)
+
+    async def publish_and_settle() -> None:
+        async with open_jetstream_backbone(nats_server.url) as backbone:
+            await backbone.publish("hello.greet", msgspec.json.encode({"name": "Ada"}))
+
+            async def settled() -> bool:
+                info = await backbone.consumer_info(consumer.stream, consumer.config.durable)
+                return (
+                    info.num_pending == 0
+                    and info.num_ack_pending == 0
+                    and info.num_redelivered == 0
+                )
+
+            await wait_until(settled, limit=60)
+            greeted = await backbone.stream_info(consumer.stream)
+            assert greeted.messages == 2  # the input and the function's hello.greeted output
+
+    async def remove() -> None:
+        async with open_jetstream_backbone(nats_server.url) as backbone:
+            await purge_dead_letters(backbone, app=app.name)
+            jsm = backbone.client.jsm()
+            for config in plan_for(app).streams:
+                if config.name != DEAD_LETTER_STREAM:
+                    await jsm.delete_stream(config.name)
+            for bucket in plan_for(app).buckets:
+                await jsm.delete_stream(f"KV_{bucket.bucket}")
+
+    moved = tmp_path_factory.mktemp("deployed-nats") / "site"
+    bundle.rename(moved)
+    anyio.run(provision)
+    try:
+        elsewhere = tmp_path_factory.mktemp("cwd-nats")
+        command = [node, str(moved / "thaw_edge.mjs"), "serve", "--port", "0"]
+        with listening([*command, "--nats", nats_server.url], cwd=elsewhere) as line:
+            assert line["nats"] == nats_server.url
+            anyio.run(publish_and_settle)
+    finally:
+        moved.rename(bundle)
+        anyio.run(remove)

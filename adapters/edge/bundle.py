@@ -4,7 +4,8 @@ The bundle has the edge cache's layout, so the host finds everything beside itse
 (it switches to bundle mode when ``thaw-bundle.json`` sits next to it)::
 
     DIR/thaw_edge.mjs                the host (serve / handle / bench / snapshot)
-    DIR/nats_bridge.mjs              its JetStream half (``serve --nats`` needs @nats-io too)
+    DIR/nats_bridge.mjs              its JetStream half (``serve --nats``)
+    DIR/node_modules/@nats-io/...    the npm NATS client and its dependencies (~1.4 MB)
     DIR/thaw-bundle.json             manifest: app, snapshot, versions, every file's size
     DIR/README.md                    how to run it
     DIR/node_modules/pyodide/        Pyodide's five files (nothing else is read)
@@ -50,6 +51,7 @@ EDGE_MODULES = (
 )
 MANIFEST = "thaw-bundle.json"
 _SKIP = ("__pycache__", "*.pyc", ".*", "node_modules")
+NATS_ROOTS = ("@nats-io/transport-node", "@nats-io/jetstream", "@nats-io/kv")
 _SNAPSHOT_TIMEOUT = 300.0
 
 
@@ -93,9 +95,14 @@ def build_bundle(
     shutil.copytree(folder, app_dir, ignore=shutil.ignore_patterns(*_SKIP))
     app_entry = app_dir if source.is_dir() else app_dir / source.name
     shutil.copyfile(prepare.HOST_SCRIPT, output / "thaw_edge.mjs")
-    # Imported by the host; `serve --nats` also needs the @nats-io packages, which a
-    # bundle does not carry yet (it says so and names them).
+    # Imported by the host; `serve --nats` loads the @nats-io packages from node_modules.
     shutil.copyfile(prepare.HOST_SCRIPT.parent / "nats_bridge.mjs", output / "nats_bridge.mjs")
+    for package in nats_client_packages():
+        shutil.copytree(
+            prepare.CACHE / "node_modules" / package,
+            output / "node_modules" / package,
+            ignore=shutil.ignore_patterns("*.map", "*.ts"),  # source maps, type declarations
+        )
 
     snapshot_name: str | None = None
     if snapshot:
@@ -114,6 +121,32 @@ def build_bundle(
             output, app=app_name, snapshot=snapshot_name, stamp=stamp, memory="app.mem"
         )
     return manifest
+
+
+def nats_client_packages(lock: Path | None = None) -> list[str]:
+    """The npm packages ``serve --nats`` needs: NATS_ROOTS and what they depend on.
+
+    Read from the committed package-lock.json, so a bundle carries exactly what
+    ``npm ci`` installed (and nothing of Pyodide's own dependencies).
+    """
+    tree = msgspec.json.decode((lock or prepare.HERE / "package-lock.json").read_bytes())
+    packages: dict[str, dict[str, object]] = tree["packages"]
+    wanted: list[str] = []
+    pending = list(NATS_ROOTS)
+    while pending:
+        name = pending.pop()
+        if name in wanted:
+            continue
+        entry = packages.get(f"node_modules/{name}")
+        if entry is None:
+            raise prepare.EdgeSetupError(
+                f"{name} is not in adapters/edge/package-lock.json; run `make edge` again"
+            )
+        wanted.append(name)
+        dependencies = entry.get("dependencies") or {}
+        assert isinstance(dependencies, dict)
+        pending.extend(dependencies)
+    return sorted(wanted)
 
 
 def _write_manifest(
@@ -183,7 +216,8 @@ def _manifest(
         return sum(size for name, size in files.items() if name.startswith(prefix))
 
     sizes = {
-        "pyodide": under("node_modules/"),
+        "pyodide": under("node_modules/pyodide/"),
+        "nats_client": under("node_modules/") - under("node_modules/pyodide/"),
         "wheels": under("wheels/"),
         "thaw": under("thaw/"),
         "app": under("app/"),
