@@ -5,7 +5,7 @@ The bundle has the edge cache's layout, so the host finds everything beside itse
 
     DIR/thaw_edge.mjs                the host (serve / handle / bench / snapshot)
     DIR/nats_bridge.mjs              its JetStream half (``serve --nats``)
-    DIR/node_modules/@nats-io/...    the npm NATS client and its dependencies (~1.4 MB)
+    DIR/node_modules/@nats-io/...    the npm NATS client and its dependencies (0.8 MB)
     DIR/thaw-bundle.json             manifest: app, snapshot, versions, every file's size
     DIR/README.md                    how to run it
     DIR/node_modules/pyodide/        Pyodide's five files (nothing else is read)
