@@ -126,6 +126,14 @@ class Message(Protocol):
         ...
 
     @property
+    def pending(self) -> int:
+        """Messages the consumer still holds for a first delivery after this one (its lag).
+
+        JetStream stamps it on the delivery; MemoryBackbone counts it when asked.
+        """
+        ...
+
+    @property
     def msg_id(self) -> str | None:
         """The publisher's message id (``Nats-Msg-Id``), if any."""
         ...

@@ -390,7 +390,8 @@ class ConsumerState:
         if entry is not None:
             entry.due_at = now + self._wait_after(entry.num_delivered)
 
-    def info(self, now: float) -> ConsumerInfo:
+    def waiting(self, now: float) -> int:
+        """Stored messages this consumer has not delivered yet (JetStream's num_pending)."""
         self._sweep(now)
         stream = self.stream
         waiting = 0
@@ -398,6 +399,11 @@ class ConsumerState:
             message = stream.get(seq)
             if message is not None and self._wants(message.subject):
                 waiting += 1
+        return waiting
+
+    def info(self, now: float) -> ConsumerInfo:
+        waiting = self.waiting(now)
+        stream = self.stream
         return ConsumerInfo(
             stream=stream.config.name,
             config=self.config,
@@ -477,6 +483,11 @@ class MemoryMessage:
     @property
     def num_delivered(self) -> int:
         return self._num_delivered
+
+    @property
+    def pending(self) -> int:
+        """Counted when asked (JetStream stamps it at delivery): O(messages not yet delivered)."""
+        return self._consumer.waiting(self._clock.now())
 
     @property
     def msg_id(self) -> str | None:

@@ -186,3 +186,17 @@ def validate_kv_key(key: str) -> None:
             f"invalid KV key {key!r}: dots separate tokens, so a key may not start or end "
             "with '.' or contain '..'"
         )
+
+
+def parse_ack_subject(reply: str) -> tuple[str, int, int, int]:
+    """(stream, num_delivered, stream sequence, pending) from a JetStream ``$JS.ACK`` subject.
+
+    ``$JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>``, or with
+    ``<domain>.<account hash>`` after ``ACK`` (and a random token at the end); pending
+    is how many messages the consumer still held for delivery after this one. The
+    NATS adapters share it (the edge host too, so it lives in the portable core).
+    """
+    tokens = reply.split(".")
+    if len(tokens) == 9:
+        return tokens[2], int(tokens[4]), int(tokens[5]), int(tokens[8])
+    return tokens[4], int(tokens[6]), int(tokens[7]), int(tokens[10])

@@ -10,6 +10,7 @@ and on JetStream; every task it starts lives in its own task group.
 from __future__ import annotations
 
 import logging
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 
@@ -42,12 +43,15 @@ log = logging.getLogger("thaw.worker")
 DEFAULT_SLOTS = 256
 FETCH_PAUSE_MIN = 0.1  # seconds before the first retry of a failed fetch
 FETCH_PAUSE_MAX = 5.0
+PENDING_EVERY = 1.0  # seconds between looks at the consumer's lag while it is busy
 
 
 class WorkerStatistics(msgspec.Struct, frozen=True):
     acked: int
     naked: int
     dead_lettered: int
+    # The consumer's lag: messages not yet delivered, as of the last fetch (-1: none yet).
+    pending: int = -1
 
 
 async def ensure_dead_letter_stream(backbone: Backbone) -> None:
@@ -94,6 +98,8 @@ class StreamWorker:
         timeout = self._capability.spec.policy.timeout
         self._heartbeat = consumer.ack_wait / 2 if timeout >= consumer.ack_wait / 2 else None
         self._acked = self._naked = self._dead = 0
+        self._pending = -1
+        self._pending_at = -PENDING_EVERY
         self._stopping = False
         self._stopped = anyio.Event()
 
@@ -106,7 +112,7 @@ class StreamWorker:
         await self._stopped.wait()
 
     def statistics(self) -> WorkerStatistics:
-        return WorkerStatistics(self._acked, self._naked, self._dead)
+        return WorkerStatistics(self._acked, self._naked, self._dead, self._pending)
 
     async def run(self) -> None:
         """Consume until cancelled."""
@@ -133,11 +139,12 @@ class StreamWorker:
             if lanes.free == 0:
                 await lanes.wait_change()
                 continue
+            wanted = lanes.free  # never more than can start at once
             try:
                 messages = await self._backbone.fetch(
                     self._stream,
                     self._consumer.durable,
-                    batch=lanes.free,  # never more than can start at once
+                    batch=wanted,
                     timeout=0.0 if stop_when_idle else self._fetch_timeout,
                 )
             except BackboneError as exc:
@@ -155,12 +162,28 @@ class StreamWorker:
                 await anyio.sleep(pause)  # a back-off, not a wait for a condition
                 continue
             pause = 0.0
+            self._note_pending(messages, wanted)
             if not messages and stop_when_idle:
                 if lanes.busy == 0:
                     return
                 await lanes.wait_change()  # something is in flight: wait for it to finish
                 continue
             lanes.submit(messages)
+
+    def _note_pending(self, messages: Sequence[Message], wanted: int) -> None:
+        """The consumer's lag: what the last delivery says it still holds.
+
+        Looked at when a fetch comes back short (the backlog is ending) or once per
+        PENDING_EVERY seconds: free on JetStream (it is in the ack subject), a count
+        on MemoryBackbone. An empty fetch, sized to free slots, means nothing waits.
+        """
+        if not messages:
+            self._pending = 0
+            return
+        now = time.monotonic()
+        if len(messages) < wanted or now - self._pending_at >= PENDING_EVERY:
+            self._pending = messages[-1].pending
+            self._pending_at = now
 
     async def handle(self, message: Message) -> StreamAction:
         """Invoke for one delivery and perform the decided action."""

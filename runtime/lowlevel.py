@@ -110,7 +110,13 @@ from ._revisions import RevisionRouter
 from ._schedule import ScheduleRunner, Tick, next_tick
 from ._snapshot_build import BuildResult, build_snapshot
 from ._snapshot_format import SnapshotError
-from ._subjects import subject_matches, validate_kv_key, validate_name, validate_subject
+from ._subjects import (
+    parse_ack_subject,
+    subject_matches,
+    validate_kv_key,
+    validate_name,
+    validate_subject,
+)
 from ._trace import TraceContext, parse_traceparent, start_trace
 from ._triggers import (
     HttpTrigger,
@@ -261,4 +267,5 @@ __all__ = [
     "start_trace",
     "subject_matches",
     "validate_subject",
+    "parse_ack_subject",
 ]

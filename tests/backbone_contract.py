@@ -324,6 +324,20 @@ class BackboneContract:
         assert (info.num_pending, info.num_ack_pending, info.num_redelivered) == (0, 5, 0)
 
     @pytest.mark.anyio
+    async def test_a_delivery_says_how_many_messages_the_consumer_still_holds(
+        self, harness: BackboneHarness
+    ) -> None:
+        stream, root = await self.make_stream(harness)
+        durable = await self.make_consumer(harness, stream, filter_subject=f"{root}.a")
+        await self.publish_many(harness, f"{root}.a", 5)
+        await self.publish_many(harness, f"{root}.b", 3)  # not for this consumer
+        first = await self.fetch_now(harness, stream, durable, batch=2)
+        assert [m.pending for m in first][-1] == 3
+        rest = await self.fetch_now(harness, stream, durable, batch=10)
+        assert seqs(rest) == [3, 4, 5]
+        assert rest[-1].pending == 0
+
+    @pytest.mark.anyio
     async def test_acked_messages_are_not_redelivered_and_acks_are_idempotent(
         self, harness: BackboneHarness
     ) -> None:

@@ -185,6 +185,7 @@ def test_adapter_author_surface() -> None:
         "open_backbone",
         "open_host",
         "outcome_of_reply",
+        "parse_ack_subject",
         "parse_cron",
         "parse_traceparent",
         "plan_for",

@@ -245,3 +245,5 @@ async def test_a_served_host_exposes_its_stream_workers() -> None:
     assert value(samples, name, worker="run", action="ack") == 2
     assert value(samples, name, worker="run", action="dead_letter") == 1
     assert value(samples, name, worker="run", action="nak") == 0
+    assert types["thaw_stream_pending"] == "gauge"
+    assert value(samples, "thaw_stream_pending", worker="run") == 0  # caught up

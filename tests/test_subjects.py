@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from runtime._errors import ConfigError
 from runtime._subjects import (
+    parse_ack_subject,
     subject_is_subset,
     subject_matches,
     subjects_overlap,
@@ -222,3 +223,10 @@ def test_the_kv_key_fast_path_agrees_with_the_rules(key: str) -> None:
         assert not valid, key
     else:
         assert valid, key
+
+
+def test_ack_subjects_in_both_layouts() -> None:
+    plain = "$JS.ACK.ORDERS.worker.3.41.40.1767225600000000000.7"
+    assert parse_ack_subject(plain) == ("ORDERS", 3, 41, 7)
+    domain = "$JS.ACK.hub.ACCHASH.ORDERS.worker.1.9.9.1767225600000000000.0.token"
+    assert parse_ack_subject(domain) == ("ORDERS", 1, 9, 0)

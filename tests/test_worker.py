@@ -396,3 +396,18 @@ async def test_a_failed_ack_is_logged_and_the_message_comes_back(
             await worker.run_until_idle()  # redelivered after AckWait (0.2 s), then acked
     assert calls == ["a", "a"]  # at-least-once: idempotency is what makes this safe
     assert any("could not ack JOBS seq 1" in r.message for r in caplog.records)
+
+
+async def test_the_worker_reports_its_consumers_lag() -> None:
+    clock = FakeClock()
+    backbone, worker, _ = await setup(clock)
+    assert worker.statistics().pending == -1  # nothing fetched yet
+    for index in range(5):
+        await publish(backbone, f"j{index}")
+    fetched = await backbone.fetch("JOBS", "jobs-work", batch=2, timeout=0)
+    worker._note_pending(fetched, 2)  # a full batch: the first look is taken at once
+    assert worker.statistics().pending == 3
+    for message in fetched:
+        await message.ack()
+    await worker.run_until_idle()
+    assert worker.statistics().pending == 0  # the last fetch came back empty

@@ -47,6 +47,7 @@ from runtime.lowlevel import (
     StreamInfo,
     StreamNotFound,
     WrongRevision,
+    parse_ack_subject,
     plan_for,
 )
 
@@ -81,19 +82,20 @@ def _check(reply: Any, doing: str, *, wrong_last: type[BackboneError] = WrongRev
     raise errors.get(code, BackboneError)(message)
 
 
-def _reply_fields(reply: str) -> tuple[str, int, int]:
-    """(stream, num_delivered, stream sequence) from a ``$JS.ACK`` reply subject."""
-    tokens = reply.split(".")
-    if len(tokens) == 9:  # $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>
-        return tokens[2], int(tokens[4]), int(tokens[5])
-    # $JS.ACK.<domain>.<account>.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>...
-    return tokens[4], int(tokens[6]), int(tokens[7])
-
-
 class JsMessage:
     """One delivery fetched by the bridge (satisfies the ``Message`` protocol)."""
 
-    __slots__ = ("_bridge", "_data", "_headers", "_num", "_reply", "_seq", "_stream", "_subject")
+    __slots__ = (
+        "_bridge",
+        "_data",
+        "_headers",
+        "_num",
+        "_pending",
+        "_reply",
+        "_seq",
+        "_stream",
+        "_subject",
+    )
 
     def __init__(self, bridge: Any, subject: str, reply: str, data: bytes, headers: str) -> None:
         self._bridge = bridge
@@ -102,7 +104,7 @@ class JsMessage:
         self._data = data
         fields = _headers(headers)
         self._headers = MappingProxyType(fields) if fields else _NO_HEADERS
-        self._stream, self._num, self._seq = _reply_fields(reply)
+        self._stream, self._num, self._seq, self._pending = parse_ack_subject(reply)
 
     def __repr__(self) -> str:
         return f"<JsMessage {self._stream}#{self._seq} {self._subject!r} delivery {self._num}>"
@@ -130,6 +132,10 @@ class JsMessage:
     @property
     def num_delivered(self) -> int:
         return self._num
+
+    @property
+    def pending(self) -> int:
+        return self._pending
 
     @property
     def msg_id(self) -> str | None:

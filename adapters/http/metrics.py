@@ -18,7 +18,8 @@ Families:
   triggers) too: ``thaw_stream_deliveries_total{worker,action}`` counter, action
   ``ack`` (done), ``nak`` (retried later) or ``dead_letter`` (to the dead-letter
   stream); ``worker`` is the capability (a capability's further consumers are
-  ``capability/stream/durable``).
+  ``capability/stream/durable``); ``thaw_stream_pending{worker}`` gauge: the
+  consumer's lag (messages not yet delivered) as of the worker's last fetch.
 """
 
 from __future__ import annotations
@@ -179,6 +180,11 @@ def _workers(out: _Writer, workers: Mapping[str, WorkerStatistics]) -> None:
             ("dead_letter", numbers.dead_lettered),
         ):
             out.sample(name, (("worker", worker), ("action", action)), count)
+    lag = "thaw_stream_pending"
+    out.family(lag, "gauge", "Messages a worker's consumer has not delivered yet (last fetch).")
+    for worker in sorted(workers):
+        if workers[worker].pending >= 0:
+            out.sample(lag, (("worker", worker),), workers[worker].pending)
 
 
 def _server(

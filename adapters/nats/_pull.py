@@ -33,7 +33,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from runtime.lowlevel import MSG_ID_HEADER, BackboneError
+from runtime.lowlevel import MSG_ID_HEADER, BackboneError, parse_ack_subject
 
 from ._errors import translate
 from ._wire import API, nanoseconds
@@ -215,17 +215,7 @@ class Puller:
 
 def pending_after(message: Msg) -> int:
     """How many new messages the consumer still held when it delivered ``message``."""
-    tokens = message.reply.split(".")
-    return int(tokens[8] if len(tokens) == 9 else tokens[10])
-
-
-def _reply_fields(reply: str) -> tuple[str, int, int]:
-    """(stream, num_delivered, stream sequence) from a ``$JS.ACK`` reply subject."""
-    tokens = reply.split(".")
-    if len(tokens) == 9:  # $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>
-        return tokens[2], int(tokens[4]), int(tokens[5])
-    # $JS.ACK.<domain>.<account>.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>...
-    return tokens[4], int(tokens[6]), int(tokens[7])
+    return parse_ack_subject(message.reply)[3]
 
 
 class JetStreamMessage:
@@ -245,6 +235,7 @@ class JetStreamMessage:
         "_headers",
         "_message",
         "_num_delivered",
+        "_pending",
         "_seq",
         "_stream",
         "_timeout",
@@ -254,7 +245,9 @@ class JetStreamMessage:
         self._client = client
         self._timeout = timeout
         self._message = message
-        self._stream, self._num_delivered, self._seq = _reply_fields(message.reply)
+        self._stream, self._num_delivered, self._seq, self._pending = parse_ack_subject(
+            message.reply
+        )
         headers = message.headers
         self._headers = MappingProxyType(headers) if headers else _NO_HEADERS
 
@@ -287,6 +280,10 @@ class JetStreamMessage:
     @property
     def num_delivered(self) -> int:
         return self._num_delivered
+
+    @property
+    def pending(self) -> int:
+        return self._pending
 
     @property
     def msg_id(self) -> str | None:
