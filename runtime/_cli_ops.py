@@ -214,6 +214,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
                         port=args.http,
                         reuse_port=bool(args.worker_of),
                         access_log=args.access_log,
+                        access_log_stream="stderr",  # buffered, beside the other log lines
                     )
                 )
                 where += f"; http on http://{server.host}:{server.port}"

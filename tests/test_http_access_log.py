@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import re
 
@@ -11,7 +12,7 @@ from test_http_support import RawClient, request, serving
 
 from adapters.http import HttpConfig
 from adapters.http._wire import Request
-from adapters.http.access_log import MAX_TARGET, access_line, clean_target
+from adapters.http.access_log import MAX_TARGET, StreamAccessLog, access_line, clean_target
 from runtime import App, ConfigError, Context, http
 
 pytestmark = pytest.mark.anyio
@@ -161,3 +162,50 @@ def test_clean_target_and_line_shapes() -> None:
 def test_config_flag_is_validated() -> None:
     with pytest.raises(ConfigError, match="access_log must be a bool"):
         HttpConfig(access_log="yes")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="access_log_stream must be"):
+        HttpConfig(access_log=True, access_log_stream="syslog")  # type: ignore[arg-type]
+
+
+# -- the buffered stream writer (what thaw serve uses) -----------------------------------
+
+
+class Broken(io.StringIO):
+    def write(self, text: str) -> int:
+        raise OSError("the disk is full")
+
+
+def test_the_stream_log_holds_lines_until_flushed_or_full() -> None:
+    stream = io.StringIO()
+    sink = StreamAccessLog(stream)
+    sink.record("1.2.3.4:5", None, 400, 0, 0.001)
+    assert stream.getvalue() == ""  # buffered
+    sink.flush()
+    assert (
+        stream.getvalue()
+        == f"{StreamAccessLog.PREFIX}{access_line('1.2.3.4:5', None, 400, 0, 0.001)}\n"
+    )
+    for _ in range(StreamAccessLog.BUFFERED_LINES):
+        sink.record("-", None, 200, 1, 0.0)
+    assert stream.getvalue().count("\n") == 1 + StreamAccessLog.BUFFERED_LINES  # full: written
+    sink.flush()  # nothing left: writes nothing
+    assert stream.getvalue().count("\n") == 1 + StreamAccessLog.BUFFERED_LINES
+
+
+def test_a_broken_stream_loses_lines_not_answers(caplog: pytest.LogCaptureFixture) -> None:
+    sink = StreamAccessLog(Broken())
+    sink.record("-", None, 200, 1, 0.0)
+    sink.flush()
+    assert "could not write 1 access-log lines: the disk is full" in caplog.text
+
+
+async def test_a_served_stream_log_is_written_by_the_time_the_server_closes(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    config = HttpConfig(access_log=True, access_log_stream="stderr")
+    async with serving(app(), config) as server, RawClient.connect(server.port) as client:
+        await client.send(request("POST", "/greet", b'{"name": "Ada"}'))
+        assert (await client.response()).status == 200
+    written = capsys.readouterr().err.splitlines()
+    [line] = [text for text in written if "method=POST" in text]
+    assert line.startswith("thaw: thaw.http.access: remote=127.0.0.1:")
+    assert "target=/greet status=200" in line and "capability=greet" in line

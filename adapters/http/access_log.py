@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import logging
 import re
+import sys
+from typing import TextIO
 
 from runtime.lowlevel import parse_traceparent
 
 from ._wire import Request
 
-__all__ = ["AccessLog", "access_line", "clean_target"]
+__all__ = ["AccessLog", "StreamAccessLog", "access_line", "clean_target", "open_access_log"]
 
 log = logging.getLogger("thaw.http.access")
 
@@ -85,6 +87,57 @@ class AccessLog:
     ) -> None:
         if self.logger.isEnabledFor(logging.INFO):
             self.logger.info("%s", access_line(remote, request, status, size, duration))
+
+    def flush(self) -> None:
+        """Nothing is held back (the logging handlers write)."""
+
+
+class StreamAccessLog(AccessLog):
+    """Lines straight to a text stream, buffered: a tenth of the logging module's cost.
+
+    Lines wait in memory until ``flush`` (the server calls it every second and when it
+    closes) or until ``BUFFERED_LINES`` are waiting; each line carries the same
+    ``thaw: thaw.http.access:`` prefix ``thaw serve`` gives its other log lines. A
+    stream that fails to write loses those lines, never the answer.
+    """
+
+    __slots__ = ("_lines", "_stream")
+
+    PREFIX = "thaw: thaw.http.access: "
+    BUFFERED_LINES = 512
+
+    def __init__(self, stream: TextIO) -> None:
+        super().__init__()
+        self._stream = stream
+        self._lines: list[str] = []
+
+    def record(
+        self, remote: str, request: Request | None, status: int, size: int, duration: float
+    ) -> None:
+        lines = self._lines
+        lines.append(self.PREFIX + access_line(remote, request, status, size, duration))
+        if len(lines) >= self.BUFFERED_LINES:
+            self.flush()
+
+    def flush(self) -> None:
+        lines = self._lines
+        if not lines:
+            return
+        self._lines = []
+        try:
+            self._stream.write("\n".join(lines) + "\n")
+            self._stream.flush()
+        except (OSError, ValueError) as error:  # closed or broken: the answers went out
+            log.warning("could not write %d access-log lines: %s", len(lines), error)
+
+
+def open_access_log(where: str) -> AccessLog:
+    """The access log for ``HttpConfig.access_log_stream`` ("", "stderr", "stdout")."""
+    if where == "stderr":
+        return StreamAccessLog(sys.stderr)
+    if where == "stdout":
+        return StreamAccessLog(sys.stdout)
+    return AccessLog()
 
 
 def peer_name(address: object) -> str:

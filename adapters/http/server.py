@@ -118,6 +118,8 @@ async def open_service_server(
     def refresh_date() -> None:
         nonlocal tick
         state.date.refresh()
+        if state.access_log is not None:
+            state.access_log.flush()  # a buffered access log writes at least once a second
         tick = loop.call_later(1.0, refresh_date)
 
     refresh_date()
@@ -130,6 +132,8 @@ async def open_service_server(
         finally:
             if tick is not None:
                 tick.cancel()
+            if state.access_log is not None:
+                state.access_log.flush()
 
 
 @asynccontextmanager
@@ -141,20 +145,25 @@ async def open_http_server(
     config: HttpConfig | None = None,
     reuse_port: bool | None = None,
     access_log: bool | None = None,
+    access_log_stream: str | None = None,
     readiness: Callable[[], str | None] | None = None,
 ) -> AsyncIterator[HttpServer]:
     """Serve the http triggers of an invoker's (or a host's) app; yields the bound server.
 
-    ``reuse_port`` and ``access_log`` override those ``config`` fields (so a caller
-    that cannot import HttpConfig, like ``thaw serve`` finding this through an entry
-    point, can set them). ``readiness()`` returns why the app should get no traffic
+    ``reuse_port``, ``access_log`` and ``access_log_stream`` override those ``config``
+    fields (so a caller that cannot import HttpConfig, like ``thaw serve`` finding this
+    through an entry point, can set them). ``readiness()`` returns why the app should get no traffic
     yet (e.g. its revision is still loading), or None; ``/readyz`` answers 503 with
     that reason, as it does while draining or while the backbone is disconnected.
     """
     config = config or HttpConfig()
     overrides = {
         name: value
-        for name, value in (("reuse_port", reuse_port), ("access_log", access_log))
+        for name, value in (
+            ("reuse_port", reuse_port),
+            ("access_log", access_log),
+            ("access_log_stream", access_log_stream),
+        )
         if value is not None
     }
     if overrides:

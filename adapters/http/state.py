@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import msgspec
 
 from ._wire import DateLine
-from .access_log import AccessLog
+from .access_log import AccessLog, open_access_log
 from .config import HttpConfig
 from .metrics import ServerCounters
 
@@ -49,7 +49,9 @@ class ServerState:
         self.counters = ServerCounters()
         self.draining = False
         self.date = DateLine()
-        self.access_log: AccessLog | None = AccessLog() if config.access_log else None
+        self.access_log: AccessLog | None = (
+            open_access_log(config.access_log_stream) if config.access_log else None
+        )
         self._idle: asyncio.Future[None] | None = None
 
     def statistics(self) -> ServerStatistics:
