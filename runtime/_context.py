@@ -177,11 +177,13 @@ class Context:
         later than our deadline (sooner with ``timeout``). No reply in time is
         ``Retry(code="deadline_exceeded")`` (``fan_out`` lists it as late);
         nobody serving the subject is ``Retry(code="no_responders")``. The
-        subject must be allowed by ``Access(publishes=...)`` when the capability
-        declares one.
+        subject must be allowed by ``Access(requests=...)`` when the capability
+        declares one (not ``publishes``: a stream provisioned for it would answer).
         """
         backbone = self._require_backbone("request")
-        self._check_subject("send requests to", subject)
+        access = self._env.access
+        if access is not None and not any(subject_matches(p, subject) for p in access.requests):
+            raise self._denied(f"send requests to {subject!r}", "requests", access.requests)
         if not isinstance(backbone, Requester):
             raise ConfigError(
                 f"capability {self._env.capability!r} called ctx.request() but the backbone "

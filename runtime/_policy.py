@@ -104,29 +104,42 @@ class Idempotency(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class Access(msgspec.Struct, frozen=True, kw_only=True):
-    """What a function may touch: subjects it publishes to, KV buckets and object stores.
+    """What a function may touch: subjects it publishes to or sends requests to, KV
+    buckets and object stores.
 
     Enforced by ``Context`` (anything else is refused with ``access_denied``) and
-    used by hosts to provision streams for the subjects, the buckets and the
-    object stores. A trigger's bucket is not implied: a capability run by
-    ``objects("uploads")`` that reads the upload lists ``objects=("uploads",)``.
+    used by hosts to provision streams for the ``publishes`` subjects, the buckets
+    and the object stores. ``requests`` (for ``ctx.request``) are provisioned
+    nothing: a stream capturing a request subject would answer the request itself,
+    so a subject may not be in both. A trigger's bucket is not implied: a capability
+    run by ``objects("uploads")`` that reads the upload lists ``objects=("uploads",)``.
     Subjects may use NATS wildcards (``payments.>``).
     """
 
     publishes: tuple[str, ...] = ()
     buckets: tuple[str, ...] = ()
     objects: tuple[str, ...] = ()  # object-store buckets
+    requests: tuple[str, ...] = ()  # subjects of ctx.request (core request/reply)
 
     def __post_init__(self) -> None:
-        from ._subjects import validate_name, validate_subject
+        from ._subjects import subjects_overlap, validate_name, validate_subject
 
-        given: tuple[object, ...] = (self.publishes, self.buckets, self.objects)
+        given: tuple[object, ...] = (self.publishes, self.buckets, self.objects, self.requests)
         if any(isinstance(value, str) for value in given):
             raise ConfigError(
-                "Access.publishes, Access.buckets and Access.objects take tuples, not a string"
+                "Access.publishes, Access.buckets, Access.objects and Access.requests take "
+                "tuples, not a string"
             )
-        for subject in self.publishes:
+        for subject in (*self.publishes, *self.requests):
             validate_subject(subject, wildcards=True)
+        for asked in self.requests:
+            for published in self.publishes:
+                if subjects_overlap(asked, published):
+                    raise ConfigError(
+                        f"Access.requests {asked!r} overlaps Access.publishes {published!r}: "
+                        "the stream provisioned for published subjects would answer the "
+                        "requests itself; keep request subjects out of publishes"
+                    )
         for bucket in self.buckets:
             validate_name("kv bucket", bucket)
         for bucket in self.objects:

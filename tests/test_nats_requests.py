@@ -78,3 +78,25 @@ async def test_requests_without_responders_or_in_time_raise_clear_errors(
             await backbone.request("bff.silent", b"{}", timeout=0.05)
     finally:
         await subscription.unsubscribe()
+
+
+async def test_a_provisioned_host_answers_its_own_pages_over_nats(
+    backbone: JetStreamBackbone,
+    bff,  # type: ignore[no-untyped-def]
+) -> None:
+    # What `thaw serve examples/bff` does with BFF_BACKENDS=nats: provision, then answer
+    # the subject triggers; nothing provisioned may capture the request subjects.
+    from adapters.nats.services import open_host_subject_services
+    from runtime.lowlevel import open_host, plan_for
+
+    captured = [subject for config in plan_for(bff.app).streams for subject in config.subjects]
+    assert not any(subject.startswith("bff.") for subject in captured), captured
+    async with (
+        open_host(bff.app, backbone, fetch_timeout=0.2) as host,
+        open_host_subject_services(host),
+    ):
+        outcome = await host.invoke("page", Event(id="n9", data=b'{"user":"u2"}'))
+    assert isinstance(outcome, Ok)
+    page = msgspec.json.decode(outcome.data)
+    assert page["profile"] == {"name": "Grace Hopper", "tier": "silver"}
+    assert (page["partial"], page["missing"]) == (False, [])

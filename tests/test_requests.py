@@ -270,7 +270,7 @@ async def test_the_request_carries_trace_and_a_derived_id() -> None:
 
 async def test_access_lists_and_backbones_without_requests_give_clear_errors() -> None:
     backbone = MemoryBackbone()
-    denied = Invoker(caller_app(Access(publishes=("other.*",))), backbone=backbone)
+    denied = Invoker(caller_app(Access(requests=("other.*",))), backbone=backbone)
     outcome = await denied.invoke("ask", Event(id="1", data=b'{"n":1}'))
     assert isinstance(outcome, Reject) and outcome.code == AccessDenied.code
     assert "may not send requests to 'math.double'" in outcome.reason
@@ -282,3 +282,21 @@ async def test_access_lists_and_backbones_without_requests_give_clear_errors() -
     outcome = await plain.invoke("ask", Event(id="2", data=b'{"n":1}'))
     assert isinstance(outcome, Reject | Retry)
     assert outcome.code == ConfigError.code
+
+
+def test_request_subjects_are_their_own_allow_list_and_never_provisioned() -> None:
+    from runtime.lowlevel import plan_for
+
+    app = App("asks")
+
+    @app.capability(access=Access(requests=("prices.>",), publishes=("orders.placed",)))
+    async def ask(ctx: Context) -> None:
+        await ctx.request("prices.eur", b"{}")
+
+    captured = {subject for stream in plan_for(app).streams for subject in stream.subjects}
+    assert "orders.placed" in captured
+    assert not any(subject.startswith("prices") for subject in captured)
+    with pytest.raises(ConfigError, match=r"overlaps Access.publishes 'prices.\*'"):
+        Access(requests=("prices.eur",), publishes=("prices.*",))
+    with pytest.raises(ConfigError, match="take tuples, not a string"):
+        Access(requests="prices.>")  # type: ignore[arg-type]

@@ -80,7 +80,7 @@ async def recommendations(ref: UserRef) -> list[str]:
     return ["B-7", "C-3"] if ref.user == "u1" else []
 
 
-@app.capability(http("GET", "/page/{user}"), timeout=1.0, access=Access(publishes=("bff.*",)))
+@app.capability(http("GET", "/page/{user}"), timeout=1.0, access=Access(requests=("bff.*",)))
 async def page(ref: UserRef, ctx: Context) -> Page:
     """The page model: profile, orders and recommendations, partial if one is late."""
     if BACKENDS == "nats":
