@@ -23,6 +23,7 @@ import anyio
 import msgspec
 import pytest
 from edge_support import wait_listening
+from nats.aio.msg import Msg
 from nats_fixtures import nats_server, wait_until  # noqa: F401
 
 from adapters.edge import prepare
@@ -57,7 +58,7 @@ APP_SOURCE = textwrap.dedent(
     import msgspec
 
     from runtime import (
-        Access, App, Backoff, Context, Idempotency, KeyExists, Rejected, RetryLater,
+        Access, App, Backoff, Context, Idempotency, KeyExists, Ok, Rejected, RetryLater,
         RetryPolicy, stream,
     )
 
@@ -69,7 +70,7 @@ APP_SOURCE = textwrap.dedent(
     class Order(msgspec.Struct, frozen=True):
         order_id: str
         amount: int
-        mode: str = "ok"  # ok | retry (succeeds on delivery 3) | reject
+        mode: str = "ok"  # ok | retry (succeeds on delivery 3) | reject | quote
 
 
     @app.capability(
@@ -77,12 +78,18 @@ APP_SOURCE = textwrap.dedent(
         idempotency=Idempotency(key=lambda event, order: order.order_id),
         retry=RetryPolicy(max_attempts=5, backoff=Backoff(initial=0.05, maximum=0.2, jitter=0)),
         concurrency=8,
-        access=Access(buckets=(LEDGER,)),
+        access=Access(buckets=(LEDGER,), requests=(f"{NAME}.quote",)),
     )
     async def book(order: Order, ctx: Context) -> dict[str, int]:
         if order.mode == "reject":
             raise Rejected(f"order {order.order_id} is refused", code="order_refused")
         ledger = await ctx.kv(LEDGER)
+        if order.mode == "quote":  # the amount comes from a NATS service (ctx.request)
+            quoted = await ctx.request(f"{NAME}.quote", {"amount": order.amount}, timeout=5)
+            if not isinstance(quoted, Ok):
+                await ledger.put(f"quote.{order.order_id}", quoted.code.encode())
+                raise RetryLater(f"no quote: {quoted.code}", delay=0.05)
+            order = msgspec.structs.replace(order, amount=msgspec.json.decode(quoted.data))
         if order.mode == "retry" and ctx.attempt < 3:
             await ledger.put(f"try.{order.order_id}.{ctx.attempt}", b"1")
             raise RetryLater("the warehouse is busy", delay=0.05)
@@ -389,3 +396,39 @@ def test_the_edge_refuses_an_app_that_is_not_provisioned(
     assert completed.returncode == 3, completed.stderr[-2000:]
     assert "thaw provision" in completed.stderr
     assert "Traceback" not in completed.stderr
+
+
+async def test_the_edge_calls_a_nats_service_with_ctx_request(
+    edge: EdgeOnNats, backbone: JetStreamBackbone
+) -> None:
+    seen: list[dict[str, str]] = []
+
+    async def quote(message: Msg) -> None:  # a NATS service in this process
+        seen.append(dict(message.headers or {}))
+        amount = msgspec.json.decode(message.data)["amount"]
+        await message.respond(msgspec.json.encode(amount * 10))
+
+    # Nobody answers yet: each attempt says why, then the order is dead-lettered.
+    seq = await _publish(
+        backbone, edge, {"order_id": "unasked", "amount": 3, "mode": "quote"}, msg_id="unasked"
+    )
+    record = await _dead_letter(backbone, edge, seq)
+    assert record.code == "retry_requested" and "no_responders" in record.message
+    assert (await _ledger(backbone, edge))["quote.unasked"] == b"no_responders"
+
+    subscription = await backbone.client.subscribe(f"{edge.app.name}.quote", cb=quote)
+    try:
+        await _publish(
+            backbone, edge, {"order_id": "asked", "amount": 3, "mode": "quote"}, msg_id="asked"
+        )
+
+        async def done() -> bool:
+            return "done.asked" in await _ledger(backbone, edge) and await _settled(backbone, edge)
+
+        await wait_until(done, limit=30)
+    finally:
+        await subscription.unsubscribe()
+    assert (await _ledger(backbone, edge))["done.asked"] == b"30@1"
+    [headers] = seen
+    assert headers["Nats-Msg-Id"].endswith(f"/book?{edge.app.name}.quote/1")
+    assert headers["traceparent"].startswith("00-")

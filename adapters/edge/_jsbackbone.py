@@ -25,7 +25,7 @@ from typing import Any
 import anyio
 import msgspec
 
-from runtime import App
+from runtime import App, DeadlineExceeded
 from runtime.lowlevel import (
     MSG_ID_HEADER,
     BackboneError,
@@ -38,10 +38,12 @@ from runtime.lowlevel import (
     KvEntry,
     Message,
     MessageNotFound,
+    NoResponders,
     NoStreamForSubject,
     ObjectStore,
     ObjectStoreConfig,
     PubAck,
+    Reply,
     StoredMessage,
     StreamConfig,
     StreamInfo,
@@ -49,6 +51,7 @@ from runtime.lowlevel import (
     WrongRevision,
     parse_ack_subject,
     plan_for,
+    validate_subject,
 )
 
 __all__ = ["JsBackbone", "JsKeyValue", "JsMessage", "check_provisioned"]
@@ -241,6 +244,25 @@ class JsBackbone:
         reply = await self._bridge.publish(subject, _to_js(data), fields, msg_id or "")
         reply = _check(reply, f"publish to {subject!r}")
         return PubAck(reply.stream, int(reply.seq), bool(reply.duplicate))
+
+    async def request(
+        self,
+        subject: str,
+        data: bytes,
+        *,
+        headers: Mapping[str, str] | None = None,
+        timeout: float,
+    ) -> Reply:
+        """Core NATS request/reply through the bridge (``ctx.request``)."""
+        validate_subject(subject, wildcards=False)
+        fields = _encode_json(dict(headers or {})).decode()
+        reply = await self._bridge.request(subject, _to_js(data), fields, timeout * 1000)
+        if reply.error == "timeout":
+            raise DeadlineExceeded(f"no reply on {subject!r} within {timeout:g}s")
+        if reply.error == "no_responders":
+            raise NoResponders(f"nobody answers requests on {subject!r}")
+        reply = _check(reply, f"request on {subject!r}")
+        return Reply(reply.data.to_bytes(), _headers(reply.headers))
 
     async def get_message(self, stream: str, seq: int) -> StoredMessage:
         raise self._unsupported(f"reading {stream}#{seq}")

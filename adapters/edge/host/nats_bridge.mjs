@@ -193,6 +193,27 @@ export class NatsBridge {
     });
   }
 
+  /** Core request/reply (`ctx.request`): the first reply, or `timeout` / `no_responders`. */
+  request(subject, data, headersText, timeoutMs) {
+    return answer(async () => {
+      const fields = JSON.parse(headersText);
+      const options = { timeout: Math.max(1, Math.round(timeoutMs)) };
+      if (Object.keys(fields).length) {
+        options.headers = natsHeaders();
+        for (const [name, value] of Object.entries(fields)) options.headers.set(name, value);
+      }
+      let reply;
+      try {
+        reply = await this.connection.request(subject, data, options);
+      } catch (error) {
+        const message = String(error?.message || error);
+        if (error?.name === "TimeoutError" || /timeout/i.test(message)) return { error: "timeout", message };
+        throw error;
+      }
+      return { data: plainBytes(reply.data), headers: headersJson(reply.headers) };
+    });
+  }
+
   consumerInfo(stream, durable) {
     return answer(async () => {
       const info = await (await this.jsm()).consumers.info(stream, durable);
