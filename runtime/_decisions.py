@@ -10,6 +10,7 @@ dead-letter stream with the headers below, then term).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TypeAlias
 
 import msgspec
@@ -82,9 +83,20 @@ def dead_letter_headers(
     revision: str = "",
     traceparent: str = "",
     event_id: str = "",
+    original: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
-    """Headers that say why a message was dead-lettered and where it came from."""
+    """Headers that say why a message was dead-lettered and where it came from.
+
+    The ``original`` message's own headers are kept (a replay gives them back to the
+    function), except ``Nats-*`` ones: a message id, an expected last sequence or a
+    rollup would act on the dead-letter stream instead (``Nats-Msg-Id`` is set apart).
+    """
     headers = {
+        key: value
+        for key, value in (original or {}).items()
+        if not key.lower().startswith(("nats-", "thaw-"))
+    }
+    headers |= {
         "Thaw-Error-Code": action.code,
         "Thaw-Error-Message": _header_safe(action.reason),
         "Thaw-Attempts": str(attempts),

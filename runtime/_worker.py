@@ -276,6 +276,7 @@ class StreamWorker:
             attempts=message.num_delivered,
             traceparent=event.traceparent,
             event_id=event.id,
+            original=message.headers,
         )
         # The msg id makes a repeated dead-lettering of the same delivery idempotent.
         await self._backbone.publish(

@@ -123,3 +123,34 @@ async def test_replay_of_work_that_had_completed_does_not_run_it_again() -> None
 
 async def test_empty_or_missing_dead_letter_stream() -> None:
     assert await list_dead_letters(MemoryBackbone()) == []
+
+
+async def test_a_dead_letter_keeps_the_messages_own_headers_for_its_replay() -> None:
+    backbone = MemoryBackbone()
+    state = {"broken": True}
+    app = jobs_app(state, [])
+    seen: list[dict[str, str]] = []
+
+    @app.capability(stream("jobs.headers"), retry=RetryPolicy(max_attempts=1))
+    async def headers(ctx: Context) -> None:
+        seen.append(dict(ctx.event.headers))
+        if state["broken"]:
+            raise Rejected("not yet", code="not_yet")
+
+    await apply_plan(plan_for(app), backbone)
+    sent = {"Payment-Event-Type": "payment.succeeded", "nats-rollup": "sub"}
+    await backbone.publish("jobs.headers", b"{}", msg_id="evt-h", headers=sent)
+    await drain(app, backbone)
+    [letter] = await list_dead_letters(backbone, capability="headers")
+    record = await show_dead_letter(backbone, letter.seq)
+    assert record.headers["Payment-Event-Type"] == "payment.succeeded"
+    assert "nats-rollup" not in record.headers  # it would act on the dead-letter stream
+    assert record.headers["Thaw-Error-Code"] == "not_yet"
+
+    state["broken"] = False
+    await replay_dead_letter(backbone, letter.seq)
+    await drain(app, backbone)
+    replayed = seen[-1]
+    assert replayed["Payment-Event-Type"] == "payment.succeeded"
+    assert replayed["Thaw-Event-Id"] == "evt-h"
+    assert not any(key.startswith("Thaw-Error") for key in replayed)
