@@ -24,6 +24,7 @@ from ._backbones import available_backbones, load_server, open_backbone
 from ._budget import BudgetStatistics, RetryBudget
 from ._changes import (
     kv_stream_name,
+    object_data,
     object_stream_name,
     object_stream_subjects,
     validate_object_name,
@@ -233,6 +234,7 @@ __all__ = [
     "ObjectStore",
     "ObjectStoreConfig",
     "kv_stream_name",
+    "object_data",
     "object_stream_name",
     "object_stream_subjects",
     "validate_object_name",

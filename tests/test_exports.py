@@ -180,6 +180,7 @@ def test_adapter_author_surface() -> None:
         "load_revision",
         "load_server",
         "next_tick",
+        "object_data",
         "object_stream_name",
         "object_stream_subjects",
         "open_backbone",

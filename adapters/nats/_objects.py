@@ -23,7 +23,6 @@ import nats.js.errors
 from nats.js import api
 from nats.js.object_store import ObjectStore as NatsObjectStore
 
-from runtime import ConfigError
 from runtime.lowlevel import (
     BackboneError,
     BucketNotFound,
@@ -31,6 +30,7 @@ from runtime.lowlevel import (
     ObjectInfo,
     ObjectNotFound,
     ObjectStoreConfig,
+    object_data,
     object_stream_name,
     object_stream_subjects,
     validate_object_name,
@@ -81,16 +81,6 @@ async def open_object_store(backbone: JetStreamBackbone, bucket: str) -> JetStre
         )
     _check_layout(bucket, reply.config)
     return JetStreamObjectStore(backbone, bucket)
-
-
-def object_data(name: str, data: object) -> bytes:
-    """``data`` as bytes, or the same ``ConfigError`` as MemoryBackbone (text is not bytes)."""
-    if not isinstance(data, bytes | bytearray | memoryview):
-        raise ConfigError(
-            f"object {name!r}: data must be bytes, not {type(data).__name__}; "
-            "encode text or JSON first"
-        )
-    return bytes(data)
 
 
 def _info(bucket: str, info: api.ObjectInfo) -> ObjectInfo:
