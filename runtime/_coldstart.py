@@ -44,13 +44,13 @@ from ._loader import load_app
 from ._memory_backbone import MemoryBackbone
 from ._revision import Revision, load_revision
 from ._sample import sample_payload
+from ._snapshot_build import build_snapshot, child_env
 from ._snapshot_format import SnapshotPayload, decode_snapshot
 
 __all__ = ["run_coldstart", "run_coldstart_cli", "format_report"]
 
 ROUNDS = 3
 _ids = itertools.count(1)
-_PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent)
 
 
 class _BenchBackbone(MemoryBackbone):
@@ -105,8 +105,6 @@ class _Target:
             self.payload = decode_snapshot(self.blob, source=target)
             self.source = _write_sources(self.payload, workdir / "src")
         else:
-            from ._snapshot_build import build_snapshot
-
             snapshot = workdir / "app.snap"
             build_snapshot(target, str(snapshot))
             self.blob = snapshot.read_bytes()
@@ -118,11 +116,8 @@ class _Target:
 
 def _write_sources(payload: SnapshotPayload, root: Path) -> str:
     """Write a snapshot's sources and data files out, so it can also be imported from source."""
-    for module in payload.modules:
-        path = root / module.path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(module.source)
-    for relative, content in payload.data.items():
+    sources = ((module.path, module.source) for module in payload.modules)
+    for relative, content in itertools.chain(sources, payload.data.items()):
         path = root / relative
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(content)
@@ -340,8 +335,7 @@ print(asyncio.run(_answer_once(app, capability, base64.b64decode(data))))
 
 
 def _process_round(mode: str, where: str, capability: str, data: bytes, count: int) -> list[float]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_ROOT, env.get("PYTHONPATH")) if p)
+    env = child_env()
     command = [
         sys.executable,
         "-c",

@@ -37,7 +37,14 @@ from ._idempotency import IdempotencyStore, MemoryIdempotencyStore
 from ._invoker import Invoker
 from ._revision import ModuleNamespace, Revision
 
-__all__ = ["Instance", "InstancePool", "PoolStatistics", "Isolation", "InstanceStartFailed"]
+__all__ = [
+    "Instance",
+    "InstancePool",
+    "PoolStatistics",
+    "Isolation",
+    "InstanceStartFailed",
+    "run_stop_hooks",
+]
 
 Isolation = Literal["shared", "fresh", "process"]
 log = logging.getLogger("thaw.instances")
@@ -82,14 +89,19 @@ class Instance:
             return
         self.stopped = True
         try:
-            for hook in reversed(self.app.stop_hooks):
-                try:
-                    await hook()
-                except Exception:
-                    log.exception("on_stop hook %r of app %s failed", hook, self.app.name)
+            await run_stop_hooks(self.app, log)
         finally:
             if self.namespace is not None:
                 self.namespace.unregister()
+
+
+async def run_stop_hooks(app: App, logger: logging.Logger) -> None:
+    """Run ``on_stop`` hooks, last registered first; one failing is logged, the rest still run."""
+    for hook in reversed(app.stop_hooks):
+        try:
+            await hook()
+        except Exception:
+            logger.exception("on_stop hook %r of app %s failed", hook, app.name)
 
 
 class InstancePool:

@@ -71,17 +71,22 @@ class MemoryBackboneStatistics(msgspec.Struct, frozen=True, kw_only=True):
     streams: int
     consumers: int
     buckets: int
-    waiting_fetches: int
-    object_stores: int = 0  # fetch calls parked, waiting for a message or their timeout
+    waiting_fetches: int  # fetch calls parked, waiting for a message or their timeout
+    object_stores: int = 0
 
 
-def _differences(existing: msgspec.Struct, requested: msgspec.Struct) -> str:
+def _conflict(
+    what: str, existing: msgspec.Struct, requested: msgspec.Struct, advice: str
+) -> DefinitionConflict:
+    """``what`` exists with another definition: name each differing field and its values."""
     parts = []
     for field in existing.__struct_fields__:
         old, new = getattr(existing, field), getattr(requested, field)
         if old != new:
             parts.append(f"{field} (existing {old!r}, requested {new!r})")
-    return ", ".join(parts)
+    return DefinitionConflict(
+        f"{what} already exists with a different definition: {', '.join(parts)}; {advice}"
+    )
 
 
 class MemoryBackbone:
@@ -147,9 +152,11 @@ class MemoryBackbone:
         existing = self._streams.get(config.name)
         if existing is not None:
             if existing.config != config:
-                raise DefinitionConflict(
-                    f"stream {config.name!r} already exists with a different definition: "
-                    f"{_differences(existing.config, config)}; delete it or use another name"
+                raise _conflict(
+                    f"stream {config.name!r}",
+                    existing.config,
+                    config,
+                    "delete it or use another name",
                 )
         else:
             overlap = streams_overlapping(self._streams, config)
@@ -222,10 +229,11 @@ class MemoryBackbone:
         if existing is None:
             existing = state.consumers[config.durable] = ConsumerState(state, config)
         elif existing.config != config:
-            raise DefinitionConflict(
-                f"consumer {config.durable!r} on stream {stream!r} already exists with a "
-                f"different definition: {_differences(existing.config, config)}; "
-                "delete the stream's consumer or use another durable name"
+            raise _conflict(
+                f"consumer {config.durable!r} on stream {stream!r}",
+                existing.config,
+                config,
+                "delete the stream's consumer or use another durable name",
             )
         return existing.info(self._clock.now())
 
@@ -293,9 +301,8 @@ class MemoryBackbone:
             stream = self._system_stream(kv_stream_config(config))
             existing = self._buckets[config.bucket] = BucketState(config, stream)
         elif existing.config != config:
-            raise DefinitionConflict(
-                f"bucket {config.bucket!r} already exists with a different definition: "
-                f"{_differences(existing.config, config)}; use another bucket name"
+            raise _conflict(
+                f"bucket {config.bucket!r}", existing.config, config, "use another bucket name"
             )
         return MemoryKeyValue(existing, self._clock, self._check_open)
 
@@ -330,9 +337,11 @@ class MemoryBackbone:
             stream = self._system_stream(object_stream_config(config))
             existing = self._object_stores[config.bucket] = ObjectBucketState(config, stream)
         elif existing.config != config:
-            raise DefinitionConflict(
-                f"object store {config.bucket!r} already exists with a different definition: "
-                f"{_differences(existing.config, config)}; use another bucket name"
+            raise _conflict(
+                f"object store {config.bucket!r}",
+                existing.config,
+                config,
+                "use another bucket name",
             )
         return MemoryObjectStore(existing, self._clock, self._check_open)
 

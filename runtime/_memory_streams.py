@@ -37,6 +37,7 @@ from runtime._backbone import (
     StreamInfo,
 )
 from runtime._clock import Clock
+from runtime._context import MSG_ID_HEADER
 from runtime._errors import BackboneError, ConfigError
 from runtime._subjects import (
     subject_is_subset,
@@ -47,7 +48,6 @@ from runtime._subjects import (
 )
 
 __all__ = [
-    "MSG_ID_HEADER",
     "Signal",
     "StreamState",
     "ConsumerState",
@@ -57,8 +57,6 @@ __all__ = [
     "validate_consumer_config",
     "validate_fetch",
 ]
-
-MSG_ID_HEADER = "Nats-Msg-Id"
 
 
 class Signal:

@@ -9,9 +9,8 @@ next instance. Linux only and opt-in: ``runtime/__init__`` and the other core
 modules never import this one (it forks and uses sockets, which the portable
 core must not); the host imports it when ``isolation="process"`` is chosen.
 
-Wire: a frame is a 4-byte big-endian length and a msgpack body. Parent to child:
-``_Call(rid, capability, event)``, ``_Cancel(rid)``, ``_Stop``. Child to parent:
-one ``_Ready`` or ``_StartFailed``, then ``_Answer(rid, ...)`` in any order.
+The wire (length-prefixed msgpack frames) is ``_process_wire``; the child's side
+is ``_process_child``.
 
 Invariants:
 - Concurrent invokes are multiplexed by request id, never serialised, so the

@@ -19,6 +19,7 @@ import anyio.abc
 
 from ._app import App
 from ._event import Outcome
+from ._instances import run_stop_hooks
 from ._invoker import Invoker
 from ._process_wire import (
     _EXIT_INTERNAL,
@@ -156,7 +157,7 @@ async def _serve(
                     break
     finally:
         with anyio.CancelScope(shield=True):
-            await _run_stop_hooks(app)
+            await run_stop_hooks(app, log)
     return 0
 
 
@@ -185,11 +186,3 @@ async def _send_quietly(channel: _Channel, frame: bytes) -> None:
         await channel.send(frame)
     except (anyio.BrokenResourceError, anyio.ClosedResourceError):
         pass  # the parent is gone; the read loop sees EOF and stops
-
-
-async def _run_stop_hooks(app: App) -> None:
-    for hook in reversed(app.stop_hooks):
-        try:
-            await hook()
-        except Exception:
-            log.exception("on_stop hook %r of app %s failed", hook, app.name)

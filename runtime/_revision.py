@@ -109,6 +109,16 @@ class ModuleNamespace:
         self._root = types.ModuleType(prefix, "Thaw revision namespace")
         self._root.__path__ = []
 
+    def sibling(self, prefix: str) -> ModuleNamespace:
+        """A new, empty namespace over the same modules (a ``fresh`` instance's)."""
+        return ModuleNamespace(
+            prefix=prefix,
+            blobs=self._blobs,
+            codes=self._codes,
+            base=self._base,
+            loader=self._loader,
+        )
+
     def execute(self, entry: str) -> types.ModuleType:
         """Execute ``entry`` (and whatever it imports); undo everything on failure."""
         sys.modules[self.prefix] = self._root
@@ -205,12 +215,9 @@ class Revision:
         self,
         *,
         payload: SnapshotPayload,
-        codes: dict[str, types.CodeType],
         namespace: ModuleNamespace,
         app: App,
         timings: LoadTimings,
-        base: Path,
-        loader: _SnapshotLoader,
     ) -> None:
         self.payload = payload
         self.revision_id = payload.revision
@@ -218,21 +225,14 @@ class Revision:
         self.namespace = namespace
         self.app = app
         self.timings = timings
-        self._codes = codes
-        self._base = base
-        self._loader = loader
 
     def __repr__(self) -> str:
         return f"<Revision {self.manifest.app} {self.revision_id[:12]}>"
 
     def execute_fresh(self) -> tuple[App, ModuleNamespace]:
         """Execute every module body again into a new namespace (the ``fresh`` isolation)."""
-        namespace = ModuleNamespace(
-            prefix=f"_thaw_{self.revision_id[:12]}_i{next(_instance_numbers)}",
-            blobs={b.name: b for b in self.payload.modules},
-            codes=self._codes,
-            base=self._base,
-            loader=self._loader,
+        namespace = self.namespace.sibling(
+            f"_thaw_{self.revision_id[:12]}_i{next(_instance_numbers)}"
         )
         module = namespace.execute(self.manifest.entry_module)
         return _app_in(module, self.manifest), namespace
@@ -307,15 +307,7 @@ def load_revision(
         modules=dict(namespace.timings),
         total=executed - started,
     )
-    return Revision(
-        payload=payload,
-        codes=codes,
-        namespace=namespace,
-        app=app,
-        timings=timings,
-        base=base,
-        loader=loader,
-    )
+    return Revision(payload=payload, namespace=namespace, app=app, timings=timings)
 
 
 def _app_in(module: types.ModuleType, manifest: Manifest) -> App:
@@ -334,9 +326,10 @@ def _extract(payload: SnapshotPayload, data_dir: str | os.PathLike[str] | None) 
     marker = base / ".thaw-extracted"
     if not payload.data or marker.is_file():
         return base  # the revision id covers the data: same id, same files
+    inside = str(base.resolve()) + os.sep
     for relative, content in payload.data.items():
         target = (base / relative).resolve()
-        if not str(target).startswith(str(base.resolve()) + os.sep):
+        if not str(target).startswith(inside):
             raise SnapshotError(f"data file path {relative!r} escapes the revision folder")
         if target.is_file() and _same(target, content):
             continue

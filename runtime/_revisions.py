@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -116,7 +117,6 @@ class RevisionRouter:
         rid = self._resolve(revision_id)
         remaining = {k: v for k, v in self._weights.items() if k != rid}
         pool = self._pools.pop(rid)
-        self._weights.pop(rid)
         self.set_weights(remaining)
         await pool.aclose()
         pool.revision.unload()
@@ -134,6 +134,4 @@ class RevisionRouter:
 
 def _threads_available() -> bool:
     # Pyodide (emscripten) and WASI builds have no threads to hand the load to.
-    import sys
-
     return sys.platform not in ("emscripten", "wasi")

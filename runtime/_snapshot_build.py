@@ -42,6 +42,7 @@ MAX_DATA_FILES = 2000
 _SKIP_DIRS = {"__pycache__", "node_modules", ".git", ".venv", "venv", ".mypy_cache"}
 _SKIP_SUFFIXES = (".py", ".pyc", ".pyo", ".snap", ".so", ".pyd")
 _OWN_PACKAGES = {"runtime", "adapters"}
+_PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent)
 
 
 class BuildResult(msgspec.Struct, frozen=True):
@@ -53,11 +54,16 @@ class BuildResult(msgspec.Struct, frozen=True):
     data_files: list[str]
 
 
+def child_env() -> dict[str, str]:
+    """This environment, with this Thaw first on ``PYTHONPATH``: for a child Python to run it."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_ROOT, env.get("PYTHONPATH")) if p)
+    return env
+
+
 def build_snapshot(target: str, output: str, *, python: str | None = None) -> BuildResult:
     """Build ``target`` (any form ``thaw run`` accepts) into the snapshot file ``output``."""
-    package_root = str(Path(__file__).resolve().parent.parent)
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
+    env = child_env()
     env["PYTHONDONTWRITEBYTECODE"] = "1"
     command = [python or sys.executable, "-m", "runtime._snapshot_build", target, output]
     try:
@@ -112,12 +118,15 @@ def _collect(target: str) -> SnapshotPayload:
     root, base = _app_tree(target)
     blobs: list[ModuleBlob] = []
     holders: list[tuple[str, str]] = []
-    for name in [m for m in sys.modules if m not in set(before)]:
+    loaded_before = set(before)
+    for name in [m for m in sys.modules if m not in loaded_before]:
         module = sys.modules[name]
         file = getattr(module, "__file__", None)
-        if not file or not file.endswith(".py") or not _inside(Path(file).resolve(), root):
+        if not file or not file.endswith(".py"):
             continue
         source_path = Path(file).resolve()
+        if not _inside(source_path, root):
+            continue
         source = source_path.read_bytes()
         relative = source_path.relative_to(base).as_posix()
         code = compile(source, f"{app.name}@snapshot/{relative}", "exec", dont_inherit=True)

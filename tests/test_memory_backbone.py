@@ -92,6 +92,14 @@ async def test_statistics_count_what_exists() -> None:
     )
 
 
+async def _stream_s_with_consumer_w() -> MemoryHarness:
+    clock = FakeClock()
+    harness = MemoryHarness(MemoryBackbone(clock=clock), clock)
+    await harness.backbone.add_stream(StreamConfig(name="s", subjects=("s.>",)))
+    await harness.backbone.add_consumer("s", ConsumerConfig(durable="w"))
+    return harness
+
+
 async def _fetch_into(backbone: MemoryBackbone, outcome: list[object]) -> None:
     """Fetch from s/w with a long timeout; record the messages or the BackboneError."""
     try:
@@ -102,11 +110,8 @@ async def _fetch_into(backbone: MemoryBackbone, outcome: list[object]) -> None:
 
 @pytest.mark.anyio
 async def test_cancelled_fetch_stops_waiting() -> None:
-    clock = FakeClock()
-    backbone = MemoryBackbone(clock=clock)
-    harness = MemoryHarness(backbone, clock)
-    await backbone.add_stream(StreamConfig(name="s", subjects=("s.>",)))
-    await backbone.add_consumer("s", ConsumerConfig(durable="w"))
+    harness = await _stream_s_with_consumer_w()
+    backbone = harness.backbone
     async with anyio.create_task_group() as group:
         group.start_soon(_fetch_into, backbone, [])
         await harness.wait_fetching("s", "w", 1)
@@ -116,11 +121,8 @@ async def test_cancelled_fetch_stops_waiting() -> None:
 
 @pytest.mark.anyio
 async def test_deleting_the_stream_fails_a_waiting_fetch() -> None:
-    clock = FakeClock()
-    backbone = MemoryBackbone(clock=clock)
-    harness = MemoryHarness(backbone, clock)
-    await backbone.add_stream(StreamConfig(name="s", subjects=("s.>",)))
-    await backbone.add_consumer("s", ConsumerConfig(durable="w"))
+    harness = await _stream_s_with_consumer_w()
+    backbone = harness.backbone
     outcome: list[object] = []
     async with anyio.create_task_group() as group:
         group.start_soon(_fetch_into, backbone, outcome)
@@ -132,11 +134,8 @@ async def test_deleting_the_stream_fails_a_waiting_fetch() -> None:
 
 @pytest.mark.anyio
 async def test_aclose_fails_waiting_fetches_and_later_calls() -> None:
-    clock = FakeClock()
-    backbone = MemoryBackbone(clock=clock)
-    harness = MemoryHarness(backbone, clock)
-    await backbone.add_stream(StreamConfig(name="s", subjects=("s.>",)))
-    await backbone.add_consumer("s", ConsumerConfig(durable="w"))
+    harness = await _stream_s_with_consumer_w()
+    backbone = harness.backbone
     bucket = await backbone.add_kv(KvConfig(bucket="kv"))
     outcome: list[object] = []
     async with anyio.create_task_group() as group:

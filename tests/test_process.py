@@ -9,7 +9,7 @@ import socket
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -173,6 +173,14 @@ def stop_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     path = tmp_path / "stopped.txt"
     monkeypatch.setenv("THAW_TEST_STOP_FILE", str(path))
     return path
+
+
+@pytest.fixture
+def open_gate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[[], None]:
+    """Shut the ``gate`` capability's gate; call the result to let its calls finish."""
+    path = tmp_path / "gate"
+    monkeypatch.setenv("THAW_TEST_GATE", str(path))
+    return path.touch
 
 
 def module(revision: Revision) -> Any:
@@ -412,10 +420,8 @@ async def test_aclose_kills_a_child_still_starting(
 
 @pytest.mark.anyio
 async def test_scale_to_zero_lets_calls_in_flight_finish(
-    revision: Revision, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    revision: Revision, open_gate: Callable[[], None]
 ) -> None:
-    gate = tmp_path / "gate"
-    monkeypatch.setenv("THAW_TEST_GATE", str(gate))
     pool = ProcessPool(revision)
     outcomes: list[object] = []
 
@@ -432,7 +438,7 @@ async def test_scale_to_zero_lets_calls_in_flight_finish(
                 group.start_soon(pool.scale_to_zero)  # the stop frame queues behind it
                 await anyio.wait_all_tasks_blocked()
                 assert not pool.live
-                gate.touch()
+                open_gate()
     finally:
         await pool.aclose()
     assert outcomes == [Ok(str(pid).encode())]
@@ -441,12 +447,10 @@ async def test_scale_to_zero_lets_calls_in_flight_finish(
 
 @pytest.mark.anyio
 async def test_callers_cancelled_together_leave_the_others_answered(
-    revision: Revision, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    revision: Revision, open_gate: Callable[[], None]
 ) -> None:
     # The first caller reads for everyone; cancelling it and the one it hands the
     # reader role to must still leave someone reading for the third.
-    gate = tmp_path / "gate"
-    monkeypatch.setenv("THAW_TEST_GATE", str(gate))
     pool = ProcessPool(revision)
     outcomes: list[object] = []
 
@@ -464,7 +468,7 @@ async def test_callers_cancelled_together_leave_the_others_answered(
                     group.start_soon(call)
                     await anyio.wait_all_tasks_blocked()
                     doomed.cancel_scope.cancel()
-                gate.touch()
+                open_gate()
     finally:
         await pool.aclose()
     assert outcomes == [Ok(str(pid).encode())]
