@@ -119,11 +119,14 @@ def add_commands(commands: Any, positive_int: Any) -> None:
     purge.add_argument("--app")
     purge.add_argument("--capability")
     purge.add_argument("--yes", action="store_true", help="really delete (required)")
-    for parser, handler in ((listing, _dlq_list), (show, _dlq_show), (replay, _dlq_replay)):
+    for parser, handler in (
+        (listing, _dlq_list),
+        (show, _dlq_show),
+        (replay, _dlq_replay),
+        (purge, _dlq_purge),
+    ):
         _backbone_options(parser)
         parser.set_defaults(handler=handler)
-    _backbone_options(purge)
-    purge.set_defaults(handler=_dlq_purge)
 
 
 def _serve_options(parser: argparse.ArgumentParser) -> None:
@@ -247,14 +250,8 @@ def _cmd_provision(args: argparse.Namespace) -> int:
         print(line)
     if args.dry_run:
         return EXIT_OK
-    kind, url = _target(args)
-
-    async def main() -> None:
-        async with open_backbone(kind, url, state_dir=args.state_dir) as backbone:
-            await apply_plan(plan, backbone)
-
-    anyio.run(main)
-    print(f"provisioned app {app.name} on the {kind} backbone")
+    _with_backbone(args, lambda backbone: apply_plan(plan, backbone))
+    print(f"provisioned app {app.name} on the {_target(args)[0]} backbone")
     return EXIT_OK
 
 

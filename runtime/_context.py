@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
 
@@ -126,7 +126,7 @@ class Context:
         duplicate window drops the copies. ``data`` that is not bytes is JSON-encoded.
         """
         backbone = self._require_backbone("publish")
-        self._check_subject("publish to", subject)
+        self._check_subject("publish to", subject, "publishes")
         self._published += 1
         if msg_id is None:
             msg_id = f"{self.event.id}/{self._env.capability}/{self._published}"
@@ -181,9 +181,7 @@ class Context:
         declares one (not ``publishes``: a stream provisioned for it would answer).
         """
         backbone = self._require_backbone("request")
-        access = self._env.access
-        if access is not None and not any(subject_matches(p, subject) for p in access.requests):
-            raise self._denied(f"send requests to {subject!r}", "requests", access.requests)
+        self._check_subject("send requests to", subject, "requests")
         if not isinstance(backbone, Requester):
             raise ConfigError(
                 f"capability {self._env.capability!r} called ctx.request() but the backbone "
@@ -210,23 +208,32 @@ class Context:
     async def kv(self, bucket: str) -> KeyValue:
         """The KV bucket ``bucket`` (it must exist; hosts provision declared buckets)."""
         backbone = self._require_backbone("kv")
-        access = self._env.access
-        if access is not None and bucket not in access.buckets:
-            raise self._denied(f"use KV bucket {bucket!r}", "buckets", access.buckets)
+        self._check_bucket("use KV bucket", bucket, "buckets")
         return await backbone.kv(bucket)
 
     async def objects(self, bucket: str) -> ObjectStore:
         """The object store ``bucket`` (it must exist; hosts provision declared ones)."""
         backbone = self._require_backbone("objects")
-        access = self._env.access
-        if access is not None and bucket not in access.objects:
-            raise self._denied(f"use object store {bucket!r}", "objects", access.objects)
+        self._check_bucket("use object store", bucket, "objects")
         return await backbone.object_store(bucket)
 
-    def _check_subject(self, doing: str, subject: str) -> None:
+    def _check_subject(
+        self, doing: str, subject: str, field: Literal["publishes", "requests"]
+    ) -> None:
         access = self._env.access
-        if access is not None and not any(subject_matches(p, subject) for p in access.publishes):
-            raise self._denied(f"{doing} {subject!r}", "publishes", access.publishes)
+        if access is None:
+            return
+        allowed: tuple[str, ...] = getattr(access, field)
+        if not any(subject_matches(pattern, subject) for pattern in allowed):
+            raise self._denied(f"{doing} {subject!r}", field, allowed)
+
+    def _check_bucket(self, doing: str, bucket: str, field: Literal["buckets", "objects"]) -> None:
+        access = self._env.access
+        if access is None:
+            return
+        allowed: tuple[str, ...] = getattr(access, field)
+        if bucket not in allowed:
+            raise self._denied(f"{doing} {bucket!r}", field, allowed)
 
     def _denied(self, doing: str, field: str, allowed: tuple[str, ...]) -> AccessDenied:
         return AccessDenied(

@@ -79,8 +79,10 @@ async def list_dead_letters(
     except StreamNotFound:
         return []
     found: list[DeadLetterRecord] = []
+    if not info.last_seq:  # nothing was ever stored (there is no message 0 to read)
+        return found
     for seq in range(info.first_seq, info.last_seq + 1):
-        if len(found) >= limit or not info.last_seq:
+        if len(found) >= limit:
             break
         try:
             stored = await backbone.get_message(DEAD_LETTER_STREAM, seq)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from typing import Any
 
 import anyio
 import msgspec
@@ -25,15 +24,16 @@ from ._app import App
 from ._backbone import Backbone
 from ._budget import RetryBudget
 from ._changes import shaper_for
+from ._clock import Clock
 from ._context import MSG_ID_HEADER, TRACEPARENT_HEADER
 from ._event import Event, Outcome
 from ._idempotency import IdempotencyStore
-from ._invoker import Invoker
+from ._invoker import CompiledCapability, Invoker
 from ._kv_idempotency import KvIdempotencyStore
 from ._memory_backbone import MemoryBackbone
 from ._memory_requests import Responding
 from ._provision import ProvisionPlan, apply_plan, idempotency_bucket_for, plan_for
-from ._requests import Reply, service_reply
+from ._requests import Reply, Responder, service_reply
 from ._schedule import ScheduleRunner
 from ._triggers import SubjectTrigger
 from ._worker import StreamWorker, WorkerStatistics
@@ -144,30 +144,27 @@ async def open_host(
 
 def _answer_subjects(invoker: Invoker, backbone: MemoryBackbone) -> list[Responding]:
     """Serve the app's ``subject`` triggers in process (JetStream: adapters/nats/services)."""
-    responders = []
-    for name, compiled in invoker.capabilities.items():
-        for trigger in compiled.spec.triggers:
-            if isinstance(trigger, SubjectTrigger):
-                capability = invoker.capability(name)
-                timeout = compiled.spec.policy.timeout
+    return [
+        backbone.respond(trigger.subject, _responder(capability, invoker.clock))
+        for capability in invoker.capabilities.values()
+        for trigger in capability.spec.triggers
+        if isinstance(trigger, SubjectTrigger)
+    ]
 
-                async def answer(
-                    subject: str,
-                    data: bytes,
-                    headers: Mapping[str, str],
-                    capability: Any = capability,
-                    timeout: float = timeout,
-                ) -> Reply:
-                    event = Event(
-                        id=headers.get(MSG_ID_HEADER) or uuid.uuid4().hex,
-                        data=data,
-                        subject=subject,
-                        headers=dict(headers),
-                        deadline=invoker.clock.now() + timeout,
-                        traceparent=headers.get(TRACEPARENT_HEADER, ""),
-                    )
-                    body, reply_headers = service_reply(await capability(event))
-                    return Reply(body, reply_headers)
 
-                responders.append(backbone.respond(trigger.subject, answer))
-    return responders
+def _responder(capability: CompiledCapability, clock: Clock) -> Responder:
+    timeout = capability.spec.policy.timeout
+
+    async def answer(subject: str, data: bytes, headers: Mapping[str, str]) -> Reply:
+        event = Event(
+            id=headers.get(MSG_ID_HEADER) or uuid.uuid4().hex,
+            data=data,
+            subject=subject,
+            headers=dict(headers),
+            deadline=clock.now() + timeout,
+            traceparent=headers.get(TRACEPARENT_HEADER, ""),
+        )
+        body, reply_headers = service_reply(await capability(event))
+        return Reply(body, reply_headers)
+
+    return answer

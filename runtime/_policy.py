@@ -14,6 +14,7 @@ from typing import Any
 import msgspec
 
 from ._errors import ConfigError
+from ._subjects import subjects_overlap, validate_name, validate_subject
 
 __all__ = ["Access", "Backoff", "RetryPolicy", "Idempotency", "Policy"]
 
@@ -122,8 +123,6 @@ class Access(msgspec.Struct, frozen=True, kw_only=True):
     requests: tuple[str, ...] = ()  # subjects of ctx.request (core request/reply)
 
     def __post_init__(self) -> None:
-        from ._subjects import subjects_overlap, validate_name, validate_subject
-
         given: tuple[object, ...] = (self.publishes, self.buckets, self.objects, self.requests)
         if any(isinstance(value, str) for value in given):
             raise ConfigError(

@@ -20,7 +20,12 @@ import msgspec
 
 from ._app import App
 from ._backbone import Backbone, ConsumerConfig, KvConfig, ObjectStoreConfig, StreamConfig
-from ._changes import kv_stream_name, kv_subject_prefix, object_stream_name
+from ._changes import (
+    kv_stream_name,
+    kv_subject_prefix,
+    object_stream_name,
+    object_stream_subjects,
+)
 from ._decisions import DEAD_LETTER_STREAM, DEAD_LETTER_SUBJECTS
 from ._kv_idempotency import IDEMPOTENCY_BUCKET
 from ._subjects import subject_is_subset
@@ -110,7 +115,7 @@ def plan_for(app: App, *, ack_wait: float = DEFAULT_ACK_WAIT) -> ProvisionPlan:
             elif isinstance(trigger, ObjectsTrigger):
                 object_stores.setdefault(trigger.bucket, ObjectStoreConfig(bucket=trigger.bucket))
                 stream = object_stream_name(trigger.bucket)
-                filter_subject = f"$O.{trigger.bucket}.M.>"
+                filter_subject = object_stream_subjects(trigger.bucket)[1]  # the meta subjects
             else:
                 continue
             base, n = durable, 1

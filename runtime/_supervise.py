@@ -73,14 +73,12 @@ def worker_count(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise _argument_error(f"{text[:40]!r} is not a whole number of processes") from None
+        raise argparse.ArgumentTypeError(
+            f"{text[:40]!r} is not a whole number of processes"
+        ) from None
     if not 1 <= value <= MAX_WORKERS:
-        raise _argument_error(f"{value} is not between 1 and {MAX_WORKERS}")
+        raise argparse.ArgumentTypeError(f"{value} is not between 1 and {MAX_WORKERS}")
     return value
-
-
-def _argument_error(message: str) -> Exception:
-    return argparse.ArgumentTypeError(message)
 
 
 def restart_delay(crashes: Sequence[float], now: float) -> float | None:
