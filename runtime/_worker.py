@@ -192,9 +192,9 @@ class StreamWorker:
         if self._shape is not None:
             shaped = self._shape(message)
             if shaped is None:  # not for this capability (an object deletion, say)
-                await message.ack()
-                self._acked += 1
-                return Ack()
+                skipped = Ack()
+                await self._perform(message, skipped, None)
+                return skipped
             data = shaped
         event = Event(
             id=headers.get(EVENT_ID_HEADER) or message.msg_id or f"{message.stream}.{message.seq}",
@@ -215,6 +215,11 @@ class StreamWorker:
             delivery_count=message.num_delivered,
             max_deliver=self._consumer.max_deliver,
         )
+        await self._perform(message, action, event)
+        return action
+
+    async def _perform(self, message: Message, action: StreamAction, event: Event | None) -> None:
+        """Ack, nak or dead-letter ``message``; a backbone failure is logged, not raised."""
         try:
             if type(action) is Ack:
                 await message.ack()
@@ -226,7 +231,7 @@ class StreamWorker:
                 await message.nak(delay)
                 self._naked += 1
             else:
-                assert type(action) is DeadLetter
+                assert type(action) is DeadLetter and event is not None
                 await self._dead_letter(message, action, event)
         except BackboneError as exc:
             # The server may never have seen the action (connection lost, node down): it
@@ -240,7 +245,6 @@ class StreamWorker:
                 self._capability.spec.name,
                 exc,
             )
-        return action
 
     async def _invoke_with_heartbeat(
         self, message: Message, event: Event, interval: float

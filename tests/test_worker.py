@@ -411,3 +411,17 @@ async def test_the_worker_reports_its_consumers_lag() -> None:
         await message.ack()
     await worker.run_until_idle()
     assert worker.statistics().pending == 0  # the last fetch came back empty
+
+
+async def test_a_failed_ack_of_a_skipped_delivery_is_logged_too(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    backbone = FlakyBackbone(ack_failures=1)
+    calls: list[str] = []
+    worker = await flaky_worker(backbone, calls)
+    worker._shape = lambda message: None  # e.g. an object deletion the trigger skips
+    await publish(backbone, "a")
+    with anyio.fail_after(10):
+        await worker.run_until_idle()  # the worker goes on: no exception escapes
+    assert calls == []
+    assert any("could not ack JOBS seq 1" in r.message for r in caplog.records)
