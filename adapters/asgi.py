@@ -38,12 +38,12 @@ from urllib.parse import quote
 
 import anyio
 
-from adapters.http._wire import Request, Response, response_from_answer
+from adapters.http._wire import Request, Response, refusal, too_large
 from adapters.http.config import HttpConfig
 from adapters.http.metrics import CONTENT_TYPE, ServerCounters, render
 from adapters.http.service import HttpService
 from runtime import App, ConfigError
-from runtime.lowlevel import Backbone, Host, Invoker, MemoryBackbone, open_host, problem_answer
+from runtime.lowlevel import Backbone, Host, Invoker, MemoryBackbone, open_host
 
 __all__ = ["ASGIApp", "ThawASGI", "asgi_app", "from_env"]
 
@@ -63,10 +63,6 @@ _PATH_SAFE = "/:@!$&'()*+,;=-._~"
 
 
 _GONE = Response(499)  # the client disconnected before its body was in: answer nothing
-
-
-def _refusal(code: str, detail: str) -> Response:
-    return response_from_answer(problem_answer(code, detail))
 
 
 class ThawASGI:
@@ -144,11 +140,11 @@ class ThawASGI:
 
     def _admit(self, service: HttpService | None, path: str) -> Response | None:
         if self._draining and (service is None or path not in self._ops):
-            return self._refuse("draining", "the server is shutting down")
+            return self._refused(refusal("draining", "the server is shutting down"))
         if service is None:
-            return self._refuse("not_ready", self._down)
+            return self._refused(refusal("not_ready", self._down))
         if self._in_flight >= self.config.max_in_flight:
-            return self._refuse("overloaded", "the server is at its in-flight limit")
+            return self._refused(refusal("overloaded", "the server is at its in-flight limit"))
         return None
 
     async def _answer(
@@ -167,7 +163,7 @@ class ThawASGI:
             return await service.handle(request)
         except Exception:
             log.exception("ASGI request %r failed", request)
-            return _refusal("internal_error", "the server failed to answer; see its log")
+            return refusal("internal_error", "the server failed to answer; see its log")
 
     async def _read_body(self, request: Request, receive: Receive) -> Response | None:
         """Read the body into ``request.body`` within the limit and the timeouts.
@@ -178,7 +174,7 @@ class ThawASGI:
         limit = request.max_body
         declared = request.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > limit:
-            return self._refuse("payload_too_large", f"the body is larger than {limit} bytes")
+            return self._refused(too_large(limit))
         config = self.config
         chunks: list[bytes] = []
         size = 0
@@ -193,15 +189,13 @@ class ThawASGI:
                 chunk = message.get("body", b"")
                 size += len(chunk)
                 if size > limit:
-                    return self._refuse(
-                        "payload_too_large", f"the body is larger than {limit} bytes"
-                    )
+                    return self._refused(too_large(limit))
                 chunks.append(chunk)
                 if not message.get("more_body", False):
                     break
                 scope.deadline = min(end, anyio.current_time() + config.body_timeout)
         if scope.cancelled_caught:
-            return self._refuse("request_timeout", "the request body arrived too slowly")
+            return self._refused(refusal("request_timeout", "the request body arrived too slowly"))
         request.body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         return None
 
@@ -216,8 +210,7 @@ class ThawASGI:
         )
         return Response(200, body, CONTENT_TYPE)
 
-    def _refuse(self, code: str, detail: str) -> Response:
-        response = _refusal(code, detail)
+    def _refused(self, response: Response) -> Response:
         self._counters.refused(response.status)
         return response
 

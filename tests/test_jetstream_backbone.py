@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import anyio
@@ -180,10 +181,21 @@ async def test_connecting_to_nothing_fails_fast_without_secrets_in_the_message()
     assert "s3cret" not in repr(JetStreamOptions(password="s3cret", token="t0ken"))
 
 
-async def _fetch_into(
-    backbone: JetStreamBackbone, stream: str, durable: str, into: list[list[Message]]
-) -> None:
-    into.append(await backbone.fetch(stream, durable, batch=5, timeout=30.0))
+async def _fetch_losing_the_server(
+    backbone: JetStreamBackbone, stream: str, lose: Callable[[], None]
+) -> list[list[Message]]:
+    """Park a 30 s fetch on the ``idle`` consumer, then ``lose`` the server: what it got."""
+    waited: list[list[Message]] = []
+
+    async def fetch() -> None:
+        waited.append(await backbone.fetch(stream, "idle", batch=5, timeout=30.0))
+
+    with anyio.fail_after(10):  # a fetch waiting on a lost connection returns at once
+        async with anyio.create_task_group() as group:
+            group.start_soon(fetch)
+            await JetStreamHarness(backbone, "").wait_fetching(stream, "idle", 1)
+            await anyio.to_thread.run_sync(lose)
+    return waited
 
 
 @pytest.mark.anyio
@@ -209,17 +221,7 @@ async def test_a_consumer_survives_a_server_restart(tmp_path: Path) -> None:
             await wait_until(ack_counted)
             idle = ConsumerConfig(durable="idle", filter_subject="orders.idle")
             await backbone.add_consumer("orders", idle)
-            waited: list[list[Message]] = []
-
-            async def parked() -> bool:
-                return (await backbone.client.jsm().consumer_info("orders", "idle")).num_waiting > 0
-
-            with anyio.fail_after(10):  # a fetch waiting on a lost connection returns at once
-                async with anyio.create_task_group() as group:
-                    group.start_soon(lambda: _fetch_into(backbone, "orders", "idle", waited))
-                    await wait_until(parked)
-                    await anyio.to_thread.run_sync(first.stop)
-            assert waited == [[]]
+            assert await _fetch_losing_the_server(backbone, "orders", first.stop) == [[]]
             second = EmbeddedServer(ServerConfig(store_dir=store, port=first.port))
             await anyio.to_thread.run_sync(second.start)
 
@@ -349,16 +351,7 @@ async def test_after_a_server_crash_waiting_fetches_return_and_consuming_resumes
             )
             for index in range(2):
                 await backbone.publish("jobs.new", f"m{index}".encode())
-            waited: list[list[Message]] = []
-
-            async def parked() -> bool:
-                return (await backbone.client.jsm().consumer_info("jobs", "idle")).num_waiting > 0
-
-            with anyio.fail_after(10):
-                async with anyio.create_task_group() as group:
-                    group.start_soon(lambda: _fetch_into(backbone, "jobs", "idle", waited))
-                    await wait_until(parked)
-                    await anyio.to_thread.run_sync(first.kill)
+            waited = await _fetch_losing_the_server(backbone, "jobs", first.kill)
             assert waited == [[]]  # the lost request ended the fetch, well before 30 s
 
             second = EmbeddedServer(ServerConfig(store_dir=store, port=first.port))

@@ -19,12 +19,12 @@ from typing import Protocol
 
 import httptools
 
-from runtime.lowlevel import PROTOCOL_ERRORS, keep_alive, problem_answer
+from runtime.lowlevel import keep_alive
 
-from ._wire import Request, Response, response_from_answer
+from ._wire import Request, Response, refusal, too_large
 from .config import HttpConfig
 
-__all__ = ["Exchange", "RequestReader", "Service", "refusal"]
+__all__ = ["Exchange", "RequestReader", "Service"]
 
 log = logging.getLogger("thaw.http")
 
@@ -93,12 +93,6 @@ class Exchange:
         self.response: Response | None = None
         self.turn: asyncio.Future[None] | None = None
         self.task: asyncio.Task[None] | None = None
-
-
-def refusal(code: str, detail: str, *, status: int | None = None) -> Response:
-    """A problem-details answer of the transport (status and closing from the table)."""
-    close = PROTOCOL_ERRORS.get(code, (0, True))[1]
-    return response_from_answer(problem_answer(code, detail, status=status), close=close)
 
 
 class RequestReader(asyncio.Protocol):
@@ -300,9 +294,7 @@ class RequestReader(asyncio.Protocol):
         """Content-Length against the limit, up front; ``Expect: 100-continue``."""
         length = headers.get("content-length")
         if length is not None and int(length) > self._body_limit:
-            self._fault = refusal(
-                "payload_too_large", f"the body is larger than {self._body_limit} bytes"
-            )
+            self._fault = too_large(self._body_limit)
             raise _Stop
         expect = headers.get("expect")
         if expect is None:
@@ -326,9 +318,7 @@ class RequestReader(asyncio.Protocol):
     def on_body(self, piece: bytes) -> None:
         size = self._body_size + len(piece)
         if size > self._body_limit:
-            self._fault = refusal(
-                "payload_too_large", f"the body is larger than {self._body_limit} bytes"
-            )
+            self._fault = too_large(self._body_limit)
             raise _Stop
         self._body_size = size
         self._body_progress = self._now

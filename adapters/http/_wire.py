@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 from http import HTTPStatus
 from typing import Any
 
-from runtime.lowlevel import HttpAnswer
+from runtime.lowlevel import PROTOCOL_ERRORS, HttpAnswer, problem_answer
 
 __all__ = [
     "Request",
@@ -21,7 +21,9 @@ __all__ = [
     "DateLine",
     "encode_head",
     "encode_response",
+    "refusal",
     "response_from_answer",
+    "too_large",
 ]
 
 Headers = tuple[tuple[str, str], ...]
@@ -106,6 +108,17 @@ def response_from_answer(answer: HttpAnswer, *, close: bool = False) -> Response
     if answer.replayed:
         headers.append(("idempotent-replayed", "true"))
     return Response(answer.status, answer.body, answer.content_type, tuple(headers), close=close)
+
+
+def refusal(code: str, detail: str, *, status: int | None = None) -> Response:
+    """A problem-details answer of the transport (status and closing from the table)."""
+    close = PROTOCOL_ERRORS.get(code, (0, True))[1]
+    return response_from_answer(problem_answer(code, detail, status=status), close=close)
+
+
+def too_large(limit: int) -> Response:
+    """The 413 for a body past ``limit`` bytes, declared or streamed."""
+    return refusal("payload_too_large", f"the body is larger than {limit} bytes")
 
 
 def _status_lines() -> dict[int, bytes]:

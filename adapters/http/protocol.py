@@ -28,8 +28,17 @@ import logging
 from time import perf_counter
 from typing import cast
 
-from ._reader import Exchange, RequestReader, Service, refusal
-from ._wire import CLOSE, CONTINUE, KEEP_ALIVE, Request, Response, encode_head, encode_response
+from ._reader import Exchange, RequestReader, Service
+from ._wire import (
+    CLOSE,
+    CONTINUE,
+    KEEP_ALIVE,
+    Request,
+    Response,
+    encode_head,
+    encode_response,
+    refusal,
+)
 from .access_log import peer_name
 from .state import ServerState
 

@@ -41,6 +41,11 @@ _READY = Response(200, b'{"status":"ready"}', "application/json")
 _OPS_ALLOW = ("GET", "HEAD")
 
 
+def _get_or_head_only(method: str) -> Response:
+    answer = problem_answer("method_not_allowed", f"{method} is not served here", allow=_OPS_ALLOW)
+    return response_from_answer(answer)
+
+
 class HttpService:
     """Serves an invoker's http triggers; ``not_ready()`` returns why it is not ready, or None.
 
@@ -134,12 +139,7 @@ class HttpService:
     def check(self, request: Request) -> Response | None:
         op = self._ops.get(request.path)
         if op is not None:
-            if request.method in _OPS_ALLOW:
-                return op()
-            answer = problem_answer(
-                "method_not_allowed", f"{request.method} is not served here", allow=_OPS_ALLOW
-            )
-            return response_from_answer(answer)
+            return op() if request.method in _OPS_ALLOW else _get_or_head_only(request.method)
         if self._intake is not None and request.path.startswith(STATUS_PREFIX):
             return self._status_check(request)
         if self._any_cors and is_preflight(request.method, request.headers):
@@ -172,10 +172,7 @@ class HttpService:
                 problem_answer("route_not_found", "the status URL has no valid id")
             )
         if request.method not in _OPS_ALLOW:
-            answer = problem_answer(
-                "method_not_allowed", f"{request.method} is not served here", allow=_OPS_ALLOW
-            )
-            return response_from_answer(answer)
+            return _get_or_head_only(request.method)
         request.route = (None, event_id)
         return None
 

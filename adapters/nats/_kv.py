@@ -30,6 +30,8 @@ from runtime.lowlevel import (
     KvConfig,
     KvEntry,
     WrongRevision,
+    validate_kv_key,
+    validate_name,
 )
 
 from ._errors import (
@@ -42,7 +44,6 @@ from ._errors import (
     translated,
 )
 from ._request_mux import header_block
-from ._rules import validate_kv_key, validate_name
 from ._wire import (
     API,
     ConsumerConfigWire,

@@ -33,12 +33,12 @@ from runtime.lowlevel import (
     object_data,
     object_stream_name,
     object_stream_subjects,
+    validate_name,
     validate_object_name,
 )
 
 from ._api import ensure_stream, stream_reply
 from ._errors import STREAM_NOT_FOUND, translate
-from ._rules import validate_name
 from ._wire import StreamConfigWire, object_stream_wire
 
 if TYPE_CHECKING:

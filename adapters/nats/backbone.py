@@ -45,6 +45,11 @@ from runtime.lowlevel import (
     StoredMessage,
     StreamConfig,
     StreamInfo,
+    validate_consumer_config,
+    validate_fetch,
+    validate_name,
+    validate_stream_config,
+    validate_subject,
 )
 
 from ._api import (
@@ -70,13 +75,6 @@ from ._kv import JetStreamKeyValue, validate_bucket_config
 from ._objects import JetStreamObjectStore, add_object_store, open_object_store
 from ._pull import CLOSED, LOST, JetStreamMessage, Puller
 from ._request_mux import RequestMux
-from ._rules import (
-    validate_consumer_config,
-    validate_fetch,
-    validate_name,
-    validate_stream_config,
-    validate_subject,
-)
 from ._wire import (
     API,
     ConsumerInfoReply,

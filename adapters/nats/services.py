@@ -289,23 +289,18 @@ async def open_subject_services(
     ]
     control = await _discovery(client, services)
     await client.flush()
-    try:
-        async with anyio.create_task_group() as group:
-            for endpoint, subscription in zip(endpoints, subscriptions, strict=True):
-                group.start_soon(services._serve, client, endpoint, subscription)
-            try:
-                yield services
-            finally:
-                with anyio.CancelScope(shield=True):
-                    for subscription in subscriptions + control:
-                        await _unsubscribe(client, subscription)
-                with anyio.move_on_after(drain_timeout, shield=True):
-                    await services.wait_idle()
-                group.cancel_scope.cancel()
-    finally:
-        with anyio.CancelScope(shield=True):
-            for subscription in subscriptions + control:
-                await _unsubscribe(client, subscription)
+    async with anyio.create_task_group() as group:
+        for endpoint, subscription in zip(endpoints, subscriptions, strict=True):
+            group.start_soon(services._serve, client, endpoint, subscription)
+        try:
+            yield services
+        finally:
+            with anyio.CancelScope(shield=True):
+                for subscription in subscriptions + control:
+                    await _unsubscribe(client, subscription)
+            with anyio.move_on_after(drain_timeout, shield=True):
+                await services.wait_idle()
+            group.cancel_scope.cancel()
 
 
 async def _unsubscribe(client: Client, subscription: Subscription) -> None:
@@ -313,7 +308,7 @@ async def _unsubscribe(client: Client, subscription: Subscription) -> None:
         return
     try:
         await subscription.unsubscribe()
-    except Exception:  # already gone (a BadSubscriptionError after the first time)
+    except Exception:  # already gone (BadSubscriptionError) or the connection is going
         return
 
 
