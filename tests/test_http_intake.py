@@ -95,6 +95,8 @@ async def test_enqueue_validates_against_the_contract_before_publishing() -> Non
         invalid = await client.response()
         await client.send(request("POST", "/orders", b'{"sku": '))
         malformed = await client.response()
+        await client.send(request("POST", "/orders", b'{"sku": "\xff\xfe", "quantity": 1}'))
+        bad_utf8 = await client.response()
         await client.send(request("POST", "/orders", b'{"sku": "B", "quantity": 1}'))
         generated = await client.response()
         await client.send(request("DELETE", "/_thaw/status/x"))
@@ -106,6 +108,7 @@ async def test_enqueue_validates_against_the_contract_before_publishing() -> Non
     assert problem["code"] == "contract_invalid"
     assert problem["detail"].endswith("- at `$.quantity`")
     assert (malformed.status, json.loads(malformed.body)["code"]) == (400, "payload_malformed")
+    assert (bad_utf8.status, json.loads(bad_utf8.body)["code"]) == (400, "payload_malformed")
     assert generated.status == 202
     generated_id = json.loads(generated.body)["id"]
     assert generated_id.startswith("~")

@@ -73,7 +73,9 @@ class Intake:
             decoder.decode(data)
         except msgspec.ValidationError as exc:
             return response_from_answer(problem_answer("contract_invalid", str(exc), status=422))
-        except msgspec.DecodeError as exc:
+        except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+            # msgspec raises UnicodeDecodeError for invalid UTF-8 inside strings (as the
+            # invoker knows): bad bytes are the caller's fault, never a 500.
             detail = f"payload is not valid JSON: {exc}"
             return response_from_answer(problem_answer("payload_malformed", detail, status=400))
         return None
