@@ -91,14 +91,16 @@ class ThawASGI:
         if isinstance(target, App):
             self._app = target
         elif isinstance(target, Host):
-            self._open(target.invoker, target.backbone)
+            self._open(target.invoker, target.backbone, target)
         else:
             self._open(target, backbone)
 
-    def _open(self, invoker: Invoker, backbone: Backbone | None) -> None:
+    def _open(self, invoker: Invoker, backbone: Backbone | None, host: Host | None = None) -> None:
         self._service = HttpService(
             invoker, config=self.config, not_ready=self._not_ready, backbone=backbone
         )
+        if host is not None:  # /metrics shows its stream workers, as the native server does
+            self._service.workers = lambda: host.statistics().workers
 
     def _not_ready(self) -> str | None:
         if self._draining:
@@ -207,6 +209,7 @@ class ThawASGI:
             connections_open=0,
             connections_total=0,
             requests_in_flight=self._in_flight,
+            workers=service.workers() if service.workers is not None else None,
         )
         return Response(200, body, CONTENT_TYPE)
 
@@ -255,7 +258,7 @@ class ThawASGI:
         started = stopping = False
         try:
             async with open_host(app, self._backbone or MemoryBackbone()) as host:
-                self._open(host.invoker, host.backbone)
+                self._open(host.invoker, host.backbone, host)
                 started = True
                 await send({"type": "lifespan.startup.complete"})
                 await receive()  # lifespan.shutdown

@@ -499,3 +499,16 @@ async def test_metrics_count_invocations_and_refusals() -> None:
     assert 'thaw_invocations_total{capability="greet",outcome="ok",code=""} 1' in text
     assert 'thaw_http_refusals_total{status="413"} 1' in text
     assert 'thaw_http_responses_total{class="2xx"} 1' in text
+
+
+async def test_metrics_of_a_served_host_show_its_stream_workers() -> None:
+    from runtime.lowlevel import open_host
+    from runtime.testing import MemoryBackbone
+
+    hello, _ = load_example("hello")
+    async with open_host(hello, MemoryBackbone(), fetch_timeout=0.05) as host:
+        service = asgi_app(host)
+        reply = await asgi_request(service, "GET", "/metrics")
+    assert reply is not None and reply.status == 200
+    text = reply.body.decode()
+    assert 'thaw_stream_deliveries_total{worker="greet",action="ack"} 0' in text
