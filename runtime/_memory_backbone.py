@@ -39,7 +39,6 @@ from runtime._clock import Clock, SystemClock
 from runtime._errors import (
     BackboneError,
     BucketNotFound,
-    ConfigError,
     ConsumerNotFound,
     DefinitionConflict,
     MessageNotFound,
@@ -53,9 +52,11 @@ from runtime._memory_streams import (
     ConsumerState,
     MemoryMessage,
     StreamState,
+    definition_conflict,
     streams_overlapping,
     validate_consumer_config,
     validate_fetch,
+    validate_kv_config,
     validate_stream_config,
 )
 from runtime._requests import Reply, Responder
@@ -73,20 +74,6 @@ class MemoryBackboneStatistics(msgspec.Struct, frozen=True, kw_only=True):
     buckets: int
     waiting_fetches: int  # fetch calls parked, waiting for a message or their timeout
     object_stores: int = 0
-
-
-def _conflict(
-    what: str, existing: msgspec.Struct, requested: msgspec.Struct, advice: str
-) -> DefinitionConflict:
-    """``what`` exists with another definition: name each differing field and its values."""
-    parts = []
-    for field in existing.__struct_fields__:
-        old, new = getattr(existing, field), getattr(requested, field)
-        if old != new:
-            parts.append(f"{field} (existing {old!r}, requested {new!r})")
-    return DefinitionConflict(
-        f"{what} already exists with a different definition: {', '.join(parts)}; {advice}"
-    )
 
 
 class MemoryBackbone:
@@ -152,7 +139,7 @@ class MemoryBackbone:
         existing = self._streams.get(config.name)
         if existing is not None:
             if existing.config != config:
-                raise _conflict(
+                raise definition_conflict(
                     f"stream {config.name!r}",
                     existing.config,
                     config,
@@ -229,7 +216,7 @@ class MemoryBackbone:
         if existing is None:
             existing = state.consumers[config.durable] = ConsumerState(state, config)
         elif existing.config != config:
-            raise _conflict(
+            raise definition_conflict(
                 f"consumer {config.durable!r} on stream {stream!r}",
                 existing.config,
                 config,
@@ -288,20 +275,13 @@ class MemoryBackbone:
 
     async def add_kv(self, config: KvConfig) -> KeyValue:
         await self._enter()
-        validate_name("bucket", config.bucket)
-        if config.ttl < 0:
-            raise ConfigError(f"bucket {config.bucket!r}: ttl must be >= 0 seconds")
-        if config.max_value_size != -1 and config.max_value_size <= 0:
-            raise ConfigError(
-                f"bucket {config.bucket!r}: max_value_size must be -1 (unlimited) or a "
-                f"positive byte count, not {config.max_value_size}"
-            )
+        validate_kv_config(config)
         existing = self._buckets.get(config.bucket)
         if existing is None:
             stream = self._system_stream(kv_stream_config(config))
             existing = self._buckets[config.bucket] = BucketState(config, stream)
         elif existing.config != config:
-            raise _conflict(
+            raise definition_conflict(
                 f"bucket {config.bucket!r}", existing.config, config, "use another bucket name"
             )
         return MemoryKeyValue(existing, self._clock, self._check_open)
@@ -337,7 +317,7 @@ class MemoryBackbone:
             stream = self._system_stream(object_stream_config(config))
             existing = self._object_stores[config.bucket] = ObjectBucketState(config, stream)
         elif existing.config != config:
-            raise _conflict(
+            raise definition_conflict(
                 f"object store {config.bucket!r}",
                 existing.config,
                 config,

@@ -27,10 +27,12 @@ from collections.abc import Mapping
 from types import MappingProxyType
 
 import anyio
+import msgspec
 
 from runtime._backbone import (
     ConsumerConfig,
     ConsumerInfo,
+    KvConfig,
     PubAck,
     StoredMessage,
     StreamConfig,
@@ -38,7 +40,7 @@ from runtime._backbone import (
 )
 from runtime._clock import Clock
 from runtime._context import MSG_ID_HEADER
-from runtime._errors import BackboneError, ConfigError
+from runtime._errors import BackboneError, ConfigError, DefinitionConflict
 from runtime._subjects import (
     subject_is_subset,
     subject_matches,
@@ -56,6 +58,8 @@ __all__ = [
     "validate_stream_config",
     "validate_consumer_config",
     "validate_fetch",
+    "validate_kv_config",
+    "definition_conflict",
 ]
 
 
@@ -80,6 +84,36 @@ class Signal:
         if self._event is not None:
             self._event.set()
             self._event = None
+
+
+def validate_kv_config(config: KvConfig) -> None:
+    """The rules every backbone applies to a KV bucket definition (clear ``ConfigError``)."""
+    validate_name("bucket", config.bucket)
+    if config.ttl < 0:
+        raise ConfigError(f"bucket {config.bucket!r}: ttl must be >= 0 seconds")
+    if config.max_value_size != -1 and config.max_value_size <= 0:
+        raise ConfigError(
+            f"bucket {config.bucket!r}: max_value_size must be -1 (unlimited) or a "
+            f"positive byte count, not {config.max_value_size}"
+        )
+
+
+def definition_conflict(
+    what: str, existing: msgspec.Struct, requested: msgspec.Struct, advice: str
+) -> DefinitionConflict:
+    """``what`` exists with another definition: name each differing field and its values.
+
+    Both backbones report a conflicting stream, consumer or bucket with it, so the
+    message is the same whichever one an app runs on.
+    """
+    parts = []
+    for field in existing.__struct_fields__:
+        old, new = getattr(existing, field), getattr(requested, field)
+        if old != new:
+            parts.append(f"{field} (existing {old!r}, requested {new!r})")
+    return DefinitionConflict(
+        f"{what} already exists with a different definition: {', '.join(parts)}; {advice}"
+    )
 
 
 def validate_stream_config(config: StreamConfig) -> None:

@@ -92,7 +92,13 @@ from ._kv_idempotency import IDEMPOTENCY_BUCKET, KvIdempotencyStore
 from ._loader import load_app
 from ._memory_backbone import MemoryBackbone
 from ._memory_requests import Responding
-from ._memory_streams import validate_consumer_config, validate_fetch, validate_stream_config
+from ._memory_streams import (
+    definition_conflict,
+    validate_consumer_config,
+    validate_fetch,
+    validate_kv_config,
+    validate_stream_config,
+)
 from ._policy import Policy
 from ._provision import ConsumerPlan, ProvisionPlan, apply_plan, plan_for
 from ._requests import (
@@ -133,6 +139,8 @@ from ._worker import StreamWorker, WorkerStatistics, ensure_dead_letter_stream
 __all__ = [
     "validate_consumer_config",
     "validate_fetch",
+    "validate_kv_config",
+    "definition_conflict",
     "validate_kv_key",
     "validate_name",
     "validate_stream_config",

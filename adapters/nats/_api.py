@@ -10,8 +10,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-import msgspec
-
 from runtime.lowlevel import DefinitionConflict
 
 from ._errors import (
@@ -37,23 +35,12 @@ if TYPE_CHECKING:
     from .backbone import JetStreamBackbone
 
 __all__ = [
-    "differences",
     "stream_reply",
     "streams_capturing",
     "ensure_stream",
     "consumer_reply",
     "ensure_consumer",
 ]
-
-
-def differences(existing: msgspec.Struct, requested: msgspec.Struct) -> str:
-    """``field (existing x, requested y)`` for each field that differs, as MemoryBackbone says."""
-    parts = []
-    for field in existing.__struct_fields__:
-        old, new = getattr(existing, field), getattr(requested, field)
-        if old != new:
-            parts.append(f"{field} (existing {old!r}, requested {new!r})")
-    return ", ".join(parts)
 
 
 async def stream_reply(

@@ -22,16 +22,13 @@ import anyio
 import msgspec
 import nats.errors
 
-from runtime import ConfigError
 from runtime.lowlevel import (
     BackboneError,
     BucketNotFound,
     KeyExists,
-    KvConfig,
     KvEntry,
     WrongRevision,
     validate_kv_key,
-    validate_name,
 )
 
 from ._errors import (
@@ -61,7 +58,7 @@ from ._wire import (
 if TYPE_CHECKING:
     from .backbone import JetStreamBackbone
 
-__all__ = ["JetStreamKeyValue", "validate_bucket_config"]
+__all__ = ["JetStreamKeyValue"]
 
 _OPERATION = "KV-Operation"
 _MARKER_REASON = "Nats-Marker-Reason"  # server-placed markers (nats-server 2.11+)
@@ -75,18 +72,6 @@ _DELETE = header_block({_OPERATION: "DEL"})
 _decode_ack = msgspec.json.Decoder(PubAckReply).decode
 
 Operation = Literal["PUT", "DEL", "PURGE"]
-
-
-def validate_bucket_config(config: KvConfig) -> None:
-    """The rules MemoryBackbone applies to a bucket definition, with the same messages."""
-    validate_name("bucket", config.bucket)
-    if config.ttl < 0:
-        raise ConfigError(f"bucket {config.bucket!r}: ttl must be >= 0 seconds")
-    if config.max_value_size != -1 and config.max_value_size <= 0:
-        raise ConfigError(
-            f"bucket {config.bucket!r}: max_value_size must be -1 (unlimited) or a "
-            f"positive byte count, not {config.max_value_size}"
-        )
 
 
 def _expecting(last: int) -> bytes:

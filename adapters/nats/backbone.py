@@ -34,7 +34,6 @@ from runtime.lowlevel import (
     BucketNotFound,
     ConsumerConfig,
     ConsumerInfo,
-    DefinitionConflict,
     KvConfig,
     MessageNotFound,
     NoResponders,
@@ -45,8 +44,10 @@ from runtime.lowlevel import (
     StoredMessage,
     StreamConfig,
     StreamInfo,
+    definition_conflict,
     validate_consumer_config,
     validate_fetch,
+    validate_kv_config,
     validate_name,
     validate_stream_config,
     validate_subject,
@@ -54,7 +55,6 @@ from runtime.lowlevel import (
 
 from ._api import (
     consumer_reply,
-    differences,
     ensure_consumer,
     ensure_stream,
     stream_reply,
@@ -71,7 +71,7 @@ from ._errors import (
     translate,
     translated,
 )
-from ._kv import JetStreamKeyValue, validate_bucket_config
+from ._kv import JetStreamKeyValue
 from ._objects import JetStreamObjectStore, add_object_store, open_object_store
 from ._pull import CLOSED, LOST, JetStreamMessage, Puller
 from ._request_mux import RequestMux
@@ -231,9 +231,8 @@ class JetStreamBackbone:
         info = self._stream_info(reply)
         wanted = effective_stream_config(config)
         if not created and info.config != wanted:
-            raise DefinitionConflict(
-                f"stream {config.name!r} already exists with a different definition: "
-                f"{differences(info.config, wanted)}; delete it or use another name"
+            raise definition_conflict(
+                f"stream {config.name!r}", info.config, wanted, "delete it or use another name"
             )
         return info
 
@@ -372,10 +371,11 @@ class JetStreamBackbone:
         info = self._consumer_info(stream, reply)
         wanted = effective_consumer_config(config)
         if not created and info.config != wanted:
-            raise DefinitionConflict(
-                f"consumer {config.durable!r} on stream {stream!r} already exists with a "
-                f"different definition: {differences(info.config, wanted)}; "
-                "delete the stream's consumer or use another durable name"
+            raise definition_conflict(
+                f"consumer {config.durable!r} on stream {stream!r}",
+                info.config,
+                wanted,
+                "delete the stream's consumer or use another durable name",
             )
         return info
 
@@ -433,15 +433,14 @@ class JetStreamBackbone:
     # -- key/value ----------------------------------------------------------------------
 
     async def add_kv(self, config: KvConfig) -> KeyValue:
-        validate_bucket_config(config)
+        validate_kv_config(config)
         wire = kv_stream_wire(config, replicas=self._options.replicas)
         reply, created = await ensure_stream(self, wire, f"add bucket {config.bucket!r}")
         assert reply.config is not None
         found = kv_config_of(config.bucket, reply.config)
         if not created and found != config:
-            raise DefinitionConflict(
-                f"bucket {config.bucket!r} already exists with a different definition: "
-                f"{differences(found, config)}; use another bucket name"
+            raise definition_conflict(
+                f"bucket {config.bucket!r}", found, config, "use another bucket name"
             )
         return JetStreamKeyValue(self, config.bucket, direct=reply.config.allow_direct)
 
