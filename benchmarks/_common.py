@@ -13,10 +13,13 @@ from typing import Any
 
 import msgspec
 
+_PACKAGES = ("thaw", "anyio", "msgspec", "uvloop", "orjson", "httptools", "nats-py")
 
-def machine() -> dict[str, Any]:
-    versions = {}
-    for package in ("thaw", "anyio", "msgspec", "uvloop", "orjson", "httptools", "nats-py"):
+
+def machine(*, extra: Sequence[str] = ()) -> dict[str, Any]:
+    """Facts about this machine and run; ``extra``: more packages whose versions to record."""
+    versions: dict[str, str | None] = {}
+    for package in (*_PACKAGES, *extra):
         try:
             versions[package] = importlib.metadata.version(package)
         except importlib.metadata.PackageNotFoundError:

@@ -45,17 +45,10 @@ sys.path.insert(0, str(_HERE.parent))
 
 from adapters.edge import prepare  # noqa: E402
 from adapters.edge._bench import measure, summarize  # noqa: E402
+from adapters.edge.bundle import PYODIDE_FILES  # noqa: E402
 from benchmarks._common import machine, median, table, write_json  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-# What Pyodide reads when the host boots it (checked: the bundle boots with only these).
-PYODIDE_FILES = (
-    "pyodide.mjs",
-    "pyodide.asm.mjs",
-    "pyodide.asm.wasm",
-    "python_stdlib.zip",
-    "pyodide-lock.json",
-)
 TARGET_COLD_P99_MS = 3.0
 
 

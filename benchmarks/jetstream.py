@@ -259,8 +259,10 @@ CONSUMERS: dict[str, Callable[..., Coroutine[Any, Any, None]]] = {
 # -- measurements ----------------------------------------------------------------------------
 
 
-async def _run(peer: str, url: str, stream: str, subject: str, durable: str, done: Done) -> Any:
-    """Start ``peer`` consuming in a task; the caller measures; the task is always ended."""
+def _start(
+    peer: str, url: str, stream: str, subject: str, durable: str, done: Done
+) -> tuple[asyncio.Task[None], asyncio.Event]:
+    """Start ``peer`` consuming in a task (the caller measures, then ``_end``s it) and its ready."""
     ready = asyncio.Event()
     task = asyncio.create_task(CONSUMERS[peer](url, stream, subject, durable, done.hit, ready))
     return task, ready
@@ -284,7 +286,7 @@ async def throughput(url: str, peer: str, tag: str, messages: int) -> tuple[floa
     js = observer.jetstream()
     durable = f"{peer}_{tag}"
     done = Done(messages)
-    task, ready = await _run(peer, url, STREAM, SUBJECT, durable, done)
+    task, ready = _start(peer, url, STREAM, SUBJECT, durable, done)
     try:
         # The clock starts once the peer is connected (Thaw: and provisioned, a deploy
         # step); the raw peers and FastStream create their consumer inside the time.
@@ -320,7 +322,7 @@ async def latency(url: str, peer: str, tag: str, count: int, warmup: int) -> lis
     await observer.subscribe(f"$JS.ACK.{LAT_STREAM}.{durable}.>", cb=on_ack)
     await observer.flush()
     done = Done(count + warmup)
-    task, ready = await _run(peer, url, LAT_STREAM, LAT_SUBJECT, durable, done)
+    task, ready = _start(peer, url, LAT_STREAM, LAT_SUBJECT, durable, done)
     samples: list[float] = []
     try:
         await asyncio.wait_for(ready.wait(), 60)
@@ -482,8 +484,7 @@ def main(argv: list[str] | None = None) -> int:
                 r["latency_ms_p99"],
             ]
         )
-    info = machine()
-    info["versions"]["faststream"] = _version("faststream")
+    info = machine(extra=("faststream",))
     headers = ["peer", "msgs/s (median)", "client cpu us/msg", "latency p50 ms", "p99 ms"]
     print(table(headers, rows))
     print()
@@ -507,15 +508,6 @@ def main(argv: list[str] | None = None) -> int:
         },
     )
     return 0
-
-
-def _version(package: str) -> str | None:
-    import importlib.metadata
-
-    try:
-        return importlib.metadata.version(package)
-    except importlib.metadata.PackageNotFoundError:
-        return None
 
 
 if __name__ == "__main__":

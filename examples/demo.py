@@ -164,7 +164,7 @@ async def main(serve_for: float) -> None:
                     say(f"      provisioned {line}")
             await payment_webhook(pay_server.port, pay_host, backbone)
             await page_model(bff_server.port)
-            await dead_letters(backbone)
+            await dead_letters(backbone, section=3)
             curl_lines(pay_server.port, bff_server.port)
             await serve_until_stopped(serve_for)
     say("\ndone: see README.md for `thaw serve`, `thaw dlq`, the error codes and the benchmarks.")
@@ -222,9 +222,9 @@ async def page_model(port: int) -> None:
         say(f"   GET /page/{user} -> {await call(port, 'GET', f'/page/{user}')}")
 
 
-async def dead_letters(backbone: Any) -> None:
+async def dead_letters(backbone: Any, *, section: int) -> None:
     letters = await list_dead_letters(backbone)
-    say(f"\n-- 3. dead letters ({len(letters)}), with why (`thaw dlq list` shows the same)")
+    say(f"\n-- {section}. dead letters ({len(letters)}), with why (`thaw dlq list` shows the same)")
     for letter in letters:
         say(
             f"   {letter.original_stream}#{letter.original_seq} [{letter.code}] {letter.message}"

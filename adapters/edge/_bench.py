@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import sys
 import time
 from typing import Any
@@ -33,7 +32,7 @@ from runtime._snapshot_build import _collect  # in-process build: Pyodide cannot
 from runtime._snapshot_format import encode_snapshot
 from runtime.lowlevel import Invoker, MemoryBackbone, StreamConfig, load_app
 
-from ._guest import open_edge
+from ._guest import _app_root, _forget_tree, open_edge
 
 __all__ = ["measure", "measure_json", "summarize"]
 
@@ -137,16 +136,3 @@ def _route_of(app: Any, capability: str) -> tuple[str, str] | None:
         if getattr(trigger, "method", None) and not getattr(trigger, "params", ()):
             return trigger.method, trigger.path
     return None
-
-
-def _app_root(target: str) -> str:
-    return os.path.abspath(target if os.path.isdir(target) else os.path.dirname(target))
-
-
-def _forget_tree(root: str) -> None:
-    """Drop the modules loaded from ``root``, so the next import executes them again."""
-    prefix = root.rstrip(os.sep) + os.sep
-    for name, module in list(sys.modules.items()):
-        file = getattr(module, "__file__", None) or ""
-        if file.startswith(prefix):
-            del sys.modules[name]

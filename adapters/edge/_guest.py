@@ -27,11 +27,10 @@ from typing import Any
 
 import msgspec
 
-from adapters.http._wire import Request, Response, response_from_answer
+from adapters.http._wire import Request, Response, refusal
 from adapters.http.config import HttpConfig
 from adapters.http.service import HttpService
 from runtime import App
-from runtime._http_decisions import problem_answer
 from runtime.lowlevel import Backbone, MemoryBackbone, load_app, open_host
 
 __all__ = [
@@ -79,12 +78,10 @@ class EdgeService:
             response = self._service.check(request)
             if response is None:
                 if len(body) > request.max_body:
-                    response = response_from_answer(
-                        problem_answer(
-                            "payload_too_large",
-                            f"the body has {len(body)} bytes; this route accepts at most "
-                            f"{request.max_body}",
-                        )
+                    response = refusal(
+                        "payload_too_large",
+                        f"the body has {len(body)} bytes; this route accepts at most "
+                        f"{request.max_body}",
                     )
                 else:
                     request.body = body
@@ -94,9 +91,7 @@ class EdgeService:
                         response.body, response.stream = b"".join(chunks), None
         except Exception:  # a bug in a layer below: answer, log, keep serving
             _log.exception("edge request %s %s failed", method, target[:200])
-            response = response_from_answer(
-                problem_answer("internal_error", "the edge host failed to answer")
-            )
+            response = refusal("internal_error", "the edge host failed to answer")
         return _encode(response, head=request.method == "HEAD")
 
 
@@ -177,8 +172,7 @@ class EdgeRuntime:
     ) -> EdgeResponse:
         service = self._service
         if service is None:
-            response = response_from_answer(problem_answer("not_ready", "the app is not running"))
-            return _encode(response, head=False)
+            return _encode(refusal("not_ready", "the app is not running"), head=False)
         return await service.handle(method, target, headers, body)
 
     async def handle_js(self, method: str, target: str, headers: Any, body: Any) -> Any:
@@ -253,10 +247,21 @@ def build_snapshot_bytes(target: str) -> bytes:
     from runtime._snapshot_build import _collect
     from runtime._snapshot_format import encode_snapshot
 
-    from ._bench import _app_root, _forget_tree
-
     _forget_tree(_app_root(target))
     return encode_snapshot(_collect(target))
+
+
+def _app_root(target: str) -> str:
+    return os.path.abspath(target if os.path.isdir(target) else os.path.dirname(target))
+
+
+def _forget_tree(root: str) -> None:
+    """Drop the modules loaded from ``root``, so the next import executes them again."""
+    prefix = root.rstrip(os.sep) + os.sep
+    for name, module in list(sys.modules.items()):
+        file = getattr(module, "__file__", None) or ""
+        if file.startswith(prefix):
+            del sys.modules[name]
 
 
 def _encode(response: Response, *, head: bool) -> EdgeResponse:

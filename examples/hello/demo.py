@@ -20,11 +20,10 @@ import anyio
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from examples.demo import request, say, show_logs  # noqa: E402
+from examples.demo import call, dead_letters, say, show_logs, wait_for  # noqa: E402
 from runtime import Event  # noqa: E402
 from runtime.lowlevel import (  # noqa: E402
     available_backbones,
-    list_dead_letters,
     load_app,
     load_server,
     open_backbone,
@@ -38,10 +37,6 @@ MESSAGES = [
     ("m3", b'{"name": "Linus", "language": "xx"}', "rejected by the function"),
     ("m4", b'{"nom": "Edsger"}', "breaks the input contract"),
 ]
-
-
-def post(port: int, path: str, body: bytes) -> tuple[int, str]:
-    return request(port, "POST", path, body)
 
 
 async def main() -> None:
@@ -60,7 +55,7 @@ async def main() -> None:
             await invoke_directly(host)
             await over_http(host)
             await over_the_stream(host, backbone)
-            await dead_letters(backbone)
+            await dead_letters(backbone, section=4)
     say("\ndone: see README.md for `thaw serve`, `thaw dlq`, the error codes and the benchmarks.")
 
 
@@ -79,8 +74,8 @@ async def over_http(host: object) -> None:
     async with server_factory(host, host="127.0.0.1", port=0) as server:
         say(f"\n-- 2. over HTTP on http://127.0.0.1:{server.port}")
         for body in (b'{"name": "Ada", "language": "es"}', b'{"name": 42}'):
-            status, answer = await anyio.to_thread.run_sync(post, server.port, "/greet", body)
-            say(f"   POST /greet {body.decode():34} -> {status} {answer}")
+            answer = await call(server.port, "POST", "/greet", body)
+            say(f"   POST /greet {body.decode():34} -> {answer}")
 
 
 async def over_the_stream(host: object, backbone: object) -> None:
@@ -90,12 +85,12 @@ async def over_the_stream(host: object, backbone: object) -> None:
         duplicate = " (duplicate, not stored)" if ack.duplicate else ""
         say(f"   published {msg_id} as seq {ack.seq}{duplicate}: {why}")
     worker = host.workers["greet"]  # type: ignore[attr-defined]
-    with anyio.fail_after(30):
-        while True:
-            stats = worker.statistics()
-            if stats.acked + stats.dead_lettered >= 4:
-                break
-            await anyio.sleep(0.05)  # a demo watching a real server work: polling is fine here
+
+    async def settled() -> bool:
+        stats = worker.statistics()
+        return bool(stats.acked + stats.dead_lettered >= 4)
+
+    await wait_for(settled)
     stats = worker.statistics()
     say(
         f"   worker: {stats.acked} acked, {stats.naked} retried, "
@@ -103,16 +98,6 @@ async def over_the_stream(host: object, backbone: object) -> None:
     )
     greeted = await backbone.stream_info("HELLO")  # type: ignore[attr-defined]
     say(f"   stream HELLO holds {greeted.messages} messages (inputs and hello.greeted outputs)")
-
-
-async def dead_letters(backbone: object) -> None:
-    letters = await list_dead_letters(backbone)  # type: ignore[arg-type]
-    say(f"\n-- 4. dead letters ({len(letters)}), with why (`thaw dlq list` shows the same)")
-    for letter in letters:
-        say(
-            f"   {letter.original_stream}#{letter.original_seq} [{letter.code}] {letter.message}"
-            f" (event {letter.event_id}, attempts {letter.attempts})"
-        )
 
 
 if __name__ == "__main__":

@@ -73,6 +73,15 @@ function headersJson(h) {
   return JSON.stringify(fields);
 }
 
+/** The guest's JSON headers as the client's headers, or undefined when there are none. */
+function natsHeadersFrom(text) {
+  const fields = Object.entries(JSON.parse(text));
+  if (!fields.length) return undefined;
+  const h = natsHeaders();
+  for (const [name, value] of fields) h.set(name, value);
+  return h;
+}
+
 /** A plain Uint8Array view (Pyodide refuses a Node Buffer, which the client hands out). */
 function plainBytes(data) {
   return new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
@@ -181,12 +190,9 @@ export class NatsBridge {
 
   publish(subject, data, headersText, msgId) {
     return answer(async () => {
-      const fields = JSON.parse(headersText);
       const options = { timeout: CONFIRM_TIMEOUT };
-      if (Object.keys(fields).length) {
-        options.headers = natsHeaders();
-        for (const [name, value] of Object.entries(fields)) options.headers.set(name, value);
-      }
+      const headers = natsHeadersFrom(headersText);
+      if (headers) options.headers = headers;
       if (msgId) options.msgID = msgId;
       const ack = await this.js.publish(subject, data, options);
       return { stream: ack.stream, seq: ack.seq, duplicate: Boolean(ack.duplicate) };
@@ -196,12 +202,9 @@ export class NatsBridge {
   /** Core request/reply (`ctx.request`): the first reply, or `timeout` / `no_responders`. */
   request(subject, data, headersText, timeoutMs) {
     return answer(async () => {
-      const fields = JSON.parse(headersText);
       const options = { timeout: Math.max(1, Math.round(timeoutMs)) };
-      if (Object.keys(fields).length) {
-        options.headers = natsHeaders();
-        for (const [name, value] of Object.entries(fields)) options.headers.set(name, value);
-      }
+      const headers = natsHeadersFrom(headersText);
+      if (headers) options.headers = headers;
       let reply;
       try {
         reply = await this.connection.request(subject, data, options);

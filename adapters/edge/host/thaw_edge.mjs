@@ -137,7 +137,7 @@ export async function bootPyodide({ cache = CACHE, tests = false, output = "stde
   let keptWheels = null;
   let keptFiles = null;
   if (memorySnapshot) {
-    const snapshot = readMemorySnapshot(memorySnapshot);
+    const snapshot = readMemorySnapshot(memorySnapshot, entry);
     options._loadSnapshot = snapshot.bytes;
     sizes.memory_snapshot = snapshot.bytes.byteLength;
     keptWheels = snapshot.files ? snapshot.header.wheels : null;
@@ -241,7 +241,8 @@ function pyodideVersionAt(entry) {
   return JSON.parse(fs.readFileSync(path.join(path.dirname(entry), "pyodide-lock.json"), "utf8")).info.version;
 }
 
-function readMemorySnapshot(file) {
+/** The snapshot at `file`, for the Pyodide at `entry` (its pyodide.mjs). */
+function readMemorySnapshot(file, entry) {
   const data = fs.readFileSync(file);
   const head = data.subarray(0, 4096).toString("latin1");
   const end = head.indexOf("\n", MEMORY_MAGIC.length);
@@ -249,7 +250,7 @@ function readMemorySnapshot(file) {
     throw new EdgeSetupError(`${file} is not a Thaw edge memory snapshot: make one with \`memory-snapshot\``);
   }
   const header = JSON.parse(head.slice(MEMORY_MAGIC.length, end));
-  const pyodideVersion = pyodideVersionAt(requireCache(CACHE));
+  const pyodideVersion = pyodideVersionAt(entry);
   if (header.pyodide !== pyodideVersion) {
     throw new EdgeSetupError(`${file} was made by Pyodide ${header.pyodide}; this is Pyodide ${pyodideVersion}: make it again`);
   }
@@ -582,14 +583,15 @@ async function commandBench(options) {
   if (route) {
     const [method, target] = route.split(" ");
     const body = new TextEncoder().encode(data);
+    const request = () => new Request(`http://edge.invalid${target}`, { method, body, headers: { "content-type": "application/json" } });
     const first = performance.now();
-    const response = await edge.handle(new Request(`http://edge.invalid${target}`, { method, body, headers: { "content-type": "application/json" } }));
+    const response = await edge.handle(request());
     report.first_response_ms = performance.now() - first;
     report.first_status = response.status;
     const samples = [];
     for (let i = 0; i < Number(options.requests ?? 2000); i++) {
       const t0 = performance.now();
-      const answer = await edge.handle(new Request(`http://edge.invalid${target}`, { method, body, headers: { "content-type": "application/json" } }));
+      const answer = await edge.handle(request());
       await answer.arrayBuffer();
       samples.push((performance.now() - t0) * 1000);
     }
