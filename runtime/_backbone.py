@@ -36,9 +36,13 @@ provisioning can compare them.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Literal, Protocol
 
 import msgspec
+
+from ._context import MSG_ID_HEADER
+from ._subjects import parse_ack_subject
 
 __all__ = [
     "StreamConfig",
@@ -46,6 +50,7 @@ __all__ = [
     "ConsumerConfig",
     "ConsumerInfo",
     "PubAck",
+    "DeliveredMessage",
     "StoredMessage",
     "Message",
     "KvConfig",
@@ -142,6 +147,76 @@ class Message(Protocol):
     async def nak(self, delay: float | None = None) -> None: ...
     async def term(self, reason: str = "") -> None: ...
     async def in_progress(self) -> None: ...
+
+
+_NO_HEADERS: Mapping[str, str] = MappingProxyType({})
+
+
+class DeliveredMessage:
+    """What a JetStream delivery knows of itself, for the adapters' ``Message`` classes.
+
+    Stream, sequence, delivery count and pending count come from the ``$JS.ACK``
+    reply subject; the headers are kept read-only. Subclasses (the NATS adapter's,
+    the edge host's) add how to ack, nak, term and send in-progress acks.
+    """
+
+    __slots__ = (
+        "_data",
+        "_headers",
+        "_num_delivered",
+        "_pending",
+        "_reply",
+        "_seq",
+        "_stream",
+        "_subject",
+    )
+
+    def __init__(
+        self, subject: str, reply: str, data: bytes, headers: Mapping[str, str] | None
+    ) -> None:
+        self._subject = subject
+        self._reply = reply
+        self._data = data
+        self._headers = MappingProxyType(headers) if headers else _NO_HEADERS
+        self._stream, self._num_delivered, self._seq, self._pending = parse_ack_subject(reply)
+
+    def __repr__(self) -> str:
+        return (
+            f"<{type(self).__name__} {self._stream}#{self._seq} {self._subject!r} "
+            f"delivery {self._num_delivered}>"
+        )
+
+    @property
+    def subject(self) -> str:
+        return self._subject
+
+    @property
+    def data(self) -> bytes:
+        return self._data
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        return self._headers
+
+    @property
+    def stream(self) -> str:
+        return self._stream
+
+    @property
+    def seq(self) -> int:
+        return self._seq
+
+    @property
+    def num_delivered(self) -> int:
+        return self._num_delivered
+
+    @property
+    def pending(self) -> int:
+        return self._pending
+
+    @property
+    def msg_id(self) -> str | None:
+        return self._headers.get(MSG_ID_HEADER)
 
 
 class KvConfig(msgspec.Struct, frozen=True, kw_only=True):

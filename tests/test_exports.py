@@ -91,6 +91,7 @@ def test_adapter_author_surface() -> None:
         "DeadLetter",
         "DeadLetterRecord",
         "DefinitionConflict",
+        "DeliveredMessage",
         "DuplicateInProgress",
         "ERROR_CODE_HEADER",
         "ERROR_HEADER",

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Mapping
-from types import MappingProxyType
 from typing import Any
 
 import anyio
@@ -27,12 +26,12 @@ import msgspec
 
 from runtime import App, DeadlineExceeded
 from runtime.lowlevel import (
-    MSG_ID_HEADER,
     BackboneError,
     BucketNotFound,
     ConsumerConfig,
     ConsumerInfo,
     ConsumerNotFound,
+    DeliveredMessage,
     KeyExists,
     KvConfig,
     KvEntry,
@@ -49,14 +48,12 @@ from runtime.lowlevel import (
     StreamInfo,
     StreamNotFound,
     WrongRevision,
-    parse_ack_subject,
     plan_for,
     validate_subject,
 )
 
 __all__ = ["JsBackbone", "JsKeyValue", "JsMessage", "check_provisioned"]
 
-_NO_HEADERS: Mapping[str, str] = MappingProxyType({})
 _headers = msgspec.json.Decoder(dict[str, str]).decode
 _encode_json = msgspec.json.Encoder().encode
 _ConsumerInfo = msgspec.json.Decoder(ConsumerInfo).decode
@@ -85,64 +82,14 @@ def _check(reply: Any, doing: str, *, wrong_last: type[BackboneError] = WrongRev
     raise errors.get(code, BackboneError)(message)
 
 
-class JsMessage:
+class JsMessage(DeliveredMessage):
     """One delivery fetched by the bridge (satisfies the ``Message`` protocol)."""
 
-    __slots__ = (
-        "_bridge",
-        "_data",
-        "_headers",
-        "_num",
-        "_pending",
-        "_reply",
-        "_seq",
-        "_stream",
-        "_subject",
-    )
+    __slots__ = ("_bridge",)
 
     def __init__(self, bridge: Any, subject: str, reply: str, data: bytes, headers: str) -> None:
+        super().__init__(subject, reply, data, _headers(headers))
         self._bridge = bridge
-        self._subject = subject
-        self._reply = reply
-        self._data = data
-        fields = _headers(headers)
-        self._headers = MappingProxyType(fields) if fields else _NO_HEADERS
-        self._stream, self._num, self._seq, self._pending = parse_ack_subject(reply)
-
-    def __repr__(self) -> str:
-        return f"<JsMessage {self._stream}#{self._seq} {self._subject!r} delivery {self._num}>"
-
-    @property
-    def subject(self) -> str:
-        return self._subject
-
-    @property
-    def data(self) -> bytes:
-        return self._data
-
-    @property
-    def headers(self) -> Mapping[str, str]:
-        return self._headers
-
-    @property
-    def stream(self) -> str:
-        return self._stream
-
-    @property
-    def seq(self) -> int:
-        return self._seq
-
-    @property
-    def num_delivered(self) -> int:
-        return self._num
-
-    @property
-    def pending(self) -> int:
-        return self._pending
-
-    @property
-    def msg_id(self) -> str | None:
-        return self._headers.get(MSG_ID_HEADER)
 
     def _doing(self, what: str) -> str:
         return f"{what} {self._stream}#{self._seq}"

@@ -25,15 +25,13 @@ end-of-request statuses. So:
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
-from types import MappingProxyType
 
 import anyio
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from runtime.lowlevel import MSG_ID_HEADER, BackboneError, parse_ack_subject
+from runtime.lowlevel import BackboneError, DeliveredMessage, parse_ack_subject
 
 from ._errors import translate
 from ._wire import API, nanoseconds
@@ -52,7 +50,6 @@ _HEARTBEAT = "100"
 _MIN_EXPIRES = 0.02
 _MAX_IDLE_INBOXES = 64
 _TOP_UPS = 3  # follow-up pulls when JetStream ends a pull early but still holds messages
-_NO_HEADERS: Mapping[str, str] = MappingProxyType({})
 
 
 class PullResult:
@@ -218,7 +215,7 @@ def pending_after(message: Msg) -> int:
     return parse_ack_subject(message.reply)[3]
 
 
-class JetStreamMessage:
+class JetStreamMessage(DeliveredMessage):
     """One delivery from a durable pull consumer (satisfies the ``Message`` protocol).
 
     ``ack`` and ``in_progress`` are fire-and-forget publishes to the delivery's
@@ -230,78 +227,26 @@ class JetStreamMessage:
     twice, or nak'ing after an ack, is harmless.
     """
 
-    __slots__ = (
-        "_client",
-        "_headers",
-        "_message",
-        "_num_delivered",
-        "_pending",
-        "_seq",
-        "_stream",
-        "_timeout",
-    )
+    __slots__ = ("_client", "_timeout")
 
     def __init__(self, client: Client, message: Msg, *, timeout: float) -> None:
+        super().__init__(message.subject, message.reply, message.data, message.headers)
         self._client = client
         self._timeout = timeout
-        self._message = message
-        self._stream, self._num_delivered, self._seq, self._pending = parse_ack_subject(
-            message.reply
-        )
-        headers = message.headers
-        self._headers = MappingProxyType(headers) if headers else _NO_HEADERS
-
-    def __repr__(self) -> str:
-        return (
-            f"<JetStreamMessage {self._stream}#{self._seq} {self._message.subject!r} "
-            f"delivery {self._num_delivered}>"
-        )
-
-    @property
-    def subject(self) -> str:
-        return self._message.subject
-
-    @property
-    def data(self) -> bytes:
-        return self._message.data
-
-    @property
-    def headers(self) -> Mapping[str, str]:
-        return self._headers
-
-    @property
-    def stream(self) -> str:
-        return self._stream
-
-    @property
-    def seq(self) -> int:
-        return self._seq
-
-    @property
-    def num_delivered(self) -> int:
-        return self._num_delivered
-
-    @property
-    def pending(self) -> int:
-        return self._pending
-
-    @property
-    def msg_id(self) -> str | None:
-        return self._headers.get(MSG_ID_HEADER)
 
     async def _send(self, payload: bytes, doing: str) -> None:
         with translate(f"{doing} {self._stream}#{self._seq}"):
-            await self._client.publish(self._message.reply, payload)
+            await self._client.publish(self._reply, payload)
 
     async def _confirm(self, payload: bytes, doing: str) -> None:
         with translate(f"{doing} {self._stream}#{self._seq}"):
-            await self._client.request(self._message.reply, payload, timeout=self._timeout)
+            await self._client.request(self._reply, payload, timeout=self._timeout)
 
     async def ack(self) -> None:
         # The hot path: a plain publish, translated only when it fails (``translate`` as a
         # context manager costs more than the publish itself).
         try:
-            await self._client.publish(self._message.reply, b"+ACK")
+            await self._client.publish(self._reply, b"+ACK")
         except Exception as error:
             with translate(f"ack {self._stream}#{self._seq}"):
                 raise error
