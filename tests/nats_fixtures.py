@@ -27,12 +27,15 @@ import pytest
 from nats.aio.client import Client
 
 from adapters.nats import EmbeddedServer, JetStreamBackbone, ServerConfig
+from runtime import App
+from runtime.lowlevel import DEAD_LETTER_STREAM, plan_for, purge_dead_letters
 
 __all__ = [
     "JetStreamHarness",
     "nats_server",
     "jetstream_harness",
     "delete_streams",
+    "remove_app",
     "delete_new_streams",
     "stream_names",
     "wait_until",
@@ -116,6 +119,21 @@ async def delete_streams(backbone: JetStreamBackbone, prefix: str) -> None:
     wanted = (prefix.upper(), f"KV_{prefix}".upper(), f"OBJ_{prefix}".upper())
     names = await stream_names(backbone.client)
     await _delete_each(backbone.client, (n for n in names if n.upper().startswith(wanted)))
+
+
+async def remove_app(backbone: JetStreamBackbone, app: App) -> None:
+    """Delete what provisioning created for ``app``: its streams, buckets and dead letters."""
+    if backbone.client.is_closed:
+        return
+    plan = plan_for(app)
+    jsm = backbone.client.jsm()
+    with anyio.fail_after(10):
+        await purge_dead_letters(backbone, app=app.name)
+        for config in plan.streams:
+            if config.name != DEAD_LETTER_STREAM:
+                await jsm.delete_stream(config.name)
+        for bucket in plan.buckets:
+            await jsm.delete_stream(f"KV_{bucket.bucket}")
 
 
 @pytest.fixture

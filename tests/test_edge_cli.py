@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 from edge_support import wait_listening
-from nats_fixtures import nats_server, wait_until  # noqa: F401
+from nats_fixtures import nats_server, remove_app, wait_until  # noqa: F401
 
 from adapters.edge import cli, prepare
 from adapters.edge.bundle import (
@@ -370,11 +370,9 @@ def test_the_bundle_consumes_jetstream_from_itself(
 
     from adapters.nats import open_jetstream_backbone
     from runtime.lowlevel import (
-        DEAD_LETTER_STREAM,
         apply_plan,
         load_app,
         plan_for,
-        purge_dead_letters,
     )
 
     app = load_app(HELLO)
@@ -402,13 +400,7 @@ def test_the_bundle_consumes_jetstream_from_itself(
 
     async def remove() -> None:
         async with open_jetstream_backbone(nats_server.url) as backbone:
-            await purge_dead_letters(backbone, app=app.name)
-            jsm = backbone.client.jsm()
-            for config in plan_for(app).streams:
-                if config.name != DEAD_LETTER_STREAM:
-                    await jsm.delete_stream(config.name)
-            for bucket in plan_for(app).buckets:
-                await jsm.delete_stream(f"KV_{bucket.bucket}")
+            await remove_app(backbone, app)
 
     moved = tmp_path_factory.mktemp("deployed-nats") / "site"
     bundle.rename(moved)

@@ -24,14 +24,13 @@ import msgspec
 import pytest
 from edge_support import wait_listening
 from nats.aio.msg import Msg
-from nats_fixtures import nats_server, wait_until  # noqa: F401
+from nats_fixtures import nats_server, remove_app, wait_until  # noqa: F401
 
 from adapters.edge import prepare
 from adapters.nats import EmbeddedServer, JetStreamBackbone
 from runtime import App, Event, Ok, Reject
 from runtime._provision import idempotency_bucket_for
 from runtime.lowlevel import (
-    DEAD_LETTER_STREAM,
     MSG_ID_HEADER,
     TRACEPARENT_HEADER,
     DeadLetter,
@@ -46,7 +45,6 @@ from runtime.lowlevel import (
     load_app,
     open_host,
     plan_for,
-    purge_dead_letters,
 )
 
 pytestmark = pytest.mark.anyio
@@ -124,14 +122,7 @@ async def _provision(url: str, app: App) -> None:
 async def _remove(url: str, app: App) -> None:
     backbone = await JetStreamBackbone.connect(url)
     try:
-        await purge_dead_letters(backbone, app=app.name)
-        jsm = backbone.client.jsm()
-        plan = plan_for(app)
-        for config in plan.streams:
-            if config.name != DEAD_LETTER_STREAM:
-                await jsm.delete_stream(config.name)
-        for bucket in plan.buckets:
-            await jsm.delete_stream(f"KV_{bucket.bucket}")
+        await remove_app(backbone, app)
     finally:
         await backbone.aclose()
 

@@ -20,17 +20,14 @@ import anyio
 import anyio.to_thread
 import pytest
 from example_loader import load_example
-from nats_fixtures import nats_server, wait_until  # noqa: F401
+from nats_fixtures import nats_server, remove_app, wait_until  # noqa: F401
 
 from adapters.http import open_http_server
 from adapters.nats import EmbeddedServer, JetStreamBackbone
 from runtime.lowlevel import (
-    DEAD_LETTER_STREAM,
     Host,
     list_dead_letters,
     open_host,
-    plan_for,
-    purge_dead_letters,
 )
 
 pytestmark = pytest.mark.anyio
@@ -109,14 +106,7 @@ async def served(
         ):
             yield Served(host, backbone, server.port)
     finally:
-        with anyio.fail_after(10):
-            await purge_dead_letters(backbone, app=APP.name)
-            jsm = backbone.client.jsm()
-            for config in plan_for(APP).streams:
-                if config.name != DEAD_LETTER_STREAM:
-                    await jsm.delete_stream(config.name)
-            for bucket in plan_for(APP).buckets:
-                await jsm.delete_stream(f"KV_{bucket.bucket}")
+        await remove_app(backbone, APP)
         await backbone.aclose()
 
 

@@ -29,6 +29,7 @@ from nats_fixtures import (  # noqa: F401
     JetStreamHarness,
     jetstream_harness,
     nats_server,
+    remove_app,
     wait_until,
 )
 
@@ -45,7 +46,6 @@ from runtime import (
     stream,
 )
 from runtime.lowlevel import (
-    DEAD_LETTER_STREAM,
     BackboneError,
     Host,
     RetryBudget,
@@ -54,7 +54,6 @@ from runtime.lowlevel import (
     list_dead_letters,
     open_host,
     plan_for,
-    purge_dead_letters,
     replay_dead_letter,
 )
 
@@ -85,21 +84,7 @@ async def serving(app: App, *backbones: JetStreamBackbone) -> AsyncIterator[list
                 hosts.append(await stack.enter_async_context(host))
             yield hosts
     finally:
-        await _remove(app, backbones[0])
-
-
-async def _remove(app: App, backbone: JetStreamBackbone) -> None:
-    if backbone.client.is_closed:
-        return
-    plan = plan_for(app)
-    jsm = backbone.client.jsm()
-    with anyio.fail_after(10):
-        await purge_dead_letters(backbone, app=app.name)
-        for config in plan.streams:
-            if config.name != DEAD_LETTER_STREAM:
-                await jsm.delete_stream(config.name)
-        for bucket in plan.buckets:
-            await jsm.delete_stream(f"KV_{bucket.bucket}")
+        await remove_app(backbones[0], app)
 
 
 async def _settled(backbone: JetStreamBackbone, host: Host, capability: str) -> bool:
