@@ -9,10 +9,13 @@ on an injectable clock; adapters ask it before they nak.
 
 from __future__ import annotations
 
+import math
+
 import msgspec
 
 from ._clock import Clock, SystemClock
 from ._errors import ConfigError
+from ._policy import _is_number
 
 __all__ = ["RetryBudget", "BudgetStatistics"]
 
@@ -35,9 +38,9 @@ class RetryBudget:
         clock: Clock | None = None,
     ) -> None:
         for name, value in (("ratio", ratio), ("min_per_second", min_per_second)):
-            if not (isinstance(value, int | float) and value >= 0):
+            if not (_finite(value) and value >= 0):
                 raise ConfigError(f"RetryBudget {name} must be >= 0, got {value!r}")
-        if not burst >= 1 or not throttle_delay > 0:
+        if not (_finite(burst) and burst >= 1 and _finite(throttle_delay) and throttle_delay > 0):
             raise ConfigError("RetryBudget burst must be >= 1 and throttle_delay > 0")
         self.ratio = ratio
         self.min_per_second = min_per_second
@@ -71,3 +74,8 @@ class RetryBudget:
     def statistics(self) -> BudgetStatistics:
         self._refill()
         return BudgetStatistics(self._first, self._allowed, self._throttled, self._tokens)
+
+
+def _finite(value: object) -> bool:
+    """A real number (not a bool, not NaN or infinite)."""
+    return _is_number(value) and math.isfinite(value)  # type: ignore[arg-type]

@@ -50,7 +50,18 @@ def test_long_wanted_delay_is_kept_when_throttled() -> None:
 
 @pytest.mark.parametrize(
     "options",
-    [{"ratio": -1}, {"min_per_second": -0.1}, {"burst": 0}, {"throttle_delay": 0}],
+    [
+        {"ratio": -1},
+        {"min_per_second": -0.1},
+        {"burst": 0},
+        {"throttle_delay": 0},
+        {"ratio": True},
+        {"ratio": float("nan")},
+        {"min_per_second": float("inf")},
+        {"burst": "100"},
+        {"throttle_delay": float("nan")},
+        {"throttle_delay": "5"},
+    ],
 )
 def test_bad_options(options: dict[str, float]) -> None:
     with pytest.raises(ConfigError):
