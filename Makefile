@@ -23,13 +23,18 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check runtime adapters tests benchmarks examples
 	$(VENV)/bin/ruff format --check runtime adapters tests benchmarks examples
 
+# mypy knows a package by its folder's name, and runtime/ is the package thaw: it checks a
+# tree of links (.venv/typecheck/thaw -> runtime/*, thaw/adapters -> adapters/), made anew.
 typecheck: $(STAMP)
-	$(VENV)/bin/mypy
+	@rm -rf $(VENV)/typecheck && mkdir -p $(VENV)/typecheck/thaw
+	@for entry in runtime/*; do ln -s "$(CURDIR)/$$entry" $(VENV)/typecheck/thaw/; done
+	@ln -s "$(CURDIR)/adapters" $(VENV)/typecheck/thaw/adapters
+	$(VENV)/bin/mypy $(VENV)/typecheck/thaw
 
 # Node, the pinned npm packages (Pyodide) and the wheels Pyodide needs, into .thaw/edge;
 # a no-op when already current. Network only to PyPI and the npm registry, first run only.
 edge: $(STAMP)
-	$(PY) -m adapters.edge.prepare
+	$(PY) -m thaw.adapters.edge.prepare
 
 pytest: $(STAMP) edge
 	$(VENV)/bin/pytest -q

@@ -1,7 +1,7 @@
 """Thaw under any ASGI server (uvicorn, granian, hypercorn): ``asgi_app(target)``.
 
     app = asgi_app(load_app("examples/hello"))   # uvicorn module:app
-    THAW_APP=examples/hello uvicorn --factory adapters.asgi:from_env
+    THAW_APP=examples/hello uvicorn --factory thaw.adapters.asgi:from_env
 
 The adapter translates ASGI messages to the native server's transport-free
 pieces and back: ``HttpService.check`` (operational paths, routing, 404/405,
@@ -38,12 +38,12 @@ from urllib.parse import quote
 
 import anyio
 
-from adapters.http._wire import Request, Response, refusal, too_large
-from adapters.http.config import HttpConfig
-from adapters.http.metrics import CONTENT_TYPE, ServerCounters, render
-from adapters.http.service import HttpService
-from runtime import App, ConfigError
-from runtime.lowlevel import Backbone, Host, Invoker, MemoryBackbone, open_host
+from thaw import App, ConfigError
+from thaw.adapters.http._wire import Request, Response, refusal, too_large
+from thaw.adapters.http.config import HttpConfig
+from thaw.adapters.http.metrics import CONTENT_TYPE, ServerCounters, render
+from thaw.adapters.http.service import HttpService
+from thaw.lowlevel import Backbone, Host, Invoker, MemoryBackbone, open_host
 
 __all__ = ["ASGIApp", "ThawASGI", "asgi_app", "from_env"]
 
@@ -309,7 +309,7 @@ def asgi_app(
 
 
 def from_env() -> ThawASGI:
-    """For ``uvicorn --factory adapters.asgi:from_env``: the app named by ``THAW_APP``.
+    """For ``uvicorn --factory thaw.adapters.asgi:from_env``: the app named by ``THAW_APP``.
 
     ``THAW_APP`` is an app directory, module file, ``module:attr`` or snapshot,
     as for ``thaw run``; the app runs on an in-process MemoryBackbone.
@@ -319,7 +319,7 @@ def from_env() -> ThawASGI:
         raise ConfigError(
             "THAW_APP is not set: name the app to serve, e.g. THAW_APP=examples/hello"
         )
-    from runtime.cli import load_target
+    from thaw.snapshots._revision import load_target
 
     return asgi_app(load_target(target))
 

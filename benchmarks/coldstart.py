@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks._common import machine, write_json  # noqa: E402
-from runtime._coldstart import format_report, run_coldstart  # noqa: E402
+from thaw.adapters.cli.coldstart import format_report, run_coldstart  # noqa: E402
 
 EXAMPLES = ["hello", "payment_webhook"]
 

@@ -43,10 +43,10 @@ _HERE = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 sys.path.insert(0, str(_HERE.parent))
 
-from adapters.edge import prepare  # noqa: E402
-from adapters.edge._bench import measure, summarize  # noqa: E402
-from adapters.edge.bundle import PYODIDE_FILES  # noqa: E402
 from benchmarks._common import machine, median, table, write_json  # noqa: E402
+from thaw.adapters.edge import prepare  # noqa: E402
+from thaw.adapters.edge._bench import measure, summarize  # noqa: E402
+from thaw.adapters.edge.bundle import PYODIDE_FILES  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGET_COLD_P99_MS = 3.0

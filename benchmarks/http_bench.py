@@ -12,7 +12,7 @@ request (from /proc) is reported too: it is steadier than req/s on a shared VM.
     python benchmarks/http_bench.py [--duration 10] [--rounds 3] [--json FILE]
 
 Servers: ``thaw`` (the native httptools server), ``thaw-asgi`` (the same app
-through ``adapters.asgi`` under uvicorn: what the adapter costs over a raw ASGI
+through ``thaw.adapters.asgi`` under uvicorn: what the adapter costs over a raw ASGI
 app on the same server), ``uvicorn`` (a raw ASGI app, ``--loop uvloop --http
 httptools``) and ``raw`` (a minimal httptools + uvloop protocol written here,
 the practical Python ceiling). The uvicorn-based ones run when uvicorn is
@@ -69,7 +69,7 @@ class Total(msgspec.Struct, frozen=True):
 
 def _bench_app() -> Any:
     """The app both Thaw servers serve (built in the server process)."""
-    from runtime import App, http
+    from thaw import App, http
 
     app = App("bench")
 
@@ -87,8 +87,8 @@ def _bench_app() -> Any:
 def serve_thaw(port: int) -> None:
     import uvloop
 
-    from adapters.http import open_http_server
-    from runtime.lowlevel import Invoker
+    from thaw.adapters.http import open_http_server
+    from thaw.lowlevel import Invoker
 
     async def main() -> None:
         async with open_http_server(Invoker(_bench_app()), port=port):
@@ -160,8 +160,8 @@ def _run_uvicorn(app: Any, port: int) -> None:
 
 
 def serve_thaw_asgi(port: int) -> None:
-    from adapters.asgi import asgi_app
-    from runtime.lowlevel import Invoker
+    from thaw.adapters.asgi import asgi_app
+    from thaw.lowlevel import Invoker
 
     _run_uvicorn(asgi_app(Invoker(_bench_app())), port)
 

@@ -27,8 +27,8 @@ import msgspec
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks._common import machine, median, summarize, table, write_json
-from runtime import App, Event, Idempotency
-from runtime.lowlevel import Invoker
+from thaw import App, Event, Idempotency
+from thaw.lowlevel import Invoker
 
 PAYLOAD = b'{"order_id":"A-1042","amount":1999,"qty":3}'
 TIMEOUT = 5.0

@@ -133,11 +133,11 @@ async def consume_thaw(
     *,
     idempotent: bool = False,
 ) -> None:
-    from adapters.nats import open_jetstream_backbone
-    from runtime import App, Idempotency
-    from runtime import stream as stream_trigger
-    from runtime.lowlevel import open_host
-    from runtime.lowlevel import plan_for as _plan_for
+    from thaw import App, Idempotency
+    from thaw import stream as stream_trigger
+    from thaw.adapters.nats import open_jetstream_backbone
+    from thaw.lowlevel import open_host
+    from thaw.lowlevel import plan_for as _plan_for
 
     app = App(durable.replace("_", "-"))
 
@@ -157,7 +157,7 @@ async def consume_thaw(
 
 async def _provision_consumers(app: Any, backbone: Any, plan_for: Any) -> None:
     """The app's consumer, buckets and dead-letter stream (the bench stream exists)."""
-    from runtime.lowlevel import DEAD_LETTER_STREAM, ProvisionPlan, apply_plan
+    from thaw.lowlevel import DEAD_LETTER_STREAM, ProvisionPlan, apply_plan
 
     plan = plan_for(app)
     streams = [s for s in plan.streams if s.name == DEAD_LETTER_STREAM]
@@ -455,7 +455,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--messages >= 100, --rounds >= 1 and --latency-count >= 10 please")
     logging.basicConfig(level=logging.WARNING)
 
-    from adapters.nats import EmbeddedServer, ServerConfig
+    from thaw.adapters.nats import EmbeddedServer, ServerConfig
 
     server = EmbeddedServer(ServerConfig())
     server.start()

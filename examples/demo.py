@@ -37,7 +37,7 @@ import anyio
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from runtime.lowlevel import (  # noqa: E402
+from thaw.lowlevel import (  # noqa: E402
     available_backbones,
     list_dead_letters,
     load_app,

@@ -4,10 +4,15 @@ This package imports only the standard library, msgspec and anyio, so it runs
 unchanged in Pyodide and on edge nodes (a test guards this).
 """
 
-from ._app import App
-from ._changes import KvChange, ObjectChange
-from ._context import Context
-from ._errors import (
+if __name__ != "thaw":  # the folder runtime/ is the package thaw; never importable as itself
+    raise ImportError(
+        f"Thaw's core is imported as 'thaw', not {__name__!r}: write 'import thaw' "
+        "(install the project with pip install -e . so that the name exists)"
+    )
+
+from importlib import metadata as _metadata
+
+from thaw._errors import (
     CallerError,
     ConfigError,
     ContractError,
@@ -22,12 +27,18 @@ from ._errors import (
     ThawError,
     WrongRevision,
 )
-from ._event import Event, Ok, Outcome, Reject, Retry
-from ._fanout import Gathered, fan_out
-from ._policy import Access, Backoff, Idempotency, RetryPolicy
-from ._triggers import Cors, Webhook, http, kv, objects, schedule, stream, subject
+from thaw._event import Event, Ok, Outcome, Reject, Retry
+from thaw.declarations._app import App
+from thaw.declarations._changes import KvChange, ObjectChange
+from thaw.declarations._context import Context
+from thaw.declarations._policy import Access, Backoff, Idempotency, RetryPolicy
+from thaw.declarations._triggers import Cors, Webhook, http, kv, objects, schedule, stream, subject
+from thaw.invocation._fanout import Gathered, fan_out
 
-__version__ = "0.1.0"
+try:
+    __version__ = _metadata.version("thaw-runtime")
+except _metadata.PackageNotFoundError:  # a copy without its metadata (the edge bundle in Pyodide)
+    __version__ = "0+unknown"
 
 __all__ = [
     "Access",

@@ -1,7 +1,7 @@
 """Clocks: where the runtime and the MemoryBackbone read time and wait for it.
 
 ``SystemClock`` reads ``time.monotonic``. ``FakeClock`` (exported from
-``runtime.testing``) only moves when a test calls ``advance``, so AckWait
+``thaw.testing``) only moves when a test calls ``advance``, so AckWait
 redelivery, backoff and TTLs are tested without sleeping. Times are seconds as
 floats on the clock's own monotonic scale; never compare them with wall time.
 """

@@ -3,7 +3,7 @@
 Events are transport-neutral: an HTTP request, a JetStream message or a cron
 tick all become one. Outcomes are values; adapters map them to transport
 actions (ack / nak(delay) / term+dead-letter / HTTP response) through the pure
-tables in ``runtime._decisions``. All are frozen msgspec Structs without GC
+tables in ``thaw.decisions._delivery``. All are frozen msgspec Structs without GC
 tracking, so creating one on the hot path costs tens of nanoseconds.
 """
 

@@ -3,56 +3,8 @@
 Function authors should not need anything here; see ``runtime``.
 """
 
-from ._app import CapabilitySpec
-from ._backbone import (
-    Backbone,
-    ConsumerConfig,
-    ConsumerInfo,
-    DeliveredMessage,
-    KeyValue,
-    KvConfig,
-    KvEntry,
-    Message,
-    ObjectInfo,
-    ObjectStore,
-    ObjectStoreConfig,
-    PubAck,
-    StoredMessage,
-    StreamConfig,
-    StreamInfo,
-)
-from ._backbones import available_backbones, load_server, open_backbone
-from ._budget import BudgetStatistics, RetryBudget
-from ._changes import (
-    kv_stream_name,
-    object_data,
-    object_stream_name,
-    object_stream_subjects,
-    validate_object_name,
-)
-from ._clock import Clock, SystemClock
-from ._context import MSG_ID_HEADER, TRACEPARENT_HEADER
-from ._cron import CronSpec, parse_cron
-from ._dead_letters import (
-    DeadLetterRecord,
-    list_dead_letters,
-    purge_dead_letters,
-    replay_dead_letter,
-    show_dead_letter,
-)
-from ._decisions import (
-    DEAD_LETTER_STREAM,
-    DEAD_LETTER_SUBJECTS,
-    EVENT_ID_HEADER,
-    Ack,
-    DeadLetter,
-    Nak,
-    StreamAction,
-    dead_letter_headers,
-    dead_letter_subject,
-    decide_stream,
-)
-from ._errors import (
+from thaw._clock import Clock, SystemClock
+from thaw._errors import (
     AccessDenied,
     AppLoadError,
     BackboneError,
@@ -73,8 +25,69 @@ from ._errors import (
     UnknownCapability,
     WrongRevision,
 )
-from ._host import Host, HostStatistics, open_host
-from ._http_decisions import (
+from thaw._headers import (
+    ERROR_CODE_HEADER,
+    ERROR_HEADER,
+    EVENT_ID_HEADER,
+    MSG_ID_HEADER,
+    RETRY_AFTER_HEADER,
+    STATUS_HEADER,
+    TRACEPARENT_HEADER,
+)
+from thaw._trace import TraceContext, parse_traceparent, start_trace
+from thaw.backbone._buckets import (
+    kv_stream_name,
+    object_data,
+    object_stream_name,
+    object_stream_subjects,
+    validate_object_name,
+)
+from thaw.backbone._contract import (
+    Backbone,
+    ConsumerConfig,
+    ConsumerInfo,
+    DeliveredMessage,
+    KeyValue,
+    KvConfig,
+    KvEntry,
+    Message,
+    ObjectInfo,
+    ObjectStore,
+    ObjectStoreConfig,
+    PubAck,
+    StoredMessage,
+    StreamConfig,
+    StreamInfo,
+)
+from thaw.backbone._registry import available_backbones, load_server, open_backbone
+from thaw.backbone._rules import (
+    definition_conflict,
+    validate_consumer_config,
+    validate_fetch,
+    validate_kv_config,
+    validate_stream_config,
+)
+from thaw.backbone._subjects import (
+    parse_ack_subject,
+    subject_matches,
+    validate_kv_key,
+    validate_name,
+    validate_subject,
+)
+from thaw.backbone.memory._backbone import MemoryBackbone
+from thaw.backbone.memory._requests import Responding
+from thaw.decisions._delivery import (
+    DEAD_LETTER_STREAM,
+    DEAD_LETTER_SUBJECTS,
+    Ack,
+    DeadLetter,
+    Nak,
+    StreamAction,
+    dead_letter_headers,
+    dead_letter_subject,
+    decide_stream,
+)
+from thaw.decisions._http import (
     PROTOCOL_ERRORS,
     HttpAnswer,
     Problem,
@@ -86,47 +99,12 @@ from ._http_decisions import (
     retry_after_seconds,
     status_for,
 )
-from ._idempotency import Claim, IdempotencyStore, MemoryIdempotencyStore
-from ._instances import Instance, InstancePool, Isolation, PoolStatistics
-from ._invoker import CompiledCapability, Invoker, InvokerStatistics
-from ._kv_idempotency import IDEMPOTENCY_BUCKET, KvIdempotencyStore
-from ._loader import load_app
-from ._memory_backbone import MemoryBackbone
-from ._memory_requests import Responding
-from ._memory_streams import (
-    definition_conflict,
-    validate_consumer_config,
-    validate_fetch,
-    validate_kv_config,
-    validate_stream_config,
-)
-from ._policy import Policy
-from ._provision import ConsumerPlan, ProvisionPlan, apply_plan, plan_for
-from ._requests import (
-    ERROR_CODE_HEADER,
-    ERROR_HEADER,
-    RETRY_AFTER_HEADER,
-    STATUS_HEADER,
-    Reply,
-    Requester,
-    Responder,
-    outcome_of_reply,
-    service_reply,
-)
-from ._revision import LoadTimings, Revision, RevisionLoadError, load_revision
-from ._revisions import RevisionRouter
-from ._schedule import ScheduleRunner, Tick, next_tick
-from ._snapshot_build import BuildResult, build_snapshot
-from ._snapshot_format import SnapshotError
-from ._subjects import (
-    parse_ack_subject,
-    subject_matches,
-    validate_kv_key,
-    validate_name,
-    validate_subject,
-)
-from ._trace import TraceContext, parse_traceparent, start_trace
-from ._triggers import (
+from thaw.decisions._reply import Reply, Requester, Responder, outcome_of_reply, service_reply
+from thaw.declarations._app import CapabilitySpec
+from thaw.declarations._cron import CronSpec, parse_cron
+from thaw.declarations._loader import load_app
+from thaw.declarations._policy import Policy
+from thaw.declarations._triggers import (
     HttpTrigger,
     KvTrigger,
     ObjectsTrigger,
@@ -135,7 +113,25 @@ from ._triggers import (
     SubjectTrigger,
     Trigger,
 )
-from ._worker import StreamWorker, WorkerStatistics, ensure_dead_letter_stream
+from thaw.host._dead_letters import (
+    DeadLetterRecord,
+    list_dead_letters,
+    purge_dead_letters,
+    replay_dead_letter,
+    show_dead_letter,
+)
+from thaw.host._host import Host, HostStatistics, open_host
+from thaw.host._instances import Instance, InstancePool, Isolation, PoolStatistics
+from thaw.host._provision import ConsumerPlan, ProvisionPlan, apply_plan, plan_for
+from thaw.host._router import RevisionRouter
+from thaw.host._schedule import ScheduleRunner, Tick, next_tick
+from thaw.host._worker import StreamWorker, WorkerStatistics, ensure_dead_letter_stream
+from thaw.invocation._budget import BudgetStatistics, RetryBudget
+from thaw.invocation._idempotency import Claim, IdempotencyStore, MemoryIdempotencyStore
+from thaw.invocation._invoker import CompiledCapability, Invoker, InvokerStatistics
+from thaw.invocation._kv_idempotency import IDEMPOTENCY_BUCKET, KvIdempotencyStore
+from thaw.snapshots._format import SnapshotError
+from thaw.snapshots._revision import LoadTimings, Revision, RevisionLoadError, load_revision
 
 __all__ = [
     "validate_consumer_config",
@@ -182,8 +178,6 @@ __all__ = [
     "ScheduleRunner",
     "Tick",
     "next_tick",
-    "BuildResult",
-    "build_snapshot",
     "SnapshotError",
     "EVENT_ID_HEADER",
     "AccessDenied",

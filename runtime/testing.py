@@ -11,13 +11,13 @@ from typing import Any
 
 import msgspec
 
-from ._app import App
-from ._backbone import Backbone
-from ._clock import FakeClock
-from ._event import Event, Outcome
-from ._idempotency import MemoryIdempotencyStore
-from ._invoker import Invoker
-from ._memory_backbone import MemoryBackbone
+from thaw._clock import FakeClock
+from thaw._event import Event, Outcome
+from thaw.backbone._contract import Backbone
+from thaw.backbone.memory._backbone import MemoryBackbone
+from thaw.declarations._app import App
+from thaw.invocation._idempotency import MemoryIdempotencyStore
+from thaw.invocation._invoker import Invoker
 
 __all__ = ["FakeClock", "MemoryBackbone", "MemoryIdempotencyStore", "invoke", "make_event"]
 

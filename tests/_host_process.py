@@ -30,7 +30,7 @@ import uuid
 import anyio
 import msgspec
 
-from runtime import (
+from thaw import (
     Access,
     App,
     Backoff,
@@ -41,7 +41,7 @@ from runtime import (
     RetryPolicy,
     stream,
 )
-from runtime.lowlevel import RetryBudget, open_host
+from thaw.lowlevel import RetryBudget, open_host
 
 CONCURRENCY = 4
 TIMEOUT = 3.0  # seconds; an idempotency claim of a crashed call lapses 5 s after that
@@ -104,7 +104,7 @@ def ledger_app(prefix: str, *, stall_after: int | None = None) -> App:
 
 
 async def serve(url: str, prefix: str, *, stall_after: int | None, ack_wait: float) -> None:
-    from adapters.nats import open_jetstream_backbone
+    from thaw.adapters.nats import open_jetstream_backbone
 
     app = ledger_app(prefix, stall_after=stall_after)
     async with open_jetstream_backbone(url) as backbone:

@@ -25,16 +25,7 @@ import anyio
 import pytest
 from anyio.abc import TaskGroup
 
-from runtime._backbone import (
-    Backbone,
-    ConsumerConfig,
-    KvConfig,
-    Message,
-    ObjectStoreConfig,
-    StreamConfig,
-)
-from runtime._changes import decode_object_meta, object_digest
-from runtime._errors import (
+from thaw._errors import (
     BackboneError,
     BucketNotFound,
     ConfigError,
@@ -46,6 +37,15 @@ from runtime._errors import (
     ObjectNotFound,
     StreamNotFound,
     WrongRevision,
+)
+from thaw.backbone._buckets import decode_object_meta, object_digest
+from thaw.backbone._contract import (
+    Backbone,
+    ConsumerConfig,
+    KvConfig,
+    Message,
+    ObjectStoreConfig,
+    StreamConfig,
 )
 
 __all__ = ["BackboneContract", "BackboneHarness"]

@@ -17,7 +17,7 @@ from typing import Any
 import anyio
 import pytest
 
-from runtime import (
+from thaw import (
     Access,
     App,
     Backoff,
@@ -28,8 +28,8 @@ from runtime import (
     kv,
     objects,
 )
-from runtime._changes import object_digest
-from runtime.lowlevel import Backbone, KvConfig, ObjectStoreConfig, list_dead_letters, open_host
+from thaw.backbone._buckets import object_digest
+from thaw.lowlevel import Backbone, KvConfig, ObjectStoreConfig, list_dead_letters, open_host
 
 __all__ = ["ChangeEnv", "ChangeTriggerContract", "Seen", "eventually"]
 

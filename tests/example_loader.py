@@ -12,10 +12,10 @@ import tempfile
 from pathlib import Path
 from types import ModuleType
 
-from runtime import App
-from runtime._revision import load_revision
-from runtime._snapshot_build import build_snapshot
-from runtime.lowlevel import load_app
+from thaw import App
+from thaw.adapters.process.build import build_snapshot
+from thaw.lowlevel import load_app
+from thaw.snapshots._revision import load_revision
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 FROM_SNAPSHOT = os.environ.get("THAW_EXAMPLES_FROM") == "snapshot"

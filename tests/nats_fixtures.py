@@ -26,9 +26,9 @@ import nats.js.errors
 import pytest
 from nats.aio.client import Client
 
-from adapters.nats import EmbeddedServer, JetStreamBackbone, ServerConfig
-from runtime import App
-from runtime.lowlevel import DEAD_LETTER_STREAM, plan_for, purge_dead_letters
+from thaw import App
+from thaw.adapters.nats import EmbeddedServer, JetStreamBackbone, ServerConfig
+from thaw.lowlevel import DEAD_LETTER_STREAM, plan_for, purge_dead_letters
 
 __all__ = [
     "JetStreamHarness",

@@ -6,7 +6,7 @@ from __future__ import annotations
 import textwrap
 from pathlib import Path
 
-from runtime._snapshot_build import build_snapshot
+from thaw.adapters.process.build import build_snapshot
 
 INIT = """
 from .app import app
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import msgspec
 
-from runtime import App, Context
+from thaw import App, Context
 from . import state
 from .contracts import Query, Answer
 from .helpers.words import shout

@@ -8,12 +8,12 @@ from typing import Annotated, Any
 import msgspec
 import pytest
 
-from runtime._app import App, CapabilitySpec
-from runtime._context import Context
-from runtime._cron import parse_cron
-from runtime._errors import ConfigError
-from runtime._policy import Backoff, Idempotency, Policy, RetryPolicy
-from runtime._triggers import http, kv, schedule, stream, subject
+from thaw._errors import ConfigError
+from thaw.declarations._app import App, CapabilitySpec
+from thaw.declarations._context import Context
+from thaw.declarations._cron import parse_cron
+from thaw.declarations._policy import Backoff, Idempotency, Policy, RetryPolicy
+from thaw.declarations._triggers import http, kv, schedule, stream, subject
 
 
 class Order(msgspec.Struct):
@@ -201,8 +201,8 @@ def test_string_annotations_resolve(tmp_path: Path) -> None:
 
             import msgspec
 
-            from runtime._app import App
-            from runtime._context import Context
+            from thaw.declarations._app import App
+            from thaw.declarations._context import Context
 
             class Item(msgspec.Struct):
                 sku: str
@@ -413,7 +413,7 @@ def test_unsupported_contract_types_are_refused(app: App, contract: Any, directi
     "not_a_trigger", ["GET /orders", None, parse_cron("@daily"), Policy(), ("GET", "/x")]
 )
 def test_something_that_is_not_a_trigger_is_refused(app: App, not_a_trigger: object) -> None:
-    with pytest.raises(ConfigError, match=r"is not a trigger; use runtime\.http") as info:
+    with pytest.raises(ConfigError, match=r"is not a trigger; use thaw\.http") as info:
         app.capability(http("GET", "/ok"), not_a_trigger)  # type: ignore[arg-type]
     assert repr(not_a_trigger) in info.value.message
 
@@ -534,7 +534,7 @@ def test_hooks_must_be_async(app: App, register: str) -> None:
 
 
 def test_routes_differing_only_in_parameter_names_collide() -> None:
-    from runtime import http
+    from thaw import http
 
     app = App("routes")
 
@@ -550,7 +550,7 @@ def test_routes_differing_only_in_parameter_names_collide() -> None:
 
 
 def test_same_route_twice_on_one_capability_is_refused() -> None:
-    from runtime import http
+    from thaw import http
 
     app = App("routes")
     with pytest.raises(ConfigError, match="already served"):

@@ -27,11 +27,11 @@ import uvicorn
 from example_loader import load_example
 from test_http_support import WAIT, RawClient, Reply, request, serving
 
-from adapters.asgi import ThawASGI, asgi_app, from_env
-from adapters.http import HttpConfig
-from adapters.http.webhooks import sign
-from runtime import App, ConfigError, Idempotency, Webhook, http, stream
-from runtime.lowlevel import Invoker
+from thaw import App, ConfigError, Idempotency, Webhook, http, stream
+from thaw.adapters.asgi import ThawASGI, asgi_app, from_env
+from thaw.adapters.http import HttpConfig
+from thaw.adapters.http.webhooks import sign
+from thaw.lowlevel import Invoker
 
 pytestmark = pytest.mark.anyio
 ROOT = Path(__file__).resolve().parent.parent
@@ -411,11 +411,11 @@ async def test_a_failing_on_start_is_reported_as_startup_failed() -> None:
 async def test_uvicorn_factory_serves_thaw_app_and_exits_on_a_failed_start(tmp_path: Path) -> None:
     bad = tmp_path / "bad_app.py"
     bad.write_text(
-        "from runtime import App\napp = App('bad')\n\n@app.on_start\nasync def boom() -> None:\n"
+        "from thaw import App\napp = App('bad')\n\n@app.on_start\nasync def boom() -> None:\n"
         "    raise RuntimeError('no config at /etc/bad.toml')\n"
     )
     env = {**os.environ, "THAW_APP": str(bad), "PYTHONPATH": str(ROOT)}
-    command = [sys.executable, "-m", "uvicorn", "--factory", "adapters.asgi:from_env"]
+    command = [sys.executable, "-m", "uvicorn", "--factory", "thaw.adapters.asgi:from_env"]
     command += ["--host", "127.0.0.1", "--port", "0", "--lifespan", "on"]
     with anyio.fail_after(WAIT * 4):  # on timeout, anyio kills the process (ours, by PID)
         process = await anyio.run_process(command, env=env, cwd=ROOT, check=False)
@@ -502,8 +502,8 @@ async def test_metrics_count_invocations_and_refusals() -> None:
 
 
 async def test_metrics_of_a_served_host_show_its_stream_workers() -> None:
-    from runtime.lowlevel import open_host
-    from runtime.testing import MemoryBackbone
+    from thaw.lowlevel import open_host
+    from thaw.testing import MemoryBackbone
 
     hello, _ = load_example("hello")
     async with open_host(hello, MemoryBackbone(), fetch_timeout=0.05) as host:

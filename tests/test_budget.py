@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from runtime._budget import RetryBudget
-from runtime._errors import ConfigError
-from runtime.testing import FakeClock
+from thaw._errors import ConfigError
+from thaw.invocation._budget import RetryBudget
+from thaw.testing import FakeClock
 
 
 def test_retries_within_budget_keep_their_delay() -> None:

@@ -8,7 +8,7 @@ import msgspec
 import pytest
 from change_triggers_contract import ChangeEnv, ChangeTriggerContract
 
-from runtime import (
+from thaw import (
     Access,
     App,
     ConfigError,
@@ -21,10 +21,10 @@ from runtime import (
     objects,
     stream,
 )
-from runtime._changes import shaper_for
-from runtime._provision import apply_plan, plan_for
-from runtime.lowlevel import KvConfig, ObjectStoreConfig, StoredMessage
-from runtime.testing import MemoryBackbone, invoke
+from thaw.declarations._changes import shaper_for
+from thaw.host._provision import apply_plan, plan_for
+from thaw.lowlevel import KvConfig, ObjectStoreConfig, StoredMessage
+from thaw.testing import MemoryBackbone, invoke
 
 _prefixes = itertools.count()
 
@@ -86,7 +86,7 @@ def test_plan_adds_buckets_stores_and_consumers_on_their_streams() -> None:
 
 @pytest.mark.anyio
 async def test_provisioning_twice_confirms_and_starts_workers_for_every_consumer() -> None:
-    from runtime.lowlevel import open_host
+    from thaw.lowlevel import open_host
 
     backbone = MemoryBackbone()
     app = change_app()
@@ -180,7 +180,7 @@ async def test_a_missing_object_is_a_clear_error_for_functions() -> None:
 
 @pytest.mark.anyio
 async def test_deleting_a_bucket_stream_deletes_the_bucket_as_on_jetstream() -> None:
-    from runtime._errors import BucketNotFound
+    from thaw._errors import BucketNotFound
 
     backbone = MemoryBackbone()
     await backbone.add_kv(KvConfig(bucket="cfg"))

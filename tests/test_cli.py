@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from runtime import cli
+from thaw.adapters.cli import command as cli
 
 ROOT = Path(__file__).resolve().parent.parent
 HELLO = str(ROOT / "examples" / "hello")
@@ -141,7 +141,7 @@ def test_list(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_console_script_help() -> None:
     script = Path(sys.executable).parent / "thaw"
-    command = [str(script)] if script.exists() else [sys.executable, "-m", "runtime.cli"]
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "thaw.adapters.cli"]
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     result = subprocess.run(
         [*command, "--help"], capture_output=True, text=True, timeout=60, env=env, check=False
@@ -199,7 +199,7 @@ def test_bench_coldstart_runs_on_a_fresh_user_app(
     app = tmp_path / "mine.py"
     app.write_text(
         "import msgspec\n"
-        "from runtime import App\n"
+        "from thaw import App\n"
         "app = App('mine')\n"
         "class In(msgspec.Struct):\n"
         "    n: int\n"

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from runtime import cli
+from thaw.adapters.cli import command as cli
 
 ROOT = Path(__file__).resolve().parent.parent
 HELLO = str(ROOT / "examples" / "hello")
@@ -58,7 +58,7 @@ def test_serve_runs_until_sigterm_and_drains(tmp_path: Path) -> None:
         [
             sys.executable,
             "-m",
-            "runtime.cli",
+            "thaw.adapters.cli",
             "serve",
             HELLO,
             "--backbone",

@@ -6,10 +6,10 @@ import logging
 
 import pytest
 
-from runtime import App, Context, Event, Ok, Reject, Retry
-from runtime._invoker import Invoker
-from runtime.lowlevel import KvConfig, StreamConfig, parse_traceparent
-from runtime.testing import FakeClock, MemoryBackbone
+from thaw import App, Context, Event, Ok, Reject, Retry
+from thaw.invocation._invoker import Invoker
+from thaw.lowlevel import KvConfig, StreamConfig, parse_traceparent
+from thaw.testing import FakeClock, MemoryBackbone
 
 pytestmark = pytest.mark.anyio
 TRACE = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from runtime._cron import CronSpec, parse_cron
-from runtime._errors import ConfigError
+from thaw._errors import ConfigError
+from thaw.declarations._cron import CronSpec, parse_cron
 
 ALL_MINUTES = frozenset(range(60))
 ALL_HOURS = frozenset(range(24))

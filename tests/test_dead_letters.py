@@ -6,18 +6,18 @@ import anyio
 import msgspec
 import pytest
 
-from runtime import App, Context, Event, Idempotency, Rejected, RetryPolicy, stream
-from runtime._dead_letters import (
+from thaw import App, Context, Event, Idempotency, Rejected, RetryPolicy, stream
+from thaw._errors import MessageNotFound
+from thaw.host._dead_letters import (
     list_dead_letters,
     purge_dead_letters,
     replay_dead_letter,
     show_dead_letter,
 )
-from runtime._errors import MessageNotFound
-from runtime._host import open_host
-from runtime._provision import apply_plan, plan_for
-from runtime.lowlevel import DEAD_LETTER_STREAM, Invoker, StreamWorker
-from runtime.testing import MemoryBackbone
+from thaw.host._host import open_host
+from thaw.host._provision import apply_plan, plan_for
+from thaw.lowlevel import DEAD_LETTER_STREAM, Invoker, StreamWorker
+from thaw.testing import MemoryBackbone
 
 pytestmark = pytest.mark.anyio
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from runtime import Ok, Reject, Retry
-from runtime.lowlevel import Ack, DeadLetter, Nak, dead_letter_headers, decide_stream
+from thaw import Ok, Reject, Retry
+from thaw.lowlevel import Ack, DeadLetter, Nak, dead_letter_headers, decide_stream
 
 
 @pytest.mark.parametrize(

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from runtime import _dev
-from runtime._dev import changed_files, snapshot_files, watched_roots
+from thaw.adapters.cli import dev as _dev
+from thaw.adapters.cli.dev import changed_files, snapshot_files, watched_roots
 
 ROOT = Path(__file__).resolve().parent.parent
 HELLO = ROOT / "examples" / "hello" / "app.py"
@@ -68,7 +68,7 @@ def test_a_huge_tree_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
 @pytest.mark.parametrize("poll", ["0", "-1", "nan", "soon", "61"])
 def test_bad_poll_periods_are_refused(poll: str) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "runtime.cli", "dev", str(HELLO), "--poll", poll],
+        [sys.executable, "-m", "thaw.adapters.cli", "dev", str(HELLO), "--poll", poll],
         capture_output=True,
         text=True,
         timeout=60,
@@ -88,7 +88,7 @@ class Dev:
     def __init__(self, app: Path) -> None:
         self.process = subprocess.Popen(
             [
-                *(sys.executable, "-m", "runtime.cli", "dev", str(app), "--http", "0"),
+                *(sys.executable, "-m", "thaw.adapters.cli", "dev", str(app), "--http", "0"),
                 *("--backbone", "memory", "--poll", "0.1", "--drain-timeout", "2"),
             ],
             stdout=subprocess.PIPE,

@@ -1,6 +1,6 @@
 """The edge host: Thaw inside Pyodide under Node, driven as a subprocess, and its guest in CPython.
 
-The Node tests need the edge cache (``python -m adapters.edge.prepare``, which
+The Node tests need the edge cache (``python -m thaw.adapters.edge.prepare``, which
 ``make test`` runs first). Without it they fail with that instruction; they are
 never skipped.
 """
@@ -21,12 +21,12 @@ import msgspec
 import pytest
 from edge_support import wait_listening
 
-from adapters.edge import prepare
-from adapters.edge._guest import EdgeResponse, open_edge
-from adapters.http.config import HttpConfig
-from runtime import App, http
-from runtime._snapshot_build import build_snapshot
-from runtime.lowlevel import load_app
+from thaw import App, http
+from thaw.adapters.edge import prepare
+from thaw.adapters.edge._guest import EdgeResponse, open_edge
+from thaw.adapters.http.config import HttpConfig
+from thaw.adapters.process.build import build_snapshot
+from thaw.lowlevel import load_app
 
 ROOT = Path(__file__).resolve().parent.parent
 HELLO = str(ROOT / "examples" / "hello")
@@ -217,7 +217,7 @@ def test_wheel_pins_come_from_the_constraints_file() -> None:
 def test_check_names_the_prepare_step_when_the_cache_is_empty(tmp_path: Path) -> None:
     problems = prepare.check(tmp_path)
     assert problems
-    assert all("adapters.edge.prepare" in problem for problem in problems)
+    assert all("thaw.adapters.edge.prepare" in problem for problem in problems)
 
 
 def test_the_closure_check_refuses_a_wheel_whose_requirement_is_missing(tmp_path: Path) -> None:

@@ -2,7 +2,7 @@
 
 Node runs as a subprocess on 127.0.0.1 with bounded waits; each test kills only the
 process it started, by its PID. The Node tests need the edge cache (``python -m
-adapters.edge.prepare``, which ``make test`` runs first) and fail, never skip,
+thaw.adapters.edge.prepare``, which ``make test`` runs first) and fail, never skip,
 without it.
 """
 
@@ -26,23 +26,23 @@ import pytest
 from edge_support import wait_listening
 from nats_fixtures import nats_server, remove_app, wait_until  # noqa: F401
 
-from adapters.edge import cli, prepare
-from adapters.edge.bundle import (
+from thaw.adapters.edge import cli, prepare
+from thaw.adapters.edge.bundle import (
     MANIFEST,
     PYODIDE_FILES,
     BundleManifest,
     build_bundle,
     nats_client_packages,
 )
-from adapters.nats import EmbeddedServer
-from runtime._snapshot_build import build_snapshot
+from thaw.adapters.nats import EmbeddedServer
+from thaw.adapters.process.build import build_snapshot
 
 ROOT = Path(__file__).resolve().parent.parent
 HELLO = str(ROOT / "examples" / "hello")
 # `thaw edge ...` without relying on the entry point being installed.
 HARNESS = (
     "import argparse, sys\n"
-    "from adapters.edge.cli import register\n"
+    "from thaw.adapters.edge.cli import register\n"
     "parser = argparse.ArgumentParser(prog='thaw')\n"
     "register(parser.add_subparsers())\n"
     "args = parser.parse_args(sys.argv[1:])\n"
@@ -207,7 +207,7 @@ def test_build_and_serve_name_the_prepare_step_without_the_cache(
     assert thaw("edge", "serve", HELLO) == cli.EXIT_SETUP
     assert thaw("edge", "build", HELLO, "-o", str(tmp_path / "out")) == cli.EXIT_SETUP
     err = capsys.readouterr().err
-    assert err.count("adapters.edge.prepare") >= 2
+    assert err.count("thaw.adapters.edge.prepare") >= 2
     assert not (tmp_path / "out").exists()
 
 
@@ -317,29 +317,29 @@ def test_preloadable_modules_are_stdlib_source_modules_only() -> None:
 
     import msgspec  # noqa: F401  (a compiled third-party module: never listed)
 
-    from adapters.edge._guest import preloadable_modules
+    from thaw.adapters.edge._guest import preloadable_modules
 
     names = preloadable_modules()
     assert "asyncio" in names
     assert "sys" in names  # built in: no file, safe
-    assert not {"msgspec", "anyio", "runtime", "adapters.edge._guest"} & set(names)
-    assert not [name for name in names if name.startswith(("runtime.", "_pytest", "pytest"))]
+    assert not {"msgspec", "anyio", "thaw", "thaw.adapters.edge._guest"} & set(names)
+    assert not [name for name in names if name.startswith(("thaw.", "_pytest", "pytest"))]
 
 
 def test_preloadable_site_modules_leave_out_distributions_with_compiled_modules() -> None:
     import anyio  # noqa: F401  (pure Python: listed)
     import msgspec  # noqa: F401  (has a compiled module: none of its modules is listed)
 
-    from adapters.edge._guest import preloadable_site_modules
+    from thaw.adapters.edge._guest import preloadable_site_modules
 
     names = preloadable_site_modules()
     assert "anyio" in names
-    assert not [name for name in names if name.partition(".")[0] in {"msgspec", "runtime"}]
+    assert not [name for name in names if name.partition(".")[0] in {"msgspec", "thaw"}]
 
 
 @pytest.mark.anyio
 async def test_a_snapshot_built_in_process_serves_through_the_edge_runtime(tmp_path: Path) -> None:
-    from adapters.edge._guest import EdgeRuntime, build_snapshot_bytes
+    from thaw.adapters.edge._guest import EdgeRuntime, build_snapshot_bytes
 
     snapshot = tmp_path / "hello.snap"
     snapshot.write_bytes(build_snapshot_bytes(HELLO))
@@ -353,7 +353,7 @@ async def test_a_snapshot_built_in_process_serves_through_the_edge_runtime(tmp_p
 
 
 def test_the_webloop_patch_is_a_no_op_outside_pyodide() -> None:
-    from adapters.edge._webloop import patch
+    from thaw.adapters.edge._webloop import patch
 
     assert patch() is False
 
@@ -368,8 +368,8 @@ def test_the_bundle_consumes_jetstream_from_itself(
     import anyio
     import msgspec
 
-    from adapters.nats import open_jetstream_backbone
-    from runtime.lowlevel import (
+    from thaw.adapters.nats import open_jetstream_backbone
+    from thaw.lowlevel import (
         apply_plan,
         load_app,
         plan_for,

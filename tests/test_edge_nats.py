@@ -4,7 +4,7 @@ One edge process (``thaw_edge.mjs serve APP --nats URL``) serves the whole modul
 the app is provisioned from Python first (``apply_plan`` on a JetStreamBackbone;
 the edge provisions nothing), then each test publishes orders and reads what the
 function did from the app's KV ledger, the consumer's state and the dead-letter
-stream. The Node tests need the edge cache (``python -m adapters.edge.prepare``);
+stream. The Node tests need the edge cache (``python -m thaw.adapters.edge.prepare``);
 without it they fail with that instruction, never skip. Waits are bounded polls
 (``wait_until``); nothing sleeps to let a race settle.
 """
@@ -26,11 +26,11 @@ from edge_support import wait_listening
 from nats.aio.msg import Msg
 from nats_fixtures import nats_server, remove_app, wait_until  # noqa: F401
 
-from adapters.edge import prepare
-from adapters.nats import EmbeddedServer, JetStreamBackbone
-from runtime import App, Event, Ok, Reject
-from runtime._provision import idempotency_bucket_for
-from runtime.lowlevel import (
+from thaw import App, Event, Ok, Reject
+from thaw.adapters.edge import prepare
+from thaw.adapters.nats import EmbeddedServer, JetStreamBackbone
+from thaw.host._provision import idempotency_bucket_for
+from thaw.lowlevel import (
     MSG_ID_HEADER,
     TRACEPARENT_HEADER,
     DeadLetter,
@@ -55,7 +55,7 @@ APP_SOURCE = textwrap.dedent(
 
     import msgspec
 
-    from runtime import (
+    from thaw import (
         Access, App, Backoff, Context, Idempotency, KeyExists, Ok, Rejected, RetryLater,
         RetryPolicy, stream,
     )

@@ -8,8 +8,8 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from runtime import App, Context, Event, Ok, Reject, fan_out
-from runtime.lowlevel import Invoker, load_app
+from thaw import App, Context, Event, Ok, Reject, fan_out
+from thaw.lowlevel import Invoker, load_app
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "bff"
 pytestmark = pytest.mark.anyio
@@ -80,8 +80,8 @@ def over_requests(monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-d
 
 
 async def test_page_over_requests_on_the_memory_backbone(over_requests) -> None:  # type: ignore[no-untyped-def]
-    from runtime.lowlevel import open_host
-    from runtime.testing import MemoryBackbone
+    from thaw.lowlevel import open_host
+    from thaw.testing import MemoryBackbone
 
     async with open_host(over_requests.app, MemoryBackbone(), fetch_timeout=0.05) as host:
         page = msgspec.json.decode(
@@ -99,7 +99,7 @@ async def test_page_over_requests_on_the_memory_backbone(over_requests) -> None:
 
 
 async def test_page_over_requests_with_no_back_ends_running(over_requests) -> None:  # type: ignore[no-untyped-def]
-    from runtime.testing import MemoryBackbone
+    from thaw.testing import MemoryBackbone
 
     invoker = Invoker(over_requests.app, backbone=MemoryBackbone())  # no host: nobody answers
     outcome = await invoker.invoke("page", Event(id="r4", data=b'{"user":"u1"}'))

@@ -8,8 +8,8 @@ import anyio
 import msgspec
 import pytest
 
-from runtime.lowlevel import list_dead_letters, load_app, open_host, plan_for
-from runtime.testing import MemoryBackbone
+from thaw.lowlevel import list_dead_letters, load_app, open_host, plan_for
+from thaw.testing import MemoryBackbone
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "notification_fanout"
 pytestmark = pytest.mark.anyio

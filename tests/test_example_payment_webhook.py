@@ -16,8 +16,8 @@ from example_loader import load_example
 from hypothesis import event, given
 from hypothesis import strategies as st
 
-from runtime import App, Event, Ok, Reject, Retry
-from runtime.lowlevel import (
+from thaw import App, Event, Ok, Reject, Retry
+from thaw.lowlevel import (
     ConsumerConfig,
     Invoker,
     KeyValue,
@@ -25,7 +25,7 @@ from runtime.lowlevel import (
     StreamConfig,
     StreamWorker,
 )
-from runtime.testing import MemoryBackbone
+from thaw.testing import MemoryBackbone
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "payment_webhook"
 SECRET = "whsec_test_secret"

@@ -22,9 +22,9 @@ import pytest
 from example_loader import load_example
 from nats_fixtures import nats_server, remove_app, wait_until  # noqa: F401
 
-from adapters.http import open_http_server
-from adapters.nats import EmbeddedServer, JetStreamBackbone
-from runtime.lowlevel import (
+from thaw.adapters.http import open_http_server
+from thaw.adapters.nats import EmbeddedServer, JetStreamBackbone
+from thaw.lowlevel import (
     Host,
     list_dead_letters,
     open_host,

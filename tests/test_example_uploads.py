@@ -7,8 +7,8 @@ import msgspec
 import pytest
 from example_loader import load_example
 
-from runtime.lowlevel import ObjectStoreConfig, list_dead_letters, open_host, plan_for
-from runtime.testing import MemoryBackbone
+from thaw.lowlevel import ObjectStoreConfig, list_dead_letters, open_host, plan_for
+from thaw.testing import MemoryBackbone
 
 pytestmark = pytest.mark.anyio
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from example_loader import FROM_SNAPSHOT, load_example
 
-from runtime import Ok, Reject
-from runtime.testing import invoke
+from thaw import Ok, Reject
+from thaw.testing import invoke
 
 ROOT = Path(__file__).resolve().parent.parent
 HELLO = ROOT / "examples" / "hello"

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import runtime
-import runtime.lowlevel
-import runtime.testing
+import thaw
+import thaw.lowlevel
+import thaw.testing
 
 
 def test_function_author_surface() -> None:
-    assert sorted(runtime.__all__) == sorted(
+    assert sorted(thaw.__all__) == sorted(
         [
             "Access",
             "App",
@@ -51,7 +51,7 @@ def test_function_author_surface() -> None:
 
 
 def test_testing_surface() -> None:
-    assert sorted(runtime.testing.__all__) == [
+    assert sorted(thaw.testing.__all__) == [
         "FakeClock",
         "MemoryBackbone",
         "MemoryIdempotencyStore",
@@ -61,14 +61,14 @@ def test_testing_surface() -> None:
 
 
 def test_every_exported_name_exists() -> None:
-    for module in (runtime, runtime.lowlevel, runtime.testing):
+    for module in (thaw, thaw.lowlevel, thaw.testing):
         missing = [name for name in module.__all__ if not hasattr(module, name)]
         assert missing == [], module.__name__
         assert len(set(module.__all__)) == len(module.__all__), module.__name__
 
 
 def test_adapter_author_surface() -> None:
-    assert sorted(runtime.lowlevel.__all__) == [
+    assert sorted(thaw.lowlevel.__all__) == [
         "AccessDenied",
         "Ack",
         "AppLoadError",
@@ -76,7 +76,6 @@ def test_adapter_author_surface() -> None:
         "BackboneError",
         "BucketNotFound",
         "BudgetStatistics",
-        "BuildResult",
         "CapabilitySpec",
         "Claim",
         "Clock",
@@ -169,7 +168,6 @@ def test_adapter_author_surface() -> None:
         "answer_outcome",
         "apply_plan",
         "available_backbones",
-        "build_snapshot",
         "dead_letter_headers",
         "dead_letter_subject",
         "decide_stream",

@@ -6,12 +6,12 @@ import anyio
 import msgspec
 import pytest
 
-from runtime import Access, App, Context, Event, Idempotency, Ok, Reject, RetryPolicy, stream
-from runtime._errors import ConfigError, DefinitionConflict
-from runtime._host import open_host
-from runtime._provision import apply_plan, idempotency_bucket_for, plan_for
-from runtime.lowlevel import DEAD_LETTER_STREAM, StreamConfig
-from runtime.testing import MemoryBackbone
+from thaw import Access, App, Context, Event, Idempotency, Ok, Reject, RetryPolicy, stream
+from thaw._errors import ConfigError, DefinitionConflict
+from thaw.host._host import open_host
+from thaw.host._provision import apply_plan, idempotency_bucket_for, plan_for
+from thaw.lowlevel import DEAD_LETTER_STREAM, StreamConfig
+from thaw.testing import MemoryBackbone
 
 pytestmark = pytest.mark.anyio
 
@@ -101,7 +101,7 @@ async def test_access_denies_undeclared_subjects_and_buckets() -> None:
     async def bucketeer(ctx: Context) -> None:
         await ctx.kv("secrets")
 
-    from runtime.lowlevel import Invoker
+    from thaw.lowlevel import Invoker
 
     invoker = Invoker(app, backbone=backbone)
     outcome = await invoker.invoke("sneaky", Event(id="1"))

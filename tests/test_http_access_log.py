@@ -10,10 +10,10 @@ import msgspec
 import pytest
 from test_http_support import RawClient, request, serving
 
-from adapters.http import HttpConfig
-from adapters.http._wire import Request
-from adapters.http.access_log import MAX_TARGET, StreamAccessLog, access_line, clean_target
-from runtime import App, ConfigError, Context, http
+from thaw import App, ConfigError, Context, http
+from thaw.adapters.http import HttpConfig
+from thaw.adapters.http._wire import Request
+from thaw.adapters.http.access_log import MAX_TARGET, StreamAccessLog, access_line, clean_target
 
 pytestmark = pytest.mark.anyio
 LOGGER = "thaw.http.access"

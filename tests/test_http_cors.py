@@ -8,8 +8,8 @@ import msgspec
 import pytest
 from test_http_support import RawClient, request, serving
 
-from adapters.http.cors import CorsPolicy, actual_headers, is_preflight, preflight
-from runtime import App, ConfigError, Cors, http
+from thaw import App, ConfigError, Cors, http
+from thaw.adapters.http.cors import CorsPolicy, actual_headers, is_preflight, preflight
 
 APP_ORIGIN = "https://app.example"
 

@@ -9,10 +9,10 @@ import msgspec
 import pytest
 from test_http_support import WAIT, RawClient, Reply, request
 
-from adapters.http import HttpConfig, HttpService, open_http_server
-from adapters.http.intake import status_id
-from runtime import App, ConfigError, Idempotency, http, stream
-from runtime.lowlevel import Invoker, MemoryBackbone, open_host
+from thaw import App, ConfigError, Idempotency, http, stream
+from thaw.adapters.http import HttpConfig, HttpService, open_http_server
+from thaw.adapters.http.intake import status_id
+from thaw.lowlevel import Invoker, MemoryBackbone, open_host
 
 pytestmark = pytest.mark.anyio
 

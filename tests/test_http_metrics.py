@@ -10,17 +10,17 @@ import msgspec
 import pytest
 from test_http_support import RawClient, request, serving
 
-from adapters.http import HttpConfig
-from adapters.http.metrics import (
+from thaw import App, Rejected
+from thaw import http as http_trigger
+from thaw.adapters.http import HttpConfig
+from thaw.adapters.http.metrics import (
     BUCKETS,
     CapabilityMetrics,
     ServerCounters,
     escape_label,
     render,
 )
-from runtime import App, Rejected
-from runtime import http as http_trigger
-from runtime.lowlevel import Invoker
+from thaw.lowlevel import Invoker
 
 pytestmark = pytest.mark.anyio
 
@@ -203,17 +203,17 @@ def test_label_values_and_help_are_escaped() -> None:
 
 def test_the_exposition_needs_no_server() -> None:
     app = metered_app()
-    from adapters.http import HttpService
+    from thaw.adapters.http import HttpService
 
     service = HttpService(Invoker(app), config=HttpConfig())
     assert service.router.routes[0].metrics is service.metrics["place"]
 
 
 async def test_a_served_host_exposes_its_stream_workers() -> None:
-    from adapters.http import open_http_server
-    from runtime import RetryPolicy, stream
-    from runtime.lowlevel import open_host
-    from runtime.testing import MemoryBackbone
+    from thaw import RetryPolicy, stream
+    from thaw.adapters.http import open_http_server
+    from thaw.lowlevel import open_host
+    from thaw.testing import MemoryBackbone
 
     app = App("streamed")
 

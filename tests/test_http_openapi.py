@@ -10,10 +10,10 @@ import msgspec
 import pytest
 from test_http_support import RawClient, request, serving
 
-from adapters.http import HttpConfig
-from adapters.http.openapi import openapi_document
-from runtime import App, http, stream
-from runtime.lowlevel import load_app
+from thaw import App, http, stream
+from thaw.adapters.http import HttpConfig
+from thaw.adapters.http.openapi import openapi_document
+from thaw.lowlevel import load_app
 
 ROOT = Path(__file__).resolve().parent.parent
 

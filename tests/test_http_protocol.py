@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_http_support import WAIT, RawClient, request, serving
 
-from adapters.http import HttpConfig, Request, Response
+from thaw.adapters.http import HttpConfig, Request, Response
 
 pytestmark = pytest.mark.anyio
 

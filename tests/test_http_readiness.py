@@ -12,10 +12,10 @@ import msgspec
 import pytest
 from test_http_support import RawClient, request
 
-from adapters.http import open_http_server
-from adapters.nats import EmbeddedServer, JetStreamBackbone, ServerConfig
-from runtime import App, http
-from runtime.lowlevel import Invoker, MemoryBackbone, open_host
+from thaw import App, http
+from thaw.adapters.http import open_http_server
+from thaw.adapters.nats import EmbeddedServer, JetStreamBackbone, ServerConfig
+from thaw.lowlevel import Invoker, MemoryBackbone, open_host
 
 pytestmark = pytest.mark.anyio
 OUTAGE_LIMIT = 30.0  # bound on waiting for the client to notice the outage / reconnect

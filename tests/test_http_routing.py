@@ -10,18 +10,18 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from adapters.http import HttpConfig, Response, Route, compile_router
-from adapters.http._wire import response_from_answer
-from adapters.http.routing import EventIds, _Refused
-from runtime import App, ConfigError, Event, Ok, Reject, Retry, http
-from runtime._http_decisions import (
+from thaw import App, ConfigError, Event, Ok, Reject, Retry, http
+from thaw.adapters.http import HttpConfig, Response, Route, compile_router
+from thaw.adapters.http._wire import response_from_answer
+from thaw.adapters.http.routing import EventIds, _Refused
+from thaw.decisions._http import (
     answer_outcome,
     keep_alive,
     problem_answer,
     retry_after_seconds,
     status_for,
 )
-from runtime.lowlevel import Invoker
+from thaw.lowlevel import Invoker
 
 
 class Query(msgspec.Struct, frozen=True):
@@ -147,7 +147,7 @@ def test_head_is_served_by_get_and_options_by_the_router() -> None:
 
 
 def test_routes_colliding_with_operational_paths_are_refused() -> None:
-    from adapters.http import HttpService
+    from thaw.adapters.http import HttpService
 
     clash = App("clash")
 

@@ -20,11 +20,11 @@ import pytest
 from example_loader import load_example
 from test_http_support import WAIT, RawClient, request, serving
 
-from adapters.http import HttpConfig, HttpServer, open_http_server, serve_http
-from runtime import App
-from runtime import http as http_trigger
-from runtime._host import open_host
-from runtime.lowlevel import Invoker, MemoryBackbone
+from thaw import App
+from thaw import http as http_trigger
+from thaw.adapters.http import HttpConfig, HttpServer, open_http_server, serve_http
+from thaw.host._host import open_host
+from thaw.lowlevel import Invoker, MemoryBackbone
 
 pytestmark = pytest.mark.anyio
 ROOT = Path(__file__).resolve().parent.parent
@@ -260,7 +260,14 @@ def _wait_for_line(process: subprocess.Popen[str], predicate: Callable[[str], bo
 def test_python_m_adapters_http_serves_and_stops_on_sigterm() -> None:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     process = subprocess.Popen(
-        [sys.executable, "-m", "adapters.http", str(ROOT / "examples" / "hello"), "--port", "0"],
+        [
+            sys.executable,
+            "-m",
+            "thaw.adapters.http",
+            str(ROOT / "examples" / "hello"),
+            "--port",
+            "0",
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

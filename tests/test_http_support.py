@@ -18,10 +18,10 @@ import httptools
 import msgspec
 import pytest
 
-from adapters.http import HttpConfig, HttpServer, open_http_server, open_service_server
-from adapters.http.protocol import Service
-from runtime import App
-from runtime.lowlevel import Invoker
+from thaw import App
+from thaw.adapters.http import HttpConfig, HttpServer, open_http_server, open_service_server
+from thaw.adapters.http.protocol import Service
+from thaw.lowlevel import Invoker
 
 WAIT = 5.0  # the bound on any single wait in these tests
 

@@ -10,10 +10,10 @@ import msgspec
 import pytest
 from test_http_support import RawClient, request, serving
 
-from adapters.http import HttpConfig, HttpService
-from adapters.http.webhooks import SignatureVerifier, load_secret, sign
-from runtime import App, ConfigError, Webhook, http
-from runtime.lowlevel import Invoker, MemoryIdempotencyStore
+from thaw import App, ConfigError, Webhook, http
+from thaw.adapters.http import HttpConfig, HttpService
+from thaw.adapters.http.webhooks import SignatureVerifier, load_secret, sign
+from thaw.lowlevel import Invoker, MemoryIdempotencyStore
 
 pytestmark = pytest.mark.anyio
 SECRET = "whsec_test_0123456789"

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from runtime import cli
-from runtime._supervise import (
+from thaw.adapters.cli import command as cli
+from thaw.adapters.cli.supervise import (
     BACKOFF_MAX,
     RESTART_LIMIT,
     RESTART_WINDOW,
@@ -135,7 +135,16 @@ class Lines:
 @contextmanager
 def serving(tmp_path: Path, *extra: str) -> Iterator[tuple[subprocess.Popen[str], Lines]]:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    command = [sys.executable, "-m", "runtime.cli", "serve", HELLO, "--http", "0", *extra]
+    command = [
+        sys.executable,
+        "-m",
+        "thaw.adapters.cli",
+        "serve",
+        HELLO,
+        "--http",
+        "0",
+        *extra,
+    ]
     process = subprocess.Popen(
         command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path
     )

@@ -8,9 +8,9 @@ import anyio
 import msgspec
 import pytest
 
-from runtime import App, Event, Idempotency, Ok, Reject, Retry, RetryPolicy
-from runtime._invoker import Invoker
-from runtime.testing import FakeClock, MemoryIdempotencyStore
+from thaw import App, Event, Idempotency, Ok, Reject, Retry, RetryPolicy
+from thaw.invocation._invoker import Invoker
+from thaw.testing import FakeClock, MemoryIdempotencyStore
 
 pytestmark = pytest.mark.anyio
 

@@ -10,11 +10,11 @@ import msgspec
 import pytest
 from snapshot_apps import build, write_app
 
-from runtime import Event, Ok, Retry
-from runtime._errors import ConfigError
-from runtime._instances import InstancePool
-from runtime._revision import Revision, load_revision
-from runtime.testing import FakeClock
+from thaw import Event, Ok, Retry
+from thaw._errors import ConfigError
+from thaw.host._instances import InstancePool
+from thaw.snapshots._revision import Revision, load_revision
+from thaw.testing import FakeClock
 
 pytestmark = pytest.mark.anyio
 HELLO = Event(id="e", data=b'{"who": "ada"}')

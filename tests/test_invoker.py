@@ -9,7 +9,7 @@ import anyio
 import msgspec
 import pytest
 
-from runtime import (
+from thaw import (
     App,
     Backoff,
     Context,
@@ -21,8 +21,8 @@ from runtime import (
     RetryLater,
     RetryPolicy,
 )
-from runtime._invoker import Invoker
-from runtime.testing import FakeClock
+from thaw.invocation._invoker import Invoker
+from thaw.testing import FakeClock
 
 pytestmark = pytest.mark.anyio
 
@@ -443,7 +443,7 @@ async def test_rejected_with_its_own_http_status_keeps_it() -> None:
 
     outcome = await make_invoker(app).invoke("gone", event())
     assert outcome == Reject("order_archived", "this order was archived", 1, 410)
-    from runtime.lowlevel import answer_outcome
+    from thaw.lowlevel import answer_outcome
 
     assert answer_outcome(outcome).status == 410
 
@@ -455,7 +455,7 @@ class FailingStore:
     """A MemoryIdempotencyStore whose chosen operations raise BackboneError."""
 
     def __init__(self, *failing: str) -> None:
-        from runtime.testing import MemoryIdempotencyStore
+        from thaw.testing import MemoryIdempotencyStore
 
         self._store = MemoryIdempotencyStore()
         self._failing = set(failing)
@@ -464,7 +464,7 @@ class FailingStore:
         if name in self._failing:
 
             async def fail(*args: object, **kwargs: object) -> None:
-                from runtime.lowlevel import BackboneError
+                from thaw.lowlevel import BackboneError
 
                 raise BackboneError(f"{name}: JetStream did not answer in time (a test)")
 
@@ -473,7 +473,7 @@ class FailingStore:
 
 
 def counting_app(calls: list[str], *, fail: bool = False) -> App:
-    from runtime import Idempotency
+    from thaw import Idempotency
 
     app = App("stores")
 

@@ -10,8 +10,8 @@ import msgspec
 from hypothesis import given
 from hypothesis import strategies as st
 
-from runtime import App, Context, Event, Ok, Reject, Retry
-from runtime._invoker import Invoker
+from thaw import App, Context, Event, Ok, Reject, Retry
+from thaw.invocation._invoker import Invoker
 
 
 class Address(msgspec.Struct, frozen=True):

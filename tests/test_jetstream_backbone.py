@@ -18,7 +18,8 @@ from nats_fixtures import (  # noqa: F401
     wait_until,
 )
 
-from adapters.nats import (
+from thaw import ConfigError
+from thaw.adapters.nats import (
     EmbeddedServer,
     JetStreamBackbone,
     JetStreamOptions,
@@ -27,9 +28,8 @@ from adapters.nats import (
     open_embedded_cluster,
     open_jetstream_backbone,
 )
-from adapters.nats.server import pick_free_ports
-from runtime import ConfigError
-from runtime.lowlevel import (
+from thaw.adapters.nats.server import pick_free_ports
+from thaw.lowlevel import (
     BackboneError,
     ConsumerConfig,
     DefinitionConflict,
@@ -295,9 +295,9 @@ async def test_on_a_cluster_streams_and_buckets_are_replicated_and_usable_at_onc
 
 
 def test_the_package_exports_what_it_documents() -> None:
-    import adapters.nats
+    import thaw.adapters.nats
 
-    assert sorted(adapters.nats.__all__) == [
+    assert sorted(thaw.adapters.nats.__all__) == [
         "ClusterSettings",
         "EmbeddedCluster",
         "EmbeddedServer",

@@ -8,10 +8,10 @@ import anyio
 import msgspec
 import pytest
 
-from runtime import App, Event, Idempotency, Ok
-from runtime._kv_idempotency import IDEMPOTENCY_BUCKET, KvIdempotencyStore
-from runtime.lowlevel import Invoker, KvConfig
-from runtime.testing import MemoryBackbone
+from thaw import App, Event, Idempotency, Ok
+from thaw.invocation._kv_idempotency import IDEMPOTENCY_BUCKET, KvIdempotencyStore
+from thaw.lowlevel import Invoker, KvConfig
+from thaw.testing import MemoryBackbone
 
 pytestmark = pytest.mark.anyio
 

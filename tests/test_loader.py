@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from runtime._app import App
-from runtime._errors import AppLoadError
-from runtime._loader import load_app
+from thaw._errors import AppLoadError
+from thaw.declarations._app import App
+from thaw.declarations._loader import load_app
 
 
 @pytest.fixture(autouse=True)
@@ -38,7 +38,7 @@ def write(path: Path, source: str) -> Path:
 
 
 def app_source(name: str) -> str:
-    return f"from runtime import App\n\napp = App({name!r})\n"
+    return f"from thaw import App\n\napp = App({name!r})\n"
 
 
 # -- accepted forms ----------------------------------------------------------------
@@ -59,7 +59,7 @@ def test_a_file_may_import_its_neighbours(tmp_path: Path) -> None:
         tmp_path / "main.py",
         """
         from names_for_loader_test import NAME
-        from runtime import App
+        from thaw import App
 
         app = App(NAME)
         """,
@@ -78,7 +78,7 @@ def test_loads_a_package_whose_init_uses_a_relative_import(tmp_path: Path) -> No
     write(
         tmp_path / "orders_pkg" / "__init__.py",
         """
-        from runtime import App
+        from thaw import App
 
         from .names import NAME
 
@@ -95,7 +95,7 @@ def test_loads_the_app_submodule_of_a_package(tmp_path: Path) -> None:
     write(
         tmp_path / "stock_pkg" / "app.py",
         """
-        from runtime import App
+        from thaw import App
 
         from .names import NAME
 
@@ -110,7 +110,7 @@ def test_module_and_attribute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     write(
         tmp_path / "loader_test_mod.py",
         """
-        from runtime import App
+        from thaw import App
 
         public = App("public")
         admin = App("admin")
@@ -129,7 +129,7 @@ def test_file_and_name_picks_one_of_several_apps(tmp_path: Path) -> None:
     path = write(
         tmp_path / "both.py",
         """
-        from runtime import App
+        from thaw import App
 
         public = App("public")
         admin = App("admin")
@@ -140,7 +140,7 @@ def test_file_and_name_picks_one_of_several_apps(tmp_path: Path) -> None:
 
 
 def test_a_single_app_is_found_under_any_variable_name(tmp_path: Path) -> None:
-    path = write(tmp_path / "single.py", "from runtime import App\n\nservice = App('only')\n")
+    path = write(tmp_path / "single.py", "from thaw import App\n\nservice = App('only')\n")
     assert load_app(str(path)).name == "only"
 
 
@@ -148,7 +148,7 @@ def test_a_variable_named_app_wins_over_other_apps(tmp_path: Path) -> None:
     path = write(
         tmp_path / "several.py",
         """
-        from runtime import App
+        from thaw import App
 
         helper = App("helper")
         app = App("main")
@@ -173,7 +173,7 @@ def test_two_packages_with_the_same_folder_name_give_two_apps(tmp_path: Path) ->
         write(tmp_path / side / "svc_pkg" / "names.py", f"NAME = {side!r}\n")
         write(
             tmp_path / side / "svc_pkg" / "app.py",
-            "from runtime import App\n\nfrom .names import NAME\n\napp = App(NAME)\n",
+            "from thaw import App\n\nfrom .names import NAME\n\napp = App(NAME)\n",
         )
     assert load_app(str(tmp_path / "left" / "svc_pkg")).name == "left"
     assert load_app(str(tmp_path / "right" / "svc_pkg")).name == "right"
@@ -223,7 +223,7 @@ def test_not_a_python_file(tmp_path: Path) -> None:
 
 
 def test_module_without_an_app(tmp_path: Path) -> None:
-    path = write(tmp_path / "plain.py", "from runtime import App\n\nVALUE = 1\n")
+    path = write(tmp_path / "plain.py", "from thaw import App\n\nVALUE = 1\n")
     with pytest.raises(AppLoadError, match="defines no App; create one with app = App"):
         load_app(str(path))
 
@@ -238,7 +238,7 @@ def test_several_apps_without_a_name(tmp_path: Path) -> None:
     path = write(
         tmp_path / "pair.py",
         """
-        from runtime import App
+        from thaw import App
 
         public = App("public")
         admin = App("admin")
@@ -267,7 +267,7 @@ def test_missing_dependency_is_not_mistaken_for_a_missing_app(tmp_path: Path) ->
 
 
 def test_syntax_error(tmp_path: Path) -> None:
-    path = write(tmp_path / "typo.py", "from runtime import App\napp = App('x'\n")
+    path = write(tmp_path / "typo.py", "from thaw import App\napp = App('x'\n")
     with pytest.raises(AppLoadError, match="SyntaxError") as info:
         load_app(str(path))
     assert isinstance(info.value.__cause__, SyntaxError)
@@ -277,7 +277,7 @@ def test_syntax_error(tmp_path: Path) -> None:
 def test_attribute_that_is_not_an_app(tmp_path: Path, attribute: str) -> None:
     path = write(
         tmp_path / "attrs.py",
-        "from runtime import App\n\napp = App('real')\nhelper = 42\n",
+        "from thaw import App\n\napp = App('real')\nhelper = 42\n",
     )
     with pytest.raises(AppLoadError, match=f"{attribute!r} is not an App"):
         load_app(f"{path}:{attribute}")

@@ -13,15 +13,15 @@ from backbone_contract import BackboneContract
 from hypothesis import given
 from hypothesis import strategies as st
 
-from runtime._backbone import Backbone, ConsumerConfig, KvConfig, Message, StreamConfig
-from runtime._clock import FakeClock, SystemClock
-from runtime._errors import (
+from thaw._clock import FakeClock, SystemClock
+from thaw._errors import (
     BackboneError,
     ConfigError,
     DefinitionConflict,
     StreamNotFound,
 )
-from runtime._memory_backbone import MemoryBackbone, MemoryBackboneStatistics
+from thaw.backbone._contract import Backbone, ConsumerConfig, KvConfig, Message, StreamConfig
+from thaw.backbone.memory._backbone import MemoryBackbone, MemoryBackboneStatistics
 
 _PATIENCE = 10_000  # checkpoints to wait for a condition before calling it a hang
 

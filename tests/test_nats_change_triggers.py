@@ -6,8 +6,8 @@ import pytest
 from change_triggers_contract import ChangeEnv, ChangeTriggerContract, Seen, uploads_app
 from nats_fixtures import JetStreamHarness, jetstream_harness, nats_server  # noqa: F401
 
-from runtime._changes import object_digest
-from runtime.lowlevel import ObjectNotFound, ObjectStoreConfig, open_host
+from thaw.backbone._buckets import object_digest
+from thaw.lowlevel import ObjectNotFound, ObjectStoreConfig, open_host
 
 pytestmark = pytest.mark.anyio
 

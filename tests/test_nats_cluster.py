@@ -29,10 +29,10 @@ import nats.js.errors
 import pytest
 from nats_fixtures import wait_until
 
-from adapters.nats import JetStreamBackbone, JetStreamOptions, open_embedded_cluster
-from adapters.nats.cluster import EmbeddedCluster
-from runtime import Access, App, Backoff, Context, Idempotency, KeyExists, RetryPolicy, stream
-from runtime.lowlevel import (
+from thaw import Access, App, Backoff, Context, Idempotency, KeyExists, RetryPolicy, stream
+from thaw.adapters.nats import JetStreamBackbone, JetStreamOptions, open_embedded_cluster
+from thaw.adapters.nats.cluster import EmbeddedCluster
+from thaw.lowlevel import (
     BackboneError,
     Host,
     NoStreamForSubject,

@@ -7,9 +7,9 @@ import uuid
 import pytest
 from nats_fixtures import delete_new_streams, nats_server, stream_names  # noqa: F401
 
-from adapters.nats import EmbeddedServer, JetStreamBackbone
-from runtime import Access, App, Idempotency, stream
-from runtime.lowlevel import DEAD_LETTER_STREAM, apply_plan, plan_for
+from thaw import Access, App, Idempotency, stream
+from thaw.adapters.nats import EmbeddedServer, JetStreamBackbone
+from thaw.lowlevel import DEAD_LETTER_STREAM, apply_plan, plan_for
 
 pytestmark = pytest.mark.anyio
 

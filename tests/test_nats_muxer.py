@@ -19,11 +19,11 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats_fixtures import nats_server  # noqa: F401
 
-from adapters.nats import EmbeddedServer, JetStreamBackbone, ServerConfig
-from adapters.nats._errors import translated
-from adapters.nats._request_mux import RequestLost, RequestMux, header_block
-from adapters.nats.connection import JetStreamOptions
-from runtime.lowlevel import BackboneError, KvConfig
+from thaw.adapters.nats import EmbeddedServer, JetStreamBackbone, ServerConfig
+from thaw.adapters.nats._errors import translated
+from thaw.adapters.nats._request_mux import RequestLost, RequestMux, header_block
+from thaw.adapters.nats.connection import JetStreamOptions
+from thaw.lowlevel import BackboneError, KvConfig
 
 pytestmark = pytest.mark.anyio
 GUARD = 30.0  # seconds: only against hangs, never a measurement

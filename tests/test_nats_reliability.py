@@ -33,8 +33,7 @@ from nats_fixtures import (  # noqa: F401
     wait_until,
 )
 
-from adapters.nats import EmbeddedServer, JetStreamBackbone, ServerConfig, open_jetstream_backbone
-from runtime import (
+from thaw import (
     Access,
     App,
     Backoff,
@@ -45,7 +44,13 @@ from runtime import (
     RetryPolicy,
     stream,
 )
-from runtime.lowlevel import (
+from thaw.adapters.nats import (
+    EmbeddedServer,
+    JetStreamBackbone,
+    ServerConfig,
+    open_jetstream_backbone,
+)
+from thaw.lowlevel import (
     BackboneError,
     Host,
     RetryBudget,

@@ -10,10 +10,10 @@ import msgspec
 import pytest
 from nats_fixtures import nats_server  # noqa: F401
 
-from adapters.nats import EmbeddedServer, JetStreamBackbone
-from adapters.nats.services import open_subject_services
-from runtime import DeadlineExceeded, Event, Ok, Reject
-from runtime.lowlevel import Invoker, NoResponders, load_app
+from thaw import DeadlineExceeded, Event, Ok, Reject
+from thaw.adapters.nats import EmbeddedServer, JetStreamBackbone
+from thaw.adapters.nats.services import open_subject_services
+from thaw.lowlevel import Invoker, NoResponders, load_app
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "bff"
 pytestmark = pytest.mark.anyio
@@ -86,8 +86,8 @@ async def test_a_provisioned_host_answers_its_own_pages_over_nats(
 ) -> None:
     # What `thaw serve examples/bff` does with BFF_BACKENDS=nats: provision, then answer
     # the subject triggers; nothing provisioned may capture the request subjects.
-    from adapters.nats.services import open_host_subject_services
-    from runtime.lowlevel import open_host, plan_for
+    from thaw.adapters.nats.services import open_host_subject_services
+    from thaw.lowlevel import open_host, plan_for
 
     captured = [subject for config in plan_for(bff.app).streams for subject in config.subjects]
     assert not any(subject.startswith("bff.") for subject in captured), captured

@@ -15,7 +15,7 @@ import pytest
 from nats.js import JetStreamContext
 from nats.js.api import PubAck, StreamConfig
 
-from adapters.nats import (
+from thaw.adapters.nats import (
     EmbeddedCluster,
     EmbeddedServer,
     NatsServerFailed,

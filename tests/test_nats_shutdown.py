@@ -22,9 +22,9 @@ import msgspec
 import pytest
 from nats_fixtures import wait_until
 
-from adapters.nats import open_backbone, open_embedded_server
-from runtime import App, stream
-from runtime.lowlevel import open_host
+from thaw import App, stream
+from thaw.adapters.nats import open_backbone, open_embedded_server
+from thaw.lowlevel import open_host
 
 ROOT = Path(__file__).resolve().parent.parent
 HELLO = str(ROOT / "examples" / "hello")
@@ -94,7 +94,7 @@ def _wait_for_line(process: subprocess.Popen[str], needle: str, *, timeout: floa
 def test_ctrl_c_to_thaw_serve_drains_and_stops_without_connection_noise(tmp_path: Path) -> None:
     """SIGINT to the process group, as a terminal sends it, reaches Thaw and not its server."""
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    command = [sys.executable, "-m", "runtime.cli", "serve", HELLO, "--no-http"]
+    command = [sys.executable, "-m", "thaw.adapters.cli", "serve", HELLO, "--no-http"]
     command += ["--state-dir", str(tmp_path / "state")]
     process = subprocess.Popen(
         command,

@@ -14,16 +14,16 @@ import pytest
 from nats.aio.client import Client
 from nats_fixtures import nats_server  # noqa: F401
 
-from adapters.nats import EmbeddedServer
-from adapters.nats.services import (
+from thaw import App, Context, Ok, Reject, Rejected, Retry, subject
+from thaw.adapters.nats import EmbeddedServer
+from thaw.adapters.nats.services import (
     ERROR_CODE_HEADER,
     ERROR_HEADER,
     SubjectServices,
     open_subject_services,
     service_reply,
 )
-from runtime import App, Context, Ok, Reject, Rejected, Retry, subject
-from runtime.lowlevel import Invoker
+from thaw.lowlevel import Invoker
 
 pytestmark = pytest.mark.anyio
 

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from runtime._errors import ConfigError
-from runtime._policy import Backoff, Idempotency, Policy, RetryPolicy
+from thaw._errors import ConfigError
+from thaw.declarations._policy import Backoff, Idempotency, Policy, RetryPolicy
 
 backoffs = st.builds(
     Backoff,

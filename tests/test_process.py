@@ -18,16 +18,16 @@ import anyio.abc
 import msgspec
 import pytest
 
-from runtime import Event, Ok, Reject, Retry
-from runtime._backbone import StreamConfig
-from runtime._errors import ConfigError
-from runtime._instances import InstancePool
-from runtime._memory_backbone import MemoryBackbone
-from runtime._process import ProcessPool, fork_and_answer
-from runtime._process_wire import _Answer, _Channel, _frame, _ProtocolError
-from runtime._revision import Revision, load_revision
-from runtime._snapshot_build import build_snapshot
-from runtime.testing import FakeClock
+from thaw import Event, Ok, Reject, Retry
+from thaw._errors import ConfigError
+from thaw.adapters.process.build import build_snapshot
+from thaw.adapters.process.pool import ProcessPool, fork_and_answer
+from thaw.adapters.process.wire import _Answer, _Channel, _frame, _ProtocolError
+from thaw.backbone._contract import StreamConfig
+from thaw.backbone.memory._backbone import MemoryBackbone
+from thaw.host._instances import InstancePool
+from thaw.snapshots._revision import Revision, load_revision
+from thaw.testing import FakeClock
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="forks (Linux)")
 ROOT = Path(__file__).resolve().parent.parent
@@ -40,7 +40,7 @@ import time
 
 import msgspec
 
-from runtime import App, Context
+from thaw import App, Context
 
 app = App("forked")
 COUNTER = 0
@@ -136,8 +136,8 @@ ORPHAN = """
 import os, sys
 import anyio
 import anyio.abc
-from runtime._process import ProcessPool
-from runtime._revision import load_revision
+from thaw.adapters.process.pool import ProcessPool
+from thaw.snapshots._revision import load_revision
 
 async def main():
     pool = ProcessPool(load_revision(sys.argv[1], data_dir=sys.argv[2]))
@@ -628,8 +628,8 @@ def test_bad_options_are_config_errors(revision: Revision) -> None:
 
 def test_the_core_never_imports_the_process_module() -> None:
     script = (
-        "import sys, runtime, runtime.lowlevel, runtime.testing, runtime._instances\n"
-        "print('runtime._process' in sys.modules)"
+        "import sys, thaw, thaw.lowlevel, thaw.testing, thaw.host._instances\n"
+        "print('thaw.adapters.process.pool' in sys.modules)"
     )
     done = subprocess.run(
         [sys.executable, "-c", script],

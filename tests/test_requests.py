@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from runtime import (
+from thaw import (
     Access,
     App,
     ConfigError,
@@ -22,7 +22,7 @@ from runtime import (
     Retry,
     subject,
 )
-from runtime.lowlevel import (
+from thaw.lowlevel import (
     ERROR_CODE_HEADER,
     ERROR_HEADER,
     STATUS_HEADER,
@@ -35,7 +35,7 @@ from runtime.lowlevel import (
     outcome_of_reply,
     service_reply,
 )
-from runtime.testing import MemoryBackbone
+from thaw.testing import MemoryBackbone
 
 pytestmark = pytest.mark.anyio
 
@@ -194,7 +194,7 @@ def services_app() -> App:
     @app.capability(subject("math.double"), timeout=1.0)
     async def double(ask: Ask) -> int:
         if ask.n < 0:
-            from runtime import Rejected
+            from thaw import Rejected
 
             raise Rejected("negative numbers are not served", code="negative")
         return ask.n * 2
@@ -285,7 +285,7 @@ async def test_access_lists_and_backbones_without_requests_give_clear_errors() -
 
 
 def test_request_subjects_are_their_own_allow_list_and_never_provisioned() -> None:
-    from runtime.lowlevel import plan_for
+    from thaw.lowlevel import plan_for
 
     app = App("asks")
 

@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 from snapshot_apps import build, write_app
 
-from runtime import Event, Ok, Retry
-from runtime._errors import ConfigError
-from runtime._revisions import RevisionRouter
+from thaw import Event, Ok, Retry
+from thaw._errors import ConfigError
+from thaw.adapters.threads import run_in_thread
+from thaw.host._router import RevisionRouter
 
 pytestmark = pytest.mark.anyio
 
@@ -30,7 +31,7 @@ def greeting(outcome: object) -> str:
 async def test_preload_in_background_gets_no_traffic_until_weighted(
     snapshots: tuple[Path, Path],
 ) -> None:
-    router = RevisionRouter()
+    router = RevisionRouter(run_blocking=run_in_thread)
     blue = await router.preload(snapshots[0], weight=1)
     green = await router.preload(snapshots[1])  # weight 0: loaded, warm, no traffic
     assert green.revision_id in router.revisions
@@ -47,7 +48,7 @@ async def test_preload_in_background_gets_no_traffic_until_weighted(
 async def test_canary_weights_split_traffic_and_routing_is_sticky(
     snapshots: tuple[Path, Path],
 ) -> None:
-    router = RevisionRouter()
+    router = RevisionRouter(run_blocking=run_in_thread)
     stable = await router.preload(snapshots[0], weight=9)
     canary = await router.preload(snapshots[1], weight=1)
     seen = Counter()
@@ -67,7 +68,7 @@ async def test_retire_and_errors(snapshots: tuple[Path, Path]) -> None:
     outcome = await router.invoke("hello", Event(id="x"))
     assert isinstance(outcome, Retry)
     assert outcome.code == "no_revision"
-    one = await router.preload(snapshots[0], weight=1, in_thread=False)
+    one = await router.preload(snapshots[0], weight=1)  # the default: run_inline
     with pytest.raises(ConfigError, match="already loaded"):
         await router.preload(snapshots[0])
     with pytest.raises(ConfigError, match="matches no"):

@@ -9,11 +9,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from runtime import App, Ok, schedule
-from runtime._cron import parse_cron
-from runtime._schedule import ScheduleRunner, Tick, next_tick, previous_tick
-from runtime.lowlevel import Invoker
-from runtime.testing import MemoryBackbone
+from thaw import App, Ok, schedule
+from thaw.declarations._cron import parse_cron
+from thaw.host._schedule import ScheduleRunner, Tick, next_tick, previous_tick
+from thaw.lowlevel import Invoker
+from thaw.testing import MemoryBackbone
 
 UTC = dt.UTC
 

@@ -12,17 +12,17 @@ from hypothesis import given
 from hypothesis import strategies as st
 from snapshot_apps import build, write_app
 
-from runtime import Event, Ok
-from runtime._revision import RevisionLoadError, load_revision
-from runtime._snapshot_build import build_snapshot
-from runtime._snapshot_format import (
+from thaw import Event, Ok
+from thaw.adapters.process.build import build_snapshot
+from thaw.lowlevel import Invoker
+from thaw.snapshots._format import (
     MAGIC,
     SnapshotError,
     SnapshotPayload,
     decode_snapshot,
     encode_snapshot,
 )
-from runtime.lowlevel import Invoker
+from thaw.snapshots._revision import RevisionLoadError, load_revision
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from runtime._errors import ConfigError
-from runtime._subjects import (
+from thaw._errors import ConfigError
+from thaw.backbone._subjects import (
     parse_ack_subject,
     subject_is_subset,
     subject_matches,

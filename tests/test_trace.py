@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from runtime import _trace
-from runtime._trace import TraceContext, parse_traceparent, start_trace
+from thaw import _trace
+from thaw._trace import TraceContext, parse_traceparent, start_trace
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 SPAN_ID = "00f067aa0ba902b7"

@@ -5,9 +5,9 @@ from __future__ import annotations
 import msgspec
 import pytest
 
-from runtime._cron import CronSpec, parse_cron
-from runtime._errors import ConfigError
-from runtime._triggers import (
+from thaw._errors import ConfigError
+from thaw.declarations._cron import CronSpec, parse_cron
+from thaw.declarations._triggers import (
     HTTP_METHODS,
     HttpTrigger,
     KvTrigger,

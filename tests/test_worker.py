@@ -6,8 +6,8 @@ import anyio
 import msgspec
 import pytest
 
-from runtime import App, Backoff, Context, Idempotency, Rejected, RetryPolicy
-from runtime.lowlevel import (
+from thaw import App, Backoff, Context, Idempotency, Rejected, RetryPolicy
+from thaw.lowlevel import (
     DEAD_LETTER_STREAM,
     BackboneError,
     ConsumerConfig,
@@ -16,7 +16,7 @@ from runtime.lowlevel import (
     StreamWorker,
     ensure_dead_letter_stream,
 )
-from runtime.testing import FakeClock, MemoryBackbone
+from thaw.testing import FakeClock, MemoryBackbone
 
 pytestmark = pytest.mark.anyio
 
@@ -212,7 +212,7 @@ async def test_short_handler_sends_no_heartbeat() -> None:
 
 
 async def test_retry_budget_delays_retries_beyond_its_share() -> None:
-    from runtime._budget import RetryBudget
+    from thaw.invocation._budget import RetryBudget
 
     clock = FakeClock()
     budget = RetryBudget(ratio=0, min_per_second=0, burst=1, throttle_delay=60, clock=clock)
@@ -300,7 +300,7 @@ async def test_slow_handlers_run_concurrently_up_to_the_slots_and_never_more() -
 
 
 async def test_default_slots_are_bounded_by_max_ack_pending() -> None:
-    from runtime._worker import DEFAULT_SLOTS
+    from thaw.host._worker import DEFAULT_SLOTS
 
     app = App("jobs")
 

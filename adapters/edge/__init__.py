@@ -16,7 +16,7 @@ Commands (``cli.py``, registered through the ``thaw.commands`` entry point):
 Thaw's sources, the app, its snapshot built inside Pyodide (bytecode for Pyodide's
 Python) and optionally a Pyodide memory snapshot the host boots from.
 
-Nothing is fetched at run time: ``python -m adapters.edge.prepare`` fills
+Nothing is fetched at run time: ``python -m thaw.adapters.edge.prepare`` fills
 ``.thaw/edge/`` (Node packages from ``package-lock.json``, wheels for Pyodide's
 platform pinned by ``constraints.txt``) once, before tests or a bundle.
 """

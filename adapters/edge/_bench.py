@@ -25,14 +25,13 @@ import sys
 import time
 from typing import Any
 
-from runtime import Event
-from runtime._instances import InstancePool
-from runtime._revision import load_revision
-from runtime._snapshot_build import _collect  # in-process build: Pyodide cannot spawn
-from runtime._snapshot_format import encode_snapshot
-from runtime.lowlevel import Invoker, MemoryBackbone, StreamConfig, load_app
-
-from ._guest import _app_root, _forget_tree, open_edge
+from thaw import Event
+from thaw.adapters.edge._guest import _app_root, _forget_tree, open_edge
+from thaw.host._instances import InstancePool
+from thaw.lowlevel import Invoker, MemoryBackbone, StreamConfig, load_app
+from thaw.snapshots._collect import collect_snapshot  # in-process build: Pyodide cannot spawn
+from thaw.snapshots._format import encode_snapshot
+from thaw.snapshots._revision import load_revision
 
 __all__ = ["measure", "measure_json", "summarize"]
 
@@ -59,7 +58,7 @@ async def measure(
     root = _app_root(target)
     _forget_tree(root)
     started = _clock()
-    snapshot = encode_snapshot(_collect(target))
+    snapshot = encode_snapshot(collect_snapshot(target))
     build = _clock() - started
     started = _clock()
     revision = load_revision(snapshot)

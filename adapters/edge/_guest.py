@@ -2,7 +2,7 @@
 
 ``open_edge(app)`` opens the app the way ``thaw serve`` does (``open_host`` on a
 backbone, MemoryBackbone by default: provisioning, stream workers, schedules,
-on_start/on_stop) and answers HTTP requests through ``adapters.http``'s
+on_start/on_stop) and answers HTTP requests through ``thaw.adapters.http``'s
 transport-free ``HttpService``: the same routing, contract decoding and problem
 details as the native server. Nothing here touches a socket; the JavaScript
 host turns a fetch ``Request`` into ``handle(method, target, headers, body)``
@@ -27,11 +27,11 @@ from typing import Any
 
 import msgspec
 
-from adapters.http._wire import Request, Response, refusal
-from adapters.http.config import HttpConfig
-from adapters.http.service import HttpService
-from runtime import App
-from runtime.lowlevel import Backbone, MemoryBackbone, load_app, open_host
+from thaw import App
+from thaw.adapters.http._wire import Request, Response, refusal
+from thaw.adapters.http.config import HttpConfig
+from thaw.adapters.http.service import HttpService
+from thaw.lowlevel import Backbone, MemoryBackbone, load_app, open_host
 
 __all__ = [
     "EdgeResponse",
@@ -136,11 +136,11 @@ class EdgeRuntime:
         """
         backbone: Backbone | None = None
         if nats is not None:
-            from ._jsbackbone import JsBackbone
+            from thaw.adapters.edge._jsbackbone import JsBackbone
 
             backbone = JsBackbone(nats)
         if target.endswith(".snap"):
-            from runtime._revision import load_revision
+            from thaw.snapshots._revision import load_revision
 
             return cls(load_revision(target).app, backbone=backbone)
         return cls(load_app(target), backbone=backbone)
@@ -153,7 +153,7 @@ class EdgeRuntime:
             self._task.result()  # raises why the app could not start
 
     async def _serve(self, ready: asyncio.Future[None]) -> None:
-        from ._jsbackbone import JsBackbone, check_provisioned
+        from thaw.adapters.edge._jsbackbone import JsBackbone, check_provisioned
 
         if isinstance(self._backbone, JsBackbone):
             await check_provisioned(self.app, self._backbone)
@@ -244,11 +244,11 @@ def build_snapshot_bytes(target: str) -> bytes:
     The app's modules are forgotten first: the builder collects what importing the
     app executes, so an app this process had already imported would look empty.
     """
-    from runtime._snapshot_build import _collect
-    from runtime._snapshot_format import encode_snapshot
+    from thaw.snapshots._collect import collect_snapshot
+    from thaw.snapshots._format import encode_snapshot
 
     _forget_tree(_app_root(target))
-    return encode_snapshot(_collect(target))
+    return encode_snapshot(collect_snapshot(target))
 
 
 def _app_root(target: str) -> str:

@@ -24,8 +24,8 @@ from typing import Any
 import anyio
 import msgspec
 
-from runtime import App, DeadlineExceeded
-from runtime.lowlevel import (
+from thaw import App, DeadlineExceeded
+from thaw.lowlevel import (
     BackboneError,
     BucketNotFound,
     ConsumerConfig,

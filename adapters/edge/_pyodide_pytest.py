@@ -80,7 +80,11 @@ def run(args: list[str]) -> str:
 
     started = time.perf_counter()
     plugin = sys.modules[__name__]  # registered as an object: not re-imported for rewriting
-    code = pytest.main(["-p", "no:cacheprovider", *(args or CORE_TESTS)], plugins=[plugin])
+    # The host imported thaw (and so anyio) at boot, before pytest could mark anyio's
+    # plugin for assertion rewriting; that plugin has no asserts of ours to rewrite.
+    quiet = "ignore:Module already imported so cannot be rewritten; anyio"
+    options = ["-p", "no:cacheprovider", "-W", f"{quiet}:pytest.PytestAssertRewriteWarning"]
+    code = pytest.main([*options, *(args or CORE_TESTS)], plugins=[plugin])
     summary = {
         "exit_code": int(code),
         **_counts,

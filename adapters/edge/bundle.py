@@ -29,7 +29,7 @@ from pathlib import Path
 
 import msgspec
 
-from . import prepare
+from thaw.adapters.edge import prepare
 
 __all__ = ["PYODIDE_FILES", "BundleManifest", "build_bundle"]
 
@@ -174,6 +174,7 @@ def _copy_thaw(target: Path) -> None:
     shutil.copyfile(adapters / "__init__.py", target / "adapters" / "__init__.py")
     for name in EDGE_MODULES:
         shutil.copyfile(adapters / "edge" / name, target / "adapters" / "edge" / name)
+    # The source layout (runtime/, adapters/): the host installs it as thaw and thaw.adapters.
     # The host copies adapters/http/*.py but __init__.py (it writes its own, without
     # the httptools server); the guest imports only the transport-free modules.
     (target / "adapters" / "http").mkdir()

@@ -9,7 +9,7 @@ and the unchanged host inside Pyodide acks, naks or dead-letters each message by
 Outcome, with idempotency in the app's KV bucket (shared with Python hosts). It
 provisions nothing: run ``thaw provision APP --nats URL`` first.
 
-Both need the edge cache (``python -m adapters.edge.prepare``); without it they
+Both need the edge cache (``python -m thaw.adapters.edge.prepare``); without it they
 exit 3 naming that step. ``serve`` replaces this process with Node, so signals
 (SIGTERM, Ctrl-C) reach the host directly and its exit status is the command's.
 """
@@ -22,8 +22,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from . import prepare
-from .bundle import build_bundle
+from thaw.adapters.edge import prepare
+from thaw.adapters.edge.bundle import build_bundle
 
 __all__ = ["EXIT_SETUP", "register"]
 

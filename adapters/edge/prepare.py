@@ -1,7 +1,7 @@
 """Fill the edge cache once, so nothing is fetched when the edge host runs.
 
-    python -m adapters.edge.prepare            # Node packages + wheels into .thaw/edge/
-    python -m adapters.edge.prepare --check    # what is missing, without the network
+    python -m thaw.adapters.edge.prepare            # Node packages + wheels into .thaw/edge/
+    python -m thaw.adapters.edge.prepare --check    # what is missing, without the network
 
 What it does, in order:
 
@@ -59,7 +59,7 @@ ROOT = HERE.parent.parent
 CACHE = ROOT / ".thaw" / "edge"
 HOST_SCRIPT = HERE / "host" / "thaw_edge.mjs"
 CONSTRAINTS = ROOT / "constraints.txt"
-PREPARE_HINT = "run `.venv/bin/python -m adapters.edge.prepare` (make test runs it)"
+PREPARE_HINT = "run `.venv/bin/python -m thaw.adapters.edge.prepare` (make test runs it)"
 
 # What Pyodide needs besides its own standard library. Closed under requirements
 # (checked after download): the test set may use the runtime set.
@@ -395,7 +395,9 @@ def _run(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m adapters.edge.prepare", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m thaw.adapters.edge.prepare", description=__doc__
+    )
     parser.add_argument("--cache", type=Path, default=CACHE, help="default: .thaw/edge")
     parser.add_argument("--check", action="store_true", help="only report what is missing")
     parser.add_argument("--no-test-wheels", action="store_true", help="runtime wheels only")

@@ -4,16 +4,22 @@
         print(server.port)
 
 ``run_app(app, port=8000)`` is the blocking entry point (uvloop when installed);
-``python -m adapters.http APP_PATH --port 8000`` runs it from the shell.
+``python -m thaw.adapters.http APP_PATH --port 8000`` runs it from the shell.
 """
 
-from ._wire import Request, Response
-from .config import HttpConfig
-from .protocol import HttpConnection, Service
-from .routing import Route, Router, compile_router
-from .server import HttpServer, open_http_server, open_service_server, run_app, serve_http
-from .service import HttpService
-from .state import ServerStatistics
+from thaw.adapters.http._wire import Request, Response
+from thaw.adapters.http.config import HttpConfig
+from thaw.adapters.http.protocol import HttpConnection, Service
+from thaw.adapters.http.routing import Route, Router, compile_router
+from thaw.adapters.http.server import (
+    HttpServer,
+    open_http_server,
+    open_service_server,
+    run_app,
+    serve_http,
+)
+from thaw.adapters.http.service import HttpService
+from thaw.adapters.http.state import ServerStatistics
 
 __all__ = [
     "HttpConfig",

@@ -1,4 +1,4 @@
-"""``python -m adapters.http APP [--host H] [--port P]``: serve an app's http triggers.
+"""``python -m thaw.adapters.http APP [--host H] [--port P]``: serve an app's http triggers.
 
 APP is an app directory, module file or snapshot, as for ``thaw run``. The app
 runs on the in-process MemoryBackbone; SIGTERM or Ctrl-C drains and stops.
@@ -10,14 +10,13 @@ import argparse
 import logging
 import sys
 
-from runtime.cli import load_target
-
-from .config import HttpConfig
-from .server import HttpServer, run_app
+from thaw.adapters.http.config import HttpConfig
+from thaw.adapters.http.server import HttpServer, run_app
+from thaw.snapshots._revision import load_target
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m adapters.http", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m thaw.adapters.http", description=__doc__)
     parser.add_argument("app", help="app directory, module file or snapshot")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)

@@ -19,10 +19,9 @@ from typing import Protocol
 
 import httptools
 
-from runtime.lowlevel import keep_alive
-
-from ._wire import Request, Response, refusal, too_large
-from .config import HttpConfig
+from thaw.adapters.http._wire import Request, Response, refusal, too_large
+from thaw.adapters.http.config import HttpConfig
+from thaw.lowlevel import keep_alive
 
 __all__ = ["Exchange", "RequestReader", "Service"]
 

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 from http import HTTPStatus
 from typing import Any
 
-from runtime.lowlevel import PROTOCOL_ERRORS, HttpAnswer, problem_answer
+from thaw.lowlevel import PROTOCOL_ERRORS, HttpAnswer, problem_answer
 
 __all__ = [
     "Request",

@@ -22,9 +22,8 @@ import re
 import sys
 from typing import TextIO
 
-from runtime.lowlevel import parse_traceparent
-
-from ._wire import Request
+from thaw.adapters.http._wire import Request
+from thaw.lowlevel import parse_traceparent
 
 __all__ = ["AccessLog", "StreamAccessLog", "access_line", "clean_target", "open_access_log"]
 

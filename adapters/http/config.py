@@ -14,7 +14,7 @@ from typing import Literal
 
 import msgspec
 
-from runtime import ConfigError
+from thaw import ConfigError
 
 __all__ = ["HttpConfig"]
 

@@ -18,10 +18,9 @@ What the Fetch standard asks of a server, and what this does:
 
 from __future__ import annotations
 
-from runtime import Cors
-from runtime.lowlevel import problem_answer
-
-from ._wire import Headers, Response, response_from_answer
+from thaw import Cors
+from thaw.adapters.http._wire import Headers, Response, response_from_answer
+from thaw.lowlevel import problem_answer
 
 __all__ = ["CorsPolicy", "Preflight", "preflight", "actual_headers", "is_preflight"]
 

@@ -22,8 +22,10 @@ from urllib.parse import quote, unquote
 
 import msgspec
 
-from runtime import ConfigError, Event, ThawError
-from runtime.lowlevel import (
+from thaw import ConfigError, Event, ThawError
+from thaw.adapters.http._wire import Response, response_from_answer
+from thaw.adapters.http.routing import JSON, Route
+from thaw.lowlevel import (
     TRACEPARENT_HEADER,
     Backbone,
     CompiledCapability,
@@ -32,9 +34,6 @@ from runtime.lowlevel import (
     problem_answer,
     subject_matches,
 )
-
-from ._wire import Response, response_from_answer
-from .routing import JSON, Route
 
 __all__ = ["Intake", "STATUS_PREFIX", "compile_intake"]
 

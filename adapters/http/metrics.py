@@ -27,8 +27,8 @@ from __future__ import annotations
 from bisect import bisect_left
 from collections.abc import Iterable, Mapping
 
-from runtime import Ok, Outcome, Reject
-from runtime.lowlevel import WorkerStatistics
+from thaw import Ok, Outcome, Reject
+from thaw.lowlevel import WorkerStatistics
 
 __all__ = [
     "BUCKETS",

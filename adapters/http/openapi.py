@@ -13,8 +13,8 @@ from typing import Any
 
 import msgspec
 
-from runtime import App
-from runtime.lowlevel import HttpTrigger
+from thaw import App
+from thaw.lowlevel import HttpTrigger
 
 __all__ = ["openapi_document", "openapi_bytes"]
 

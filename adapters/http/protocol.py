@@ -28,8 +28,8 @@ import logging
 from time import perf_counter
 from typing import cast
 
-from ._reader import Exchange, RequestReader, Service
-from ._wire import (
+from thaw.adapters.http._reader import Exchange, RequestReader, Service
+from thaw.adapters.http._wire import (
     CLOSE,
     CONTINUE,
     KEEP_ALIVE,
@@ -39,8 +39,8 @@ from ._wire import (
     encode_response,
     refusal,
 )
-from .access_log import peer_name
-from .state import ServerState
+from thaw.adapters.http.access_log import peer_name
+from thaw.adapters.http.state import ServerState
 
 __all__ = ["HttpConnection", "Service"]
 

@@ -40,8 +40,9 @@ from urllib.parse import parse_qsl, unquote
 
 import msgspec
 
-from runtime import Event, Ok, Outcome
-from runtime.lowlevel import (
+from thaw import Event, Ok, Outcome
+from thaw.adapters.http._wire import Response, response_from_answer
+from thaw.lowlevel import (
     CompiledCapability,
     HttpTrigger,
     Invoker,
@@ -50,12 +51,10 @@ from runtime.lowlevel import (
     problem_answer,
 )
 
-from ._wire import Response, response_from_answer
-
 if typing.TYPE_CHECKING:
-    from .webhooks import SignatureVerifier
-from .cors import CorsPolicy
-from .metrics import CapabilityMetrics
+    from thaw.adapters.http.webhooks import SignatureVerifier
+from thaw.adapters.http.cors import CorsPolicy
+from thaw.adapters.http.metrics import CapabilityMetrics
 
 JSON = "application/json"
 

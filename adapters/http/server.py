@@ -23,13 +23,12 @@ from contextlib import asynccontextmanager
 import anyio
 import msgspec
 
-from runtime import App
-from runtime.lowlevel import Backbone, Host, Invoker, MemoryBackbone, open_host
-
-from .config import HttpConfig
-from .protocol import HttpConnection, Service
-from .service import HttpService
-from .state import ServerState, ServerStatistics
+from thaw import App
+from thaw.adapters.http.config import HttpConfig
+from thaw.adapters.http.protocol import HttpConnection, Service
+from thaw.adapters.http.service import HttpService
+from thaw.adapters.http.state import ServerState, ServerStatistics
+from thaw.lowlevel import Backbone, Host, Invoker, MemoryBackbone, open_host
 
 __all__ = ["HttpServer", "open_http_server", "open_service_server", "serve_http", "run_app"]
 

@@ -13,7 +13,22 @@ from collections.abc import Callable, Mapping
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
-from runtime.lowlevel import (
+from thaw.adapters.http._wire import Request, Response, response_from_answer
+from thaw.adapters.http.config import HttpConfig
+from thaw.adapters.http.cors import actual_headers, is_preflight, preflight, with_headers
+from thaw.adapters.http.intake import STATUS_PREFIX, Intake, compile_intake, status_id
+from thaw.adapters.http.metrics import CONTENT_TYPE, CapabilityMetrics, ServerCounters, render
+from thaw.adapters.http.openapi import openapi_bytes
+from thaw.adapters.http.routing import (
+    EventIds,
+    Route,
+    Router,
+    _Refused,
+    compile_router,
+    refused_response,
+)
+from thaw.adapters.http.webhooks import SignatureVerifier, load_secret
+from thaw.lowlevel import (
     Backbone,
     Invoker,
     WorkerStatistics,
@@ -22,17 +37,8 @@ from runtime.lowlevel import (
     start_trace,
 )
 
-from ._wire import Request, Response, response_from_answer
-from .config import HttpConfig
-from .cors import actual_headers, is_preflight, preflight, with_headers
-from .intake import STATUS_PREFIX, Intake, compile_intake, status_id
-from .metrics import CONTENT_TYPE, CapabilityMetrics, ServerCounters, render
-from .openapi import openapi_bytes
-from .routing import EventIds, Route, Router, _Refused, compile_router, refused_response
-from .webhooks import SignatureVerifier, load_secret
-
 if TYPE_CHECKING:
-    from .state import ServerState
+    from thaw.adapters.http.state import ServerState
 
 __all__ = ["HttpService"]
 
@@ -103,7 +109,7 @@ class HttpService:
             self._ops[config.openapi_path] = lambda: document
         clash = [r for r in self.router.routes if r.template in self._ops]
         if clash:
-            from runtime import ConfigError
+            from thaw import ConfigError
 
             raise ConfigError(
                 f"route {clash[0].method} {clash[0].template} of capability {clash[0].name!r} "

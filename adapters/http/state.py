@@ -12,13 +12,13 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
-from ._wire import DateLine
-from .access_log import AccessLog, open_access_log
-from .config import HttpConfig
-from .metrics import ServerCounters
+from thaw.adapters.http._wire import DateLine
+from thaw.adapters.http.access_log import AccessLog, open_access_log
+from thaw.adapters.http.config import HttpConfig
+from thaw.adapters.http.metrics import ServerCounters
 
 if TYPE_CHECKING:
-    from .protocol import HttpConnection, Service
+    from thaw.adapters.http.protocol import HttpConnection, Service
 
 __all__ = ["ServerState", "ServerStatistics"]
 

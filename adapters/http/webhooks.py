@@ -25,10 +25,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from runtime import ConfigError, Webhook
-from runtime.lowlevel import IdempotencyStore, problem_answer
-
-from ._wire import Response, response_from_answer
+from thaw import ConfigError, Webhook
+from thaw.adapters.http._wire import Response, response_from_answer
+from thaw.lowlevel import IdempotencyStore, problem_answer
 
 __all__ = ["SignatureVerifier", "load_secret", "sign"]
 

@@ -17,14 +17,14 @@ try:
     import nats as _nats  # noqa: F401
 except ImportError as error:  # pragma: no cover - depends on the installation
     raise ImportError(
-        "adapters.nats needs nats-py; install Thaw's 'nats' extra: pip install 'thaw[nats]'"
+        "thaw.adapters.nats needs nats-py; install Thaw's 'nats' extra: pip install 'thaw[nats]'"
     ) from error
 
-from .backbone import JetStreamBackbone, open_jetstream_backbone
-from .cluster import EmbeddedCluster, open_embedded_cluster
-from .connection import JetStreamOptions
-from .factory import open_backbone
-from .server import (
+from thaw.adapters.nats.backbone import JetStreamBackbone, open_jetstream_backbone
+from thaw.adapters.nats.cluster import EmbeddedCluster, open_embedded_cluster
+from thaw.adapters.nats.connection import JetStreamOptions
+from thaw.adapters.nats.factory import open_backbone
+from thaw.adapters.nats.server import (
     ClusterSettings,
     EmbeddedServer,
     NatsServerFailed,

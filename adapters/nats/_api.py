@@ -10,9 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from runtime.lowlevel import DefinitionConflict
-
-from ._errors import (
+from thaw.adapters.nats._errors import (
     CONSUMER_EXISTS,
     CONSUMER_NOT_FOUND,
     STREAM_NAME_IN_USE,
@@ -21,7 +19,7 @@ from ._errors import (
     api_error,
     stream_missing,
 )
-from ._wire import (
+from thaw.adapters.nats._wire import (
     ConsumerConfigWire,
     ConsumerCreateRequest,
     ConsumerInfoReply,
@@ -30,9 +28,10 @@ from ._wire import (
     StreamNamesReply,
     encode,
 )
+from thaw.lowlevel import DefinitionConflict
 
 if TYPE_CHECKING:
-    from .backbone import JetStreamBackbone
+    from thaw.adapters.nats.backbone import JetStreamBackbone
 
 __all__ = [
     "stream_reply",

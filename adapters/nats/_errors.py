@@ -13,16 +13,15 @@ from contextlib import contextmanager
 
 import nats.errors
 
-from runtime import ConfigError, ThawError
-from runtime.lowlevel import (
+from thaw import ConfigError, ThawError
+from thaw.adapters.nats._request_mux import RequestLost
+from thaw.adapters.nats._wire import ApiError
+from thaw.lowlevel import (
     BackboneError,
     ConsumerNotFound,
     MessageNotFound,
     StreamNotFound,
 )
-
-from ._request_mux import RequestLost
-from ._wire import ApiError
 
 __all__ = [
     "STREAM_NOT_FOUND",

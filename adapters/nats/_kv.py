@@ -22,16 +22,7 @@ import anyio
 import msgspec
 import nats.errors
 
-from runtime.lowlevel import (
-    BackboneError,
-    BucketNotFound,
-    KeyExists,
-    KvEntry,
-    WrongRevision,
-    validate_kv_key,
-)
-
-from ._errors import (
+from thaw.adapters.nats._errors import (
     MESSAGE_TOO_LARGE,
     NO_MESSAGE_FOUND,
     STREAM_NOT_FOUND,
@@ -40,8 +31,8 @@ from ._errors import (
     api_error,
     translated,
 )
-from ._request_mux import header_block
-from ._wire import (
+from thaw.adapters.nats._request_mux import header_block
+from thaw.adapters.nats._wire import (
     API,
     ConsumerConfigWire,
     ConsumerCreateRequest,
@@ -54,9 +45,17 @@ from ._wire import (
     nanoseconds,
     parse_headers,
 )
+from thaw.lowlevel import (
+    BackboneError,
+    BucketNotFound,
+    KeyExists,
+    KvEntry,
+    WrongRevision,
+    validate_kv_key,
+)
 
 if TYPE_CHECKING:
-    from .backbone import JetStreamBackbone
+    from thaw.adapters.nats.backbone import JetStreamBackbone
 
 __all__ = ["JetStreamKeyValue"]
 

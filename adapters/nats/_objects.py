@@ -23,7 +23,10 @@ import nats.js.errors
 from nats.js import api
 from nats.js.object_store import ObjectStore as NatsObjectStore
 
-from runtime.lowlevel import (
+from thaw.adapters.nats._api import ensure_stream, stream_reply
+from thaw.adapters.nats._errors import STREAM_NOT_FOUND, translate
+from thaw.adapters.nats._wire import StreamConfigWire, object_stream_wire
+from thaw.lowlevel import (
     BackboneError,
     BucketNotFound,
     DefinitionConflict,
@@ -37,12 +40,8 @@ from runtime.lowlevel import (
     validate_object_name,
 )
 
-from ._api import ensure_stream, stream_reply
-from ._errors import STREAM_NOT_FOUND, translate
-from ._wire import StreamConfigWire, object_stream_wire
-
 if TYPE_CHECKING:
-    from .backbone import JetStreamBackbone
+    from thaw.adapters.nats.backbone import JetStreamBackbone
 
 __all__ = ["JetStreamObjectStore", "add_object_store", "open_object_store"]
 

@@ -31,10 +31,9 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from runtime.lowlevel import BackboneError, DeliveredMessage, parse_ack_subject
-
-from ._errors import translate
-from ._wire import API, nanoseconds
+from thaw.adapters.nats._errors import translate
+from thaw.adapters.nats._wire import API, nanoseconds
+from thaw.lowlevel import BackboneError, DeliveredMessage, parse_ack_subject
 
 __all__ = ["Puller", "PullResult", "JetStreamMessage", "CLOSED", "LOST", "pending_after"]
 

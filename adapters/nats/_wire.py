@@ -2,7 +2,7 @@
 
 Only the fields Thaw uses are declared; msgspec ignores the rest of a server reply,
 so newer servers stay readable. Durations are integer nanoseconds on the wire and
-float seconds in ``runtime._backbone``; the conversions live here and nowhere else.
+float seconds in ``thaw.backbone._contract``; the conversions live here and nowhere else.
 Encoders and decoders are built once at import (msgspec's advice: reuse them).
 """
 
@@ -12,7 +12,7 @@ from typing import Literal, TypeVar
 
 import msgspec
 
-from runtime.lowlevel import (
+from thaw.lowlevel import (
     ConsumerConfig,
     KvConfig,
     ObjectStoreConfig,

@@ -27,8 +27,51 @@ import nats.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-from runtime import ConfigError, DeadlineExceeded
-from runtime.lowlevel import (
+from thaw import ConfigError, DeadlineExceeded
+from thaw.adapters.nats._api import (
+    consumer_reply,
+    ensure_consumer,
+    ensure_stream,
+    stream_reply,
+    streams_capturing,
+)
+from thaw.adapters.nats._errors import (
+    MESSAGE_DELETE_FAILED,
+    NO_MESSAGE_FOUND,
+    SEQUENCE_NOT_FOUND,
+    STREAM_NOT_FOUND,
+    api_error,
+    consumer_missing,
+    stream_missing,
+    translate,
+    translated,
+)
+from thaw.adapters.nats._kv import JetStreamKeyValue
+from thaw.adapters.nats._objects import JetStreamObjectStore, add_object_store, open_object_store
+from thaw.adapters.nats._pull import CLOSED, LOST, JetStreamMessage, Puller
+from thaw.adapters.nats._request_mux import RequestMux
+from thaw.adapters.nats._wire import (
+    API,
+    ConsumerInfoReply,
+    MsgGetReply,
+    PubAckReply,
+    StreamInfoReply,
+    SuccessReply,
+    consumer_config_of,
+    consumer_wire,
+    decode,
+    effective_consumer_config,
+    effective_stream_config,
+    encode,
+    kv_config_of,
+    kv_stream_name,
+    kv_stream_wire,
+    parse_headers,
+    stream_config_of,
+    stream_wire,
+)
+from thaw.adapters.nats.connection import JetStreamOptions, connect_client, redact
+from thaw.lowlevel import (
     MSG_ID_HEADER,
     BackboneError,
     BucketNotFound,
@@ -53,52 +96,8 @@ from runtime.lowlevel import (
     validate_subject,
 )
 
-from ._api import (
-    consumer_reply,
-    ensure_consumer,
-    ensure_stream,
-    stream_reply,
-    streams_capturing,
-)
-from ._errors import (
-    MESSAGE_DELETE_FAILED,
-    NO_MESSAGE_FOUND,
-    SEQUENCE_NOT_FOUND,
-    STREAM_NOT_FOUND,
-    api_error,
-    consumer_missing,
-    stream_missing,
-    translate,
-    translated,
-)
-from ._kv import JetStreamKeyValue
-from ._objects import JetStreamObjectStore, add_object_store, open_object_store
-from ._pull import CLOSED, LOST, JetStreamMessage, Puller
-from ._request_mux import RequestMux
-from ._wire import (
-    API,
-    ConsumerInfoReply,
-    MsgGetReply,
-    PubAckReply,
-    StreamInfoReply,
-    SuccessReply,
-    consumer_config_of,
-    consumer_wire,
-    decode,
-    effective_consumer_config,
-    effective_stream_config,
-    encode,
-    kv_config_of,
-    kv_stream_name,
-    kv_stream_wire,
-    parse_headers,
-    stream_config_of,
-    stream_wire,
-)
-from .connection import JetStreamOptions, connect_client, redact
-
 if TYPE_CHECKING:
-    from runtime.lowlevel import Backbone, KeyValue, Message, ObjectStore, Requester
+    from thaw.lowlevel import Backbone, KeyValue, Message, ObjectStore, Requester
 
 __all__ = ["JetStreamBackbone", "open_jetstream_backbone"]
 

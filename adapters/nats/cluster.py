@@ -28,7 +28,7 @@ from urllib.parse import urlsplit
 import anyio
 import anyio.to_thread
 
-from .server import (
+from thaw.adapters.nats.server import (
     ClusterSettings,
     EmbeddedServer,
     NatsServerFailed,

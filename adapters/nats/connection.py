@@ -18,7 +18,7 @@ import msgspec
 import nats.errors
 from nats.aio.client import Client
 
-from runtime.lowlevel import BackboneError
+from thaw.lowlevel import BackboneError
 
 __all__ = ["JetStreamOptions", "connect_client", "redact"]
 

@@ -17,12 +17,11 @@ from typing import Any
 
 import msgspec
 
-from runtime import ConfigError
-from runtime.lowlevel import Backbone
-
-from .backbone import open_jetstream_backbone
-from .connection import JetStreamOptions
-from .server import open_embedded_server
+from thaw import ConfigError
+from thaw.adapters.nats.backbone import open_jetstream_backbone
+from thaw.adapters.nats.connection import JetStreamOptions
+from thaw.adapters.nats.server import open_embedded_server
+from thaw.lowlevel import Backbone
 
 __all__ = ["open_backbone"]
 

@@ -39,8 +39,8 @@ import anyio
 import anyio.to_thread
 import msgspec
 
-from runtime import ConfigError
-from runtime.lowlevel import BackboneError
+from thaw import ConfigError
+from thaw.lowlevel import BackboneError
 
 __all__ = [
     "BINARY_NAME",

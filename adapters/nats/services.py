@@ -6,7 +6,7 @@ the load) and answers every request with the capability's Outcome: ``Ok`` -> the
 encoded result; ``Reject``/``Retry`` -> an empty-headed error reply in the NATS
 micro convention (``Nats-Service-Error`` with a message safe to show,
 ``Nats-Service-Error-Code`` with Thaw's stable code) and a problem-details body.
-Never a traceback: the reasons go through ``runtime.lowlevel.problem``, which hides
+Never a traceback: the reasons go through ``thaw.lowlevel.problem``, which hides
 a function's own exception text on server faults.
 
 Invariants: at most ``concurrency`` (the capability's limit, else
@@ -37,8 +37,8 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.errors import Error as NatsError
 
-from runtime import Event
-from runtime.lowlevel import (
+from thaw import Event
+from thaw.lowlevel import (
     ERROR_CODE_HEADER,
     ERROR_HEADER,
     MSG_ID_HEADER,
@@ -316,7 +316,7 @@ async def _unsubscribe(client: Client, subscription: Subscription) -> None:
 async def open_host_subject_services(host: Any, **options: Any) -> AsyncIterator[Any]:
     """``thaw serve``'s hook (``thaw.servers`` entry point ``subjects``): answer the host's
     ``subject`` triggers on its JetStream connection; nothing on other backbones."""
-    from .backbone import JetStreamBackbone
+    from thaw.adapters.nats.backbone import JetStreamBackbone
 
     backbone = getattr(host, "backbone", None)
     if not isinstance(backbone, JetStreamBackbone):

@@ -20,7 +20,7 @@ import os
 import anyio
 import msgspec
 
-from runtime import Access, App, Context, Rejected, fan_out, http, subject
+from thaw import Access, App, Context, Rejected, fan_out, http, subject
 
 app = App("bff")
 

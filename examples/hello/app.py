@@ -5,7 +5,7 @@ Try it:  thaw run examples/hello --capability greet --data '{"name": "Ada"}'
 
 import msgspec
 
-from runtime import (
+from thaw import (
     Access,
     App,
     Backoff,

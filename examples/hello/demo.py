@@ -21,8 +21,8 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from examples.demo import call, dead_letters, say, show_logs, wait_for  # noqa: E402
-from runtime import Event  # noqa: E402
-from runtime.lowlevel import (  # noqa: E402
+from thaw import Event  # noqa: E402
+from thaw.lowlevel import (  # noqa: E402
     available_backbones,
     load_app,
     load_server,

@@ -17,7 +17,7 @@ from collections import defaultdict
 
 import msgspec
 
-from runtime import (
+from thaw import (
     Access,
     App,
     Backoff,

@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 
 import msgspec
 
-from runtime import (
+from thaw import (
     Access,
     App,
     Backoff,
@@ -38,7 +38,7 @@ from runtime import (
     stream,
     subject,
 )
-from runtime.lowlevel import KeyExists, WrongRevision
+from thaw.lowlevel import KeyExists, WrongRevision
 
 from . import ledger, rules, signatures
 from .contracts import (

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 
-from runtime import Rejected
+from thaw import Rejected
 
 from .contracts import Currency, FeeQuote
 

@@ -14,7 +14,7 @@ import hmac
 import re
 from collections.abc import Sequence
 
-from runtime import Rejected
+from thaw import Rejected
 
 HEADER = "Webhook-Signature"
 SCHEME = "v1"

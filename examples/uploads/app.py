@@ -17,7 +17,7 @@ import hashlib
 
 import msgspec
 
-from runtime import (
+from thaw import (
     Access,
     App,
     Backoff,

@@ -24,7 +24,7 @@
 // As a module: `const edge = await openEdge("examples/hello"); await edge.handle(request)`.
 //
 // Everything comes from the edge cache (.thaw/edge, or THAW_EDGE_CACHE) that
-// `python -m adapters.edge.prepare` fills: Pyodide from node_modules, wheels
+// `python -m thaw.adapters.edge.prepare` fills: Pyodide from node_modules, wheels
 // unpacked with unpackArchive. Nothing is fetched at run time.
 
 import { spawnSync } from "node:child_process";
@@ -43,10 +43,10 @@ export const ROOT = BUNDLE ? path.join(HERE, "thaw") : path.resolve(HERE, "..", 
 export const CACHE = process.env.THAW_EDGE_CACHE || (BUNDLE ? HERE : path.join(ROOT, ".thaw", "edge"));
 const PREPARE_HINT = BUNDLE
   ? "this bundle is incomplete: build it again with `thaw edge build`"
-  : "run `.venv/bin/python -m adapters.edge.prepare` (make test runs it)";
-const GUEST = "/thaw"; // runtime/ and adapters/ inside Pyodide
+  : "run `.venv/bin/python -m thaw.adapters.edge.prepare` (make test runs it)";
+const GUEST = "/thaw"; // on sys.path inside Pyodide: the package thaw (runtime/, adapters/ as thaw/adapters/)
 const APPS = "/apps"; // the app's source tree inside Pyodide
-// adapters.http's modules, but a package __init__ of our own: the edge imports only
+// thaw.adapters.http's modules, but a package __init__ of our own: the edge imports only
 // the transport-free ones (service, routing, ...) and never the httptools server, so
 // it answers with the same routing, contracts and problem details as the native one.
 const httpModules = (folder) => fs.readdirSync(folder).filter((f) => f.endsWith(".py") && f !== "__init__.py").sort();
@@ -104,16 +104,16 @@ function copyFile(FS, source, target) {
 
 /** Thaw's core and the edge guest into Pyodide's file system under GUEST; bytes copied. */
 function installSources(FS) {
-  let bytes = copyTree(FS, path.join(ROOT, "runtime"), `${GUEST}/runtime`);
-  bytes += copyFile(FS, path.join(ROOT, "adapters", "__init__.py"), `${GUEST}/adapters/__init__.py`);
-  FS.mkdirTree(`${GUEST}/adapters/edge`);
+  let bytes = copyTree(FS, path.join(ROOT, "runtime"), `${GUEST}/thaw`);
+  bytes += copyFile(FS, path.join(ROOT, "adapters", "__init__.py"), `${GUEST}/thaw/adapters/__init__.py`);
+  FS.mkdirTree(`${GUEST}/thaw/adapters/edge`);
   for (const name of EDGE_MODULES) {
-    bytes += copyFile(FS, path.join(ROOT, "adapters", "edge", name), `${GUEST}/adapters/edge/${name}`);
+    bytes += copyFile(FS, path.join(ROOT, "adapters", "edge", name), `${GUEST}/thaw/adapters/edge/${name}`);
   }
-  FS.mkdirTree(`${GUEST}/adapters/http`);
-  FS.writeFile(`${GUEST}/adapters/http/__init__.py`, '"""adapters.http for the edge: its transport-free modules only (no httptools)."""\n');
+  FS.mkdirTree(`${GUEST}/thaw/adapters/http`);
+  FS.writeFile(`${GUEST}/thaw/adapters/http/__init__.py`, '"""thaw.adapters.http for the edge: its transport-free modules only (no httptools)."""\n');
   for (const name of httpModules(path.join(ROOT, "adapters", "http"))) {
-    bytes += copyFile(FS, path.join(ROOT, "adapters", "http", name), `${GUEST}/adapters/http/${name}`);
+    bytes += copyFile(FS, path.join(ROOT, "adapters", "http", name), `${GUEST}/thaw/adapters/http/${name}`);
   }
   return bytes;
 }
@@ -160,7 +160,7 @@ export async function bootPyodide({ cache = CACHE, tests = false, output = "stde
   sizes.sources += installSources(pyodide.FS);
   pyodide.runPython(`import sys; ${JSON.stringify(GUEST)} in sys.path or sys.path.insert(0, ${JSON.stringify(GUEST)})`);
   pyodide.runPython(writeKeptFiles("_thaw_edge_pycache")); // before the first import below
-  pyodide.runPython("__import__(\"adapters.edge._webloop\", fromlist=[\"patch\"]).patch()");
+  pyodide.runPython("__import__(\"thaw.adapters.edge._webloop\", fromlist=[\"patch\"]).patch()");
   timings.copy_sources_ms = performance.now() - started;
   return { pyodide, timings, sizes };
 }
@@ -272,7 +272,7 @@ function readMemorySnapshot(file, entry) {
  */
 export async function makeMemorySnapshot(appPath, output, { cache = CACHE } = {}) {
   const probe = await openEdge(appPath, { cache });
-  const guest = probe.pyodide.pyimport("adapters.edge._guest");
+  const guest = probe.pyodide.pyimport("thaw.adapters.edge._guest");
   const modules = [...guest.preloadable_modules().toJs(), ...guest.preloadable_site_modules().toJs()];
   guest.destroy();
   // The wheels' files, with their bytecode, from the probe: unzipping and compiling
@@ -400,7 +400,7 @@ export async function openEdge(appPath, { cache = CACHE, booted = null, memorySn
       throw new EdgeSetupError(`cannot connect to NATS at ${nats}: ${error.message}`);
     }
   }
-  const guest = pyodide.pyimport("adapters.edge._guest");
+  const guest = pyodide.pyimport("thaw.adapters.edge._guest");
   let runtime;
   try {
     // Not `load(target, null)`: Pyodide hands null to Python as jsnull, not None.
@@ -566,7 +566,7 @@ os.chdir(${JSON.stringify(GUEST)})
 if ${JSON.stringify(snapshot)}:
     os.environ["THAW_EDGE_FOREIGN_SNAPSHOT"] = ${JSON.stringify(snapshot)}
 `);
-  const runner = pyodide.pyimport("adapters.edge._pyodide_pytest");
+  const runner = pyodide.pyimport("thaw.adapters.edge._pyodide_pytest");
   const summary = JSON.parse(await runner.run.callPromising(pyodide.toPy(options.passthrough)));
   // Tests may leave timers behind (a fetch waiting out its timeout); do not wait for them.
   finish(`edge-test-summary: ${JSON.stringify(summary)}`, summary.exit_code);
@@ -597,7 +597,7 @@ async function commandBench(options) {
     }
     report.handle_us = samples;
   }
-  const bench = edge.pyodide.pyimport("adapters.edge._bench");
+  const bench = edge.pyodide.pyimport("thaw.adapters.edge._bench");
   const inside = await bench.measure_json(edge.appTarget, options.capability, data, trials);
   report.inside = JSON.parse(inside);
   bench.destroy();
@@ -625,7 +625,7 @@ async function commandSnapshot(options) {
   if (!appPath || !options.output) throw new EdgeSetupError("usage: snapshot APP_DIR --output FILE.snap");
   const { pyodide } = await bootPyodide();
   const app = installApp(pyodide, appPath);
-  const build = pyodide.pyimport("adapters.edge._guest").build_snapshot_bytes;
+  const build = pyodide.pyimport("thaw.adapters.edge._guest").build_snapshot_bytes;
   const proxy = build(app.target);
   const bytes = proxy.toJs();
   proxy.destroy();

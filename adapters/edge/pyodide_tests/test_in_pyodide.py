@@ -16,16 +16,16 @@ import anyio
 import msgspec
 import pytest
 
-from adapters.edge._guest import EdgeResponse, open_edge
-from runtime import App, Context, http, stream
-from runtime._revision import load_revision
-from runtime._snapshot_format import (
+from thaw import App, Context, http, stream
+from thaw.adapters.edge._guest import EdgeResponse, open_edge
+from thaw.lowlevel import MemoryBackbone, load_app
+from thaw.snapshots._format import (
     Manifest,
     SnapshotError,
     SnapshotPayload,
     encode_snapshot,
 )
-from runtime.lowlevel import MemoryBackbone, load_app
+from thaw.snapshots._revision import load_revision
 
 pytestmark = pytest.mark.anyio
 

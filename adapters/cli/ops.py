@@ -1,0 +1,309 @@
+"""Operational commands of ``thaw``: serve, provision and dead-letter tooling.
+
+They work on any backbone by name (``--backbone``; ``--nats URL`` is short for
+``--backbone nats --url URL``). Without a URL the NATS backbone starts the
+embedded nats-server with its store under ``--state-dir`` (default ``.thaw``),
+so dead letters and KV state survive between commands.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from contextlib import AsyncExitStack
+from typing import Any
+
+import anyio
+import msgspec
+
+from thaw.adapters.cli.supervise import MAX_WORKERS, become_worker, serve_workers, worker_count
+from thaw.backbone._registry import available_backbones, load_server, open_backbone
+from thaw.declarations._triggers import HttpTrigger, SubjectTrigger
+from thaw.host._dead_letters import (
+    list_dead_letters,
+    purge_dead_letters,
+    replay_dead_letter,
+    show_dead_letter,
+)
+from thaw.host._host import open_host
+from thaw.host._provision import apply_plan, plan_for
+
+__all__ = ["add_commands"]
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def _backbone_options(parser: argparse.ArgumentParser) -> None:
+    names = sorted(available_backbones())
+    default = "nats" if "nats" in names else "memory"
+    parser.add_argument(
+        "--backbone",
+        choices=names,
+        default=default,
+        help=f"messaging and state backbone (default: {default})",
+    )
+    parser.add_argument("--url", help="backbone URL (default: start the embedded server)")
+    parser.add_argument("--nats", metavar="URL", help="short for --backbone nats --url URL")
+    parser.add_argument(
+        "--state-dir", default=".thaw", help="where embedded servers keep their data (.thaw)"
+    )
+
+
+def _target(args: argparse.Namespace) -> tuple[str, str | None]:
+    if args.nats:
+        return "nats", args.nats
+    return args.backbone, args.url
+
+
+def add_commands(commands: Any, positive_int: Any) -> None:
+    serve = commands.add_parser(
+        "serve",
+        help="run an app on a backbone until SIGTERM/SIGINT, then drain",
+        description="Provision what the app needs, run its stream consumers and schedules, "
+        "and drain gracefully on SIGTERM or SIGINT.",
+    )
+    _serve_options(serve)
+    serve.add_argument(
+        "--workers",
+        type=worker_count,
+        default=1,
+        metavar="N",
+        help=f"worker processes sharing the HTTP port with SO_REUSEPORT (1..{MAX_WORKERS}; "
+        "Linux); the parent restarts a crashed worker with backoff (1)",
+    )
+    serve.add_argument("--worker-of", type=int, default=0, help=argparse.SUPPRESS)
+    serve.set_defaults(handler=_cmd_serve)
+
+    dev = commands.add_parser(
+        "dev",
+        help="serve an app and restart it when its files change (development)",
+        description="Like serve, with the embedded nats-server kept across restarts: the "
+        "app runs in a child process that is drained and started again whenever a watched "
+        "file (the app's folder, plus --watch) changes.",
+    )
+    _serve_options(dev)
+    dev.add_argument(
+        "--watch",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="also watch this file or folder (repeatable)",
+    )
+    dev.add_argument(
+        "--poll", type=_poll_period, default=0.5, metavar="SECONDS", help="check files every (0.5)"
+    )
+    dev.set_defaults(handler=_cmd_dev, workers=1)
+
+    provision = commands.add_parser(
+        "provision", help="create or confirm the streams, consumers and buckets an app needs"
+    )
+    provision.add_argument("app", metavar="APP", help="app or snapshot")
+    provision.add_argument("--dry-run", action="store_true", help="only print the plan")
+    _backbone_options(provision)
+    provision.set_defaults(handler=_cmd_provision)
+
+    dlq = commands.add_parser("dlq", help="list, show, replay or purge dead letters")
+    actions = dlq.add_subparsers(dest="dlq_command", metavar="ACTION")
+    dlq.set_defaults(handler=lambda args: (dlq.print_help(), EXIT_USAGE)[1])
+    listing = actions.add_parser("list", help="list dead letters, oldest first")
+    listing.add_argument("--app")
+    listing.add_argument("--capability")
+    listing.add_argument("--limit", type=positive_int, default=100)
+    show = actions.add_parser("show", help="show one dead letter with its headers and payload")
+    show.add_argument("seq", type=positive_int)
+    replay = actions.add_parser("replay", help="re-publish dead letters to their subjects")
+    replay.add_argument("seq", type=positive_int, nargs="+")
+    purge = actions.add_parser("purge", help="delete dead letters")
+    purge.add_argument("--app")
+    purge.add_argument("--capability")
+    purge.add_argument("--yes", action="store_true", help="really delete (required)")
+    for parser, handler in (
+        (listing, _dlq_list),
+        (show, _dlq_show),
+        (replay, _dlq_replay),
+        (purge, _dlq_purge),
+    ):
+        _backbone_options(parser)
+        parser.set_defaults(handler=handler)
+
+
+def _serve_options(parser: argparse.ArgumentParser) -> None:
+    """What ``serve`` and ``dev`` share: the app, HTTP, draining, the backbone."""
+    parser.add_argument("app", metavar="APP", help="app or snapshot")
+    parser.add_argument("--drain-timeout", type=float, default=10.0, help="seconds (10)")
+    parser.add_argument(
+        "--http",
+        type=int,
+        default=8000,
+        metavar="PORT",
+        help="serve the app's http triggers on 127.0.0.1:PORT (8000; 0 picks a free port)",
+    )
+    parser.add_argument("--http-host", default="127.0.0.1", help="address to bind (127.0.0.1)")
+    parser.add_argument("--no-http", action="store_true", help="do not start the HTTP server")
+    parser.add_argument(
+        "--access-log",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="one INFO line per HTTP request on logger thaw.http.access (on)",
+    )
+    _backbone_options(parser)
+
+
+def _poll_period(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text[:40]!r} is not a number of seconds") from None
+    if not 0.05 <= value <= 60:
+        raise argparse.ArgumentTypeError(f"{value:g} is not between 0.05 and 60 seconds")
+    return value
+
+
+def _cmd_dev(args: argparse.Namespace) -> int:
+    from thaw.adapters.cli.dev import run_dev
+
+    kind, url = _target(args)
+    try:
+        return run_dev(args, kind=kind, url=url)
+    except ValueError as exc:  # a watched tree that is far too large
+        print(str(exc), file=sys.stderr)
+        return EXIT_USAGE
+
+
+def _load(target: str) -> Any:
+    from thaw.snapshots._revision import load_target
+
+    return load_target(target)
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    # Operators see where the embedded server is, warnings and dead letters, on stderr.
+    logging.basicConfig(level=logging.INFO, format="thaw: %(name)s: %(message)s")
+    app = _load(args.app)
+    kind, url = _target(args)
+    wants_http = not args.no_http and any(
+        isinstance(t, HttpTrigger) for spec in app.capabilities.values() for t in spec.triggers
+    )
+    http_server = load_server("http") if wants_http else None
+    wants_subjects = any(
+        isinstance(t, SubjectTrigger) for spec in app.capabilities.values() for t in spec.triggers
+    )
+    if wants_http and http_server is None:
+        print("thaw: http triggers not served: install the 'fast' extra", file=sys.stderr)
+    if args.workers > 1:
+        return serve_workers(args, app, kind=kind, url=url)
+    if args.worker_of:
+        become_worker(args.worker_of)
+
+    async def main() -> None:
+        async with AsyncExitStack() as stack:
+            backbone = await stack.enter_async_context(
+                open_backbone(kind, url, state_dir=args.state_dir)
+            )
+            host = await stack.enter_async_context(
+                open_host(app, backbone, drain_timeout=args.drain_timeout)
+            )
+            where = ""
+            subjects = load_server("subjects") if wants_subjects else None
+            if subjects is not None and await stack.enter_async_context(subjects(host)):
+                where += "; answering NATS requests on subject triggers"
+            if http_server is not None:
+                server = await stack.enter_async_context(
+                    http_server(
+                        host,
+                        host=args.http_host,
+                        port=args.http,
+                        reuse_port=bool(args.worker_of),
+                        access_log=args.access_log,
+                        access_log_stream="stderr",  # buffered, beside the other log lines
+                    )
+                )
+                where += f"; http on http://{server.host}:{server.port}"
+            with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                workers = ", ".join(host.workers) or "none"
+                print(
+                    f"thaw: serving app {app.name} on the {kind} backbone "
+                    f"(stream consumers: {workers}){where}; SIGTERM or Ctrl-C drains and stops",
+                    flush=True,
+                )
+                async for received in signals:
+                    print(f"thaw: {signal.Signals(received).name}: draining", flush=True)
+                    break
+        print("thaw: stopped", flush=True)
+
+    anyio.run(main, backend_options={"use_uvloop": _uvloop_available()})
+    return EXIT_OK
+
+
+def _uvloop_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("uvloop") is not None
+
+
+def _cmd_provision(args: argparse.Namespace) -> int:
+    app = _load(args.app)
+    plan = plan_for(app)
+    for line in plan.describe():
+        print(line)
+    if args.dry_run:
+        return EXIT_OK
+    _with_backbone(args, lambda backbone: apply_plan(plan, backbone))
+    print(f"provisioned app {app.name} on the {_target(args)[0]} backbone")
+    return EXIT_OK
+
+
+def _with_backbone(args: argparse.Namespace, work: Any) -> Any:
+    kind, url = _target(args)
+
+    async def main() -> Any:
+        async with open_backbone(kind, url, state_dir=args.state_dir) as backbone:
+            return await work(backbone)
+
+    return anyio.run(main)
+
+
+def _dlq_list(args: argparse.Namespace) -> int:
+    records = _with_backbone(
+        args,
+        lambda b: list_dead_letters(b, app=args.app, capability=args.capability, limit=args.limit),
+    )
+    if not records:
+        print("no dead letters")
+    for r in records:
+        print(
+            f"{r.seq:>6}  {r.app}.{r.capability}  [{r.code}] attempts {r.attempts}  "
+            f"from {r.original_stream}#{r.original_seq} ({r.original_subject}): {r.message}"
+        )
+    return EXIT_OK
+
+
+def _dlq_show(args: argparse.Namespace) -> int:
+    record = _with_backbone(args, lambda b: show_dead_letter(b, args.seq))
+    document = msgspec.to_builtins(record)
+    document["data"] = record.data.decode("utf-8", "replace")
+    print(msgspec.json.format(msgspec.json.encode(document), indent=2).decode())
+    return EXIT_OK
+
+
+def _dlq_replay(args: argparse.Namespace) -> int:
+    async def work(backbone: Any) -> None:
+        for seq in args.seq:
+            ack = await replay_dead_letter(backbone, seq)
+            print(f"replayed dead letter {seq} as {ack.stream}#{ack.seq}")
+
+    _with_backbone(args, work)
+    return EXIT_OK
+
+
+def _dlq_purge(args: argparse.Namespace) -> int:
+    if not args.yes:
+        print("thaw dlq purge deletes dead letters for good: add --yes", file=sys.stderr)
+        return EXIT_USAGE
+    count = _with_backbone(
+        args, lambda b: purge_dead_letters(b, app=args.app, capability=args.capability)
+    )
+    print(f"purged {count} dead letters")
+    return EXIT_OK

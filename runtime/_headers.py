@@ -1,0 +1,59 @@
+"""Wire header names: every header Thaw reads or writes on HTTP and NATS messages.
+
+A leaf module (it imports nothing), so any layer can name a header without
+importing the layer that happens to set it. Values are the exact spellings on
+the wire; NATS headers keep their case, HTTP lookups are case-insensitive.
+"""
+
+__all__ = [
+    "DEAD_LETTER_APP",
+    "DEAD_LETTER_ATTEMPTS",
+    "DEAD_LETTER_CAPABILITY",
+    "DEAD_LETTER_CODE",
+    "DEAD_LETTER_MESSAGE",
+    "DEAD_LETTER_ORIGINAL_SEQ",
+    "DEAD_LETTER_ORIGINAL_STREAM",
+    "DEAD_LETTER_ORIGINAL_SUBJECT",
+    "DEAD_LETTER_REVISION",
+    "ERROR_CODE_HEADER",
+    "ERROR_HEADER",
+    "EVENT_ID_HEADER",
+    "KV_OPERATION_HEADER",
+    "MSG_ID_HEADER",
+    "REPLAY_OF_HEADER",
+    "RETRY_AFTER_HEADER",
+    "ROLLUP_HEADER",
+    "STATUS_HEADER",
+    "TRACEPARENT_HEADER",
+]
+
+# W3C trace context, carried on every hop (HTTP headers, NATS headers, object metadata).
+TRACEPARENT_HEADER = "traceparent"
+
+# JetStream: de-duplication id of a publish; a KV change's operation; a rollup.
+MSG_ID_HEADER = "Nats-Msg-Id"
+KV_OPERATION_HEADER = "KV-Operation"
+ROLLUP_HEADER = "Nats-Rollup"
+
+# NATS services (request/reply): the error of a reply and its code.
+ERROR_HEADER = "Nats-Service-Error"
+ERROR_CODE_HEADER = "Nats-Service-Error-Code"
+# Thaw's reply status (ok, retry, reject) and how long to wait before retrying.
+STATUS_HEADER = "Thaw-Status"
+RETRY_AFTER_HEADER = "Retry-After"
+
+# The event id a publisher gives a message (idempotency keys default to it).
+EVENT_ID_HEADER = "Thaw-Event-Id"
+
+# What a dead letter says about why it is one, and where it came from.
+DEAD_LETTER_CODE = "Thaw-Error-Code"
+DEAD_LETTER_MESSAGE = "Thaw-Error-Message"
+DEAD_LETTER_ATTEMPTS = "Thaw-Attempts"
+DEAD_LETTER_ORIGINAL_SUBJECT = "Thaw-Original-Subject"
+DEAD_LETTER_ORIGINAL_STREAM = "Thaw-Original-Stream"
+DEAD_LETTER_ORIGINAL_SEQ = "Thaw-Original-Seq"
+DEAD_LETTER_APP = "Thaw-App"
+DEAD_LETTER_CAPABILITY = "Thaw-Capability"
+DEAD_LETTER_REVISION = "Thaw-Revision"
+# Set on a replayed message: the dead-letter sequence it was replayed from.
+REPLAY_OF_HEADER = "Thaw-Replay-Of"

@@ -1,0 +1,357 @@
+"""The backbone contract: messaging and state that capabilities run against.
+
+Two implementations share it and one conformance suite (``tests/backbone_contract.py``):
+``MemoryBackbone`` (in process; for the core, embedding and WASM) and the
+JetStream backbone in ``adapters/nats``. The semantics are JetStream's:
+
+- Streams capture subjects (NATS wildcards ``*`` and ``>``); a publish with a
+  message id seen within the stream's duplicate window is acknowledged as a
+  duplicate with the original sequence and not stored again.
+- Durable pull consumers deliver each message until it is acked or termed:
+  ``nak(delay)`` redelivers after ``delay`` (at once without one), an expired
+  AckWait redelivers (after ``backoff[n]`` when a backoff list is set),
+  ``in_progress`` restarts the AckWait timer, and a message delivered
+  ``max_deliver`` times is not delivered again. Redeliveries come before new
+  messages, in sequence order within one fetch (across fetches JetStream keeps
+  the order of the naks). Acks may be counted a moment late by ``consumer_info``
+  on JetStream (they are fire-and-forget there). ``fetch`` returns at most
+  ``batch`` messages, waits at most ``timeout`` seconds for the first one, and an
+  empty list is a normal answer.
+- KV buckets keep one value per key with a bucket-wide monotonic revision;
+  ``create`` succeeds only when the key has no live value, ``update`` only when
+  the key's latest revision equals ``last`` (compare-and-set); values older than
+  the bucket's ``ttl`` vanish. Every change is also a message on the bucket's
+  stream ``KV_<bucket>`` (subject ``$KV.<bucket>.<key>``, header
+  ``KV-Operation: DEL`` on deletes, stream sequence = revision, one message kept
+  per key), so a durable consumer on that stream sees key changes (``kv`` triggers).
+- Object stores keep named blobs of any size; every put and delete writes the
+  object's JSON info to ``$O.<bucket>.M.<base64url name>`` on the stream
+  ``OBJ_<bucket>`` (the layout every NATS client uses), so a durable consumer on
+  it sees uploads (``objects`` triggers).
+
+Times are seconds (floats). Definitions are frozen Structs so "create or confirm"
+provisioning can compare them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Literal, Protocol
+
+import msgspec
+
+from thaw._headers import MSG_ID_HEADER
+from thaw.backbone._subjects import parse_ack_subject
+
+__all__ = [
+    "StreamConfig",
+    "StreamInfo",
+    "ConsumerConfig",
+    "ConsumerInfo",
+    "PubAck",
+    "DeliveredMessage",
+    "StoredMessage",
+    "Message",
+    "KvConfig",
+    "KvEntry",
+    "KeyValue",
+    "ObjectStoreConfig",
+    "ObjectInfo",
+    "ObjectStore",
+    "Backbone",
+]
+
+
+class StreamConfig(msgspec.Struct, frozen=True, kw_only=True):
+    name: str
+    subjects: tuple[str, ...]
+    duplicate_window: float = 120.0
+    max_age: float = 0.0  # 0: keep forever
+    max_msg_size: int = -1  # -1: unlimited
+
+
+class StreamInfo(msgspec.Struct, frozen=True, kw_only=True):
+    config: StreamConfig
+    messages: int
+    first_seq: int
+    last_seq: int
+
+
+class ConsumerConfig(msgspec.Struct, frozen=True, kw_only=True):
+    durable: str
+    filter_subject: str = ""  # "" = every subject of the stream
+    ack_wait: float = 30.0
+    max_deliver: int = -1  # -1: unlimited
+    backoff: tuple[float, ...] = ()
+    max_ack_pending: int = 1000
+
+
+class ConsumerInfo(msgspec.Struct, frozen=True, kw_only=True):
+    stream: str
+    config: ConsumerConfig
+    num_pending: int  # stored messages not yet delivered to this consumer
+    num_ack_pending: int  # delivered, waiting for ack/nak/term
+    num_redelivered: int  # of the ack-pending ones, how many were delivered more than once
+
+
+class PubAck(msgspec.Struct, frozen=True, gc=False):
+    stream: str
+    seq: int
+    duplicate: bool = False
+
+
+class StoredMessage(msgspec.Struct, frozen=True, kw_only=True):
+    stream: str
+    seq: int
+    subject: str
+    data: bytes
+    headers: dict[str, str] = {}
+
+
+class Message(Protocol):
+    """One delivery from a durable consumer."""
+
+    @property
+    def subject(self) -> str: ...
+    @property
+    def data(self) -> bytes: ...
+    @property
+    def headers(self) -> Mapping[str, str]: ...
+    @property
+    def stream(self) -> str: ...
+    @property
+    def seq(self) -> int:
+        """The message's stream sequence (stable across redeliveries)."""
+        ...
+
+    @property
+    def num_delivered(self) -> int:
+        """How many times this message has been delivered, this one included (1-based)."""
+        ...
+
+    @property
+    def pending(self) -> int:
+        """Messages the consumer still holds for a first delivery after this one (its lag).
+
+        JetStream stamps it on the delivery; MemoryBackbone counts it when asked.
+        """
+        ...
+
+    @property
+    def msg_id(self) -> str | None:
+        """The publisher's message id (``Nats-Msg-Id``), if any."""
+        ...
+
+    async def ack(self) -> None: ...
+    async def nak(self, delay: float | None = None) -> None: ...
+    async def term(self, reason: str = "") -> None: ...
+    async def in_progress(self) -> None: ...
+
+
+_NO_HEADERS: Mapping[str, str] = MappingProxyType({})
+
+
+class DeliveredMessage:
+    """What a JetStream delivery knows of itself, for the adapters' ``Message`` classes.
+
+    Stream, sequence, delivery count and pending count come from the ``$JS.ACK``
+    reply subject; the headers are kept read-only. Subclasses (the NATS adapter's,
+    the edge host's) add how to ack, nak, term and send in-progress acks.
+    """
+
+    __slots__ = (
+        "_data",
+        "_headers",
+        "_num_delivered",
+        "_pending",
+        "_reply",
+        "_seq",
+        "_stream",
+        "_subject",
+    )
+
+    def __init__(
+        self, subject: str, reply: str, data: bytes, headers: Mapping[str, str] | None
+    ) -> None:
+        self._subject = subject
+        self._reply = reply
+        self._data = data
+        self._headers = MappingProxyType(headers) if headers else _NO_HEADERS
+        self._stream, self._num_delivered, self._seq, self._pending = parse_ack_subject(reply)
+
+    def __repr__(self) -> str:
+        return (
+            f"<{type(self).__name__} {self._stream}#{self._seq} {self._subject!r} "
+            f"delivery {self._num_delivered}>"
+        )
+
+    @property
+    def subject(self) -> str:
+        return self._subject
+
+    @property
+    def data(self) -> bytes:
+        return self._data
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        return self._headers
+
+    @property
+    def stream(self) -> str:
+        return self._stream
+
+    @property
+    def seq(self) -> int:
+        return self._seq
+
+    @property
+    def num_delivered(self) -> int:
+        return self._num_delivered
+
+    @property
+    def pending(self) -> int:
+        return self._pending
+
+    @property
+    def msg_id(self) -> str | None:
+        return self._headers.get(MSG_ID_HEADER)
+
+
+class KvConfig(msgspec.Struct, frozen=True, kw_only=True):
+    bucket: str
+    ttl: float = 0.0  # 0: values never expire
+    max_value_size: int = -1
+
+
+class KvEntry(msgspec.Struct, frozen=True, kw_only=True):
+    bucket: str
+    key: str
+    value: bytes
+    revision: int
+    operation: Literal["PUT", "DEL", "PURGE"] = "PUT"
+
+
+class KeyValue(Protocol):
+    @property
+    def bucket(self) -> str: ...
+
+    async def get(self, key: str) -> KvEntry | None:
+        """The live value, or None when absent, deleted or expired."""
+        ...
+
+    async def put(self, key: str, value: bytes) -> int:
+        """Store unconditionally; return the new revision."""
+        ...
+
+    async def create(self, key: str, value: bytes) -> int:
+        """Store only if the key has no live value; else raise ``KeyExists``."""
+        ...
+
+    async def update(self, key: str, value: bytes, *, last: int) -> int:
+        """Store only if the key's latest revision is ``last``; else raise ``WrongRevision``."""
+        ...
+
+    async def delete(self, key: str, *, last: int | None = None) -> None:
+        """Delete (leave a tombstone); with ``last``, only at that revision."""
+        ...
+
+    async def keys(self) -> list[str]:
+        """Keys with a live value, sorted."""
+        ...
+
+
+class ObjectStoreConfig(msgspec.Struct, frozen=True, kw_only=True):
+    bucket: str
+
+
+class ObjectInfo(msgspec.Struct, frozen=True, kw_only=True):
+    """What the store knows about one object (its data is read with ``get``)."""
+
+    bucket: str
+    name: str
+    size: int
+    digest: str  # "SHA-256=<base64url of the SHA-256 of the data>", as NATS clients write it
+    chunks: int = 0  # messages the data is split into (JetStream: 128 KiB each)
+    modified: str = ""  # ISO 8601 time of the put, as the writer recorded it
+    deleted: bool = False
+
+
+ObjectInfos = list[ObjectInfo]  # ``list`` is a method name of ObjectStore
+
+
+class ObjectStore(Protocol):
+    """Named blobs in one bucket. Names are any text up to 1024 UTF-8 bytes without
+    control characters (spaces, ``/`` and non-ASCII are fine); a bad name raises
+    ``ConfigError``, a missing object ``ObjectNotFound``."""
+
+    @property
+    def bucket(self) -> str: ...
+
+    async def put(self, name: str, data: bytes) -> ObjectInfo:
+        """Store (or replace) the object; return its info."""
+        ...
+
+    async def get(self, name: str) -> bytes: ...
+
+    async def info(self, name: str) -> ObjectInfo: ...
+
+    async def delete(self, name: str) -> None: ...
+
+    async def list(self) -> ObjectInfos:
+        """Live objects, sorted by name."""
+        ...
+
+
+class Backbone(Protocol):
+    async def add_stream(self, config: StreamConfig) -> StreamInfo:
+        """Create the stream, or confirm an identical one; ``DefinitionConflict`` if it differs."""
+        ...
+
+    async def stream_info(self, name: str) -> StreamInfo: ...
+
+    async def delete_stream(self, name: str) -> None: ...
+
+    async def publish(
+        self,
+        subject: str,
+        data: bytes,
+        *,
+        headers: Mapping[str, str] | None = None,
+        msg_id: str | None = None,
+    ) -> PubAck: ...
+
+    async def get_message(self, stream: str, seq: int) -> StoredMessage: ...
+
+    async def delete_message(self, stream: str, seq: int) -> None:
+        """Remove one stored message; ``MessageNotFound`` if it is not there."""
+        ...
+
+    async def add_consumer(self, stream: str, config: ConsumerConfig) -> ConsumerInfo:
+        """Create the durable consumer, or confirm an identical one."""
+        ...
+
+    async def consumer_info(self, stream: str, durable: str) -> ConsumerInfo: ...
+
+    async def fetch(
+        self, stream: str, durable: str, *, batch: int = 1, timeout: float = 0.0
+    ) -> list[Message]: ...
+
+    async def add_kv(self, config: KvConfig) -> KeyValue:
+        """Create the bucket, or confirm an identical one."""
+        ...
+
+    async def kv(self, bucket: str) -> KeyValue:
+        """An existing bucket; ``BucketNotFound`` otherwise."""
+        ...
+
+    async def add_object_store(self, config: ObjectStoreConfig) -> ObjectStore:
+        """Create the object store, or confirm an identical one."""
+        ...
+
+    async def object_store(self, bucket: str) -> ObjectStore:
+        """An existing object store; ``BucketNotFound`` otherwise."""
+        ...
+
+    async def aclose(self) -> None: ...

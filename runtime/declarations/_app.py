@@ -1,0 +1,236 @@
+"""App and capability declarations.
+
+An ``App`` is a named set of capabilities. ``@app.capability(*triggers, ...)``
+reads the function's input and output contracts from its annotations, validates
+triggers and policies, and records a frozen ``CapabilitySpec``. Nothing here
+runs per invocation; the invoker compiles specs into its fast-path records.
+
+Function shapes accepted (all ``async def``)::
+
+    async def f() -> Out
+    async def f(payload: In) -> Out
+    async def f(ctx: Context) -> Out
+    async def f(payload: In, ctx: Context) -> Out
+
+``In``/``Out`` are msgspec-compatible types (Structs, dicts, lists, scalars);
+``bytes`` as ``In`` receives the raw data; ``-> None`` answers an empty body.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+import typing
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from typing import Any, TypeVar
+
+import msgspec
+
+from thaw._errors import ConfigError
+from thaw.declarations._context import Context
+from thaw.declarations._policy import Access, Idempotency, Policy, RetryPolicy
+from thaw.declarations._triggers import HttpTrigger, Trigger
+
+__all__ = ["App", "CapabilitySpec", "Hook"]
+
+Handler = Callable[..., Coroutine[Any, Any, Any]]
+Hook = Callable[[], Awaitable[None]]
+F = TypeVar("F", bound=Handler)
+_PARAMETER = re.compile(r"\{[^{}]*\}")
+_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_\-]{0,63}\Z")
+_TRIGGER_TYPES = typing.get_args(Trigger)
+
+
+class CapabilitySpec(msgspec.Struct, frozen=True, kw_only=True):
+    """One capability: a function plus everything the runtime needs to call it."""
+
+    name: str
+    handler: Handler
+    triggers: tuple[Trigger, ...]
+    policy: Policy
+    input_type: Any  # a msgspec-compatible type, or None when the function takes no payload
+    output_type: Any  # None when the function returns nothing
+    takes_payload: bool
+    takes_context: bool
+    description: str = ""
+
+
+class App:
+    """A named set of capabilities: ``app = App("payments")``."""
+
+    def __init__(self, name: str) -> None:
+        _check_name("app", name)
+        self.name = name
+        self._capabilities: dict[str, CapabilitySpec] = {}
+        self._on_start: list[Hook] = []
+        self._on_stop: list[Hook] = []
+
+    def __repr__(self) -> str:
+        return f"App({self.name!r}, capabilities={list(self._capabilities)})"
+
+    @property
+    def capabilities(self) -> Mapping[str, CapabilitySpec]:
+        return self._capabilities
+
+    @property
+    def start_hooks(self) -> tuple[Hook, ...]:
+        return tuple(self._on_start)
+
+    @property
+    def stop_hooks(self) -> tuple[Hook, ...]:
+        return tuple(self._on_stop)
+
+    def capability(
+        self,
+        *triggers: Trigger,
+        name: str | None = None,
+        timeout: float = 10.0,
+        retry: RetryPolicy | None = None,
+        idempotency: Idempotency | None = None,
+        concurrency: int | None = None,
+        max_payload: int = 1024 * 1024,
+        access: Access | None = None,
+    ) -> Callable[[F], F]:
+        """Declare an async function as a capability of this app.
+
+        ``timeout`` (seconds) bounds every call; ``retry`` bounds attempts and sets
+        the backoff; ``idempotency`` makes duplicates return the first result;
+        ``concurrency`` caps calls in flight (beyond it: ``Retry`` with code
+        ``overloaded``); ``max_payload`` caps input bytes; ``access`` lists the
+        subjects and KV buckets the function may touch (None: anything).
+        """
+        for trigger in triggers:
+            if not isinstance(trigger, _TRIGGER_TYPES):
+                raise ConfigError(
+                    f"{trigger!r} is not a trigger; use thaw.http(...), stream(...), "
+                    "subject(...), schedule(...), objects(...) or kv(...)"
+                )
+        policy = Policy(
+            timeout=timeout,
+            retry=retry if retry is not None else RetryPolicy(),
+            idempotency=idempotency,
+            concurrency=concurrency,
+            max_payload=max_payload,
+            access=access,
+        )
+
+        def register(function: F) -> F:
+            chosen = function.__name__ if name is None else name
+            spec = _build_spec(function, chosen, tuple(triggers), policy)
+            self._add(spec)
+            return function
+
+        return register
+
+    def on_start(self, hook: Hook) -> Hook:
+        """Run ``hook`` when an instance starts (create clients and per-instance state here)."""
+        if not inspect.iscoroutinefunction(hook):
+            raise ConfigError(f"on_start hook {hook!r} must be an async function")
+        self._on_start.append(hook)
+        return hook
+
+    def on_stop(self, hook: Hook) -> Hook:
+        """Run ``hook`` when an instance stops (close what on_start opened)."""
+        if not inspect.iscoroutinefunction(hook):
+            raise ConfigError(f"on_stop hook {hook!r} must be an async function")
+        self._on_stop.append(hook)
+        return hook
+
+    def _add(self, spec: CapabilitySpec) -> None:
+        if spec.name in self._capabilities:
+            raise ConfigError(f"app {self.name!r} already has a capability named {spec.name!r}")
+        routes = {
+            (t.method, _route_shape(t)): name
+            for name, other in self._capabilities.items()
+            for t in other.triggers
+            if isinstance(t, HttpTrigger)
+        }
+        for trigger in spec.triggers:
+            if not isinstance(trigger, HttpTrigger):
+                continue
+            shape = (trigger.method, _route_shape(trigger))
+            if shape in routes:
+                raise ConfigError(
+                    f"route {trigger.method} {trigger.path} is already served by capability "
+                    f"{routes[shape]!r}"
+                )
+            routes[shape] = spec.name
+        self._capabilities[spec.name] = spec
+
+
+def _route_shape(trigger: HttpTrigger) -> str:
+    """The path with parameter names erased: /items/{id} and /items/{key:int} collide."""
+    return _PARAMETER.sub("{}", trigger.path)
+
+
+def _check_name(kind: str, name: object) -> None:
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise ConfigError(
+            f"{kind} name {name!r} must start with a letter and hold only letters, digits, "
+            "'_' and '-' (at most 64 characters)"
+        )
+
+
+def _build_spec(
+    function: Handler, name: str, triggers: tuple[Trigger, ...], policy: Policy
+) -> CapabilitySpec:
+    _check_name("capability", name)
+    where = f"capability {name!r} ({getattr(function, '__qualname__', function)!r})"
+    if not inspect.iscoroutinefunction(function):
+        raise ConfigError(f"{where} must be an 'async def' function")
+    try:
+        # include_extras keeps Annotated[..., msgspec.Meta(...)] constraints on the contract.
+        hints = typing.get_type_hints(function, include_extras=True)
+    except Exception as exc:
+        raise ConfigError(f"{where}: cannot resolve its annotations: {exc}") from exc
+    parameters = list(inspect.signature(function).parameters.values())
+    takes_payload = takes_context = False
+    input_type: Any = None
+    for parameter in parameters:
+        if parameter.kind not in (parameter.POSITIONAL_ONLY, parameter.POSITIONAL_OR_KEYWORD):
+            raise ConfigError(f"{where}: parameter {parameter.name!r} must be positional")
+        annotation = hints.get(parameter.name, inspect.Parameter.empty)
+        if annotation is Context:
+            if takes_context:
+                raise ConfigError(f"{where} takes two Context parameters")
+            takes_context = True
+        elif takes_payload or takes_context:
+            raise ConfigError(
+                f"{where}: expected (payload, ctx: Context); parameter {parameter.name!r} "
+                "is extra or out of order"
+            )
+        else:
+            if annotation is inspect.Parameter.empty:
+                raise ConfigError(
+                    f"{where}: annotate the payload parameter {parameter.name!r} with its "
+                    "contract type (a msgspec Struct, dict, bytes, ...)"
+                )
+            takes_payload = True
+            input_type = annotation
+    output_type = hints.get("return", Any)
+    if output_type is type(None):
+        output_type = None
+    for kind, contract in (("input", input_type), ("output", output_type)):
+        if contract is None or contract is Any:
+            continue
+        try:
+            msgspec.json.Decoder(contract)
+            # Decoder accepts any class as a "custom type" that needs a dec_hook, which
+            # the invoker never passes; schema generation refuses those, nested ones too.
+            msgspec.json.schema(contract)
+        except TypeError as exc:
+            reason = str(exc).strip().splitlines()[-1]
+            raise ConfigError(
+                f"{where}: its {kind} type {contract!r} is not a supported contract type: {reason}"
+            ) from exc
+    return CapabilitySpec(
+        name=name,
+        handler=function,
+        triggers=triggers,
+        policy=policy,
+        input_type=input_type,
+        output_type=output_type,
+        takes_payload=takes_payload,
+        takes_context=takes_context,
+        description=inspect.getdoc(function) or "",
+    )

@@ -1,0 +1,256 @@
+"""Context: what a running function may use besides its payload.
+
+A Context is created per call only for functions that ask for one. It exposes
+the event's attempt, deadline and trace, a logger that stamps the trace id, and
+the backbone (publish with a message id derived from the input, KV buckets,
+object stores).
+Everything costly (trace parsing, logger adapters) is computed on first use.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from typing import TYPE_CHECKING, Any, Literal
+
+import msgspec
+
+from thaw._errors import (
+    AccessDenied,
+    ConfigError,
+    DeadlineExceeded,
+    NoResponders,
+    UnknownCapability,
+)
+from thaw._event import Event, Outcome, Reject, Retry
+from thaw._headers import MSG_ID_HEADER, TRACEPARENT_HEADER
+from thaw._trace import TraceContext, parse_traceparent, start_trace
+from thaw.backbone._subjects import subject_matches
+from thaw.decisions._reply import Requester, outcome_of_reply
+
+if TYPE_CHECKING:
+    from thaw._clock import Clock
+    from thaw.backbone._contract import Backbone, KeyValue, ObjectStore, PubAck
+    from thaw.declarations._policy import Access
+
+__all__ = ["Context", "CapabilityEnv"]
+
+_encode = msgspec.json.Encoder().encode
+
+
+class CapabilityEnv:
+    """Per-capability, per-invoker values shared by every Context of that capability."""
+
+    __slots__ = ("access", "app", "backbone", "capability", "clock", "logger", "siblings")
+
+    def __init__(
+        self,
+        *,
+        app: str,
+        capability: str,
+        backbone: Backbone | None,
+        clock: Clock,
+        logger: logging.Logger,
+        access: Access | None = None,
+    ) -> None:
+        self.access = access
+        self.app = app
+        self.capability = capability
+        self.backbone = backbone
+        self.clock = clock
+        self.logger = logger
+        # The invoker's compiled capabilities, for ctx.call (set once all are compiled).
+        self.siblings: Mapping[str, Callable[[Event], Awaitable[Outcome]]] = {}
+
+
+class _TraceLogger(logging.LoggerAdapter[logging.Logger]):
+    def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, Any]:
+        extra = self.extra or {}
+        return f"[{extra['trace_id']} {extra['capability']}] {msg}", kwargs
+
+
+class Context:
+    """Handed to a function that declares a ``ctx: Context`` parameter."""
+
+    __slots__ = ("_env", "_logger", "_published", "_requested", "_trace", "deadline", "event")
+
+    def __init__(self, env: CapabilityEnv, event: Event, deadline: float) -> None:
+        self._env = env
+        self.event = event
+        self.deadline = deadline
+        self._trace: TraceContext | None = None
+        self._published = self._requested = 0
+        self._logger: logging.LoggerAdapter[logging.Logger] | None = None
+
+    @property
+    def app(self) -> str:
+        return self._env.app
+
+    @property
+    def capability(self) -> str:
+        return self._env.capability
+
+    @property
+    def attempt(self) -> int:
+        """1 on first delivery; the delivery count on redeliveries."""
+        return self.event.attempt
+
+    def remaining(self) -> float:
+        """Seconds left before the deadline (may be negative once it has passed)."""
+        return self.deadline - self._env.clock.now()
+
+    @property
+    def trace(self) -> TraceContext:
+        """The incoming trace context, or a new trace when the event carried none."""
+        if self._trace is None:
+            self._trace = parse_traceparent(self.event.traceparent) or start_trace()
+        return self._trace
+
+    @property
+    def log(self) -> logging.LoggerAdapter[logging.Logger]:
+        """A logger whose lines carry the trace id and capability name."""
+        if self._logger is None:
+            self._logger = _TraceLogger(
+                self._env.logger,
+                {"trace_id": self.trace.trace_id, "capability": self._env.capability},
+            )
+        return self._logger
+
+    async def publish(
+        self,
+        subject: str,
+        data: bytes | object,
+        *,
+        msg_id: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> PubAck:
+        """Publish to the backbone with a message id derived from the input.
+
+        The default id is ``<event id>/<capability>/<n>`` for the n-th publish of this
+        call, so a redelivered input republishes the same ids and the stream's
+        duplicate window drops the copies. ``data`` that is not bytes is JSON-encoded.
+        """
+        backbone = self._require_backbone("publish")
+        self._check_subject("publish to", subject, "publishes")
+        self._published += 1
+        if msg_id is None:
+            msg_id = f"{self.event.id}/{self._env.capability}/{self._published}"
+        payload = data if isinstance(data, bytes) else _encode(data)
+        out_headers = dict(headers) if headers else {}
+        out_headers[TRACEPARENT_HEADER] = self.trace.child().traceparent
+        return await backbone.publish(subject, payload, headers=out_headers, msg_id=msg_id)
+
+    async def call(
+        self, capability: str, payload: bytes | object = b"", *, timeout: float | None = None
+    ) -> Outcome:
+        """Invoke another capability of this app in process (BFF fan-out, composition).
+
+        The callee gets this call's trace (a child span), an event id derived from
+        this one, and a deadline no later than ours (sooner with ``timeout``).
+        Combine several calls with ``thaw.fan_out`` to get partial results.
+        """
+        target = self._env.siblings.get(capability)
+        if target is None:
+            error = UnknownCapability.naming(self._env.app, capability, self._env.siblings)
+            return Reject(error.code, error.message)
+        deadline = self.deadline
+        if timeout is not None:
+            deadline = min(deadline, self._env.clock.now() + timeout)
+        data = payload if isinstance(payload, bytes) else _encode(payload)
+        event = Event(
+            id=f"{self.event.id}/{self._env.capability}->{capability}",
+            data=data,
+            deadline=deadline,
+            traceparent=self.trace.child().traceparent,
+        )
+        return await target(event)
+
+    async def request(
+        self,
+        subject: str,
+        payload: bytes | object = b"",
+        *,
+        timeout: float | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> Outcome:
+        """Call a capability behind a ``subject`` trigger (any app) over request/reply.
+
+        The remote counterpart of ``call``: the same Outcome comes back (``Ok``
+        with the encoded result, or the responder's ``Reject``/``Retry`` with its
+        stable code), so ``fan_out`` mixes both. The request carries a child
+        trace and an id derived from this event (``Nats-Msg-Id``); it waits no
+        later than our deadline (sooner with ``timeout``). No reply in time is
+        ``Retry(code="deadline_exceeded")`` (``fan_out`` lists it as late);
+        nobody serving the subject is ``Retry(code="no_responders")``. The
+        subject must be allowed by ``Access(requests=...)`` when the capability
+        declares one (not ``publishes``: a stream provisioned for it would answer).
+        """
+        backbone = self._require_backbone("request")
+        self._check_subject("send requests to", subject, "requests")
+        if not isinstance(backbone, Requester):
+            raise ConfigError(
+                f"capability {self._env.capability!r} called ctx.request() but the backbone "
+                f"{type(backbone).__name__} carries no request/reply"
+            )
+        wait = self.deadline - self._env.clock.now()
+        if timeout is not None:
+            wait = min(wait, timeout)
+        if wait <= 0:
+            return Retry(0.0, f"no time left to request {subject!r}", DeadlineExceeded.code)
+        self._requested += 1
+        out_headers = dict(headers) if headers else {}
+        out_headers[TRACEPARENT_HEADER] = self.trace.child().traceparent
+        out_headers[MSG_ID_HEADER] = (
+            f"{self.event.id}/{self._env.capability}?{subject}/{self._requested}"
+        )
+        data = payload if isinstance(payload, bytes) else _encode(payload)
+        try:
+            reply = await backbone.request(subject, data, headers=out_headers, timeout=wait)
+        except (DeadlineExceeded, NoResponders) as exc:
+            return Retry(0.0, exc.message, exc.code)
+        return outcome_of_reply(reply.data, reply.headers)
+
+    async def kv(self, bucket: str) -> KeyValue:
+        """The KV bucket ``bucket`` (it must exist; hosts provision declared buckets)."""
+        backbone = self._require_backbone("kv")
+        self._check_bucket("use KV bucket", bucket, "buckets")
+        return await backbone.kv(bucket)
+
+    async def objects(self, bucket: str) -> ObjectStore:
+        """The object store ``bucket`` (it must exist; hosts provision declared ones)."""
+        backbone = self._require_backbone("objects")
+        self._check_bucket("use object store", bucket, "objects")
+        return await backbone.object_store(bucket)
+
+    def _check_subject(
+        self, doing: str, subject: str, field: Literal["publishes", "requests"]
+    ) -> None:
+        access = self._env.access
+        if access is None:
+            return
+        allowed: tuple[str, ...] = getattr(access, field)
+        if not any(subject_matches(pattern, subject) for pattern in allowed):
+            raise self._denied(f"{doing} {subject!r}", field, allowed)
+
+    def _check_bucket(self, doing: str, bucket: str, field: Literal["buckets", "objects"]) -> None:
+        access = self._env.access
+        if access is None:
+            return
+        allowed: tuple[str, ...] = getattr(access, field)
+        if bucket not in allowed:
+            raise self._denied(f"{doing} {bucket!r}", field, allowed)
+
+    def _denied(self, doing: str, field: str, allowed: tuple[str, ...]) -> AccessDenied:
+        return AccessDenied(
+            f"capability {self._env.capability!r} may not {doing}; "
+            f"add it to access=Access({field}=...) (allowed: {list(allowed)})"
+        )
+
+    def _require_backbone(self, what: str) -> Backbone:
+        backbone = self._env.backbone
+        if backbone is None:
+            raise ConfigError(
+                f"capability {self._env.capability!r} called ctx.{what}() but this invoker "
+                "has no backbone; pass backbone=... to the Invoker or run it under a host"
+            )
+        return backbone

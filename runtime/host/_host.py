@@ -1,0 +1,170 @@
+"""The host: wires an App, a backbone and its stream workers together and owns lifecycle.
+
+``open_host(app, backbone)`` provisions what the app needs (see ``_provision``),
+builds one invoker (idempotency on the backbone's KV, so several hosts share
+it), runs the app's ``on_start`` hooks, and starts one ``StreamWorker`` per
+``stream``, ``kv`` and ``objects`` trigger, plus the schedule runner, in its own task group. Several
+hosts may consume the same durable consumers: they are competing workers, so
+capacity grows by adding hosts. Leaving the context drains: workers stop
+fetching, in-flight calls get ``drain_timeout`` seconds to finish (unfinished
+ones are cancelled and, never acked, redelivered elsewhere), then ``on_stop``
+runs.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+
+import anyio
+import msgspec
+
+from thaw._clock import Clock
+from thaw._event import Event, Outcome
+from thaw._headers import MSG_ID_HEADER, TRACEPARENT_HEADER
+from thaw.backbone._contract import Backbone
+from thaw.backbone.memory._backbone import MemoryBackbone
+from thaw.backbone.memory._requests import Responding
+from thaw.decisions._reply import Reply, Responder, service_reply
+from thaw.declarations._app import App
+from thaw.declarations._changes import shaper_for
+from thaw.declarations._triggers import SubjectTrigger
+from thaw.host._provision import ProvisionPlan, apply_plan, idempotency_bucket_for, plan_for
+from thaw.host._schedule import ScheduleRunner
+from thaw.host._worker import StreamWorker, WorkerStatistics
+from thaw.invocation._budget import RetryBudget
+from thaw.invocation._idempotency import IdempotencyStore
+from thaw.invocation._invoker import CompiledCapability, Invoker
+from thaw.invocation._kv_idempotency import KvIdempotencyStore
+
+__all__ = ["Host", "HostStatistics", "open_host"]
+
+
+class HostStatistics(msgspec.Struct, frozen=True):
+    app: str
+    workers: dict[str, WorkerStatistics]
+
+
+class Host:
+    """A running app on a backbone (use ``open_host``)."""
+
+    def __init__(
+        self,
+        app: App,
+        backbone: Backbone,
+        invoker: Invoker,
+        plan: ProvisionPlan,
+        workers: dict[str, StreamWorker],
+    ) -> None:
+        self.app = app
+        self.backbone = backbone
+        self.invoker = invoker
+        self.plan = plan
+        self.workers = workers
+
+    async def invoke(self, capability: str, event: Event) -> Outcome:
+        """Invoke directly (what an HTTP or request/reply adapter does)."""
+        return await self.invoker.invoke(capability, event)
+
+    def statistics(self) -> HostStatistics:
+        return HostStatistics(
+            app=self.app.name,
+            workers={name: worker.statistics() for name, worker in self.workers.items()},
+        )
+
+
+@asynccontextmanager
+async def open_host(
+    app: App,
+    backbone: Backbone,
+    *,
+    provision: bool = True,
+    idempotency_store: IdempotencyStore | None = None,
+    budget: RetryBudget | None = None,
+    fetch_timeout: float = 1.0,
+    drain_timeout: float = 10.0,
+    ack_wait: float | None = None,
+) -> AsyncIterator[Host]:
+    """Provision (unless ``provision=False``), start the workers, yield the host, drain.
+
+    ``ack_wait`` (seconds) is the AckWait of the consumers this host provisions (and
+    the basis of its in-progress heartbeats); None keeps the planner's default.
+    """
+    plan = plan_for(app) if ack_wait is None else plan_for(app, ack_wait=ack_wait)
+    if provision:
+        await apply_plan(plan, backbone)
+    store = idempotency_store or KvIdempotencyStore(backbone, bucket=idempotency_bucket_for(app))
+    invoker = Invoker(app, backbone=backbone, idempotency_store=store)
+    budget = budget or RetryBudget()
+    workers: dict[str, StreamWorker] = {}
+    for consumer in plan.consumers:
+        # Keyed by capability; a capability's further consumers by "capability/stream/durable".
+        key = consumer.capability
+        if key in workers:
+            key = f"{key}/{consumer.stream}/{consumer.config.durable}"
+        workers[key] = StreamWorker(
+            invoker,
+            backbone,
+            consumer.capability,
+            stream=consumer.stream,
+            consumer=consumer.config,
+            fetch_timeout=fetch_timeout,
+            budget=budget,
+            shape=shaper_for(consumer.trigger),
+        )
+    schedules = ScheduleRunner(app, invoker, backbone)
+    for hook in app.start_hooks:
+        await hook()
+    responders = _answer_subjects(invoker, backbone) if isinstance(backbone, MemoryBackbone) else []
+    try:
+        async with anyio.create_task_group() as group:
+            for worker in workers.values():
+                group.start_soon(worker.run)
+            if schedules.schedules:
+                group.start_soon(schedules.run)
+            try:
+                yield Host(app, backbone, invoker, plan, workers)
+            finally:
+                for responding in responders:
+                    responding.close()
+                for worker in workers.values():
+                    worker.stop()
+                with anyio.move_on_after(drain_timeout, shield=True):
+                    for worker in workers.values():
+                        await worker.wait_stopped()
+                group.cancel_scope.cancel()
+    finally:
+        for responding in responders:
+            responding.close()
+        with anyio.CancelScope(shield=True):
+            for hook in reversed(app.stop_hooks):
+                await hook()
+
+
+def _answer_subjects(invoker: Invoker, backbone: MemoryBackbone) -> list[Responding]:
+    """Serve the app's ``subject`` triggers in process (JetStream: adapters/nats/services)."""
+    return [
+        backbone.respond(trigger.subject, _responder(capability, invoker.clock))
+        for capability in invoker.capabilities.values()
+        for trigger in capability.spec.triggers
+        if isinstance(trigger, SubjectTrigger)
+    ]
+
+
+def _responder(capability: CompiledCapability, clock: Clock) -> Responder:
+    timeout = capability.spec.policy.timeout
+
+    async def answer(subject: str, data: bytes, headers: Mapping[str, str]) -> Reply:
+        event = Event(
+            id=headers.get(MSG_ID_HEADER) or uuid.uuid4().hex,
+            data=data,
+            subject=subject,
+            headers=dict(headers),
+            deadline=clock.now() + timeout,
+            traceparent=headers.get(TRACEPARENT_HEADER, ""),
+        )
+        body, reply_headers = service_reply(await capability(event))
+        return Reply(body, reply_headers)
+
+    return answer

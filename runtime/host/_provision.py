@@ -1,0 +1,190 @@
+"""Provisioning from capability specs: the streams, consumers and buckets an App needs.
+
+``plan_for(app)`` is pure: it derives, from triggers and ``Access`` declarations,
+one stream per app (``<APP>``, or the stream a trigger names) capturing every
+subject its capabilities consume or publish, one durable pull consumer per
+``stream`` trigger (AckWait, MaxDeliver from the retry policy, MaxAckPending
+from the concurrency limit), the KV buckets and object stores the capabilities
+use, the idempotency bucket and the dead-letter stream. A ``kv`` or ``objects``
+trigger adds its bucket and a durable consumer on the bucket's own stream
+(``KV_<bucket>`` filtered to ``$KV.<bucket>.<key>``, ``OBJ_<bucket>`` filtered
+to ``$O.<bucket>.M.>``); these consumers deliver from the start of the bucket,
+so changes made while no host ran are processed when one starts. ``apply_plan`` creates each one
+or confirms an identical existing one; an existing definition that differs is
+reported (``DefinitionConflict`` naming the fields), never silently changed.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from thaw.backbone._buckets import (
+    kv_stream_name,
+    kv_subject_prefix,
+    object_stream_name,
+    object_stream_subjects,
+)
+from thaw.backbone._contract import (
+    Backbone,
+    ConsumerConfig,
+    KvConfig,
+    ObjectStoreConfig,
+    StreamConfig,
+)
+from thaw.backbone._subjects import subject_is_subset
+from thaw.decisions._delivery import DEAD_LETTER_STREAM, DEAD_LETTER_SUBJECTS
+from thaw.declarations._app import App
+from thaw.declarations._triggers import KvTrigger, ObjectsTrigger, StreamTrigger, Trigger
+from thaw.invocation._kv_idempotency import IDEMPOTENCY_BUCKET
+
+__all__ = [
+    "ProvisionPlan",
+    "ConsumerPlan",
+    "plan_for",
+    "apply_plan",
+    "stream_name_for",
+    "idempotency_bucket_for",
+]
+
+DEFAULT_ACK_WAIT = 30.0
+DUPLICATE_WINDOW = 120.0
+
+
+class ConsumerPlan(msgspec.Struct, frozen=True):
+    capability: str
+    stream: str
+    config: ConsumerConfig
+    trigger: Trigger | None = None  # what the consumer serves (kv/objects shape the input)
+
+
+class ProvisionPlan(msgspec.Struct, frozen=True):
+    streams: list[StreamConfig]
+    consumers: list[ConsumerPlan]
+    buckets: list[KvConfig]
+    object_stores: list[ObjectStoreConfig] = []
+
+    def describe(self) -> list[str]:
+        lines = [f"stream {s.name}: {', '.join(s.subjects)}" for s in self.streams]
+        lines += [
+            f"consumer {c.stream}/{c.config.durable} for {c.capability}: "
+            f"filter {c.config.filter_subject}, ack_wait {c.config.ack_wait:g}s, "
+            f"max_deliver {c.config.max_deliver}, max_ack_pending {c.config.max_ack_pending}"
+            for c in self.consumers
+        ]
+        lines += [
+            f"kv bucket {b.bucket}" + (f" (ttl {b.ttl:g}s)" if b.ttl else "") for b in self.buckets
+        ]
+        lines += [f"object store {o.bucket}" for o in self.object_stores]
+        return lines
+
+
+def idempotency_bucket_for(app: App) -> str:
+    """Each app its own idempotency bucket, so apps with different TTLs never conflict."""
+    return f"{IDEMPOTENCY_BUCKET}_{app.name}"
+
+
+def stream_name_for(app: App) -> str:
+    return app.name.upper().replace("-", "_")
+
+
+def _minimal(subjects: list[str]) -> tuple[str, ...]:
+    """Drop subjects another one in the list already covers (streams refuse overlaps)."""
+    kept: list[str] = []
+    for subject in dict.fromkeys(subjects):
+        if any(subject != other and subject_is_subset(subject, other) for other in subjects):
+            continue
+        kept.append(subject)
+    return tuple(kept)
+
+
+def plan_for(app: App, *, ack_wait: float = DEFAULT_ACK_WAIT) -> ProvisionPlan:
+    default_stream = stream_name_for(app)
+    subjects: dict[str, list[str]] = {}
+    consumers: list[ConsumerPlan] = []
+    buckets: dict[str, KvConfig] = {}
+    idempotency_ttl = 0.0
+    object_stores: dict[str, ObjectStoreConfig] = {}
+    durables: set[tuple[str, str]] = set()
+    for spec in app.capabilities.values():  # first the subjects capabilities consume
+        policy = spec.policy
+        for trigger in spec.triggers:
+            durable = f"{app.name}-{spec.name}"
+            if isinstance(trigger, StreamTrigger):
+                stream = trigger.stream or default_stream
+                subjects.setdefault(stream, []).append(trigger.subject)
+                durable = trigger.durable or durable
+                filter_subject = trigger.subject
+            elif isinstance(trigger, KvTrigger):
+                buckets.setdefault(trigger.bucket, KvConfig(bucket=trigger.bucket))
+                stream = kv_stream_name(trigger.bucket)
+                filter_subject = kv_subject_prefix(trigger.bucket) + trigger.key
+            elif isinstance(trigger, ObjectsTrigger):
+                object_stores.setdefault(trigger.bucket, ObjectStoreConfig(bucket=trigger.bucket))
+                stream = object_stream_name(trigger.bucket)
+                filter_subject = object_stream_subjects(trigger.bucket)[1]  # the meta subjects
+            else:
+                continue
+            base, n = durable, 1
+            while (stream, durable) in durables:  # two triggers of one capability, one stream
+                n += 1
+                durable = f"{base}-{n}"
+            durables.add((stream, durable))
+            consumers.append(
+                ConsumerPlan(
+                    capability=spec.name,
+                    stream=stream,
+                    config=ConsumerConfig(
+                        durable=durable,
+                        filter_subject=filter_subject,
+                        ack_wait=ack_wait,
+                        max_deliver=policy.retry.max_attempts,
+                        max_ack_pending=policy.concurrency or 1000,
+                    ),
+                    trigger=trigger,
+                )
+            )
+    consumed = {name: list(held) for name, held in subjects.items()}
+    for spec in app.capabilities.values():  # then what they publish and the state they use
+        policy = spec.policy
+        if policy.access is not None:
+            for subject in policy.access.publishes:
+                owner = next(
+                    (
+                        name
+                        for name, held in consumed.items()
+                        if any(subject_is_subset(subject, h) for h in held)
+                    ),
+                    default_stream,
+                )
+                subjects.setdefault(owner, []).append(subject)
+            for bucket in policy.access.buckets:
+                buckets.setdefault(bucket, KvConfig(bucket=bucket))
+            for bucket in policy.access.objects:
+                object_stores.setdefault(bucket, ObjectStoreConfig(bucket=bucket))
+        if policy.idempotency is not None:
+            idempotency_ttl = max(idempotency_ttl, policy.idempotency.ttl)
+    streams = [
+        StreamConfig(name=name, subjects=_minimal(held), duplicate_window=DUPLICATE_WINDOW)
+        for name, held in subjects.items()
+    ]
+    streams.append(StreamConfig(name=DEAD_LETTER_STREAM, subjects=DEAD_LETTER_SUBJECTS))
+    if idempotency_ttl:
+        name = idempotency_bucket_for(app)
+        buckets[name] = KvConfig(bucket=name, ttl=idempotency_ttl)
+    return ProvisionPlan(
+        streams=streams,
+        consumers=consumers,
+        buckets=list(buckets.values()),
+        object_stores=list(object_stores.values()),
+    )
+
+
+async def apply_plan(plan: ProvisionPlan, backbone: Backbone) -> None:
+    for stream in plan.streams:
+        await backbone.add_stream(stream)
+    for bucket in plan.buckets:  # before the consumers: kv triggers consume their streams
+        await backbone.add_kv(bucket)
+    for store in plan.object_stores:
+        await backbone.add_object_store(store)
+    for consumer in plan.consumers:
+        await backbone.add_consumer(consumer.stream, consumer.config)

@@ -1,0 +1,389 @@
+"""StreamWorker: runs one capability from a durable consumer on any Backbone.
+
+It fetches no more messages than it has free slots (over-fetching is how other
+runtimes turn AckWait into duplicates), turns each delivery into an Event,
+invokes, asks ``decide_stream`` what to do and does it: ack, nak(delay), or
+publish to the dead-letter stream and term. Works the same on MemoryBackbone
+and on JetStream; every task it starts lives in its own task group.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+
+import anyio
+import msgspec
+
+from thaw._errors import BackboneError
+from thaw._event import Event, Outcome
+from thaw._headers import EVENT_ID_HEADER, TRACEPARENT_HEADER
+from thaw.backbone._contract import Backbone, ConsumerConfig, Message, StreamConfig
+from thaw.decisions._delivery import (
+    DEAD_LETTER_STREAM,
+    DEAD_LETTER_SUBJECTS,
+    Ack,
+    DeadLetter,
+    Nak,
+    StreamAction,
+    dead_letter_headers,
+    dead_letter_subject,
+    decide_stream,
+)
+from thaw.declarations._changes import Shaper
+from thaw.invocation._budget import RetryBudget
+from thaw.invocation._invoker import Invoker
+
+__all__ = ["StreamWorker", "WorkerStatistics", "ensure_dead_letter_stream"]
+
+log = logging.getLogger("thaw.worker")
+DEFAULT_SLOTS = 256
+FETCH_PAUSE_MIN = 0.1  # seconds before the first retry of a failed fetch
+FETCH_PAUSE_MAX = 5.0
+PENDING_EVERY = 1.0  # seconds between looks at the consumer's lag while it is busy
+
+
+class WorkerStatistics(msgspec.Struct, frozen=True):
+    acked: int
+    naked: int
+    dead_lettered: int
+    # The consumer's lag: messages not yet delivered, as of the last fetch (-1: none yet).
+    pending: int = -1
+
+
+async def ensure_dead_letter_stream(backbone: Backbone) -> None:
+    await backbone.add_stream(
+        StreamConfig(name=DEAD_LETTER_STREAM, subjects=DEAD_LETTER_SUBJECTS, duplicate_window=120.0)
+    )
+
+
+class StreamWorker:
+    """Consume ``stream``/``durable`` and invoke ``capability`` for each message."""
+
+    def __init__(
+        self,
+        invoker: Invoker,
+        backbone: Backbone,
+        capability: str,
+        *,
+        stream: str,
+        consumer: ConsumerConfig,
+        slots: int | None = None,
+        fetch_timeout: float = 1.0,
+        budget: RetryBudget | None = None,
+        shape: Shaper | None = None,
+    ) -> None:
+        self._shape = shape  # kv/objects triggers: the delivery -> the input (None: skip it)
+        self._invoker = invoker
+        self._backbone = backbone
+        self._capability = invoker.capability(capability)
+        self._stream = stream
+        self._consumer = consumer
+        limit = self._capability.spec.policy.concurrency
+        # Without a concurrency limit, up to DEFAULT_SLOTS calls run at once (never more than
+        # the consumer's MaxAckPending): big fetches are what make a busy stream fast, and a
+        # fetched message always starts at once (a lane per slot), so AckWait is never spent
+        # waiting in a local queue.
+        pending = consumer.max_ack_pending  # -1: unlimited
+        self._slots = (
+            slots or limit or (min(DEFAULT_SLOTS, pending) if pending > 0 else DEFAULT_SLOTS)
+        )
+        self._fetch_timeout = fetch_timeout
+        self._budget = budget
+        # A call that may outlive AckWait gets in-progress acks every half AckWait, so the
+        # server never redelivers work that is still running (bounded by the timeout).
+        timeout = self._capability.spec.policy.timeout
+        self._heartbeat = consumer.ack_wait / 2 if timeout >= consumer.ack_wait / 2 else None
+        self._acked = self._naked = self._dead = 0
+        self._pending = -1
+        self._pending_at = -PENDING_EVERY
+        self._stopping = False
+        self._stopped = anyio.Event()
+
+    def stop(self) -> None:
+        """Stop fetching; calls in flight finish (see ``wait_stopped``)."""
+        self._stopping = True
+
+    async def wait_stopped(self) -> None:
+        """Return once the worker has stopped fetching and its calls have finished."""
+        await self._stopped.wait()
+
+    def statistics(self) -> WorkerStatistics:
+        return WorkerStatistics(self._acked, self._naked, self._dead, self._pending)
+
+    async def run(self) -> None:
+        """Consume until cancelled."""
+        await self._pump(stop_when_idle=False)
+
+    async def run_until_idle(self) -> None:
+        """Consume until a fetch comes back empty and nothing is in flight."""
+        await self._pump(stop_when_idle=True)
+
+    async def _pump(self, *, stop_when_idle: bool) -> None:
+        try:
+            async with anyio.create_task_group() as group:
+                lanes = _Lanes(group, self.handle, self._slots)
+                await self._fetch_loop(lanes, stop_when_idle=stop_when_idle)
+                while lanes.busy:  # stopped or idle: let the calls in flight finish
+                    await lanes.wait_change()
+                group.cancel_scope.cancel()  # only parked lanes are left
+        finally:
+            self._stopped.set()
+
+    async def _fetch_loop(self, lanes: _Lanes, *, stop_when_idle: bool) -> None:
+        pause = 0.0  # after a failed fetch: backs off up to FETCH_PAUSE_MAX, reset by success
+        while not self._stopping:
+            if lanes.free == 0:
+                await lanes.wait_change()
+                continue
+            wanted = lanes.free  # never more than can start at once
+            try:
+                messages = await self._backbone.fetch(
+                    self._stream,
+                    self._consumer.durable,
+                    batch=wanted,
+                    timeout=0.0 if stop_when_idle else self._fetch_timeout,
+                )
+            except BackboneError as exc:
+                # A node down, a leader election, a consumer being re-created: the worker
+                # outlives it and keeps trying, loudly, instead of stopping the host.
+                pause = min(max(pause * 2, FETCH_PAUSE_MIN), FETCH_PAUSE_MAX)
+                log.warning(
+                    "fetch from %s/%s failed (%s: %s); trying again in %.1fs",
+                    self._stream,
+                    self._consumer.durable,
+                    exc.code,
+                    exc,
+                    pause,
+                )
+                await anyio.sleep(pause)  # a back-off, not a wait for a condition
+                continue
+            pause = 0.0
+            self._note_pending(messages, wanted)
+            if not messages and stop_when_idle:
+                if lanes.busy == 0:
+                    return
+                await lanes.wait_change()  # something is in flight: wait for it to finish
+                continue
+            lanes.submit(messages)
+
+    def _note_pending(self, messages: Sequence[Message], wanted: int) -> None:
+        """The consumer's lag: what the last delivery says it still holds.
+
+        Looked at when a fetch comes back short (the backlog is ending) or once per
+        PENDING_EVERY seconds: free on JetStream (it is in the ack subject), a count
+        on MemoryBackbone. An empty fetch, sized to free slots, means nothing waits.
+        """
+        if not messages:
+            self._pending = 0
+            return
+        now = time.monotonic()
+        if len(messages) < wanted or now - self._pending_at >= PENDING_EVERY:
+            self._pending = messages[-1].pending
+            self._pending_at = now
+
+    async def handle(self, message: Message) -> StreamAction:
+        """Invoke for one delivery and perform the decided action."""
+        headers = message.headers
+        data = message.data
+        if self._shape is not None:
+            shaped = self._shape(message)
+            if shaped is None:  # not for this capability (an object deletion, say)
+                skipped = Ack()
+                await self._perform(message, skipped, None)
+                return skipped
+            data = shaped
+        event = Event(
+            id=headers.get(EVENT_ID_HEADER) or message.msg_id or f"{message.stream}.{message.seq}",
+            data=data,
+            subject=message.subject,
+            headers=dict(headers),
+            attempt=message.num_delivered,
+            traceparent=headers.get(TRACEPARENT_HEADER, ""),
+        )
+        if self._budget is not None and message.num_delivered == 1:
+            self._budget.record_first_attempt()
+        if self._heartbeat is None:
+            outcome = await self._capability(event)
+        else:
+            outcome = await self._invoke_with_heartbeat(message, event, self._heartbeat)
+        action = decide_stream(
+            outcome,
+            delivery_count=message.num_delivered,
+            max_deliver=self._consumer.max_deliver,
+        )
+        await self._perform(message, action, event)
+        return action
+
+    async def _perform(self, message: Message, action: StreamAction, event: Event | None) -> None:
+        """Ack, nak or dead-letter ``message``; a backbone failure is logged, not raised."""
+        try:
+            if type(action) is Ack:
+                await message.ack()
+                self._acked += 1
+            elif type(action) is Nak:
+                delay = action.delay
+                if self._budget is not None:
+                    delay = self._budget.retry_delay(delay)
+                await message.nak(delay)
+                self._naked += 1
+            else:
+                assert type(action) is DeadLetter and event is not None
+                await self._dead_letter(message, action, event)
+        except BackboneError as exc:
+            # The server may never have seen the action (connection lost, node down): it
+            # redelivers after AckWait, where idempotency answers the duplicate. One lost
+            # action must not stop the worker.
+            log.warning(
+                "could not %s %s seq %d for %s (redelivered after AckWait): %s",
+                type(action).__name__.lower(),
+                message.stream,
+                message.seq,
+                self._capability.spec.name,
+                exc,
+            )
+
+    async def _invoke_with_heartbeat(
+        self, message: Message, event: Event, interval: float
+    ) -> Outcome:
+        result: list[Outcome] = []
+        async with anyio.create_task_group() as group:
+
+            async def beat() -> None:
+                while True:
+                    await anyio.sleep(interval)
+                    try:
+                        await message.in_progress()
+                    except BackboneError as exc:  # the next beat may get through
+                        log.warning("in-progress ack for seq %d failed: %s", message.seq, exc)
+
+            group.start_soon(beat)
+            try:
+                result.append(await self._capability(event))
+            finally:
+                group.cancel_scope.cancel()
+        return result[0]
+
+    async def _dead_letter(self, message: Message, action: DeadLetter, event: Event) -> None:
+        spec = self._capability.spec
+        app = self._invoker.app.name
+        headers = dead_letter_headers(
+            action,
+            app=app,
+            capability=spec.name,
+            subject=message.subject,
+            stream=message.stream,
+            seq=message.seq,
+            attempts=message.num_delivered,
+            traceparent=event.traceparent,
+            event_id=event.id,
+            original=message.headers,
+        )
+        # The msg id makes a repeated dead-lettering of the same delivery idempotent.
+        await self._backbone.publish(
+            dead_letter_subject(app, spec.name),
+            message.data,
+            headers=headers,
+            msg_id=f"dlq/{message.stream}/{message.seq}",
+        )
+        await message.term(action.code)
+        self._dead += 1
+        log.warning(
+            "dead-lettered %s seq %d for %s: %s: %s",
+            message.stream,
+            message.seq,
+            spec.name,
+            action.code,
+            action.reason,
+        )
+
+
+class _Lanes:
+    """At most ``slots`` long-lived tasks running deliveries, one after another each.
+
+    A task per message costs more than a no-op function. Lanes are started on
+    demand (up to ``slots``) and park when the queue is empty. A lane that takes
+    a message first makes sure one more lane is on its way while messages are
+    still queued, so if its call suspends, the next message starts at once on
+    another lane (a chain, at most one lane waking at a time); if its calls do
+    not suspend, it runs the batch back to back (one socket write for all the
+    acks) and the lane it woke finds nothing and parks. ``busy`` (queued plus
+    running) never exceeds ``slots``, so a free lane always exists for a queued
+    message.
+    """
+
+    __slots__ = (
+        "_changed",
+        "_group",
+        "_handle",
+        "_idle",
+        "_lanes",
+        "_queue",
+        "_slots",
+        "_waking",
+        "busy",
+    )
+
+    def __init__(
+        self,
+        group: anyio.abc.TaskGroup,
+        handle: Callable[[Message], Awaitable[object]],
+        slots: int,
+    ) -> None:
+        self._group = group
+        self._handle = handle
+        self._slots = slots
+        self._queue: deque[Message] = deque()
+        self._idle: list[anyio.Event] = []
+        self._lanes = 0
+        self._waking = 0  # lanes woken or started that have not run yet
+        self._changed: anyio.Event | None = None
+        self.busy = 0
+
+    @property
+    def free(self) -> int:
+        return self._slots - self.busy
+
+    def submit(self, messages: Sequence[Message]) -> None:
+        assert len(messages) <= self.free, "fetched more than there are free slots"
+        self._queue.extend(messages)
+        self.busy += len(messages)
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._waking or not self._queue:
+            return
+        if self._idle:
+            self._idle.pop().set()
+        elif self._lanes < self._slots:
+            self._lanes += 1
+            self._group.start_soon(self._run)
+        else:  # every lane is busy; one of them takes the message when it finishes
+            return
+        self._waking += 1
+
+    async def wait_change(self) -> None:
+        """Wait until a delivery finishes (``busy`` drops)."""
+        if self._changed is None:
+            self._changed = anyio.Event()
+        await self._changed.wait()
+
+    async def _run(self) -> None:
+        queue = self._queue
+        while True:
+            self._waking -= 1
+            while queue:
+                message = queue.popleft()
+                self._wake()  # someone for the next message, should this call suspend
+                try:
+                    await self._handle(message)
+                finally:
+                    self.busy -= 1
+                    changed, self._changed = self._changed, None
+                    if changed is not None:
+                        changed.set()
+            wake = anyio.Event()
+            self._idle.append(wake)
+            await wake.wait()

@@ -1,0 +1,147 @@
+"""Idempotency stores: claim a key, then complete it with the result or release it.
+
+Protocol (the same for the in-memory store and KV-backed stores):
+
+- ``claim(key)`` answers ``claimed`` (you run the side effect; keep the token),
+  ``done`` (someone finished; here is the stored result) or ``busy`` (someone
+  holds a live claim). A claim lapses after ``hold`` seconds so a crashed
+  worker cannot block a key forever.
+- ``complete(key, token, result)`` stores the result for ``ttl`` seconds;
+  ``release(key, token)`` drops the claim so a retry may claim again. Both are
+  no-ops when the token no longer owns the key (the claim lapsed and was taken).
+- ``wait_settled(key, timeout)`` returns when the key is done or free again, or
+  when ``timeout`` passes; callers then claim again.
+- ``peek(key)`` reads what is there without claiming (for status look-ups).
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Literal, Protocol
+
+import anyio
+import msgspec
+
+from thaw._clock import Clock, SystemClock
+
+__all__ = ["Claim", "IdempotencyStore", "MemoryIdempotencyStore"]
+
+
+class Claim(msgspec.Struct, frozen=True, gc=False):
+    state: Literal["claimed", "done", "busy"]
+    token: int = 0
+    result: bytes = b""
+
+
+class IdempotencyStore(Protocol):
+    async def claim(self, key: str, *, hold: float, ttl: float) -> Claim: ...
+    async def peek(self, key: str) -> Claim | None:
+        """What is stored under ``key`` (done or busy) without claiming it; None if nothing."""
+        ...
+
+    async def complete(self, key: str, token: int, result: bytes, *, ttl: float) -> None: ...
+    async def release(self, key: str, token: int) -> None: ...
+    async def wait_settled(self, key: str, *, timeout: float) -> None: ...
+
+
+class _Entry:
+    __slots__ = ("expires", "result", "settled", "state", "token")
+
+    def __init__(self, token: int, expires: float) -> None:
+        self.state: Literal["claimed", "done"] = "claimed"
+        self.token = token
+        self.result = b""
+        self.expires = expires
+        self.settled: anyio.Event | None = None
+
+    def settle(self) -> None:
+        if self.settled is not None:
+            self.settled.set()
+            self.settled = None
+
+
+class MemoryIdempotencyStore:
+    """In-process store: for a single host, embedding, WASM and tests.
+
+    Expired entries are dropped lazily on access and by ``sweep()``; at most
+    ``max_entries`` are kept (oldest results go first) so memory stays bounded.
+    """
+
+    def __init__(self, *, clock: Clock | None = None, max_entries: int = 100_000) -> None:
+        self._clock = clock or SystemClock()
+        self._entries: dict[str, _Entry] = {}
+        self._tokens = itertools.count(1)
+        self._max_entries = max_entries
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    async def claim(self, key: str, *, hold: float, ttl: float) -> Claim:
+        now = self._clock.now()
+        entry = self._entries.get(key)
+        if entry is not None and entry.expires <= now:
+            entry.settle()
+            del self._entries[key]
+            entry = None
+        if entry is None:
+            if len(self._entries) >= self._max_entries:
+                self.sweep()
+            token = next(self._tokens)
+            self._entries[key] = _Entry(token, now + hold)
+            return Claim("claimed", token)
+        if entry.state == "done":
+            return Claim("done", entry.token, entry.result)
+        return Claim("busy", entry.token)
+
+    async def peek(self, key: str) -> Claim | None:
+        entry = self._entries.get(key)
+        if entry is None or entry.expires <= self._clock.now():
+            return None
+        if entry.state == "done":
+            return Claim("done", entry.token, entry.result)
+        return Claim("busy", entry.token)
+
+    async def complete(self, key: str, token: int, result: bytes, *, ttl: float) -> None:
+        entry = self._entries.get(key)
+        if entry is None or entry.token != token:
+            return
+        entry.state = "done"
+        entry.result = result
+        entry.expires = self._clock.now() + ttl
+        entry.settle()
+
+    async def release(self, key: str, token: int) -> None:
+        entry = self._entries.get(key)
+        if entry is None or entry.token != token:
+            return
+        del self._entries[key]
+        entry.settle()
+
+    async def wait_settled(self, key: str, *, timeout: float) -> None:
+        entry = self._entries.get(key)
+        if entry is None or entry.state == "done":
+            return
+        if entry.settled is None:
+            entry.settled = anyio.Event()
+        settled = entry.settled
+        with anyio.move_on_after(timeout):
+            await settled.wait()
+
+    def sweep(self) -> int:
+        """Drop expired entries; when still full, the oldest tenth of the results too.
+
+        Dropping a tenth at once keeps the cost amortised O(1) per claim when the
+        store runs at its bound. Returns how many entries were dropped.
+        """
+        now = self._clock.now()
+        expired = [k for k, e in self._entries.items() if e.expires <= now]
+        for key in expired:
+            self._entries.pop(key).settle()
+        dropped = len(expired)
+        if len(self._entries) >= self._max_entries:
+            quota = max(1, self._max_entries // 10)
+            oldest = [k for k, e in self._entries.items() if e.state == "done"][:quota]
+            for key in oldest:
+                self._entries.pop(key).settle()
+            dropped += len(oldest)
+        return dropped

@@ -1,0 +1,383 @@
+"""Loading a snapshot into a live revision: validate, unmarshal, preload, execute once.
+
+Every revision gets its own module namespace: its modules are registered in
+``sys.modules`` under a private prefix (``_thaw_<revision>.<name>``) and their
+``import`` statements go through a per-revision ``__import__`` (installed in the
+modules' ``__builtins__``) that maps the app's own module names to the
+revision's modules and everything else to the normal import system. So two
+revisions whose modules share names live side by side in one process, each
+importing its own. Relative imports, packages and module-level state work as
+usual; data files shipped in the snapshot are extracted under ``data_dir`` and
+each module's ``__file__`` points beside them, so ``Path(__file__).parent / ...``
+reads them.
+
+A revision is either fully loaded or not at all: if executing a module fails,
+every module it registered is removed again and ``RevisionLoadError`` is raised.
+"""
+
+from __future__ import annotations
+
+import builtins
+import importlib
+import importlib.abc
+import importlib.machinery
+import importlib.util
+import itertools
+import marshal
+import os
+import sys
+import tempfile
+import time
+import types
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from thaw.declarations._app import App
+from thaw.declarations._loader import load_app
+from thaw.snapshots._format import (
+    MAGIC,
+    Manifest,
+    ModuleBlob,
+    SnapshotError,
+    SnapshotPayload,
+    decode_snapshot,
+)
+
+__all__ = [
+    "LoadTimings",
+    "ModuleNamespace",
+    "Revision",
+    "RevisionLoadError",
+    "is_snapshot",
+    "load_revision",
+    "load_target",
+]
+
+_real_import = builtins.__import__
+_instance_numbers = itertools.count(1)
+
+
+class RevisionLoadError(SnapshotError):
+    """The snapshot is valid but its modules failed to execute here."""
+
+    code = "revision_load_failed"
+
+
+class LoadTimings(msgspec.Struct, frozen=True, kw_only=True):
+    """Where a revision load went, in seconds."""
+
+    read: float
+    validate: float
+    unmarshal: float
+    preload: float
+    execute: float  # all app module bodies
+    modules: dict[str, float]  # per module, its own body only (imports it triggers excluded)
+    total: float
+
+
+class _SnapshotLoader(importlib.abc.Loader):
+    """The ``__loader__`` of snapshot modules: serves sources (for tracebacks) and data files."""
+
+    def __init__(self, data: dict[str, bytes], base: Path, sources: dict[str, bytes]) -> None:
+        self._data = data
+        self._base = base
+        self._sources = sources  # by plain module name
+
+    def get_source(self, fullname: str) -> str | None:
+        """Source of a module, by its prefixed or plain name (linecache asks lazily)."""
+        plain = fullname.partition(".")[2] if fullname.startswith("_thaw_") else fullname
+        source = self._sources.get(plain)
+        return None if source is None else source.decode("utf-8", "replace")
+
+    def get_data(self, path: str) -> bytes:
+        relative = Path(path).resolve().relative_to(self._base.resolve()).as_posix()
+        try:
+            return self._data[relative]
+        except KeyError:
+            raise FileNotFoundError(path) from None
+
+
+class ModuleNamespace:
+    """One set of executed app modules (a revision's, or a ``fresh`` instance's)."""
+
+    def __init__(
+        self,
+        *,
+        prefix: str,
+        blobs: dict[str, ModuleBlob],
+        codes: dict[str, types.CodeType],
+        base: Path,
+        loader: _SnapshotLoader,
+    ) -> None:
+        self.prefix = prefix
+        self._blobs = blobs
+        self._codes = codes
+        self._base = base
+        self._loader = loader
+        self.modules: dict[str, types.ModuleType] = {}
+        self.timings: dict[str, float] = {}
+        self._child_time = 0.0
+        self._builtins = dict(vars(builtins))
+        self._builtins["__import__"] = self._import
+        self._root = types.ModuleType(prefix, "Thaw revision namespace")
+        self._root.__path__ = []
+
+    def sibling(self, prefix: str) -> ModuleNamespace:
+        """A new, empty namespace over the same modules (a ``fresh`` instance's)."""
+        return ModuleNamespace(
+            prefix=prefix,
+            blobs=self._blobs,
+            codes=self._codes,
+            base=self._base,
+            loader=self._loader,
+        )
+
+    def execute(self, entry: str) -> types.ModuleType:
+        """Execute ``entry`` (and whatever it imports); undo everything on failure."""
+        sys.modules[self.prefix] = self._root
+        try:
+            return self._load(entry)
+        except BaseException:
+            self.unregister()
+            raise
+
+    def unregister(self) -> None:
+        for name in list(self.modules):
+            sys.modules.pop(f"{self.prefix}.{name}", None)
+        sys.modules.pop(self.prefix, None)
+
+    def _import(
+        self,
+        name: str,
+        globals: dict[str, Any] | None = None,
+        locals: Any = None,
+        fromlist: Any = (),
+        level: int = 0,
+    ) -> Any:
+        if level:
+            package = (globals or {}).get("__package__") or ""
+            own = self.prefix + "."
+            if not package.startswith(own) and package != self.prefix:
+                return _real_import(name, globals, locals, fromlist, level)
+            plain = package[len(own) :]
+            absolute = importlib.util.resolve_name("." * level + name, plain) if plain else name
+        else:
+            absolute = name
+        top = absolute.partition(".")[0]
+        if absolute not in self._blobs and top not in self._blobs:
+            return _real_import(name, globals, locals, fromlist, level)
+        module = self._load(absolute)
+        if fromlist:
+            for item in fromlist:
+                child = f"{absolute}.{item}"
+                if item != "*" and child in self._blobs and child not in self.modules:
+                    self._load(child)
+            return module
+        return self.modules[top] if level == 0 else module
+
+    def _load(self, name: str) -> types.ModuleType:
+        module = self.modules.get(name)
+        if module is not None:
+            return module
+        blob = self._blobs.get(name)
+        if blob is None:
+            raise ModuleNotFoundError(f"No module named {name!r} in this snapshot", name=name)
+        parent_name, _, child = name.rpartition(".")
+        parent = self._load(parent_name) if parent_name else None
+        if name in self.modules:  # the parent's body imported it already
+            return self.modules[name]
+        full = f"{self.prefix}.{name}"
+        file = str(self._base / blob.path)
+        module = types.ModuleType(full)
+        spec = importlib.machinery.ModuleSpec(
+            full, self._loader, origin=file, is_package=blob.is_package
+        )
+        spec.has_location = True
+        if blob.is_package:
+            module.__path__ = [os.path.dirname(file)]
+            spec.submodule_search_locations = module.__path__
+        module.__file__ = file
+        module.__spec__ = spec
+        module.__loader__ = self._loader
+        module.__package__ = full if blob.is_package else full.rpartition(".")[0]
+        module.__dict__["__builtins__"] = self._builtins
+        self.modules[name] = module
+        sys.modules[full] = module
+        outer_child_time = self._child_time
+        self._child_time = 0.0
+        started = time.perf_counter()
+        try:
+            exec(self._codes[name], module.__dict__)
+        except BaseException:
+            del self.modules[name]
+            sys.modules.pop(full, None)
+            raise
+        finally:
+            elapsed = time.perf_counter() - started
+            self.timings[name] = elapsed - self._child_time
+            self._child_time = outer_child_time + elapsed
+        if parent is not None:
+            setattr(parent, child, module)
+        return module
+
+
+class Revision:
+    """A loaded snapshot: its manifest, its executed modules and its App."""
+
+    def __init__(
+        self,
+        *,
+        payload: SnapshotPayload,
+        namespace: ModuleNamespace,
+        app: App,
+        timings: LoadTimings,
+    ) -> None:
+        self.payload = payload
+        self.revision_id = payload.revision
+        self.manifest: Manifest = payload.manifest
+        self.namespace = namespace
+        self.app = app
+        self.timings = timings
+
+    def __repr__(self) -> str:
+        return f"<Revision {self.manifest.app} {self.revision_id[:12]}>"
+
+    def execute_fresh(self) -> tuple[App, ModuleNamespace]:
+        """Execute every module body again into a new namespace (the ``fresh`` isolation)."""
+        namespace = self.namespace.sibling(
+            f"_thaw_{self.revision_id[:12]}_i{next(_instance_numbers)}"
+        )
+        module = namespace.execute(self.manifest.entry_module)
+        return _app_in(module, self.manifest), namespace
+
+    def unload(self) -> None:
+        """Forget this revision's modules (instances still referencing them keep working)."""
+        self.namespace.unregister()
+
+
+def load_revision(
+    source: str | os.PathLike[str] | bytes,
+    *,
+    data_dir: str | os.PathLike[str] | None = None,
+    clock: Callable[[], float] = time.perf_counter,
+) -> Revision:
+    """Validate a snapshot (a path or its bytes), preload its imports, execute its modules once."""
+    started = clock()
+    if isinstance(source, bytes):
+        blob, label = source, "snapshot"
+    else:
+        label = os.fspath(source)
+        try:
+            with open(label, "rb") as handle:
+                blob = handle.read()
+        except OSError as exc:
+            raise SnapshotError(f"cannot read snapshot {label!r}: {exc.strerror}") from None
+    read_done = clock()
+    payload = decode_snapshot(blob, source=label)
+    validated = clock()
+    codes: dict[str, types.CodeType] = {}
+    for blob_module in payload.modules:
+        name = blob_module.name
+        try:
+            code = marshal.loads(blob_module.code)
+        except (EOFError, ValueError, TypeError) as exc:
+            raise SnapshotError(f"{label}: module {name!r} has unreadable code") from exc
+        if not isinstance(code, types.CodeType):
+            raise SnapshotError(f"{label}: module {name!r} does not hold code")
+        codes[name] = code
+    unmarshalled = clock()
+    for name in payload.manifest.preload:
+        try:
+            importlib.import_module(name)
+        except Exception as exc:
+            raise RevisionLoadError(
+                f"{label} needs the package {name!r}, which does not import here: {exc}"
+            ) from exc
+    preloaded = clock()
+    base = _extract(payload, data_dir)
+    loader = _SnapshotLoader(payload.data, base, {m.name: m.source for m in payload.modules})
+    namespace = ModuleNamespace(
+        prefix=f"_thaw_{payload.revision[:12]}_{next(_instance_numbers)}",
+        blobs={b.name: b for b in payload.modules},
+        codes=codes,
+        base=base,
+        loader=loader,
+    )
+    try:
+        module = namespace.execute(payload.manifest.entry_module)
+    except Exception as exc:
+        raise RevisionLoadError(
+            f"{label}: executing the app's modules failed: {type(exc).__name__}: {exc}"
+        ) from exc
+    executed = clock()
+    app = _app_in(module, payload.manifest)
+    timings = LoadTimings(
+        read=read_done - started,
+        validate=validated - read_done,
+        unmarshal=unmarshalled - validated,
+        preload=preloaded - unmarshalled,
+        execute=executed - preloaded,
+        modules=dict(namespace.timings),
+        total=executed - started,
+    )
+    return Revision(payload=payload, namespace=namespace, app=app, timings=timings)
+
+
+def _app_in(module: types.ModuleType, manifest: Manifest) -> App:
+    app = getattr(module, manifest.app_attribute, None)
+    if not isinstance(app, App):
+        raise RevisionLoadError(
+            f"module {manifest.entry_module!r} has no App named {manifest.app_attribute!r}"
+        )
+    return app
+
+
+def _extract(payload: SnapshotPayload, data_dir: str | os.PathLike[str] | None) -> Path:
+    """Where this revision's files live; data files are written there once."""
+    root = Path(data_dir) if data_dir is not None else Path(tempfile.gettempdir()) / "thaw"
+    base = root / f"rev-{payload.revision}"
+    marker = base / ".thaw-extracted"
+    if not payload.data or marker.is_file():
+        return base  # the revision id covers the data: same id, same files
+    inside = str(base.resolve()) + os.sep
+    for relative, content in payload.data.items():
+        target = (base / relative).resolve()
+        if not str(target).startswith(inside):
+            raise SnapshotError(f"data file path {relative!r} escapes the revision folder")
+        if target.is_file() and _same(target, content):
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        temporary.write_bytes(content)
+        os.replace(temporary, target)
+    marker.write_text(payload.revision)
+    return base
+
+
+def _same(path: Path, content: bytes) -> bool:
+    try:
+        existing = path.read_bytes()
+    except OSError:
+        return False
+    return existing == content
+
+
+def load_target(target: str) -> App:
+    """An App from source (file, folder, module:attr) or from a snapshot file."""
+    if is_snapshot(target):
+        return load_revision(target).app
+    return load_app(target)
+
+
+def is_snapshot(target: str) -> bool:
+    """Whether ``target`` names a snapshot file (by suffix or by its magic bytes)."""
+    if target.endswith(".snap"):
+        return True
+    try:
+        with open(target, "rb") as handle:
+            return handle.read(len(MAGIC)) == MAGIC
+    except OSError:
+        return False
