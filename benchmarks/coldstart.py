@@ -3,7 +3,7 @@
     python benchmarks/coldstart.py [--trials 300] [--process-trials 20] [--json FILE]
 
 For each app under examples/ this runs the same measurement as
-``thaw bench coldstart`` (see runtime/_coldstart.py for the layers) and then
+``thaw bench coldstart`` (see adapters/cli/coldstart.py for the layers) and then
 checks the issue's targets, printing where they are met and where not.
 """
 

@@ -1,4 +1,4 @@
-"""The child side of the ``process`` isolation: what a forked instance runs (see ``_process``)."""
+"""The child side of the ``process`` isolation: what a forked instance runs (see ``pool``)."""
 
 from __future__ import annotations
 

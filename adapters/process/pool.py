@@ -5,12 +5,12 @@ child inherits them for free. The child runs ``on_start`` and serves invocations
 over a socketpair until it reads a stop frame or EOF (the parent stopped or
 died), lets the calls it holds finish, runs ``on_stop`` and leaves through
 ``os._exit``. Module state the child changes never reaches the parent or the
-next instance. Linux only and opt-in: ``runtime/__init__`` and the other core
-modules never import this one (it forks and uses sockets, which the portable
-core must not); the host imports it when ``isolation="process"`` is chosen.
+next instance. Linux only and opt-in: the core (``thaw``) never imports this
+module (it forks and uses sockets, which the portable core must not); a host
+imports it when ``isolation="process"`` is chosen.
 
-The wire (length-prefixed msgpack frames) is ``_process_wire``; the child's side
-is ``_process_child``.
+The wire (length-prefixed msgpack frames) is ``wire``; the child's side
+is ``child`` (both beside this module).
 
 Invariants:
 - Concurrent invokes are multiplexed by request id, never serialised, so the

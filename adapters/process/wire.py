@@ -1,4 +1,4 @@
-"""The wire between a ``process`` pool and its forked children (see ``_process``).
+"""The wire between a ``process`` pool and its forked children (see ``pool``).
 
 A frame is a 4-byte big-endian length and a msgpack body. Parent to child:
 ``_Call(rid, capability, event)``, ``_Cancel(rid)``, ``_Stop``. Child to parent:

@@ -1,7 +1,7 @@
 """Dead letters: list, inspect, replay and purge what exhausted its attempts or was rejected.
 
 Dead letters live in the ``THAW_DLQ`` stream (subject ``thaw.dlq.<app>.<capability>``)
-with headers saying why (see ``_decisions.dead_letter_headers``). A replay
+with headers saying why (see ``thaw.decisions._delivery.dead_letter_headers``). A replay
 re-publishes the original payload to the original subject with a fresh message
 id, carrying the original event id in ``Thaw-Event-Id`` so the idempotency layer
 still recognises it: if the first run had in fact completed, the replay returns

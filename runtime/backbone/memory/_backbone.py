@@ -3,8 +3,8 @@
 Used by the core's tests, by embedded hosts and under WebAssembly, where no
 nats-server exists. It passes the same conformance suite as the JetStream
 backbone (``tests/backbone_contract.py``). The state machines live in
-``_memory_streams`` (streams, consumers, messages), ``_memory_kv`` (buckets) and
-``_memory_objects`` (object stores). A bucket or object store owns a stream
+``_streams`` (streams, consumers, messages), ``_kv`` (buckets) and
+``_objects`` (object stores), beside it. A bucket or object store owns a stream
 named as on JetStream (``KV_<bucket>``, ``OBJ_<bucket>``) that records its
 changes, so durable consumers (``kv`` and ``objects`` triggers) work on it;
 deleting that stream deletes the bucket, as on JetStream.
