@@ -6,8 +6,9 @@ over a socketpair until it reads a stop frame or EOF (the parent stopped or
 died), lets the calls it holds finish, runs ``on_stop`` and leaves through
 ``os._exit``. Module state the child changes never reaches the parent or the
 next instance. Linux only and opt-in: the core (``thaw``) never imports this
-module (it forks and uses sockets, which the portable core must not); a host
-imports it when ``isolation="process"`` is chosen.
+module (it forks and uses sockets, which the portable core must not). Today
+``thaw bench coldstart`` and the tests build a ``ProcessPool``; ``thaw serve``
+does not serve through it yet.
 
 The wire (length-prefixed msgpack frames) is ``wire``; the child's side
 is ``child`` (both beside this module).
