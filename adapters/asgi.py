@@ -74,12 +74,15 @@ class ThawASGI:
         *,
         config: HttpConfig | None = None,
         backbone: Backbone | None = None,
+        counters: ServerCounters | None = None,
     ) -> None:
         self.config = config or HttpConfig()
         self._app: App | None = None
         self._backbone = backbone
         self._service: HttpService | None = None
-        self._counters = ServerCounters()
+        # What /metrics shows besides the capabilities: this app renders it, so it owns
+        # the counters (a caller may hand in its own, to read them directly).
+        self._counters = counters if counters is not None else ServerCounters()
         self._in_flight = 0
         self._idle: anyio.Event | None = None
         self._draining = False

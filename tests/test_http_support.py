@@ -19,8 +19,14 @@ import msgspec
 import pytest
 
 from thaw import App
-from thaw.adapters.http import HttpConfig, HttpServer, open_http_server, open_service_server
-from thaw.adapters.http.protocol import Service
+from thaw.adapters.http import (
+    HttpConfig,
+    HttpServer,
+    Service,
+    open_http_server,
+    open_service_server,
+)
+from thaw.adapters.http.metrics import ServerCounters
 from thaw.lowlevel import Invoker
 
 WAIT = 5.0  # the bound on any single wait in these tests
@@ -35,13 +41,20 @@ class Reply(msgspec.Struct):
 
 @asynccontextmanager
 async def serving(
-    target: App | Service, config: HttpConfig | None = None
+    target: App | Service,
+    config: HttpConfig | None = None,
+    *,
+    counters: ServerCounters | None = None,
 ) -> AsyncIterator[HttpServer]:
-    """Serve an app (or a bare Service) on 127.0.0.1:0; on exit, assert nothing leaked."""
+    """Serve an app (or a bare Service) on 127.0.0.1:0; on exit, assert nothing leaked.
+
+    ``counters`` (a bare Service only) are handed to the server, for the test to read.
+    """
     if isinstance(target, App):
+        assert counters is None, "open_http_server counts for its own /metrics"
         opened = open_http_server(Invoker(target), config=config)
     else:
-        opened = open_service_server(target, config=config)
+        opened = open_service_server(target, config=config, counters=counters)
     async with opened as server:
         yield server
     stats = server.statistics()

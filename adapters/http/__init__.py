@@ -7,9 +7,9 @@
 ``python -m thaw.adapters.http APP_PATH --port 8000`` runs it from the shell.
 """
 
-from thaw.adapters.http._wire import Request, Response
+from thaw.adapters.http._wire import Request, Response, Service
 from thaw.adapters.http.config import HttpConfig
-from thaw.adapters.http.protocol import HttpConnection, Service
+from thaw.adapters.http.protocol import HttpConnection
 from thaw.adapters.http.routing import Route, Router, compile_router
 from thaw.adapters.http.server import (
     HttpServer,

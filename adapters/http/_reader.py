@@ -13,17 +13,15 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Awaitable
 from time import perf_counter
-from typing import Protocol
 
 import httptools
 
-from thaw.adapters.http._wire import Request, Response, refusal, too_large
+from thaw.adapters.http._wire import Request, Response, Service, refusal, too_large
 from thaw.adapters.http.config import HttpConfig
 from thaw.lowlevel import keep_alive
 
-__all__ = ["Exchange", "RequestReader", "Service"]
+__all__ = ["Exchange", "RequestReader"]
 
 log = logging.getLogger("thaw.http")
 
@@ -50,15 +48,6 @@ _NAMES = {  # common header names, so the hot path neither decodes nor lower-cas
     )
     for raw in (name.encode(), name.lower().encode())
 }
-
-
-class Service(Protocol):
-    """What the connection calls: a cheap early look at the head, then the handler."""
-
-    def check(self, request: Request) -> Response | None:
-        """At the end of the head: a refusal (404, 405, 413...) or None to read the body."""
-
-    def handle(self, request: Request) -> Awaitable[Response]: ...
 
 
 class _Stop(Exception):

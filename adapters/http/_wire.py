@@ -1,23 +1,26 @@
-"""What crosses the protocol/handler line (Request, Response) and response bytes.
+"""What crosses the protocol/handler line (Request, Response, Service) and response bytes.
 
 The protocol turns bytes into a ``Request`` and a ``Response`` back into bytes;
-handlers never see bytes on the wire. Status lines and content-type lines are
-precomputed; the ``Date`` line is refreshed once a second by the server, not
-formatted per response.
+handlers never see bytes on the wire. ``Service`` is what the protocol calls
+(``HttpService`` is the one the server builds); it lives here, below both, so
+the connection, the server's state and the service import it one way. Status
+lines and content-type lines are precomputed; the ``Date`` line is refreshed
+once a second by the server, not formatted per response.
 """
 
 from __future__ import annotations
 
 import email.utils
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from http import HTTPStatus
-from typing import Any
+from typing import Any, Protocol
 
 from thaw.lowlevel import PROTOCOL_ERRORS, HttpAnswer, problem_answer
 
 __all__ = [
     "Request",
     "Response",
+    "Service",
     "DateLine",
     "encode_head",
     "encode_response",
@@ -97,6 +100,15 @@ class Response:
 
     def __repr__(self) -> str:
         return f"<Response {self.status} {len(self.body)} bytes>"
+
+
+class Service(Protocol):
+    """What the connection calls: a cheap early look at the head, then the handler."""
+
+    def check(self, request: Request) -> Response | None:
+        """At the end of the head: a refusal (404, 405, 413...) or None to read the body."""
+
+    def handle(self, request: Request) -> Awaitable[Response]: ...
 
 
 def response_from_answer(answer: HttpAnswer, *, close: bool = False) -> Response:

@@ -28,7 +28,7 @@ import logging
 from time import perf_counter
 from typing import cast
 
-from thaw.adapters.http._reader import Exchange, RequestReader, Service
+from thaw.adapters.http._reader import Exchange, RequestReader
 from thaw.adapters.http._wire import (
     CLOSE,
     CONTINUE,
@@ -42,7 +42,7 @@ from thaw.adapters.http._wire import (
 from thaw.adapters.http.access_log import peer_name
 from thaw.adapters.http.state import ServerState
 
-__all__ = ["HttpConnection", "Service"]
+__all__ = ["HttpConnection"]
 
 log = logging.getLogger("thaw.http")
 

@@ -24,8 +24,10 @@ import anyio
 import msgspec
 
 from thaw import App
+from thaw.adapters.http._wire import Service
 from thaw.adapters.http.config import HttpConfig
-from thaw.adapters.http.protocol import HttpConnection, Service
+from thaw.adapters.http.metrics import ServerCounters
+from thaw.adapters.http.protocol import HttpConnection
 from thaw.adapters.http.service import HttpService
 from thaw.adapters.http.state import ServerState, ServerStatistics
 from thaw.lowlevel import Backbone, Host, Invoker, MemoryBackbone, open_host
@@ -96,12 +98,20 @@ async def open_service_server(
     host: str = "127.0.0.1",
     port: int = 0,
     config: HttpConfig | None = None,
+    counters: ServerCounters | None = None,
     state_hook: Callable[[ServerState], None] | None = None,
 ) -> AsyncIterator[HttpServer]:
-    """Serve any ``Service`` (the lower level under ``open_http_server``)."""
+    """Serve any ``Service`` (the lower level under ``open_http_server``).
+
+    ``counters`` are what the connections count for ``/metrics`` (responses by
+    class, refusals by status): whoever renders them hands them in; new ones
+    otherwise.
+    """
     config = config or HttpConfig()
     loop = asyncio.get_running_loop()
-    state = ServerState(service, config, loop)
+    if counters is None:
+        counters = ServerCounters()
+    state = ServerState(service, config, loop, counters=counters)
     if state_hook is not None:
         state_hook(state)
     server = await loop.create_server(
@@ -184,8 +194,9 @@ async def open_http_server(
         holder.append(state)
         service.state = state
 
+    # The service renders /metrics, so this server builds the counters it shows.
     async with open_service_server(
-        service, host=host, port=port, config=config, state_hook=bind
+        service, host=host, port=port, config=config, counters=ServerCounters(), state_hook=bind
     ) as server:
         yield server
 

@@ -3,24 +3,36 @@
 The server owns it; connections register themselves and their tasks here, so
 the server can drain (stop reading, wait for in-flight answers) and, past the
 deadline, cancel what is left and wait for it to finish.
+
+Imports run one way: the connection (``protocol.py``) knows this state; the
+state knows connections only as ``Drainable`` (what draining asks of them) and
+the service only as ``_wire.Service``. The counters are the server's: whoever
+serves ``/metrics`` for it builds them and hands them in.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import msgspec
 
-from thaw.adapters.http._wire import DateLine
+from thaw.adapters.http._wire import DateLine, Service
 from thaw.adapters.http.access_log import AccessLog, open_access_log
 from thaw.adapters.http.config import HttpConfig
 from thaw.adapters.http.metrics import ServerCounters
 
-if TYPE_CHECKING:
-    from thaw.adapters.http.protocol import HttpConnection, Service
+__all__ = ["Drainable", "ServerState", "ServerStatistics"]
 
-__all__ = ["ServerState", "ServerStatistics"]
+
+class Drainable(Protocol):
+    """What the server asks of an open connection when it shuts down."""
+
+    def begin_drain(self) -> None:
+        """Read no new requests; close once the answers already read are out."""
+
+    def abort(self) -> None:
+        """Past the drain deadline: drop the connection now."""
 
 
 class ServerStatistics(msgspec.Struct, frozen=True):
@@ -35,18 +47,23 @@ class ServerStatistics(msgspec.Struct, frozen=True):
 
 class ServerState:
     def __init__(
-        self, service: Service, config: HttpConfig, loop: asyncio.AbstractEventLoop
+        self,
+        service: Service,
+        config: HttpConfig,
+        loop: asyncio.AbstractEventLoop,
+        *,
+        counters: ServerCounters,
     ) -> None:
         self.service = service
         self.config = config
         self.loop = loop
-        self.connections: set[HttpConnection] = set()
+        self.connections: set[Drainable] = set()
         self.tasks: set[asyncio.Task[None]] = set()
         self.in_flight = 0
         self.requests = 0
         self.accepted = 0
         self.refused = 0
-        self.counters = ServerCounters()
+        self.counters = counters
         self.draining = False
         self.date = DateLine()
         self.access_log: AccessLog | None = (
