@@ -30,6 +30,7 @@ from test_http_support import WAIT, RawClient, Reply, request, serving
 from thaw import App, ConfigError, Idempotency, Webhook, http, stream
 from thaw.adapters.asgi import ThawASGI, asgi_app, from_env
 from thaw.adapters.http import HttpConfig
+from thaw.adapters.http.metrics import ServerCounters
 from thaw.adapters.http.webhooks import sign
 from thaw.lowlevel import Invoker
 
@@ -250,10 +251,13 @@ def limited_app() -> App:
 
 
 async def test_an_oversized_body_is_refused_without_reading_the_rest() -> None:
-    service = asgi_app(Invoker(limited_app()), config=HttpConfig(max_body=1000))
-    declared = await asgi_request(service, "POST", "/echo", b"x" * 1001)
+    counters = ServerCounters()
+    service = ThawASGI(Invoker(limited_app()), config=HttpConfig(max_body=1000), counters=counters)
+    taken = [0]
+    declared = await asgi_request(service, "POST", "/echo", b"x" * 1001, taken=taken)
     assert declared is not None and declared.status == 413
     assert code(declared) == "payload_too_large"
+    assert taken[0] == 0  # refused on Content-Length: the body was never asked for
     taken = [0]
     endless = (b"y" * 100 for _ in range(100_000))
     streamed = await asgi_request(service, "POST", "/echo", endless, taken=taken)
@@ -261,10 +265,17 @@ async def test_an_oversized_body_is_refused_without_reading_the_rest() -> None:
     assert taken[0] == 11  # 1100 bytes > 1000: it stopped reading there
     fits = await asgi_request(service, "POST", "/echo", [b"a" * 500, b"b" * 500])
     assert fits is not None and (fits.status, fits.body) == (200, b"a" * 500 + b"b" * 500)
+    assert counters.refusals == {413: 2}
 
 
 async def test_oversized_bodies_get_413_under_uvicorn_while_streaming() -> None:
     service = asgi_app(Invoker(limited_app()), config=HttpConfig(max_body=1000))
+    async with under_uvicorn(service) as port, RawClient.connect(port) as client:
+        # Refused on Content-Length from the head alone: the body is never sent.
+        await client.send(request("POST", "/echo", headers={"Content-Length": "5000"}))
+        refused = await client.response()
+        assert refused.status == 413
+        assert json.loads(refused.body)["code"] == "payload_too_large"
     async with under_uvicorn(service) as port, RawClient.connect(port) as client:
         # Refused on Content-Length: no 100 Continue, the body is never asked for.
         head = request(

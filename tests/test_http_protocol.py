@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from test_http_support import WAIT, RawClient, request, serving
 
 from thaw.adapters.http import HttpConfig, Request, Response
+from thaw.adapters.http.metrics import ServerCounters
 
 pytestmark = pytest.mark.anyio
 
@@ -85,18 +86,17 @@ def echoed(reply: object) -> dict[str, str]:
     return msgspec.json.decode(reply.body)  # type: ignore[attr-defined,no-any-return]
 
 
-def fast(**limits: object) -> HttpConfig:
-    """Short timeouts so timeout tests take a fraction of a second."""
-    options: dict[str, object] = {
-        "keepalive_timeout": 0.3,
-        "header_timeout": 0.3,
-        "body_timeout": 0.3,
-        "receive_timeout": 1.0,
-        "linger_timeout": 0.3,
-        "drain_timeout": 1.0,
-    }
-    options.update(limits)
-    return HttpConfig(**options)  # type: ignore[arg-type]
+async def wait_past(seconds: float) -> None:
+    """Let this loop's clock pass ``seconds`` from now, to show that nothing fires.
+
+    The server runs on this same loop and asyncio runs due timers in the order
+    they are due, so any timer of the server's due before then has run by the
+    time this returns, however slow the machine: not a margin, an ordering.
+    """
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[None] = loop.create_future()
+    loop.call_at(loop.time() + seconds, done.set_result, None)
+    await done
 
 
 # -- keep-alive, pipelining, framing --------------------------------------------
@@ -208,14 +208,14 @@ async def test_expect_100_continue_then_the_body() -> None:
 async def test_expect_100_continue_behind_a_slow_answer_waits_its_turn() -> None:
     service = Echo()
     head = b"POST /e HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\nExpect: 100-continue\r\n\r\n"
-    async with (
-        serving(service, fast(body_timeout=0.1)) as server,
-        RawClient.connect(server.port) as client,
-    ):
+    # body_timeout is the time the client gets to send its body once the 100 is out, too.
+    config = HttpConfig(body_timeout=1.0)
+    async with serving(service, config) as server, RawClient.connect(server.port) as client:
         await client.send(request("GET", "/wait") + head)
         with anyio.fail_after(WAIT):
             await service.started.wait()
-        await asyncio.sleep(0.3)  # longer than body_timeout: no 408 while the client waits on us
+        # Past any body deadline counted from the head: no 408 while the client waits on us.
+        await wait_past(config.body_timeout * 1.5)
         service.release.set()
         assert echoed(await client.response())["path"] == "/wait"
         assert (await client._one(head=False)).status == 100
@@ -261,7 +261,7 @@ async def test_a_refused_request_with_a_body_keeps_the_connection() -> None:
     ids=["header-count", "header-size", "target-length", "content-length"],
 )
 async def test_limits_answer_clearly_and_close(raw: bytes, status: int) -> None:
-    config = fast(max_headers=10, max_header_bytes=2048, max_target=1024, max_body=1000)
+    config = HttpConfig(max_headers=10, max_header_bytes=2048, max_target=1024, max_body=1000)
     async with serving(Echo(), config) as server, RawClient.connect(server.port) as client:
         await client.send(raw)
         reply = await client.response()
@@ -273,7 +273,7 @@ async def test_limits_answer_clearly_and_close(raw: bytes, status: int) -> None:
 
 
 async def test_a_header_that_never_ends_is_cut_at_the_limit() -> None:
-    config = fast(max_header_bytes=4096)
+    config = HttpConfig(max_header_bytes=4096)
     async with serving(Echo(), config) as server, RawClient.connect(server.port) as client:
         await client.send(b"GET / HTTP/1.1\r\nHost: t\r\nX-Endless: ")
         for _ in range(20):
@@ -298,10 +298,37 @@ async def test_route_body_limit_applies_to_content_length_up_front() -> None:
         assert (await client.response()).status == 413
 
 
+@pytest.mark.parametrize("expect", [False, True], ids=["plain", "expect-100-continue"])
+@pytest.mark.parametrize(
+    ("target", "declared"), [("/e", 1001), ("/small", 11)], ids=["server-limit", "route-limit"]
+)
+async def test_an_oversized_content_length_is_refused_from_the_head_alone(
+    target: str, declared: int, expect: bool
+) -> None:
+    # Only the head is sent: the 413 must come from Content-Length itself, with no
+    # 100 Continue, and the connection closes (the body may be on its way: never read).
+    headers = {"Content-Length": str(declared)}
+    if expect:
+        headers["Expect"] = "100-continue"
+    counters = ServerCounters()
+    async with (
+        serving(Echo(), HttpConfig(max_body=1000), counters=counters) as server,
+        RawClient.connect(server.port) as client,
+    ):
+        await client.send(request("POST", target, headers=headers))
+        reply = await client.response()
+        assert (reply.status, reply.informational) == (413, [])
+        assert reply.headers["connection"] == "close"
+        assert msgspec.json.decode(reply.body)["code"] == "payload_too_large"
+        assert await client.closed() == b""
+    assert counters.refusals == {413: 1}
+    assert counters.responses[4] == 1
+
+
 async def test_in_flight_limit_answers_503_with_retry_after() -> None:
     service = Echo()
     async with (
-        serving(service, fast(max_in_flight=1)) as server,
+        serving(service, HttpConfig(max_in_flight=1)) as server,
         RawClient.connect(server.port) as first,
         RawClient.connect(server.port) as other,
     ):
@@ -320,7 +347,7 @@ async def test_in_flight_limit_answers_503_with_retry_after() -> None:
 
 async def test_a_pipelined_burst_past_the_limit_gets_503_and_close() -> None:
     async with (
-        serving(Echo(), fast(max_pipeline=2)) as server,
+        serving(Echo(), HttpConfig(max_pipeline=2)) as server,
         RawClient.connect(server.port) as client,
     ):
         await client.send(request("GET", "/1") + request("GET", "/2") + request("GET", "/3"))
@@ -330,7 +357,7 @@ async def test_a_pipelined_burst_past_the_limit_gets_503_and_close() -> None:
 
 async def test_connection_limit() -> None:
     async with (
-        serving(Echo(), fast(max_connections=1)) as server,
+        serving(Echo(), HttpConfig(max_connections=1)) as server,
         RawClient.connect(server.port) as first,
     ):
         await first.send(request("GET", "/1"))
@@ -376,7 +403,7 @@ SMUGGLING = {
 
 @pytest.mark.parametrize("raw", list(SMUGGLING.values()), ids=list(SMUGGLING))
 async def test_smuggling_shapes_and_bad_framing_get_400_and_close(raw: bytes) -> None:
-    async with serving(Echo(), fast()) as server, RawClient.connect(server.port) as client:
+    async with serving(Echo()) as server, RawClient.connect(server.port) as client:
         # A valid request first: it must still be answered, in order, before the refusal.
         await client.send(request("GET", "/first") + raw + request("GET", "/smuggled"))
         assert echoed(await client.response())["path"] == "/first"
@@ -395,7 +422,7 @@ async def test_upgrade_is_answered_then_the_connection_closes_unparsed() -> None
         b"GET /up HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
         b"Content-Length: 0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: t\r\n\r\n"
     )
-    async with serving(Echo(), fast()) as server, RawClient.connect(server.port) as client:
+    async with serving(Echo()) as server, RawClient.connect(server.port) as client:
         await client.send(raw)
         reply = await client.response()
         assert echoed(reply)["path"] == "/up"
@@ -404,7 +431,7 @@ async def test_upgrade_is_answered_then_the_connection_closes_unparsed() -> None
 
 
 async def test_a_request_cut_short_by_eof_gets_400() -> None:
-    async with serving(Echo(), fast()) as server, RawClient.connect(server.port) as client:
+    async with serving(Echo()) as server, RawClient.connect(server.port) as client:
         await client.send(b"POST /t HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\nabc")
         client.half_close()
         reply = await client.response()
@@ -413,7 +440,7 @@ async def test_a_request_cut_short_by_eof_gets_400() -> None:
 
 
 async def test_half_close_after_a_full_request_still_gets_the_answer() -> None:
-    async with serving(Echo(), fast()) as server, RawClient.connect(server.port) as client:
+    async with serving(Echo()) as server, RawClient.connect(server.port) as client:
         await client.send(request("GET", "/a") + request("GET", "/b"))
         client.half_close()
         assert [echoed(await client.response())["path"] for _ in range(2)] == ["/a", "/b"]
@@ -425,7 +452,7 @@ async def test_half_close_after_a_full_request_still_gets_the_answer() -> None:
 
 async def test_slowloris_head_gets_408_however_steady_the_trickle() -> None:
     async with (
-        serving(Echo(), fast(header_timeout=0.3)) as server,
+        serving(Echo(), HttpConfig(header_timeout=0.3)) as server,
         RawClient.connect(server.port) as client,
     ):
         await client.send(b"GET / HTTP/1.1\r\nHost: t\r\n")
@@ -445,7 +472,7 @@ async def test_slowloris_head_gets_408_however_steady_the_trickle() -> None:
 
 async def test_a_stalled_body_gets_408() -> None:
     async with (
-        serving(Echo(), fast(body_timeout=0.2)) as server,
+        serving(Echo(), HttpConfig(body_timeout=0.2)) as server,
         RawClient.connect(server.port) as client,
     ):
         await client.send(b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\nab")
@@ -454,7 +481,7 @@ async def test_a_stalled_body_gets_408() -> None:
 
 async def test_idle_keep_alive_connection_is_closed_silently() -> None:
     async with (
-        serving(Echo(), fast(keepalive_timeout=0.2)) as server,
+        serving(Echo(), HttpConfig(keepalive_timeout=0.2)) as server,
         RawClient.connect(server.port) as client,
     ):
         await client.send(request("GET", "/a"))
@@ -464,7 +491,7 @@ async def test_idle_keep_alive_connection_is_closed_silently() -> None:
 
 async def test_a_client_that_never_reads_its_answers_is_disconnected() -> None:
     async with (
-        serving(Echo(), fast(send_timeout=0.2)) as server,
+        serving(Echo(), HttpConfig(send_timeout=0.2)) as server,
         RawClient.connect(server.port) as client,
     ):
         await client.send(request("GET", "/big"))  # 32 MiB: more than the socket buffers hold
@@ -475,7 +502,7 @@ async def test_a_client_that_never_reads_its_answers_is_disconnected() -> None:
 async def test_client_gone_cancels_its_request_task() -> None:
     service = Echo()
     async with (
-        serving(service, fast()) as server,
+        serving(service) as server,
         RawClient.connect(server.port) as client,
     ):
         await client.send(request("GET", "/wait"))
@@ -492,7 +519,7 @@ async def test_client_gone_cancels_its_request_task() -> None:
 async def test_drain_finishes_in_flight_requests_and_refuses_new_work() -> None:
     service = Echo()
     async with (
-        serving(service, fast(drain_timeout=WAIT)) as server,
+        serving(service, HttpConfig(drain_timeout=WAIT)) as server,
         RawClient.connect(server.port) as busy,
         RawClient.connect(server.port) as idle,
     ):
@@ -514,7 +541,7 @@ async def test_drain_finishes_in_flight_requests_and_refuses_new_work() -> None:
 async def test_drain_deadline_cancels_what_does_not_finish() -> None:
     service = Echo()
     async with (
-        serving(service, fast(drain_timeout=0.2)) as server,
+        serving(service, HttpConfig(drain_timeout=0.2)) as server,
         RawClient.connect(server.port) as client,
     ):
         await client.send(request("GET", "/wait"))
@@ -560,14 +587,16 @@ def _mutations() -> st.SearchStrategy[bytes]:
 
 
 async def _answers_or_closes(data: bytes, step: int) -> None:
-    config = fast(
+    config = HttpConfig(
         max_headers=8,
         max_header_bytes=512,
         max_body=64,
         keepalive_timeout=0.05,
         header_timeout=0.05,
         body_timeout=0.05,
+        receive_timeout=1.0,
         linger_timeout=0.05,
+        drain_timeout=1.0,
     )
     async with (
         serving(Echo(), config) as server,
