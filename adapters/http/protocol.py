@@ -85,7 +85,7 @@ class HttpConnection(RequestReader):
         if state.draining:
             self._respond_fault(refusal("draining", "the server is shutting down"))
         elif len(state.connections) > self._config.max_connections:
-            self._respond_fault(refusal("overloaded", "too many open connections", status=503))
+            self._respond_fault(refusal("overloaded", "too many open connections"))
         else:
             self._rearm()
 
@@ -155,8 +155,10 @@ class HttpConnection(RequestReader):
         """Start the request's task (or refuse it when the server is at its limit)."""
         state = self._state
         if state.in_flight >= self._config.max_in_flight:
-            exchange.response = refusal("overloaded", "the server is at its in-flight limit")
-            state.counters.refused(503)
+            exchange.response = refused = refusal(
+                "overloaded", "the server is at its in-flight limit"
+            )
+            state.counters.refused(refused.status)
             self._flush()
             return
         state.in_flight += 1
