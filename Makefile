@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck pytest bench lock clean edge
+.PHONY: demo test test-core lint typecheck pytest bench lock clean edge
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -38,6 +38,10 @@ edge: $(STAMP)
 
 pytest: $(STAMP) edge
 	$(VENV)/bin/pytest -q
+
+# The portable core alone (tests/conftest.py says which files): no server, Node or child.
+test-core: $(STAMP)
+	$(VENV)/bin/pytest -q -m core
 
 bench: $(STAMP) edge
 	$(PY) benchmarks/invoke.py --json benchmarks/results/invoke.json

@@ -20,8 +20,6 @@ ROOT = Path(__file__).resolve().parent.parent
 CORE = ROOT / "runtime"
 ADAPTERS = ROOT / "adapters"
 
-pytestmark = pytest.mark.core
-
 # What the core may import besides the standard library (anyio's own needs included).
 ALLOWED_THIRD_PARTY = {"msgspec", "anyio", "sniffio", "idna", "typing_extensions"}
 # Standard-library modules the core must not import: it runs in Pyodide, where a
