@@ -1,4 +1,9 @@
-"""Run the core's own pytest files inside Pyodide: the plugin and the file list.
+"""Run the core's own pytest files inside Pyodide: the plugin and its summary.
+
+Which files run is not kept here: ``tests/conftest.py`` marks every test file
+with its layers and, inside Pyodide, collects only the core ones Pyodide can
+import (and the edge's own ``test_in_pyodide.py``). The summary counts what
+was collected per file, so the CPython side can check that all of it ran.
 
 The edge host's ``test`` command calls ``run()``, which registers this module as
 a plugin, through JSPI (``callPromising``), so a synchronous test
@@ -32,40 +37,28 @@ from typing import Any
 
 import pytest
 
-__all__ = ["CORE_TESTS", "pytest_configure", "pytest_terminal_summary", "run"]
+__all__ = [
+    "pytest_collection_finish",
+    "pytest_configure",
+    "pytest_terminal_summary",
+    "run",
+]
 
-# The core's test files that need neither processes, sockets nor native-only
-# packages (snapshot builds, the CLI and the process isolation level spawn
-# processes, which Emscripten cannot).
-CORE_TESTS = (
-    "tests/test_app.py",
-    "tests/test_budget.py",
-    "tests/test_context.py",
-    "tests/test_cron.py",
-    "tests/test_dead_letters.py",
-    "tests/test_decisions.py",
-    "tests/test_exports.py",
-    "tests/test_host.py",
-    "tests/test_idempotency.py",
-    "tests/test_invoker.py",
-    "tests/test_invoker_properties.py",
-    "tests/test_kv_idempotency.py",
-    "tests/test_loader.py",
-    "tests/test_memory_backbone.py",
-    "tests/test_policy.py",
-    "tests/test_schedule.py",
-    "tests/test_subjects.py",
-    "tests/test_trace.py",
-    "tests/test_triggers.py",
-    "tests/test_worker.py",
-    "tests/test_in_pyodide.py",  # the edge's own checks (adapters/edge/pyodide_tests/)
-)
+# The edge's subset: tests/conftest.py leaves out, inside Pyodide, what does not belong.
+DEFAULT_ARGS = ("tests",)
 
 _counts: dict[str, int] = {}
+_collected: dict[str, int] = {}
 
 
 def pytest_configure(config: pytest.Config) -> None:
     _install_loop_shim()
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    for item in session.items:
+        path = item.nodeid.split("::", 1)[0]
+        _collected[path] = _collected.get(path, 0) + 1
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
@@ -74,20 +67,26 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
 
 
 def run(args: list[str]) -> str:
-    """Run pytest with ``args`` (default: the core subset); a JSON summary line."""
+    """Run pytest with ``args`` (default: the edge's subset); a JSON summary line.
+
+    The summary holds the outcome counts and ``collected``, the number of tests
+    collected per file.
+    """
     import platform
     import sys
 
     started = time.perf_counter()
+    _collected.clear()
     plugin = sys.modules[__name__]  # registered as an object: not re-imported for rewriting
     # The host imported thaw (and so anyio) at boot, before pytest could mark anyio's
     # plugin for assertion rewriting; that plugin has no asserts of ours to rewrite.
     quiet = "ignore:Module already imported so cannot be rewritten; anyio"
     options = ["-p", "no:cacheprovider", "-W", f"{quiet}:pytest.PytestAssertRewriteWarning"]
-    code = pytest.main([*options, *(args or CORE_TESTS)], plugins=[plugin])
+    code = pytest.main([*options, *(args or DEFAULT_ARGS)], plugins=[plugin])
     summary = {
         "exit_code": int(code),
         **_counts,
+        "collected": dict(sorted(_collected.items())),
         "seconds": round(time.perf_counter() - started, 2),
         "python": platform.python_version(),
         "platform": sys.platform,
