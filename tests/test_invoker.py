@@ -290,20 +290,39 @@ async def test_outer_cancellation_is_never_swallowed() -> None:
 
 
 async def test_deadline_racing_outer_cancellation_still_propagates() -> None:
+    # Both cancellations reach the task before the function resumes: the outer scope's
+    # (asked for just before the call, delivered at the function's first wait) and the
+    # capability's deadline (the fake clock is past it before the watch is set, so it
+    # fires in the same turn of the loop). The deadline's is taken back, the outer one
+    # goes on: no Outcome, nothing after the call runs.
     app = App("t")
+    clock = FakeClock()
     never = anyio.Event()
+    cancels_seen: list[int] = []
 
     @app.capability(timeout=0.01)
     async def hang() -> None:
-        await never.wait()
+        clock.advance(1)
+        try:
+            await never.wait()
+        except BaseException:
+            task = asyncio.current_task()
+            assert task is not None
+            cancels_seen.append(task.cancelling())
+            raise
 
-    invoker = make_invoker(app)
+    invoker = make_invoker(app, clock=clock)
+    after_the_call: list[object] = []
     with anyio.CancelScope() as scope:
-        scope.deadline = anyio.current_time() + 0.01
-        await invoker.invoke("hang", event())
-    # Either the capability timed out first (Outcome) and the scope then expired, or both
-    # fired; in every case the outer scope must see its own cancellation.
-    assert scope.cancel_called
+        scope.cancel()
+        after_the_call.append(await invoker.invoke("hang", event()))
+    assert cancels_seen == [2]  # the outer cancellation and the deadline, both pending
+    assert after_the_call == []  # cancelled, not turned into a deadline Outcome
+    assert scope.cancel_called and scope.cancelled_caught
+    task = asyncio.current_task()
+    assert task is not None and task.cancelling() == 0  # nothing left pending
+    assert invoker.statistics().deadline_watches == 0
+    assert invoker.statistics().in_flight == {"hang": 0}
 
 
 async def test_cancel_scopes_and_task_groups_inside_functions_work() -> None:
