@@ -76,6 +76,8 @@ async def test_wait_settled_wakes_on_complete() -> None:
         await anyio.wait_all_tasks_blocked()
         assert not woke.is_set()
         await store.complete("k", claim.token, b"r", ttl=100)
+        with anyio.fail_after(5):  # woken by the completion, long before its 30 s timeout
+            await woke.wait()
     assert woke.is_set()
 
 
@@ -175,7 +177,10 @@ async def test_duplicate_that_outlives_its_deadline_asks_for_retry() -> None:
         group.start_soon(first)
         await anyio.wait_all_tasks_blocked()
         deadline = invoker.clock.now() + 0.05
-        second = await invoker.invoke("slow", Event(id="same", deadline=deadline))
+        # The duplicate waits for the first run until its own deadline, not the
+        # capability's 60 s timeout: bounded well below that, so ignoring it fails fast.
+        with anyio.fail_after(10):
+            second = await invoker.invoke("slow", Event(id="same", deadline=deadline))
         gate.set()
     assert isinstance(second, Retry)
     assert second.code == "duplicate_in_progress"
