@@ -291,7 +291,7 @@ async def test_slow_handlers_run_concurrently_up_to_the_slots_and_never_more() -
         async with anyio.create_task_group() as group:
             group.start_soon(worker.run_until_idle)
             await four_running.wait()
-            await anyio.sleep(0.01)  # nothing more starts while all slots are busy
+            await anyio.wait_all_tasks_blocked()  # all settled: nothing more started
             assert (running, peak) == (4, 4)
             release.set()
     assert worker.statistics().acked == 10
