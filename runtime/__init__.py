@@ -11,6 +11,7 @@ if __name__ != "thaw":  # the folder runtime/ is the package thaw; never importa
     )
 
 from importlib import metadata as _metadata
+from typing import TYPE_CHECKING
 
 from thaw._errors import (
     CallerError,
@@ -34,6 +35,9 @@ from thaw.declarations._context import Context
 from thaw.declarations._policy import Access, Backoff, Idempotency, RetryPolicy
 from thaw.declarations._triggers import Cors, Webhook, http, kv, objects, schedule, stream, subject
 from thaw.invocation._fanout import Gathered, fan_out
+
+if TYPE_CHECKING:
+    from thaw.host._schedule import Tick
 
 try:
     __version__ = _metadata.version("thaw-runtime")
@@ -68,6 +72,7 @@ __all__ = [
     "RetryPolicy",
     "RuntimeFault",
     "ThawError",
+    "Tick",
     "Webhook",
     "WrongRevision",
     "fan_out",
@@ -78,3 +83,15 @@ __all__ = [
     "stream",
     "subject",
 ]
+
+
+if not TYPE_CHECKING:  # hidden from mypy, so that a misspelt name stays a type error
+
+    def __getattr__(name: str) -> object:
+        # Tick is defined beside the scheduler, which loads the invoker and
+        # asyncio: importing it on first use keeps ``import thaw`` as light as it was.
+        if name == "Tick":
+            from thaw.host._schedule import Tick
+
+            return Tick
+        raise AttributeError(f"module 'thaw' has no attribute {name!r}")

@@ -1,42 +1,40 @@
-"""For adapter and host authors: the invoker, the backbone contract, pure decisions.
+"""For adapter and host authors: what a transport, a backbone or a host is built from.
 
-Function authors should not need anything here; see ``runtime``.
+Who imports this: someone writing an adapter (a transport that turns its events
+into ``Invoker.invoke`` calls and Outcomes back into acks, naks and answers), a
+backbone (the ``Backbone`` contract, its rules and errors), or a host (``open_host``,
+provisioning, dead letters). Function authors need nothing here: they import
+from ``thaw``; tests import the in-memory parts from ``thaw.testing``.
+
+What is here, and the rule that keeps it small: a name is exported only if code in
+``thaw.adapters``, the benchmarks or the examples uses it, or if it is a type in the
+signature of such a name (so an adapter author can annotate what they get back).
+Every public name lives in exactly one of ``thaw``, ``thaw.lowlevel`` and
+``thaw.testing``; ``tests/test_exports.py`` pins all three lists.
 """
 
-from thaw._clock import Clock, SystemClock
+from thaw._clock import Clock
 from thaw._errors import (
-    AccessDenied,
-    AppLoadError,
     BackboneError,
     BucketNotFound,
     ConsumerNotFound,
     DefinitionConflict,
-    DuplicateInProgress,
-    HandlerFailed,
-    KeyExists,
-    MalformedPayload,
     MessageNotFound,
     NoResponders,
     NoStreamForSubject,
-    ObjectNotFound,
-    Overloaded,
-    PayloadTooLarge,
     StreamNotFound,
-    UnknownCapability,
-    WrongRevision,
 )
-from thaw._headers import (
-    ERROR_CODE_HEADER,
-    ERROR_HEADER,
-    EVENT_ID_HEADER,
-    MSG_ID_HEADER,
-    RETRY_AFTER_HEADER,
-    STATUS_HEADER,
-    TRACEPARENT_HEADER,
-)
+
+# Exported elsewhere, importable here only while adapters still import them from
+# this module (no ``__all__`` entry, so no second public home; test_exports checks
+# that an adapter still needs each one). New code imports them from ``thaw`` and
+# ``thaw.testing``.
+from thaw._errors import KeyExists as KeyExists
+from thaw._errors import ObjectNotFound as ObjectNotFound
+from thaw._errors import WrongRevision as WrongRevision
+from thaw._headers import ERROR_CODE_HEADER, ERROR_HEADER, MSG_ID_HEADER, TRACEPARENT_HEADER
 from thaw._trace import TraceContext, parse_traceparent, start_trace
 from thaw.backbone._buckets import (
-    kv_stream_name,
     object_data,
     object_stream_name,
     object_stream_subjects,
@@ -74,34 +72,19 @@ from thaw.backbone._subjects import (
     validate_name,
     validate_subject,
 )
-from thaw.backbone.memory._backbone import MemoryBackbone
-from thaw.backbone.memory._requests import Responding
-from thaw.decisions._delivery import (
-    DEAD_LETTER_STREAM,
-    DEAD_LETTER_SUBJECTS,
-    Ack,
-    DeadLetter,
-    Nak,
-    StreamAction,
-    dead_letter_headers,
-    dead_letter_subject,
-    decide_stream,
-)
+from thaw.backbone.memory._backbone import MemoryBackbone as MemoryBackbone
+from thaw.decisions._delivery import DEAD_LETTER_STREAM, Ack, DeadLetter, Nak, StreamAction
 from thaw.decisions._http import (
     PROTOCOL_ERRORS,
     HttpAnswer,
-    Problem,
     answer_outcome,
     keep_alive,
     problem,
     problem_answer,
-    reason_phrase,
-    retry_after_seconds,
-    status_for,
 )
-from thaw.decisions._reply import Reply, Requester, Responder, outcome_of_reply, service_reply
+from thaw.decisions._reply import Reply, Requester, service_reply
 from thaw.declarations._app import CapabilitySpec
-from thaw.declarations._cron import CronSpec, parse_cron
+from thaw.declarations._cron import CronSpec
 from thaw.declarations._loader import load_app
 from thaw.declarations._policy import Policy
 from thaw.declarations._triggers import (
@@ -113,165 +96,113 @@ from thaw.declarations._triggers import (
     SubjectTrigger,
     Trigger,
 )
-from thaw.host._dead_letters import (
-    DeadLetterRecord,
-    list_dead_letters,
-    purge_dead_letters,
-    replay_dead_letter,
-    show_dead_letter,
-)
+from thaw.host._dead_letters import DeadLetterRecord, list_dead_letters
 from thaw.host._host import Host, HostStatistics, open_host
-from thaw.host._instances import Instance, InstancePool, Isolation, PoolStatistics
 from thaw.host._provision import ConsumerPlan, ProvisionPlan, apply_plan, plan_for
-from thaw.host._router import RevisionRouter
-from thaw.host._schedule import ScheduleRunner, Tick, next_tick
-from thaw.host._worker import StreamWorker, WorkerStatistics, ensure_dead_letter_stream
+from thaw.host._router import BlockingRunner, run_inline
+from thaw.host._worker import StreamWorker, WorkerStatistics
 from thaw.invocation._budget import BudgetStatistics, RetryBudget
-from thaw.invocation._idempotency import Claim, IdempotencyStore, MemoryIdempotencyStore
+from thaw.invocation._idempotency import Claim, IdempotencyStore
 from thaw.invocation._invoker import CompiledCapability, Invoker, InvokerStatistics
-from thaw.invocation._kv_idempotency import IDEMPOTENCY_BUCKET, KvIdempotencyStore
-from thaw.snapshots._format import SnapshotError
-from thaw.snapshots._revision import LoadTimings, Revision, RevisionLoadError, load_revision
 
 __all__ = [
-    "validate_consumer_config",
-    "validate_fetch",
-    "validate_kv_config",
-    "definition_conflict",
-    "validate_kv_key",
-    "validate_name",
-    "validate_stream_config",
-    "load_server",
+    # invoking: the one call every transport makes, and what it is compiled from
+    "CapabilitySpec",
+    "Clock",
+    "CompiledCapability",
+    "Invoker",
+    "InvokerStatistics",
+    "Policy",
+    "load_app",
+    # triggers, as an adapter reads them off a capability
+    "CronSpec",
+    "HttpTrigger",
+    "KvTrigger",
+    "ObjectsTrigger",
+    "ScheduleTrigger",
+    "StreamTrigger",
+    "SubjectTrigger",
+    "Trigger",
+    # decisions: Outcome -> transport action, pure
+    "Ack",
+    "DeadLetter",
     "HttpAnswer",
-    "Problem",
+    "Nak",
     "PROTOCOL_ERRORS",
+    "Reply",
+    "Requester",
+    "StreamAction",
     "answer_outcome",
     "keep_alive",
     "problem",
     "problem_answer",
-    "reason_phrase",
-    "retry_after_seconds",
-    "status_for",
-    "available_backbones",
-    "open_backbone",
-    "DeadLetterRecord",
-    "list_dead_letters",
-    "purge_dead_letters",
-    "replay_dead_letter",
-    "show_dead_letter",
-    "Host",
-    "HostStatistics",
-    "open_host",
-    "Instance",
-    "InstancePool",
-    "Isolation",
-    "PoolStatistics",
-    "ConsumerPlan",
-    "ProvisionPlan",
-    "apply_plan",
-    "plan_for",
-    "LoadTimings",
-    "Revision",
-    "RevisionLoadError",
-    "load_revision",
-    "RevisionRouter",
-    "ScheduleRunner",
-    "Tick",
-    "next_tick",
-    "SnapshotError",
-    "EVENT_ID_HEADER",
-    "AccessDenied",
-    "BudgetStatistics",
-    "IDEMPOTENCY_BUCKET",
-    "KvIdempotencyStore",
-    "RetryBudget",
-    "Ack",
-    "AppLoadError",
+    "service_reply",
+    # wire names and trace context
+    "ERROR_CODE_HEADER",
+    "ERROR_HEADER",
+    "MSG_ID_HEADER",
+    "TRACEPARENT_HEADER",
+    "TraceContext",
+    "parse_traceparent",
+    "start_trace",
+    # the backbone contract, its rules and its errors
     "Backbone",
-    "DeliveredMessage",
     "BackboneError",
     "BucketNotFound",
-    "CapabilitySpec",
-    "Claim",
-    "Clock",
-    "CompiledCapability",
     "ConsumerConfig",
     "ConsumerInfo",
     "ConsumerNotFound",
-    "CronSpec",
-    "DEAD_LETTER_STREAM",
-    "DEAD_LETTER_SUBJECTS",
-    "DeadLetter",
     "DefinitionConflict",
-    "DuplicateInProgress",
-    "HandlerFailed",
-    "HttpTrigger",
-    "IdempotencyStore",
-    "Invoker",
-    "InvokerStatistics",
-    "KeyExists",
+    "DeliveredMessage",
     "KeyValue",
     "KvConfig",
     "KvEntry",
-    "KvTrigger",
-    "MSG_ID_HEADER",
-    "MalformedPayload",
-    "MessageNotFound",
-    "MemoryBackbone",
-    "MemoryIdempotencyStore",
     "Message",
-    "Nak",
-    "NoStreamForSubject",
+    "MessageNotFound",
     "NoResponders",
-    "ERROR_CODE_HEADER",
-    "ERROR_HEADER",
-    "RETRY_AFTER_HEADER",
-    "STATUS_HEADER",
-    "Reply",
-    "Requester",
-    "Responder",
-    "Responding",
-    "outcome_of_reply",
-    "service_reply",
+    "NoStreamForSubject",
     "ObjectInfo",
-    "ObjectNotFound",
     "ObjectStore",
     "ObjectStoreConfig",
-    "kv_stream_name",
-    "object_data",
-    "object_stream_name",
-    "object_stream_subjects",
-    "validate_object_name",
-    "ObjectsTrigger",
-    "Overloaded",
-    "PayloadTooLarge",
-    "Policy",
     "PubAck",
-    "ScheduleTrigger",
     "StoredMessage",
-    "StreamAction",
     "StreamConfig",
     "StreamInfo",
     "StreamNotFound",
-    "StreamTrigger",
-    "StreamWorker",
-    "SubjectTrigger",
-    "SystemClock",
-    "TRACEPARENT_HEADER",
-    "TraceContext",
-    "Trigger",
-    "UnknownCapability",
-    "WorkerStatistics",
-    "WrongRevision",
-    "dead_letter_headers",
-    "dead_letter_subject",
-    "decide_stream",
-    "ensure_dead_letter_stream",
-    "load_app",
-    "parse_cron",
-    "parse_traceparent",
-    "start_trace",
-    "subject_matches",
-    "validate_subject",
+    "available_backbones",
+    "definition_conflict",
+    "load_server",
+    "object_data",
+    "object_stream_name",
+    "object_stream_subjects",
+    "open_backbone",
     "parse_ack_subject",
+    "subject_matches",
+    "validate_consumer_config",
+    "validate_fetch",
+    "validate_kv_config",
+    "validate_kv_key",
+    "validate_name",
+    "validate_object_name",
+    "validate_stream_config",
+    "validate_subject",
+    # hosting: workers, provisioning, idempotency, retry budget, dead letters
+    "BlockingRunner",
+    "BudgetStatistics",
+    "Claim",
+    "ConsumerPlan",
+    "DEAD_LETTER_STREAM",
+    "DeadLetterRecord",
+    "Host",
+    "HostStatistics",
+    "IdempotencyStore",
+    "ProvisionPlan",
+    "RetryBudget",
+    "StreamWorker",
+    "WorkerStatistics",
+    "apply_plan",
+    "list_dead_letters",
+    "open_host",
+    "plan_for",
+    "run_inline",
 ]

@@ -28,7 +28,8 @@ from nats.aio.client import Client
 
 from thaw import App
 from thaw.adapters.nats import EmbeddedServer, JetStreamBackbone, ServerConfig
-from thaw.lowlevel import DEAD_LETTER_STREAM, plan_for, purge_dead_letters
+from thaw.host._dead_letters import purge_dead_letters
+from thaw.lowlevel import DEAD_LETTER_STREAM, plan_for
 
 __all__ = [
     "JetStreamHarness",

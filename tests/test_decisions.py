@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from thaw import Ok, Reject, Retry
-from thaw.lowlevel import Ack, DeadLetter, Nak, dead_letter_headers, decide_stream
+from thaw.decisions._delivery import dead_letter_headers, decide_stream
+from thaw.lowlevel import Ack, DeadLetter, Nak
 
 
 @pytest.mark.parametrize(

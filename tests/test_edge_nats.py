@@ -30,17 +30,16 @@ from thaw import App, Event, Ok, Reject
 from thaw.adapters.edge import prepare
 from thaw.adapters.nats import EmbeddedServer, JetStreamBackbone
 from thaw.host._provision import idempotency_bucket_for
+from thaw._errors import MalformedPayload
+from thaw.decisions._delivery import dead_letter_headers, decide_stream
+from thaw.invocation._kv_idempotency import KvIdempotencyStore
 from thaw.lowlevel import (
     MSG_ID_HEADER,
     TRACEPARENT_HEADER,
     DeadLetter,
     DeadLetterRecord,
     Invoker,
-    KvIdempotencyStore,
-    MalformedPayload,
     apply_plan,
-    dead_letter_headers,
-    decide_stream,
     list_dead_letters,
     load_app,
     open_host,

@@ -12,7 +12,8 @@ from test_http_support import WAIT, RawClient, Reply, request
 from thaw import App, ConfigError, Idempotency, http, stream
 from thaw.adapters.http import HttpConfig, HttpService, open_http_server
 from thaw.adapters.http.intake import status_id
-from thaw.lowlevel import Invoker, MemoryBackbone, open_host
+from thaw.lowlevel import Invoker, open_host
+from thaw.testing import MemoryBackbone
 
 pytestmark = pytest.mark.anyio
 

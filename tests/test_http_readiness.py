@@ -15,7 +15,8 @@ from test_http_support import RawClient, request
 from thaw import App, http
 from thaw.adapters.http import open_http_server
 from thaw.adapters.nats import EmbeddedServer, JetStreamBackbone, ServerConfig
-from thaw.lowlevel import Invoker, MemoryBackbone, open_host
+from thaw.lowlevel import Invoker, open_host
+from thaw.testing import MemoryBackbone
 
 pytestmark = pytest.mark.anyio
 OUTAGE_LIMIT = 30.0  # bound on waiting for the client to notice the outage / reconnect

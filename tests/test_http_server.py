@@ -24,7 +24,8 @@ from thaw import App
 from thaw import http as http_trigger
 from thaw.adapters.http import HttpConfig, HttpServer, open_http_server, serve_http
 from thaw.host._host import open_host
-from thaw.lowlevel import Invoker, MemoryBackbone
+from thaw.lowlevel import Invoker
+from thaw.testing import MemoryBackbone
 
 pytestmark = pytest.mark.anyio
 ROOT = Path(__file__).resolve().parent.parent

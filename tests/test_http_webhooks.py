@@ -13,7 +13,8 @@ from test_http_support import RawClient, request, serving
 from thaw import App, ConfigError, Webhook, http
 from thaw.adapters.http import HttpConfig, HttpService
 from thaw.adapters.http.webhooks import SignatureVerifier, load_secret, sign
-from thaw.lowlevel import Invoker, MemoryIdempotencyStore
+from thaw.lowlevel import Invoker
+from thaw.testing import MemoryIdempotencyStore
 
 pytestmark = pytest.mark.anyio
 SECRET = "whsec_test_0123456789"

@@ -7,7 +7,8 @@ from change_triggers_contract import ChangeEnv, ChangeTriggerContract, Seen, upl
 from nats_fixtures import JetStreamHarness, jetstream_harness, nats_server  # noqa: F401
 
 from thaw.backbone._buckets import object_digest
-from thaw.lowlevel import ObjectNotFound, ObjectStoreConfig, open_host
+from thaw import ObjectNotFound
+from thaw.lowlevel import ObjectStoreConfig, open_host
 
 pytestmark = pytest.mark.anyio
 

@@ -50,6 +50,7 @@ from thaw.adapters.nats import (
     ServerConfig,
     open_jetstream_backbone,
 )
+from thaw.host._dead_letters import replay_dead_letter
 from thaw.lowlevel import (
     BackboneError,
     Host,
@@ -59,7 +60,6 @@ from thaw.lowlevel import (
     list_dead_letters,
     open_host,
     plan_for,
-    replay_dead_letter,
 )
 
 pytestmark = pytest.mark.anyio

@@ -22,17 +22,17 @@ from thaw import (
     Retry,
     subject,
 )
+from thaw._errors import AccessDenied
+from thaw._headers import STATUS_HEADER
+from thaw.decisions._reply import outcome_of_reply
 from thaw.lowlevel import (
     ERROR_CODE_HEADER,
     ERROR_HEADER,
-    STATUS_HEADER,
-    AccessDenied,
     BackboneError,
     Invoker,
     NoResponders,
     Reply,
     open_host,
-    outcome_of_reply,
     service_reply,
 )
 from thaw.testing import MemoryBackbone

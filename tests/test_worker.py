@@ -14,8 +14,8 @@ from thaw.lowlevel import (
     Invoker,
     StreamConfig,
     StreamWorker,
-    ensure_dead_letter_stream,
 )
+from thaw.host._worker import ensure_dead_letter_stream
 from thaw.testing import FakeClock, MemoryBackbone
 
 pytestmark = pytest.mark.anyio

@@ -31,14 +31,15 @@ from thaw import (
     Backoff,
     Context,
     Idempotency,
+    KeyExists,
     Rejected,
     RetryLater,
     RetryPolicy,
+    WrongRevision,
     http,
     stream,
     subject,
 )
-from thaw.lowlevel import KeyExists, WrongRevision
 
 from . import ledger, rules, signatures
 from .contracts import (
