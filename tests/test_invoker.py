@@ -529,3 +529,83 @@ async def test_a_store_failing_after_the_call_keeps_its_outcome(
         assert isinstance(outcome, Retry) and outcome.code == "retry_requested"
     assert any("could not settle idempotency key" in r.message for r in caplog.records)
     assert calls == ["ran"]
+
+
+# -- Outcomes are decided by the runtime, never handed back by a function ------------------
+
+
+def outcome_app(calls: list[str]) -> App:
+    from thaw import Idempotency
+
+    app = App("outcomes")
+    sent: Any = {"ok": Ok(b"1"), "retry": Retry(1.0, "later"), "reject": Reject("no", "why")}
+
+    @app.capability(retry=RetryPolicy(max_attempts=5))
+    async def returns(kind: str) -> Any:
+        calls.append(kind)
+        return sent[kind]
+
+    @app.capability(retry=RetryPolicy(max_attempts=5))
+    async def raises(kind: str) -> None:
+        calls.append(kind)
+        raise sent[kind]
+
+    @app.capability(idempotency=Idempotency())
+    async def once(kind: str) -> Any:
+        calls.append(kind)
+        return sent[kind]
+
+    return app
+
+
+@pytest.mark.parametrize("kind", ["ok", "retry", "reject"])
+async def test_a_returned_outcome_is_result_invalid_naming_the_mistake(kind: str) -> None:
+    invoker = Invoker(outcome_app([]))
+    outcome = await invoker.invoke("returns", Event(id="1", data=f'"{kind}"'.encode()))
+    assert isinstance(outcome, Reject)
+    assert outcome.code == "result_invalid"
+    assert "'returns'" in outcome.reason
+    assert "raise thaw errors (Rejected, RetryLater, ...)" in outcome.reason
+    assert "Outcomes (Ok, Retry, Reject) are what the runtime decides" in outcome.reason
+
+
+@pytest.mark.parametrize("kind", ["ok", "retry", "reject"])
+async def test_a_raised_outcome_is_config_invalid_and_never_retried(kind: str) -> None:
+    calls: list[str] = []
+    invoker = Invoker(outcome_app(calls))
+    outcome = await invoker.invoke("raises", Event(id="1", data=f'"{kind}"'.encode()))
+    assert isinstance(outcome, Reject)  # not a Retry, though 4 attempts are left
+    assert (outcome.code, outcome.attempts) == ("config_invalid", 1)
+    assert "'raises'" in outcome.reason
+    assert "not an exception" in outcome.reason
+    assert "Outcomes (Ok, Retry, Reject) are what the runtime decides" in outcome.reason
+    assert calls == [kind]
+
+
+async def test_a_returned_outcome_is_not_stored_as_an_idempotent_result() -> None:
+    calls: list[str] = []
+    invoker = Invoker(outcome_app(calls))
+    for _ in range(2):
+        outcome = await invoker.invoke("once", Event(id="same", data=b'"reject"'))
+        assert isinstance(outcome, Reject)
+        assert outcome.code == "result_invalid"
+    assert calls == ["reject", "reject"]  # released, not completed: no replayed Ok
+
+
+def test_a_function_annotated_to_return_an_outcome_is_refused_at_declaration() -> None:
+    from thaw import ConfigError
+
+    app = App("annotated")
+    with pytest.raises(ConfigError, match=r"capability 'decide' .* return Ok \| Retry \| Reject"):
+
+        @app.capability()
+        async def decide() -> Ok | Retry | Reject:  # what thaw.Outcome stands for
+            return Ok(b"")
+
+    with pytest.raises(ConfigError, match=r"capability 'refuse' .* return Reject: functions"):
+
+        @app.capability()
+        async def refuse() -> Reject | None:
+            return None
+
+    assert app.capabilities == {}

@@ -14,6 +14,12 @@ Function shapes accepted (all ``async def``)::
 
 ``In``/``Out`` are msgspec-compatible types (Structs, dicts, lists, scalars);
 ``bytes`` as ``In`` receives the raw data; ``-> None`` answers an empty body.
+``Out`` is never an Outcome (``Ok``/``Retry``/``Reject``): those are what the
+runtime decides. A function annotated to return one is refused here; one that
+returns or raises one anyway gets a non-retryable answer from the invoker.
+The body is not scanned for ``return Reject(...)``: that would read and parse
+the source of every capability at import, on the thaw path, and a snapshot's
+modules may have no source to read.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from typing import Any, TypeVar
 import msgspec
 
 from thaw._errors import ConfigError
+from thaw._event import Ok, Reject, Retry
 from thaw.declarations._context import Context
 from thaw.declarations._policy import Access, Idempotency, Policy, RetryPolicy
 from thaw.declarations._triggers import HttpTrigger, Trigger
@@ -39,6 +46,7 @@ F = TypeVar("F", bound=Handler)
 _PARAMETER = re.compile(r"\{[^{}]*\}")
 _NAME = re.compile(r"[A-Za-z][A-Za-z0-9_\-]{0,63}\Z")
 _TRIGGER_TYPES = typing.get_args(Trigger)
+_OUTCOME_TYPES = (Ok, Retry, Reject)
 
 
 class CapabilitySpec(msgspec.Struct, frozen=True, kw_only=True):
@@ -171,6 +179,16 @@ def _check_name(kind: str, name: object) -> None:
         )
 
 
+def _refuse_outcome_output(where: str, output_type: Any) -> None:
+    returned = [t for t in (output_type, *typing.get_args(output_type)) if t in _OUTCOME_TYPES]
+    if returned:
+        raise ConfigError(
+            f"{where} is annotated to return {' | '.join(t.__name__ for t in returned)}: "
+            "functions return their result and raise thaw errors (Rejected, RetryLater, ...); "
+            "Outcomes (Ok, Retry, Reject) are what the runtime decides"
+        )
+
+
 def _build_spec(
     function: Handler, name: str, triggers: tuple[Trigger, ...], policy: Policy
 ) -> CapabilitySpec:
@@ -210,6 +228,7 @@ def _build_spec(
     output_type = hints.get("return", Any)
     if output_type is type(None):
         output_type = None
+    _refuse_outcome_output(where, output_type)
     for kind, contract in (("input", input_type), ("output", output_type)):
         if contract is None or contract is Any:
             continue
