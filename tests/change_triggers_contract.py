@@ -1,261 +1,30 @@
-"""``kv`` and ``objects`` triggers end to end through a host, on any backbone.
+"""The shipped change-trigger suite (``thaw.testing.CHANGE_TRIGGER_CHECKS``) as pytest tests.
 
 Subclass ``ChangeTriggerContract`` and give it an ``env`` fixture returning a
-``ChangeEnv`` (a backbone and a unique name prefix); every ``test_*`` method then
-runs on that backbone: MemoryBackbone in ``test_change_triggers.py``, a real
-nats-server in ``test_nats_change_triggers.py``. Capabilities run one call at
-a time (``concurrency=1``) so the order they see is the bucket's order, and the
-tests wait for what the capabilities record, never for a fixed time.
+``thaw.testing.ChangeEnv``: every check then runs as its own test on that
+backbone (MemoryBackbone in test_change_triggers.py, a real nats-server in
+test_nats_change_triggers.py). The helpers the backbone-specific tests use
+(``Seen``, ``uploads_app``) come from the same module as the checks.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import Any
-
-import anyio
 import pytest
 
-from thaw import (
-    Access,
-    App,
-    Backoff,
-    Context,
-    KvChange,
-    ObjectChange,
-    RetryPolicy,
-    kv,
-    objects,
-)
-from thaw.backbone._buckets import object_digest
-from thaw.lowlevel import Backbone, KvConfig, ObjectStoreConfig, list_dead_letters, open_host
+from thaw.host._trigger_checks import ChangeTriggerCheck, Seen, uploads_app
+from thaw.testing import CHANGE_TRIGGER_CHECKS, ChangeEnv
 
-__all__ = ["ChangeEnv", "ChangeTriggerContract", "Seen", "eventually"]
-
-LIMIT = 15.0  # seconds before a wait fails instead of hanging
-FAST = RetryPolicy(max_attempts=2, backoff=Backoff(initial=0.01, maximum=0.01, jitter=0.0))
+__all__ = ["ChangeEnv", "ChangeTriggerContract", "Seen", "uploads_app"]
 
 
-@dataclass
-class ChangeEnv:
-    backbone: Backbone
-    prefix: str  # unique per test: letters and digits
-
-
-class Seen:
-    """What a capability recorded, and a way to wait for the n-th record."""
-
-    def __init__(self) -> None:
-        self.items: list[Any] = []
-        self._changed: anyio.Event | None = None
-
-    def add(self, item: Any) -> None:
-        self.items.append(item)
-        if self._changed is not None:
-            self._changed.set()
-            self._changed = None
-
-    async def wait_for(self, count: int) -> list[Any]:
-        with anyio.fail_after(LIMIT):
-            while len(self.items) < count:
-                if self._changed is None:
-                    self._changed = anyio.Event()
-                await self._changed.wait()
-        return self.items
-
-
-async def eventually(check: Callable[[], Awaitable[bool]]) -> None:
-    """Poll a condition with no local event to wait on (records in a stream), boundedly."""
-    with anyio.fail_after(LIMIT):
-        while True:
-            if await check():
-                return
-            await anyio.sleep(0.01)
-
-
-def watcher_app(prefix: str, seen: Seen, *, key: str = ">", fail: bool = False) -> App:
-    app = App(f"{prefix}kv")
-
-    @app.capability(kv(f"{prefix}_cfg", key=key), concurrency=1, retry=FAST)
-    async def on_change(change: KvChange) -> None:
-        seen.add(change)
-        if fail:
-            raise RuntimeError("cannot apply the change")
-
-    return app
-
-
-def uploads_app(prefix: str, seen: Seen, *, deletes: bool = False, fail: bool = False) -> App:
-    app = App(f"{prefix}up")
-    bucket = f"{prefix}_files"
-
-    @app.capability(
-        objects(bucket, deletes=deletes),
-        concurrency=1,
-        retry=FAST,
-        access=Access(objects=(bucket,)),
-    )
-    async def on_upload(change: ObjectChange, ctx: Context) -> None:
-        store = await ctx.objects(change.bucket)
-        data = b"" if change.deleted else await store.get(change.name)
-        seen.add((change, data))
-        if fail:
-            raise RuntimeError("cannot process the upload")
-
-    return app
+def _name(check: ChangeTriggerCheck) -> str:
+    return check.__name__.removeprefix("check_")
 
 
 class ChangeTriggerContract:
     """The scenarios; subclasses provide the ``env`` fixture."""
 
     @pytest.mark.anyio
-    async def test_kv_trigger_sees_puts_and_deletes_of_matching_keys(self, env: ChangeEnv) -> None:
-        seen = Seen()
-        app = watcher_app(env.prefix, seen, key="users.>")
-        name = f"{env.prefix}_cfg"
-        async with open_host(app, env.backbone, fetch_timeout=0.1):
-            bucket = await env.backbone.kv(name)
-            first = await bucket.put("users.ann", b"v1")
-            await seen.wait_for(1)
-            await bucket.put("orders.1", b"not watched")
-            second = await bucket.put("users.ann", b"v2")
-            await seen.wait_for(2)
-            await bucket.delete("users.ann")
-            await seen.wait_for(3)
-        assert seen.items == [
-            KvChange(bucket=name, key="users.ann", operation="PUT", revision=first, value=b"v1"),
-            KvChange(bucket=name, key="users.ann", operation="PUT", revision=second, value=b"v2"),
-            KvChange(bucket=name, key="users.ann", operation="DEL", revision=second + 1),
-        ]
-
-    @pytest.mark.anyio
-    async def test_kv_changes_made_while_no_host_ran_are_processed_when_one_starts(
-        self, env: ChangeEnv
-    ) -> None:
-        seen = Seen()
-        app = watcher_app(env.prefix, seen)
-        bucket = await env.backbone.add_kv(KvConfig(bucket=f"{env.prefix}_cfg"))
-        await bucket.put("a", b"1")  # before the app was ever deployed
-        await bucket.put("b", b"2")
-        async with open_host(app, env.backbone, fetch_timeout=0.1):
-            await seen.wait_for(2)
-        await bucket.put("c", b"3")  # while no host runs
-        await bucket.delete("a")
-        async with open_host(app, env.backbone, fetch_timeout=0.1):
-            await seen.wait_for(4)
-        assert [(c.key, c.operation, c.value) for c in seen.items] == [
-            ("a", "PUT", b"1"),
-            ("b", "PUT", b"2"),
-            ("c", "PUT", b"3"),
-            ("a", "DEL", b""),
-        ]
-
-    @pytest.mark.anyio
-    async def test_objects_trigger_runs_on_put_with_the_info_and_reads_the_data(
-        self, env: ChangeEnv
-    ) -> None:
-        seen = Seen()
-        app = uploads_app(env.prefix, seen)
-        name = f"{env.prefix}_files"
-        uploads = {
-            "report 2026.pdf": b"%PDF" + bytes(1000),
-            "ünïcødé/ファイル.txt": "grüße".encode(),
-            "a/b/c/": b"",
-        }
-        async with open_host(app, env.backbone, fetch_timeout=0.1):
-            store = await env.backbone.object_store(name)
-            for object_name, data in uploads.items():
-                await store.put(object_name, data)
-            await seen.wait_for(3)
-            await store.delete("report 2026.pdf")  # not wanted: acked, never run
-            await store.put("last", b"!")
-            await seen.wait_for(4)
-        got = {change.name: (change, data) for change, data in seen.items}
-        assert list(got) == [*uploads, "last"]
-        for object_name, data in uploads.items():
-            change, read = got[object_name]
-            assert read == data
-            assert (change.bucket, change.size, change.digest, change.deleted) == (
-                name,
-                len(data),
-                object_digest(data),
-                False,
-            )
-        revisions = [change.revision for change, _ in seen.items]
-        assert revisions == sorted(revisions)
-
-    @pytest.mark.anyio
-    async def test_objects_trigger_with_deletes_sees_deletions_and_old_uploads(
-        self, env: ChangeEnv
-    ) -> None:
-        seen = Seen()
-        app = uploads_app(env.prefix, seen, deletes=True)
-        store = await env.backbone.add_object_store(ObjectStoreConfig(bucket=f"{env.prefix}_files"))
-        await store.put("early", b"uploaded before any host ran")
-        async with open_host(app, env.backbone, fetch_timeout=0.1):
-            await seen.wait_for(1)
-            await store.delete("early")
-            await seen.wait_for(2)
-        (put, data), (deleted, _) = seen.items
-        assert (put.name, put.deleted, data) == ("early", False, b"uploaded before any host ran")
-        assert (deleted.name, deleted.deleted, deleted.size) == ("early", True, 0)
-
-    @pytest.mark.anyio
-    async def test_a_failing_kv_capability_is_retried_then_dead_lettered(
-        self, env: ChangeEnv
-    ) -> None:
-        seen = Seen()
-        app = watcher_app(env.prefix, seen, fail=True)
-        async with open_host(app, env.backbone, fetch_timeout=0.1):
-            bucket = await env.backbone.kv(f"{env.prefix}_cfg")
-            revision = await bucket.put("flag", b"on")
-            await seen.wait_for(2)
-
-            async def dead_lettered() -> bool:
-                return bool(await list_dead_letters(env.backbone, app=app.name))
-
-            await eventually(dead_lettered)
-        (record,) = await list_dead_letters(env.backbone, app=app.name)
-        assert (record.capability, record.attempts) == ("on_change", 2)
-        assert (record.original_stream, record.original_seq) == (f"KV_{env.prefix}_cfg", revision)
-        assert record.original_subject == f"$KV.{env.prefix}_cfg.flag"
-        assert seen.items[0] == seen.items[1]  # the same change, delivered twice
-
-    @pytest.mark.anyio
-    async def test_a_failing_objects_capability_is_retried_then_dead_lettered(
-        self, env: ChangeEnv
-    ) -> None:
-        seen = Seen()
-        app = uploads_app(env.prefix, seen, fail=True)
-        async with open_host(app, env.backbone, fetch_timeout=0.1):
-            store = await env.backbone.object_store(f"{env.prefix}_files")
-            await store.put("bad.csv", b"x,y")
-            await seen.wait_for(2)
-
-            async def dead_lettered() -> bool:
-                return bool(await list_dead_letters(env.backbone, app=app.name))
-
-            await eventually(dead_lettered)
-        (record,) = await list_dead_letters(env.backbone, app=app.name)
-        assert (record.capability, record.attempts) == ("on_upload", 2)
-        assert record.original_stream == f"OBJ_{env.prefix}_files"
-
-    @pytest.mark.anyio
-    async def test_unreadable_object_info_is_dead_lettered_with_the_reason(
-        self, env: ChangeEnv
-    ) -> None:
-        seen = Seen()
-        app = uploads_app(env.prefix, seen)
-        async with open_host(app, env.backbone, fetch_timeout=0.1):
-            # Someone writes garbage where object info belongs.
-            await env.backbone.publish(f"$O.{env.prefix}_files.M.Z2FyYmFnZQ==", b"\xff not json")
-
-            async def dead_lettered() -> bool:
-                return bool(await list_dead_letters(env.backbone, app=app.name))
-
-            await eventually(dead_lettered)
-        (record,) = await list_dead_letters(env.backbone, app=app.name)
-        assert record.attempts == 1  # malformed input is never retried
-        assert record.code == "payload_malformed"
-        assert seen.items == []
+    @pytest.mark.parametrize("check", CHANGE_TRIGGER_CHECKS, ids=_name)
+    async def test_conformance(self, env: ChangeEnv, check: ChangeTriggerCheck) -> None:
+        await check(env)

@@ -27,11 +27,11 @@ from nats.aio.msg import Msg
 from nats_fixtures import nats_server, remove_app, wait_until  # noqa: F401
 
 from thaw import App, Event, Ok, Reject
+from thaw._errors import MalformedPayload
 from thaw.adapters.edge import prepare
 from thaw.adapters.nats import EmbeddedServer, JetStreamBackbone
-from thaw.host._provision import idempotency_bucket_for
-from thaw._errors import MalformedPayload
 from thaw.decisions._delivery import dead_letter_headers, decide_stream
+from thaw.host._provision import idempotency_bucket_for
 from thaw.invocation._kv_idempotency import KvIdempotencyStore
 from thaw.lowlevel import (
     MSG_ID_HEADER,

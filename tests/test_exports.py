@@ -58,12 +58,26 @@ def test_function_author_surface() -> None:
 
 def test_testing_surface() -> None:
     assert sorted(thaw.testing.__all__) == [
+        "BACKBONE_CHECKS",
+        "BackboneHarness",
+        "CHANGE_TRIGGER_CHECKS",
+        "ChangeEnv",
         "FakeClock",
         "MemoryBackbone",
         "MemoryIdempotencyStore",
+        "check_backbone",
+        "check_change_triggers",
         "invoke",
         "make_event",
     ]
+
+
+def test_importing_the_testing_surface_imports_no_test_framework() -> None:
+    code = (
+        "import sys, thaw.testing; "
+        "assert not {'pytest', 'hypothesis'} & set(sys.modules), sorted(sys.modules)"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
 
 def test_every_exported_name_exists() -> None:

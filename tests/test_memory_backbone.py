@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 import anyio
@@ -22,6 +23,7 @@ from thaw._errors import (
 )
 from thaw.backbone._contract import Backbone, ConsumerConfig, KvConfig, Message, StreamConfig
 from thaw.backbone.memory._backbone import MemoryBackbone, MemoryBackboneStatistics
+from thaw.testing import BACKBONE_CHECKS, BackboneHarness, check_backbone
 
 _PATIENCE = 10_000  # checkpoints to wait for a condition before calling it a hang
 
@@ -58,6 +60,47 @@ async def harness() -> MemoryHarness:
 
 class TestMemoryBackboneContract(BackboneContract):
     """Every contract test, on MemoryBackbone with a FakeClock."""
+
+
+@asynccontextmanager
+async def _open_harness() -> AsyncIterator[MemoryHarness]:
+    clock = FakeClock()
+    backbone = MemoryBackbone(clock=clock)
+    try:
+        yield MemoryHarness(backbone, clock, prefix=f"t{next(_prefixes)}")
+    finally:
+        await backbone.aclose()
+
+
+@pytest.mark.anyio
+async def test_check_backbone_runs_the_shipped_suite_without_pytest() -> None:
+    """The way a third party runs it: one call, a fresh harness per check."""
+    opened: list[None] = []
+
+    @asynccontextmanager
+    async def counted() -> AsyncIterator[MemoryHarness]:
+        opened.append(None)
+        async with _open_harness() as harness:
+            yield harness
+
+    await check_backbone(counted)
+    assert len(opened) == len(BACKBONE_CHECKS) >= 41
+
+
+@pytest.mark.anyio
+async def test_check_backbone_names_every_failing_check() -> None:
+    async def check_passes(harness: BackboneHarness) -> None:
+        pass
+
+    async def check_wrong(harness: BackboneHarness) -> None:
+        assert harness.prefix == "something else"
+
+    async def check_broken(harness: BackboneHarness) -> None:
+        await harness.backbone.stream_info("missing")
+
+    checks = [check_passes, check_wrong, check_broken]
+    with pytest.raises(AssertionError, match="2 of 3 checks failed: check_wrong, check_broken"):
+        await check_backbone(_open_harness, checks=checks)
 
 
 # -- memory-only behaviour ----------------------------------------------------------

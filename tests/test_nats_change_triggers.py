@@ -6,8 +6,8 @@ import pytest
 from change_triggers_contract import ChangeEnv, ChangeTriggerContract, Seen, uploads_app
 from nats_fixtures import JetStreamHarness, jetstream_harness, nats_server  # noqa: F401
 
-from thaw.backbone._buckets import object_digest
 from thaw import ObjectNotFound
+from thaw.backbone._buckets import object_digest
 from thaw.lowlevel import ObjectStoreConfig, open_host
 
 pytestmark = pytest.mark.anyio

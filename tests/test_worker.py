@@ -7,6 +7,7 @@ import msgspec
 import pytest
 
 from thaw import App, Backoff, Context, Idempotency, Rejected, RetryPolicy
+from thaw.host._worker import ensure_dead_letter_stream
 from thaw.lowlevel import (
     DEAD_LETTER_STREAM,
     BackboneError,
@@ -15,7 +16,6 @@ from thaw.lowlevel import (
     StreamConfig,
     StreamWorker,
 )
-from thaw.host._worker import ensure_dead_letter_stream
 from thaw.testing import FakeClock, MemoryBackbone
 
 pytestmark = pytest.mark.anyio
