@@ -16,7 +16,7 @@ at all and so revision 0.
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import anyio
 import msgspec
@@ -45,6 +45,7 @@ from thaw.adapters.nats._wire import (
     nanoseconds,
     parse_headers,
 )
+from thaw.adapters.nats.session import JetStreamSession
 from thaw.lowlevel import (
     BackboneError,
     BucketNotFound,
@@ -53,9 +54,6 @@ from thaw.lowlevel import (
     WrongRevision,
     validate_kv_key,
 )
-
-if TYPE_CHECKING:
-    from thaw.adapters.nats.backbone import JetStreamBackbone
 
 __all__ = ["JetStreamKeyValue"]
 
@@ -96,10 +94,10 @@ def _operation(headers: dict[str, str]) -> Operation:
 class JetStreamKeyValue:
     """A handle on one JetStream KV bucket (satisfies the ``KeyValue`` protocol)."""
 
-    __slots__ = ("_backbone", "_bucket", "_direct", "_prefix", "_stream")
+    __slots__ = ("_bucket", "_direct", "_prefix", "_session", "_stream")
 
-    def __init__(self, backbone: JetStreamBackbone, bucket: str, *, direct: bool) -> None:
-        self._backbone = backbone
+    def __init__(self, session: JetStreamSession, bucket: str, *, direct: bool) -> None:
+        self._session = session
         self._bucket = bucket
         self._stream = kv_stream_name(bucket)
         self._prefix = f"$KV.{bucket}."
@@ -120,12 +118,12 @@ class JetStreamKeyValue:
     async def _latest(self, key: str) -> KvEntry | None:
         """The key's latest record, tombstones included; None when it has none."""
         doing = f"get key {key!r} from bucket {self._bucket!r}"
-        backbone = self._backbone
+        session = self._session
         subject = self._prefix + key
         if self._direct:
-            backbone.check_open(doing)
+            session.check_open(doing)
             try:
-                reply = await backbone.requests.request(
+                reply = await session.requests.request(
                     f"{API}.DIRECT.GET.{self._stream}.{subject}", b""
                 )
             except nats.errors.NoRespondersError:
@@ -146,7 +144,7 @@ class JetStreamKeyValue:
                 operation=_operation(headers),
             )
         body = encode({"last_by_subj": subject})
-        got = await backbone.api(f"STREAM.MSG.GET.{self._stream}", body, MsgGetReply, doing)
+        got = await session.api(f"STREAM.MSG.GET.{self._stream}", body, MsgGetReply, doing)
         if got.error is not None:
             if got.error.err_code == NO_MESSAGE_FOUND:
                 return None
@@ -173,8 +171,8 @@ class JetStreamKeyValue:
     async def keys(self) -> list[str]:
         """Live keys, sorted: the last record per key through a short-lived consumer."""
         doing = f"list keys of bucket {self._bucket!r}"
-        backbone = self._backbone
-        name = f"thaw_keys_{backbone.client.new_inbox().rsplit('.', 1)[-1]}"
+        session = self._session
+        name = f"thaw_keys_{session.client.new_inbox().rsplit('.', 1)[-1]}"
         config = ConsumerConfigWire(
             name=name,
             deliver_policy="last_per_subject",
@@ -186,7 +184,7 @@ class JetStreamKeyValue:
             inactive_threshold=nanoseconds(_KEYS_CONSUMER_IDLE),
         )
         request = ConsumerCreateRequest(stream_name=self._stream, config=config, action="create")
-        created = await backbone.api(
+        created = await session.api(
             f"CONSUMER.CREATE.{self._stream}.{name}", encode(request), ConsumerInfoReply, doing
         )
         if created.error is not None:
@@ -197,11 +195,11 @@ class JetStreamKeyValue:
         remaining = created.num_pending
         try:
             while remaining > 0:
-                pulled = await backbone.puller.pull(
+                pulled = await session.puller.pull(
                     self._stream,
                     name,
                     batch=min(remaining, _KEYS_BATCH),
-                    timeout=backbone.request_timeout,
+                    timeout=session.request_timeout,
                 )
                 if not pulled.messages:
                     break
@@ -212,7 +210,7 @@ class JetStreamKeyValue:
         finally:
             with anyio.CancelScope(shield=True):
                 try:
-                    await backbone.api(
+                    await session.api(
                         f"CONSUMER.DELETE.{self._stream}.{name}", b"", SuccessReply, doing
                     )
                 except BackboneError:
@@ -232,11 +230,11 @@ class JetStreamKeyValue:
         ``key`` is valid (so is the subject) and ``headers`` a ``header_block``. The
         text naming the operation for errors is only built when one happens.
         """
-        backbone = self._backbone
-        if backbone.closed:
-            backbone.check_open(self._doing(verb, key))
+        session = self._session
+        if session.closed:
+            session.check_open(self._doing(verb, key))
         try:
-            reply = await backbone.requests.request(self._prefix + key, value, prepared=headers)
+            reply = await session.requests.request(self._prefix + key, value, prepared=headers)
         except nats.errors.NoRespondersError:
             raise self._gone(self._doing(verb, key)) from None
         except nats.errors.Error as error:

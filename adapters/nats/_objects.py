@@ -17,15 +17,15 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING
 
 import nats.js.errors
 from nats.js import api
 from nats.js.object_store import ObjectStore as NatsObjectStore
 
-from thaw.adapters.nats._api import ensure_stream, stream_reply
 from thaw.adapters.nats._errors import STREAM_NOT_FOUND, translate
+from thaw.adapters.nats._management import ensure_stream, stream_reply
 from thaw.adapters.nats._wire import StreamConfigWire, object_stream_wire
+from thaw.adapters.nats.session import JetStreamSession
 from thaw.lowlevel import (
     BackboneError,
     BucketNotFound,
@@ -39,9 +39,6 @@ from thaw.lowlevel import (
     validate_name,
     validate_object_name,
 )
-
-if TYPE_CHECKING:
-    from thaw.adapters.nats.backbone import JetStreamBackbone
 
 __all__ = ["JetStreamObjectStore", "add_object_store", "open_object_store"]
 
@@ -59,27 +56,25 @@ def _check_layout(bucket: str, wire: StreamConfigWire) -> None:
 
 
 async def add_object_store(
-    backbone: JetStreamBackbone, config: ObjectStoreConfig
+    session: JetStreamSession, config: ObjectStoreConfig
 ) -> JetStreamObjectStore:
     validate_name("object store bucket", config.bucket)
-    wire = object_stream_wire(config, replicas=backbone.options.replicas)
-    reply, _ = await ensure_stream(backbone, wire, f"add object store {config.bucket!r}")
+    wire = object_stream_wire(config, replicas=session.options.replicas)
+    reply, _ = await ensure_stream(session, wire, f"add object store {config.bucket!r}")
     assert reply.config is not None
     _check_layout(config.bucket, reply.config)
-    return JetStreamObjectStore(backbone, config.bucket)
+    return JetStreamObjectStore(session, config.bucket)
 
 
-async def open_object_store(backbone: JetStreamBackbone, bucket: str) -> JetStreamObjectStore:
+async def open_object_store(session: JetStreamSession, bucket: str) -> JetStreamObjectStore:
     validate_name("object store bucket", bucket)
-    reply = await stream_reply(
-        backbone, object_stream_name(bucket), f"open object store {bucket!r}"
-    )
+    reply = await stream_reply(session, object_stream_name(bucket), f"open object store {bucket!r}")
     if reply is None or reply.config is None:
         raise BucketNotFound(
             f"object store {bucket!r} does not exist; add it with add_object_store"
         )
     _check_layout(bucket, reply.config)
-    return JetStreamObjectStore(backbone, bucket)
+    return JetStreamObjectStore(session, bucket)
 
 
 def _info(bucket: str, info: api.ObjectInfo) -> ObjectInfo:
@@ -97,12 +92,12 @@ def _info(bucket: str, info: api.ObjectInfo) -> ObjectInfo:
 class JetStreamObjectStore:
     """A handle on one JetStream object store (satisfies the ``ObjectStore`` protocol)."""
 
-    __slots__ = ("_backbone", "_bucket", "_store")
+    __slots__ = ("_bucket", "_session", "_store")
 
-    def __init__(self, backbone: JetStreamBackbone, bucket: str) -> None:
-        self._backbone = backbone
+    def __init__(self, session: JetStreamSession, bucket: str) -> None:
+        self._session = session
         self._bucket = bucket
-        js = backbone.client.jetstream(timeout=backbone.request_timeout)
+        js = session.client.jetstream(timeout=session.request_timeout)
         self._store = NatsObjectStore(name=bucket, stream=object_stream_name(bucket), js=js)
 
     def __repr__(self) -> str:
@@ -115,7 +110,7 @@ class JetStreamObjectStore:
     @asynccontextmanager
     async def _call(self, doing: str, name: str = "") -> AsyncIterator[None]:
         """Translate nats-py's object-store failures for ``doing`` (the one place)."""
-        self._backbone.check_open(doing)
+        self._session.check_open(doing)
         try:
             with translate(doing):
                 try:

@@ -7,6 +7,12 @@ difference raises ``DefinitionConflict`` naming the fields; nothing is ever
 updated silently. Definitions are checked with the runtime's own rules before a
 request leaves, so bad ones fail with the same ``ConfigError`` as in memory.
 
+The backbone composes the package's parts around one ``JetStreamSession``
+(``session``: the connection, its options, the request muxer, the puller and the
+open/closed state): management requests (``_management``), KV buckets (``_kv``)
+and object stores (``_objects``) take the session, never the backbone, and no
+module imports this one back.
+
 Invariants: one nats-py connection per backbone, which reconnects forever once it
 has connected (consumers resume by themselves after a server restart); every
 JetStream API call is bounded by ``request_timeout``; every nats-py failure is
@@ -16,7 +22,6 @@ asyncio backend.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, TypeVar
@@ -28,13 +33,6 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from thaw import ConfigError, DeadlineExceeded
-from thaw.adapters.nats._api import (
-    consumer_reply,
-    ensure_consumer,
-    ensure_stream,
-    stream_reply,
-    streams_capturing,
-)
 from thaw.adapters.nats._errors import (
     MESSAGE_DELETE_FAILED,
     NO_MESSAGE_FOUND,
@@ -44,14 +42,19 @@ from thaw.adapters.nats._errors import (
     consumer_missing,
     stream_missing,
     translate,
-    translated,
 )
 from thaw.adapters.nats._kv import JetStreamKeyValue
+from thaw.adapters.nats._management import (
+    consumer_reply,
+    ensure_consumer,
+    ensure_stream,
+    stream_reply,
+    streams_capturing,
+)
 from thaw.adapters.nats._objects import JetStreamObjectStore, add_object_store, open_object_store
 from thaw.adapters.nats._pull import CLOSED, LOST, JetStreamMessage, Puller
 from thaw.adapters.nats._request_mux import RequestMux
 from thaw.adapters.nats._wire import (
-    API,
     ConsumerInfoReply,
     MsgGetReply,
     PubAckReply,
@@ -71,6 +74,7 @@ from thaw.adapters.nats._wire import (
     stream_wire,
 )
 from thaw.adapters.nats.connection import JetStreamOptions, connect_client, redact
+from thaw.adapters.nats.session import JetStreamSession
 from thaw.lowlevel import (
     MSG_ID_HEADER,
     BackboneError,
@@ -101,7 +105,6 @@ if TYPE_CHECKING:
 
 __all__ = ["JetStreamBackbone", "open_jetstream_backbone"]
 
-log = logging.getLogger("thaw.nats")
 _T = TypeVar("_T", bound=msgspec.Struct)
 _MIN_DUPLICATE_WINDOW = 0.1  # JetStream refuses shorter windows
 _RETRY_FIRST = 0.05  # seconds before re-sending a publish no stream answered
@@ -126,12 +129,8 @@ class JetStreamBackbone:
         owns_client: bool = False,
     ) -> None:
         """Wrap a connected nats-py client; ``connect`` is the usual way in."""
-        self._client = client
-        self._options = options if options is not None else JetStreamOptions()
-        self._owns_client = owns_client
-        self._puller = Puller(client, margin=self._options.request_timeout)
-        self._requests = RequestMux(client, timeout=self._options.request_timeout)
-        self._closed = False
+        options = options if options is not None else JetStreamOptions()
+        self._session = JetStreamSession(client, options=options, owns_client=owns_client)
 
     @classmethod
     async def connect(
@@ -139,72 +138,67 @@ class JetStreamBackbone:
     ) -> JetStreamBackbone:
         """Connect to ``servers`` (``nats://host:port`` URLs); call ``aclose`` when done."""
         options = options if options is not None else JetStreamOptions()
-        lost: list[JetStreamBackbone] = []  # the backbone, once it exists
+        lost: list[JetStreamSession] = []  # the backbone's session, once it exists
 
         def on_disconnect() -> None:
-            for backbone in lost:
-                backbone._puller.connection_lost()
-                backbone._requests.connection_lost()
+            for session in lost:
+                session.connection_lost()
 
         client = await connect_client(servers, options, on_disconnect=on_disconnect)
         backbone = cls(client, options=options, owns_client=True)
-        lost.append(backbone)
+        lost.append(backbone._session)
         return backbone
 
     def __repr__(self) -> str:
-        state = "closed" if self._closed else "open"
-        url = self._client.connected_url
+        state = "closed" if self._session.closed else "open"
+        url = self._session.client.connected_url
         where = redact(url.geturl()) if url is not None else "disconnected"
         return f"<JetStreamBackbone {state} {where}>"
 
-    # -- for the package's other modules and for adapters needing raw NATS -------------
+    # -- for adapters needing raw NATS, and tests (all of it is the session's) ----------
+
+    @property
+    def session(self) -> JetStreamSession:
+        """The connection state this backbone's parts share."""
+        return self._session
 
     @property
     def client(self) -> Client:
         """The nats-py connection (core NATS request/reply, services, object store)."""
-        return self._client
+        return self._session.client
 
     @property
     def options(self) -> JetStreamOptions:
-        return self._options
+        return self._session.options
 
     @property
     def request_timeout(self) -> float:
-        return self._options.request_timeout
+        return self._session.request_timeout
 
     @property
     def connected(self) -> bool:
         """Open and connected to a server right now (readiness probes read this)."""
-        return not self._closed and self._client.is_connected
+        return self._session.connected
 
     @property
     def puller(self) -> Puller:
-        return self._puller
+        return self._session.puller
 
     @property
     def requests(self) -> RequestMux:
         """JetStream API calls, publishes and KV writes: requests bounded by request_timeout."""
-        return self._requests
+        return self._session.requests
 
     @property
     def closed(self) -> bool:
-        return self._closed
+        return self._session.closed
 
     def check_open(self, doing: str) -> None:
-        if self._closed:
-            raise BackboneError(f"{doing}: the JetStreamBackbone is closed; connect a new one")
+        self._session.check_open(doing)
 
     async def api(self, subject: str, body: bytes, kind: type[_T], doing: str) -> _T:
         """One JetStream API request (``$JS.API.<subject>``), its reply decoded as ``kind``."""
-        self.check_open(doing)
-        try:
-            reply = await self._requests.request(f"{API}.{subject}", body)
-        except nats.errors.Error as error:
-            raise translated(error, doing) from error
-        try:
-            return decode(kind, reply.data)
-        except msgspec.DecodeError as error:
-            raise BackboneError(f"{doing}: JetStream sent a reply Thaw cannot read") from error
+        return await self._session.api(subject, body, kind, doing)
 
     # -- streams ------------------------------------------------------------------------
 
@@ -225,8 +219,8 @@ class JetStreamBackbone:
                 f"stream {config.name!r}: JetStream needs duplicate_window >= "
                 f"{_MIN_DUPLICATE_WINDOW} seconds (or 0 for the server's default)"
             )
-        wire = stream_wire(config, replicas=self._options.replicas)
-        reply, created = await ensure_stream(self, wire, f"add stream {config.name!r}")
+        wire = stream_wire(config, replicas=self._session.options.replicas)
+        reply, created = await ensure_stream(self._session, wire, f"add stream {config.name!r}")
         info = self._stream_info(reply)
         wanted = effective_stream_config(config)
         if not created and info.config != wanted:
@@ -238,7 +232,7 @@ class JetStreamBackbone:
     async def stream_info(self, name: str) -> StreamInfo:
         validate_name("stream", name)
         doing = f"stream info {name!r}"
-        reply = await stream_reply(self, name, doing)
+        reply = await stream_reply(self._session, name, doing)
         if reply is None:
             raise stream_missing(name)
         return self._stream_info(reply)
@@ -246,7 +240,7 @@ class JetStreamBackbone:
     async def delete_stream(self, name: str) -> None:
         validate_name("stream", name)
         doing = f"delete stream {name!r}"
-        reply = await self.api(f"STREAM.DELETE.{name}", b"", SuccessReply, doing)
+        reply = await self._session.api(f"STREAM.DELETE.{name}", b"", SuccessReply, doing)
         if reply.error is not None:
             if reply.error.err_code == STREAM_NOT_FOUND:
                 raise stream_missing(name)
@@ -262,7 +256,7 @@ class JetStreamBackbone:
     ) -> PubAck:
         validate_subject(subject, wildcards=False)
         doing = f"publish to {subject!r}"
-        self.check_open(doing)
+        self._session.check_open(doing)
         sent = dict(headers) if headers else None
         if msg_id is not None:
             sent = sent or {}
@@ -289,15 +283,16 @@ class JetStreamBackbone:
         being elected or its interest has not reached this server (a cluster, just
         after the stream was created), so the publish is retried within request_timeout.
         """
-        deadline = anyio.current_time() + self._options.request_timeout
+        session = self._session
+        deadline = anyio.current_time() + session.request_timeout
         delay = _RETRY_FIRST
         while True:
             with translate(doing):
                 try:
-                    return await self._requests.request(subject, data, headers)
+                    return await session.requests.request(subject, data, headers)
                 except nats.errors.NoRespondersError:
                     pass
-            streams = await streams_capturing(self, subject, doing)
+            streams = await streams_capturing(session, subject, doing)
             if not streams:
                 raise NoStreamForSubject(
                     f"no stream captures subject {subject!r}; add a stream whose subjects match it"
@@ -305,7 +300,7 @@ class JetStreamBackbone:
             if anyio.current_time() + delay > deadline:
                 raise BackboneError(
                     f"{doing}: stream {streams[0]!r} captures the subject but did not "
-                    f"answer within {self._options.request_timeout} seconds"
+                    f"answer within {session.request_timeout} seconds"
                 )
             await anyio.sleep(delay)
             delay = min(delay * 2, _RETRY_MAX)
@@ -313,7 +308,8 @@ class JetStreamBackbone:
     async def get_message(self, stream: str, seq: int) -> StoredMessage:
         validate_name("stream", stream)
         doing = f"get message {seq} of stream {stream!r}"
-        got = await self.api(f"STREAM.MSG.GET.{stream}", encode({"seq": seq}), MsgGetReply, doing)
+        body = encode({"seq": seq})
+        got = await self._session.api(f"STREAM.MSG.GET.{stream}", body, MsgGetReply, doing)
         if got.error is not None:
             if got.error.err_code == NO_MESSAGE_FOUND:
                 raise MessageNotFound(
@@ -337,7 +333,7 @@ class JetStreamBackbone:
         validate_name("stream", stream)
         doing = f"delete message {seq} of stream {stream!r}"
         body = encode({"seq": seq, "no_erase": True})
-        reply = await self.api(f"STREAM.MSG.DELETE.{stream}", body, SuccessReply, doing)
+        reply = await self._session.api(f"STREAM.MSG.DELETE.{stream}", body, SuccessReply, doing)
         if reply.error is not None:
             if reply.error.err_code == STREAM_NOT_FOUND:
                 raise stream_missing(stream)
@@ -361,12 +357,13 @@ class JetStreamBackbone:
     async def add_consumer(self, stream: str, config: ConsumerConfig) -> ConsumerInfo:
         validate_name("stream", stream)
         doing = f"add consumer {config.durable!r} on stream {stream!r}"
-        found = await stream_reply(self, stream, doing)
+        found = await stream_reply(self._session, stream, doing)
         if found is None:
             raise stream_missing(stream)
         assert found.config is not None
         validate_consumer_config(stream_config_of(found.config), config)
-        reply, created = await ensure_consumer(self, stream, consumer_wire(config), doing)
+        wire = consumer_wire(config)
+        reply, created = await ensure_consumer(self._session, stream, wire, doing)
         info = self._consumer_info(stream, reply)
         wanted = effective_consumer_config(config)
         if not created and info.config != wanted:
@@ -381,7 +378,7 @@ class JetStreamBackbone:
     async def consumer_info(self, stream: str, durable: str) -> ConsumerInfo:
         validate_name("stream", stream)
         validate_name("consumer", durable)
-        reply = await consumer_reply(self, stream, durable, f"consumer info {durable!r}")
+        reply = await consumer_reply(self._session, stream, durable, f"consumer info {durable!r}")
         if reply is None:
             raise consumer_missing(stream, durable)
         return self._consumer_info(stream, reply)
@@ -401,8 +398,9 @@ class JetStreamBackbone:
         validate_fetch(batch, timeout)
         validate_name("stream", stream)
         validate_name("consumer", durable)
-        self.check_open(f"fetch from consumer {durable!r} on stream {stream!r}")
-        received, status, description = await self._puller.fetch(
+        session = self._session
+        session.check_open(f"fetch from consumer {durable!r} on stream {stream!r}")
+        received, status, description = await session.puller.fetch(
             stream, durable, batch=batch, timeout=timeout
         )
         if status == CLOSED:
@@ -419,7 +417,7 @@ class JetStreamBackbone:
                     f"fetch from consumer {durable!r} on stream {stream!r}: JetStream "
                     f"refused the pull request ({description or status})"
                 )
-        client, timeout = self._client, self._options.request_timeout
+        client, timeout = session.client, session.request_timeout
         messages: list[Message] = [
             JetStreamMessage(client, message, timeout=timeout) for message in received
         ]
@@ -433,20 +431,20 @@ class JetStreamBackbone:
 
     async def add_kv(self, config: KvConfig) -> KeyValue:
         validate_kv_config(config)
-        wire = kv_stream_wire(config, replicas=self._options.replicas)
-        reply, created = await ensure_stream(self, wire, f"add bucket {config.bucket!r}")
+        wire = kv_stream_wire(config, replicas=self._session.options.replicas)
+        reply, created = await ensure_stream(self._session, wire, f"add bucket {config.bucket!r}")
         assert reply.config is not None
         found = kv_config_of(config.bucket, reply.config)
         if not created and found != config:
             raise definition_conflict(
                 f"bucket {config.bucket!r}", found, config, "use another bucket name"
             )
-        return JetStreamKeyValue(self, config.bucket, direct=reply.config.allow_direct)
+        return JetStreamKeyValue(self._session, config.bucket, direct=reply.config.allow_direct)
 
     async def kv(self, bucket: str) -> KeyValue:
         validate_name("bucket", bucket)
         doing = f"open bucket {bucket!r}"
-        existing = await stream_reply(self, kv_stream_name(bucket), doing)
+        existing = await stream_reply(self._session, kv_stream_name(bucket), doing)
         if existing is None or existing.config is None:
             raise BucketNotFound(f"bucket {bucket!r} does not exist; add it with add_kv")
         if existing.config.max_msgs_per_subject < 1:
@@ -454,15 +452,15 @@ class JetStreamBackbone:
                 f"stream {kv_stream_name(bucket)!r} exists but is not a KV bucket "
                 "(it keeps no per-key history limit)"
             )
-        return JetStreamKeyValue(self, bucket, direct=existing.config.allow_direct)
+        return JetStreamKeyValue(self._session, bucket, direct=existing.config.allow_direct)
 
     # -- object stores (``_objects``) -----------------------------------------------------
 
     async def add_object_store(self, config: ObjectStoreConfig) -> ObjectStore:
-        return await add_object_store(self, config)
+        return await add_object_store(self._session, config)
 
     async def object_store(self, bucket: str) -> ObjectStore:
-        return await open_object_store(self, bucket)
+        return await open_object_store(self._session, bucket)
 
     # -- core request/reply -------------------------------------------------------------
 
@@ -477,11 +475,11 @@ class JetStreamBackbone:
         """A core NATS request (``ctx.request``): the first reply, or a clear error."""
         validate_subject(subject, wildcards=False)
         doing = f"request on {subject!r}"
-        self.check_open(doing)
+        self._session.check_open(doing)
         try:
             with translate(doing):
                 try:
-                    reply = await self._client.request(
+                    reply = await self._session.client.request(
                         subject, data, timeout=timeout, headers=dict(headers) if headers else None
                     )
                 except nats.errors.NoRespondersError:
@@ -496,18 +494,7 @@ class JetStreamBackbone:
 
     async def aclose(self) -> None:
         """Fail waiting fetches, then drain and close the connection if this backbone owns it."""
-        if self._closed:
-            return
-        self._closed = True
-        await self._puller.aclose()
-        await self._requests.aclose()
-        if not self._owns_client or self._client.is_closed:
-            return
-        try:
-            await self._client.drain()
-        except nats.errors.Error as error:  # reconnecting or already draining
-            log.debug("NATS drain failed (%s); closing", error)
-            await self._client.close()
+        await self._session.aclose()
 
 
 @asynccontextmanager

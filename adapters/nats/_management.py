@@ -1,14 +1,13 @@
-"""JetStream API calls behind provisioning: look up, create or confirm streams and consumers.
+"""Stream and consumer management requests: look up, create or confirm streams and consumers.
 
 "Create or confirm" never updates: an existing definition is returned for the
 caller to compare, and a create that loses a race to another creator (name in
 use, consumer exists) reads the winner's definition instead of failing. Each
-function takes the backbone for its ``api`` method (one bounded request each).
+function takes the ``JetStreamSession`` for its ``api`` method (one bounded
+request each).
 """
 
 from __future__ import annotations
-
-from typing import TYPE_CHECKING
 
 from thaw.adapters.nats._errors import (
     CONSUMER_EXISTS,
@@ -28,10 +27,8 @@ from thaw.adapters.nats._wire import (
     StreamNamesReply,
     encode,
 )
+from thaw.adapters.nats.session import JetStreamSession
 from thaw.lowlevel import DefinitionConflict
-
-if TYPE_CHECKING:
-    from thaw.adapters.nats.backbone import JetStreamBackbone
 
 __all__ = [
     "stream_reply",
@@ -42,11 +39,9 @@ __all__ = [
 ]
 
 
-async def stream_reply(
-    backbone: JetStreamBackbone, name: str, doing: str
-) -> StreamInfoReply | None:
+async def stream_reply(session: JetStreamSession, name: str, doing: str) -> StreamInfoReply | None:
     """The stream's info, or None when there is no such stream."""
-    reply = await backbone.api(f"STREAM.INFO.{name}", b"", StreamInfoReply, doing)
+    reply = await session.api(f"STREAM.INFO.{name}", b"", StreamInfoReply, doing)
     if reply.error is not None:
         if reply.error.err_code == STREAM_NOT_FOUND:
             return None
@@ -54,18 +49,18 @@ async def stream_reply(
     return reply
 
 
-async def streams_capturing(backbone: JetStreamBackbone, subject: str, doing: str) -> list[str]:
+async def streams_capturing(session: JetStreamSession, subject: str, doing: str) -> list[str]:
     """Names of the streams whose subjects overlap ``subject``."""
     body = encode({"subject": subject})
-    names = await backbone.api("STREAM.NAMES", body, StreamNamesReply, doing)
+    names = await session.api("STREAM.NAMES", body, StreamNamesReply, doing)
     return names.streams or []
 
 
 async def _overlap(
-    backbone: JetStreamBackbone, wire: StreamConfigWire, doing: str
+    session: JetStreamSession, wire: StreamConfigWire, doing: str
 ) -> DefinitionConflict:
     for subject in wire.subjects:
-        for other in await streams_capturing(backbone, subject, doing):
+        for other in await streams_capturing(session, subject, doing):
             if other != wire.name:
                 return DefinitionConflict(
                     f"stream {wire.name!r} subject {subject!r} overlaps a subject of "
@@ -78,31 +73,31 @@ async def _overlap(
 
 
 async def ensure_stream(
-    backbone: JetStreamBackbone, wire: StreamConfigWire, doing: str
+    session: JetStreamSession, wire: StreamConfigWire, doing: str
 ) -> tuple[StreamInfoReply, bool]:
     """Create the stream, or find the existing one: (its info, whether this call created it)."""
-    existing = await stream_reply(backbone, wire.name, doing)
+    existing = await stream_reply(session, wire.name, doing)
     if existing is not None:
         return existing, False
     body = encode(wire)
-    created = await backbone.api(f"STREAM.CREATE.{wire.name}", body, StreamInfoReply, doing)
+    created = await session.api(f"STREAM.CREATE.{wire.name}", body, StreamInfoReply, doing)
     if created.error is None:
         return created, True
     if created.error.err_code == SUBJECTS_OVERLAP:
-        raise await _overlap(backbone, wire, doing)
+        raise await _overlap(session, wire, doing)
     if created.error.err_code == STREAM_NAME_IN_USE:  # created by someone else meanwhile
-        existing = await stream_reply(backbone, wire.name, doing)
+        existing = await stream_reply(session, wire.name, doing)
         if existing is not None:
             return existing, False
     raise api_error(created.error, doing)
 
 
 async def consumer_reply(
-    backbone: JetStreamBackbone, stream: str, durable: str, doing: str
+    session: JetStreamSession, stream: str, durable: str, doing: str
 ) -> ConsumerInfoReply | None:
     """The consumer's info, or None when the stream has no such consumer."""
     subject = f"CONSUMER.INFO.{stream}.{durable}"
-    reply = await backbone.api(subject, b"", ConsumerInfoReply, doing)
+    reply = await session.api(subject, b"", ConsumerInfoReply, doing)
     if reply.error is not None:
         if reply.error.err_code == CONSUMER_NOT_FOUND:
             return None
@@ -113,20 +108,20 @@ async def consumer_reply(
 
 
 async def ensure_consumer(
-    backbone: JetStreamBackbone, stream: str, wire: ConsumerConfigWire, doing: str
+    session: JetStreamSession, stream: str, wire: ConsumerConfigWire, doing: str
 ) -> tuple[ConsumerInfoReply, bool]:
     """Create the durable consumer, or find the existing one (action "create" never updates)."""
     durable = wire.durable_name
-    existing = await consumer_reply(backbone, stream, durable, doing)
+    existing = await consumer_reply(session, stream, durable, doing)
     if existing is not None:
         return existing, False
     body = encode(ConsumerCreateRequest(stream_name=stream, config=wire, action="create"))
     subject = f"CONSUMER.CREATE.{stream}.{durable}"
-    created = await backbone.api(subject, body, ConsumerInfoReply, doing)
+    created = await session.api(subject, body, ConsumerInfoReply, doing)
     if created.error is None:
         return created, True
     if created.error.err_code == CONSUMER_EXISTS:
-        existing = await consumer_reply(backbone, stream, durable, doing)
+        existing = await consumer_reply(session, stream, durable, doing)
         if existing is not None:
             return existing, False
     raise api_error(created.error, doing)
