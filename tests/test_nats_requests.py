@@ -12,7 +12,7 @@ from nats_fixtures import nats_server  # noqa: F401
 
 from thaw import DeadlineExceeded, Event, Ok, Reject
 from thaw.adapters.nats import EmbeddedServer, JetStreamBackbone
-from thaw.adapters.nats.services import open_subject_services
+from thaw.adapters.nats.subject_services import open_subject_services
 from thaw.lowlevel import Invoker, NoResponders, load_app
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "bff"
@@ -86,7 +86,7 @@ async def test_a_provisioned_host_answers_its_own_pages_over_nats(
 ) -> None:
     # What `thaw serve examples/bff` does with BFF_BACKENDS=nats: provision, then answer
     # the subject triggers; nothing provisioned may capture the request subjects.
-    from thaw.adapters.nats.services import open_host_subject_services
+    from thaw.adapters.nats.subject_services import open_host_subject_services
     from thaw.lowlevel import open_host, plan_for
 
     captured = [subject for config in plan_for(bff.app).streams for subject in config.subjects]

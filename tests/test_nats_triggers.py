@@ -16,7 +16,7 @@ from nats_fixtures import nats_server  # noqa: F401
 
 from thaw import App, Context, Ok, Reject, Rejected, Retry, subject
 from thaw.adapters.nats import EmbeddedServer
-from thaw.adapters.nats.services import (
+from thaw.adapters.nats.subject_services import (
     ERROR_CODE_HEADER,
     ERROR_HEADER,
     SubjectServices,

@@ -143,7 +143,7 @@ async def open_host(
 
 
 def _answer_subjects(invoker: Invoker, backbone: MemoryBackbone) -> list[Responding]:
-    """Serve the app's ``subject`` triggers in process (JetStream: adapters/nats/services)."""
+    """Serve the app's ``subject`` triggers in process (JetStream: nats/subject_services)."""
     return [
         backbone.respond(trigger.subject, _responder(capability, invoker.clock))
         for capability in invoker.capabilities.values()
