@@ -1,8 +1,10 @@
 """The request muxer (``adapters/nats/_request_mux.py``) against a real nats-server.
 
 Responders are core NATS subscriptions on a second connection, so each test
-decides when (and whether) a request is answered. Waits are bounded by
-``anyio.fail_after`` as a guard against hangs; nothing sleeps to settle a race.
+decides when (and whether) a request is answered; a responder counts as ready
+once ``wait_subscribed`` returns (tested here too, as every helper relies on
+it). Waits are bounded by ``anyio.fail_after`` as a guard against hangs; nothing
+sleeps to settle a race.
 """
 
 from __future__ import annotations
@@ -22,11 +24,12 @@ from nats_fixtures import nats_server  # noqa: F401
 from thaw.adapters.nats import EmbeddedServer, JetStreamBackbone, ServerConfig
 from thaw.adapters.nats._errors import translated
 from thaw.adapters.nats._request_mux import RequestLost, RequestMux, header_block
-from thaw.adapters.nats.connection import JetStreamOptions
+from thaw.adapters.nats.connection import JetStreamOptions, wait_subscribed
 from thaw.lowlevel import BackboneError, KvConfig
 
 pytestmark = pytest.mark.anyio
 GUARD = 30.0  # seconds: only against hangs, never a measurement
+SUBSCRIBE_ROUNDS = 1000  # subscribe + wait_subscribed + request, ~0.5 s
 
 
 @pytest.fixture
@@ -48,7 +51,7 @@ async def _echo(responder: Client, subject: str) -> None:
         await responder.publish(message.reply, b"re:" + message.data, headers=message.headers)
 
     await responder.subscribe(subject, cb=answer)
-    await responder.flush()
+    await wait_subscribed(responder)
 
 
 class Held:
@@ -78,7 +81,7 @@ class Held:
 async def _held(responder: Client, subject: str) -> Held:
     held = Held()
     await responder.subscribe(subject, cb=held.keep)
-    await responder.flush()
+    await wait_subscribed(responder)
     return held
 
 
@@ -119,6 +122,40 @@ async def test_prepared_header_blocks_arrive_as_headers(clients: tuple[Client, C
         plain = await mux.request("mux.prepared", b"w", prepared=b"")
         assert (plain.data, plain.headers) == (b"re:w", None)
     await mux.aclose()
+
+
+async def test_after_wait_subscribed_a_request_always_finds_its_responder(
+    clients: tuple[Client, Client],
+) -> None:
+    # The helpers above rely on wait_subscribed (adapters/nats/connection.py), as do
+    # subject services. With nats-py's flush() in its place, about 1 request in 150
+    # got "no responders" here (flush's PING overtakes the SUB still waiting in the
+    # pending buffer), so this many rounds catch a regression nearly every run.
+    requester, responder = clients
+
+    async def answer(message: Msg) -> None:
+        await responder.publish(message.reply, message.data)
+
+    unanswered = []
+    with anyio.fail_after(GUARD):
+        for n in range(SUBSCRIBE_ROUNDS):
+            subscription = await responder.subscribe(f"mux.subscribed.{n}", cb=answer)
+            await wait_subscribed(responder)
+            try:
+                await requester.request(f"mux.subscribed.{n}", b"%d" % n, timeout=GUARD)
+            except nats.errors.NoRespondersError:
+                unanswered.append(n)
+            await subscription.unsubscribe()
+    assert unanswered == []
+
+
+async def test_wait_subscribed_on_a_closed_client_says_so(
+    nats_server: EmbeddedServer,  # noqa: F811
+) -> None:
+    client = await nats.connect(nats_server.url)
+    await client.close()
+    with pytest.raises(nats.errors.ConnectionClosedError):
+        await wait_subscribed(client)
 
 
 async def test_a_request_nobody_answers_times_out_and_its_late_reply_is_dropped(

@@ -4,23 +4,28 @@ The first connection is bounded (``connect_attempts`` per server, each within
 ``connect_timeout``) so a wrong URL fails fast with a clear error; once connected,
 the client reconnects forever, replaying its subscriptions, so consumers resume by
 themselves after a server restart. Secrets never reach logs, reprs or errors.
+
+``wait_subscribed`` is the one way the adapter knows the server has a connection's
+subscriptions (nats-py's ``flush`` alone does not promise it; see there).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import ssl
 from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+import anyio
 import msgspec
 import nats.errors
 from nats.aio.client import Client
 
 from thaw.lowlevel import BackboneError
 
-__all__ = ["JetStreamOptions", "connect_client", "redact"]
+__all__ = ["JetStreamOptions", "connect_client", "redact", "wait_subscribed"]
 
 log = logging.getLogger("thaw.nats")
 _SECRETS = ("password", "token")
@@ -140,3 +145,42 @@ async def connect_client(
     # The first connection was bounded; from now on the client rides out restarts.
     client.options["max_reconnect_attempts"] = -1
     return client
+
+
+async def wait_subscribed(client: Client, *, timeout: float = 10.0) -> None:
+    """Return once the server has every subscription made on ``client`` so far.
+
+    nats-py 2.16's ``flush`` writes its PING straight to the socket, while the SUB
+    that ``subscribe`` queued may still wait in the client's pending buffer for the
+    flusher task: the PONG can then come back before the server knows the
+    subscription, and a request sent right after gets "no responders". So the
+    pending buffer goes out first: a future queued to the flusher is resolved only
+    once the flusher has written everything pending when it took the future (it
+    writes all of it on each wake), which includes every SUB queued before. The PING
+    that ``flush`` writes after that follows them on the wire, and the server answers
+    a connection's commands in order, so its PONG means it has them.
+
+    Raises nats-py's ``FlushTimeoutError`` after ``timeout`` seconds (a connection
+    that is down), ``ConnectionClosedError`` on a closed client.
+    """
+    if client.is_closed:
+        raise nats.errors.ConnectionClosedError
+    try:
+        with anyio.fail_after(timeout):
+            queue = _flusher_queue(client)
+            if queue is not None:
+                written: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+                await queue.put(written)
+                await written
+            await client.flush()  # with no flusher running, nats-py writes what is pending
+    except TimeoutError:
+        raise nats.errors.FlushTimeoutError from None
+
+
+def _flusher_queue(client: Client) -> asyncio.Queue[asyncio.Future[Any]] | None:
+    """nats-py's flusher queue while its flusher task runs (2.16 internals; pinned in
+    constraints.txt); None while disconnected or without a flusher."""
+    flusher = client._flusher_task
+    if not client.is_connected or flusher is None or flusher.done():
+        return None
+    return client._flush_queue

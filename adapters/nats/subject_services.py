@@ -15,7 +15,9 @@ taken from the subscription only when a slot is free, so excess waits in the
 subscription's buffer, not in unbounded tasks. A request's deadline is its
 arrival plus the capability timeout, so time spent waiting for a slot counts.
 The service also answers the micro discovery subjects (``$SRV.PING|INFO|STATS``,
-all, by name, by id) with the app as the service.
+all, by name, by id) with the app as the service. The block is entered only once
+the server has every subscription (``wait_subscribed``), so a request sent as soon
+as the services are announced finds its responder.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from nats.aio.subscription import Subscription
 from nats.errors import Error as NatsError
 
 from thaw import Event
+from thaw.adapters.nats.connection import wait_subscribed
 from thaw.lowlevel import (
     ERROR_CODE_HEADER,
     ERROR_HEADER,
@@ -288,7 +291,7 @@ async def open_subject_services(
         await client.subscribe(endpoint.subject, queue=endpoint.queue) for endpoint in endpoints
     ]
     control = await _discovery(client, services)
-    await client.flush()
+    await wait_subscribed(client)  # not flush(): its PING can overtake the SUBs
     async with anyio.create_task_group() as group:
         for endpoint, subscription in zip(endpoints, subscriptions, strict=True):
             group.start_soon(services._serve, client, endpoint, subscription)
