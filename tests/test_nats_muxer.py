@@ -29,6 +29,9 @@ from thaw.lowlevel import BackboneError, KvConfig
 
 pytestmark = pytest.mark.anyio
 GUARD = 30.0  # seconds: only against hangs, never a measurement
+# seconds: the muxer's timeout where a test waits one out; the requests answered under
+# the same timeout need a small fraction of it, even on a loaded machine
+WAITED_OUT = 2.0
 SUBSCRIBE_ROUNDS = 1000  # subscribe + wait_subscribed + request, ~0.5 s
 
 
@@ -164,7 +167,7 @@ async def test_a_request_nobody_answers_times_out_and_its_late_reply_is_dropped(
     requester, responder = clients
     held = await _held(responder, "mux.slow")
     await _echo(responder, "mux.fast")
-    mux = RequestMux(requester, timeout=0.2)
+    mux = RequestMux(requester, timeout=WAITED_OUT)
     with anyio.fail_after(GUARD), pytest.raises(nats.errors.TimeoutError):
         await mux.request("mux.slow", b"first")
     assert mux.waiting == 0
@@ -184,7 +187,7 @@ async def test_timeouts_fire_in_order_while_other_requests_are_answered(
     requester, responder = clients
     held = await _held(responder, "mux.never")
     await _echo(responder, "mux.echo2")
-    mux = RequestMux(requester, timeout=0.3)
+    mux = RequestMux(requester, timeout=WAITED_OUT)
     outcomes: list[str] = []
 
     async def silent() -> None:
@@ -202,6 +205,7 @@ async def test_timeouts_fire_in_order_while_other_requests_are_answered(
             for _ in range(3):
                 group.start_soon(silent)
                 group.start_soon(answered)
+        await held.wait(3)  # every silent request reached its responder
     assert sorted(outcomes) == ["answered"] * 3 + ["timeout"] * 3
     assert len(held) == 3
     assert mux.waiting == 0

@@ -166,10 +166,10 @@ async def test_requests_beyond_the_concurrency_limit_wait_for_a_slot(
 async def test_the_app_answers_micro_discovery(client: Client, served: Served) -> None:
     with anyio.fail_after(5):
         await client.request(f"{served.name}.greet", b'{"name": "Ada"}', timeout=5)
-        ping = json.loads((await client.request(f"$SRV.PING.{served.name}", b"")).data)
-        info = json.loads((await client.request(f"$SRV.INFO.{served.name}", b"")).data)
+        ping = json.loads((await client.request(f"$SRV.PING.{served.name}", b"", timeout=5)).data)
+        info = json.loads((await client.request(f"$SRV.INFO.{served.name}", b"", timeout=5)).data)
         stats = json.loads(
-            (await client.request(f"$SRV.STATS.{served.name}.{ping['id']}", b"")).data
+            (await client.request(f"$SRV.STATS.{served.name}.{ping['id']}", b"", timeout=5)).data
         )
     assert ping["type"] == "io.nats.micro.v1.ping_response"
     assert ping["name"] == served.name
