@@ -62,6 +62,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "test_example_uploads.py": ("core",),
     "test_examples.py": ("process",),
     "test_exports.py": ("core",),
+    "test_exports_children.py": ("process",),  # fresh child Pythons, the adapters' sources
     "test_host.py": ("core",),
     "test_http_access_log.py": ("http",),
     "test_http_cors.py": ("http",),
