@@ -27,7 +27,7 @@ which lets this muxer do less:
   (``header_block``) for a subject built from validated parts: the command is then
   written here, with the checks nats-py's ``publish`` makes after validation
   (closed, draining, reconnect buffer full, payload too large), which saves its
-  per-call subject and header validation (nats-py is pinned in pyproject.toml).
+  per-call subject and header validation (nats-py is pinned in constraints.txt).
 
 Errors are nats-py's (``TimeoutError``, ``NoRespondersError``,
 ``ConnectionClosedError``) plus ``RequestLost``; ``_errors.translate`` turns them
