@@ -37,7 +37,7 @@ import msgspec
 
 from thaw._errors import BucketNotFound
 from thaw._event import Event, Ok, Outcome
-from thaw.adapters.process.build import build_snapshot, child_env
+from thaw.adapters.process.build import build_snapshot
 from thaw.backbone._contract import KeyValue, KvConfig, StreamConfig
 from thaw.backbone.memory._backbone import MemoryBackbone
 from thaw.declarations._app import App
@@ -335,7 +335,7 @@ print(asyncio.run(_answer_once(app, capability, base64.b64decode(data))))
 
 
 def _process_round(mode: str, where: str, capability: str, data: bytes, count: int) -> list[float]:
-    env = child_env()
+    env = dict(os.environ)
     command = [
         sys.executable,
         "-c",

@@ -17,7 +17,7 @@ from thaw._errors import AppLoadError
 from thaw.snapshots._collect import collect_snapshot
 from thaw.snapshots._format import SnapshotError, encode_snapshot
 
-__all__ = ["BuildResult", "build_snapshot", "child_env"]
+__all__ = ["BuildResult", "build_snapshot"]
 
 
 class BuildResult(msgspec.Struct, frozen=True):
@@ -29,15 +29,10 @@ class BuildResult(msgspec.Struct, frozen=True):
     data_files: list[str]
 
 
-def child_env() -> dict[str, str]:
-    """This environment, for a child Python (``sys.executable``, where ``thaw`` is installed)."""
-    return dict(os.environ)
-
-
 def build_snapshot(target: str, output: str, *, python: str | None = None) -> BuildResult:
     """Build ``target`` (any form ``thaw run`` accepts) into the snapshot file ``output``."""
-    env = child_env()
-    env["PYTHONDONTWRITEBYTECODE"] = "1"
+    # The child is sys.executable (or ``python``), where thaw is installed: no PYTHONPATH.
+    env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
     command = [python or sys.executable, "-m", "thaw.adapters.process.build", target, output]
     try:
         completed = subprocess.run(
