@@ -19,7 +19,7 @@ import msgspec
 
 from thaw._errors import BackboneError
 from thaw._event import Event, Outcome
-from thaw._headers import EVENT_ID_HEADER, TRACEPARENT_HEADER
+from thaw._headers import TRACEPARENT_HEADER
 from thaw.backbone._contract import Backbone, ConsumerConfig, Message, StreamConfig
 from thaw.decisions._delivery import (
     DEAD_LETTER_STREAM,
@@ -33,6 +33,7 @@ from thaw.decisions._delivery import (
     decide_stream,
 )
 from thaw.declarations._changes import Shaper
+from thaw.host._identity import stream_event_id
 from thaw.invocation._budget import RetryBudget
 from thaw.invocation._invoker import Invoker
 
@@ -196,7 +197,7 @@ class StreamWorker:
                 return skipped
             data = shaped
         event = Event(
-            id=headers.get(EVENT_ID_HEADER) or message.msg_id or f"{message.stream}.{message.seq}",
+            id=stream_event_id(message),
             data=data,
             subject=message.subject,
             headers=dict(headers),
