@@ -143,12 +143,29 @@ def _serve_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--http-host", default="127.0.0.1", help="address to bind (127.0.0.1)")
     parser.add_argument("--no-http", action="store_true", help="do not start the HTTP server")
     parser.add_argument(
+        "--ack-wait",
+        type=_ack_wait,
+        default=None,
+        metavar="SECONDS",
+        help="AckWait of the stream consumers this host provisions (30)",
+    )
+    parser.add_argument(
         "--access-log",
         action=argparse.BooleanOptionalAction,
         default=True,
         help="one INFO line per HTTP request on logger thaw.http.access (on)",
     )
     _backbone_options(parser)
+
+
+def _ack_wait(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text[:40]!r} is not a number of seconds") from None
+    if not 0.5 <= value <= 3600:
+        raise argparse.ArgumentTypeError(f"{value:g} is not between 0.5 and 3600 seconds")
+    return value
 
 
 def _poll_period(text: str) -> float:
@@ -203,7 +220,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
                 open_backbone(kind, url, state_dir=args.state_dir)
             )
             host = await stack.enter_async_context(
-                open_host(app, backbone, drain_timeout=args.drain_timeout)
+                open_host(app, backbone, drain_timeout=args.drain_timeout, ack_wait=args.ack_wait)
             )
             where = ""
             subjects = load_server("subjects") if wants_subjects else None

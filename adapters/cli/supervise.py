@@ -257,6 +257,8 @@ def worker_command(args: argparse.Namespace, *, kind: str, url: str | None, port
         command += ["--url", url]
     command += ["--drain-timeout", repr(args.drain_timeout)]
     command += ["--http", str(port), "--http-host", args.http_host]
+    if args.ack_wait is not None:
+        command += ["--ack-wait", repr(args.ack_wait)]
     if args.no_http:
         command.append("--no-http")
     command.append("--access-log" if args.access_log else "--no-access-log")
@@ -293,7 +295,12 @@ def serve_workers(args: argparse.Namespace, app: App, *, kind: str, url: str | N
                 backbone = await stack.enter_async_context(
                     open_backbone(kind, url, state_dir=args.state_dir)
                 )
-                await apply_plan(plan_for(app), backbone)
+                await apply_plan(
+                    plan_for(app)
+                    if args.ack_wait is None
+                    else plan_for(app, ack_wait=args.ack_wait),
+                    backbone,
+                )
                 if worker_url is None:  # the embedded server: workers connect to it
                     worker_url = backbone_url(backbone)
                     if worker_url is None:
