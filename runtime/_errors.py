@@ -29,6 +29,9 @@ __all__ = [
     "AppLoadError",
     "Overloaded",
     "DuplicateInProgress",
+    "IdempotencyKeyReused",
+    "ResultNotReplayable",
+    "DeliveriesExhausted",
     "BackboneError",
     "StreamNotFound",
     "ConsumerNotFound",
@@ -187,6 +190,30 @@ class DuplicateInProgress(RuntimeFault):
     code = "duplicate_in_progress"
     http_status = 409
     retryable = True
+
+
+class IdempotencyKeyReused(CallerError):
+    """The idempotency key was first used with another payload (a key names one request)."""
+
+    code = "idempotency_key_reused"
+    http_status = 422
+
+
+class ResultNotReplayable(RuntimeFault):
+    """The key's function already ran, but its result was too large to store for duplicates."""
+
+    code = "result_not_replayable"
+    http_status = 409
+
+
+class DeliveriesExhausted(RuntimeFault):
+    """A delivery came after the capability's last attempt: earlier ones never finished.
+
+    Their process died or was cut off from the broker while it held the message, so
+    nothing settled them; the message is dead-lettered instead of run again.
+    """
+
+    code = "deliveries_exhausted"
 
 
 class BackboneError(RuntimeFault):

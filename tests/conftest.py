@@ -51,6 +51,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "test_cron.py": ("core",),
     "test_dead_letters.py": ("core",),
     "test_decisions.py": ("core",),
+    "test_delivery_fencing.py": ("core",),
     "test_dev.py": ("http", "process"),
     "test_edge.py": ("edge", "process"),  # the snapshot build is a child Python
     "test_edge_cli.py": ("edge", "nats", "process"),

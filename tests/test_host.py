@@ -60,8 +60,9 @@ def test_plan_derives_streams_consumers_and_buckets() -> None:
     invoice = consumers["invoice"]
     assert (invoice.stream, invoice.config.durable) == ("SHOP", "shop-invoice")
     assert invoice.config.filter_subject == "shop.orders.created"
-    assert invoice.config.max_deliver == 4
-    assert invoice.config.max_ack_pending == 8
+    # The worker counts the 4 attempts; the server never gives a message up on its own.
+    assert invoice.config.max_deliver == -1
+    assert invoice.config.max_ack_pending == 16  # concurrency 8, and room for a dead host's 8
     assert consumers["audit"].config.durable == "auditor"
     assert {b.bucket for b in plan.buckets} == {"totals", "thaw_idempotency_shop"}
     assert any("consumer SHOP/shop-invoice" in line for line in plan.describe())

@@ -153,14 +153,15 @@ async def test_many_messages_with_bounded_slots() -> None:
 class RecordingMessage:
     """A delivery that records what the worker did with it (for the heartbeat test)."""
 
-    def __init__(self, data: bytes, *, beats_wanted: int) -> None:
+    def __init__(self, data: bytes, *, beats_wanted: int, seq: int = 1) -> None:
         self.subject = "jobs.new"
         self.data = data
         self.headers: dict[str, str] = {}
         self.stream = "JOBS"
-        self.seq = 1
+        self.seq = seq
         self.num_delivered = 1
-        self.msg_id = "m-1"
+        self.pending = 0
+        self.msg_id = f"m-{seq}"
         self.actions: list[str] = []
         self.beats_wanted = beats_wanted
         self.enough_beats = anyio.Event()
@@ -180,6 +181,19 @@ class RecordingMessage:
             self.enough_beats.set()
 
 
+class OneDelivery:
+    """A backbone whose consumer delivers the given messages in one fetch, then nothing."""
+
+    def __init__(self, *messages: RecordingMessage) -> None:
+        self._messages = list(messages)
+
+    async def fetch(
+        self, stream: str, durable: str, *, batch: int = 1, timeout: float = 0.0
+    ) -> list[RecordingMessage]:
+        taken, self._messages = self._messages[:batch], self._messages[batch:]
+        return taken
+
+
 async def test_long_handler_sends_in_progress_until_done() -> None:
     message = RecordingMessage(b'{"name":"slow"}', beats_wanted=3)
     app = App("jobs")
@@ -189,12 +203,32 @@ async def test_long_handler_sends_in_progress_until_done() -> None:
         await message.enough_beats.wait()  # finishes only after three heartbeats
         return job.name
 
-    backbone = MemoryBackbone()
     consumer = ConsumerConfig(durable="slow", ack_wait=0.05)
-    worker = StreamWorker(Invoker(app), backbone, "slow", stream="JOBS", consumer=consumer)
+    backbone = OneDelivery(message)
+    worker = StreamWorker(Invoker(app), backbone, "slow", stream="JOBS", consumer=consumer)  # type: ignore[arg-type]
     with anyio.fail_after(10):
-        await worker.handle(message)  # type: ignore[arg-type]
+        await worker.run_until_idle()  # the worker's one heartbeat task beats for the call
     assert message.actions == ["in_progress"] * 3 + ["ack"]
+
+
+async def test_one_heartbeat_task_beats_for_every_long_call() -> None:
+    messages = [RecordingMessage(b'{"name":"slow"}', beats_wanted=2, seq=n) for n in (1, 2, 3)]
+    app = App("jobs")
+
+    @app.capability(timeout=10)
+    async def slow(job: Job, ctx: Context) -> str:
+        seq = int(ctx.event.id.rsplit("-", 1)[1])
+        await messages[seq - 1].enough_beats.wait()
+        return job.name
+
+    consumer = ConsumerConfig(durable="slow", ack_wait=0.05)
+    backbone = OneDelivery(*messages)
+    worker = StreamWorker(Invoker(app), backbone, "slow", stream="JOBS", consumer=consumer)  # type: ignore[arg-type]
+    with anyio.fail_after(10):
+        await worker.run_until_idle()
+    for message in messages:  # beaten while running, never after the ack
+        assert message.actions[-1] == "ack"
+        assert message.actions.count("in_progress") >= 2
 
 
 async def test_short_handler_sends_no_heartbeat() -> None:

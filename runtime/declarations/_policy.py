@@ -93,6 +93,12 @@ class Idempotency(msgspec.Struct, frozen=True, kw_only=True):
     (``Nats-Msg-Id`` on JetStream, ``Idempotency-Key`` over HTTP). Results are
     kept ``ttl`` seconds. A duplicate arriving while the first is still running
     waits for it (up to its deadline) instead of running again.
+
+    With the default key, the key is bound to the payload: the same event id with
+    another payload is refused (``idempotency_key_reused``, HTTP 422). A ``key``
+    function groups payloads on purpose, so its keys are not bound. Results larger
+    than the store keeps (512 KiB) are not stored: a duplicate then gets
+    ``result_not_replayable`` (409), never a second run.
     """
 
     key: IdempotencyKey | None = None

@@ -97,6 +97,11 @@ def _minimal(subjects: list[str]) -> tuple[str, ...]:
     return tuple(kept)
 
 
+def max_ack_pending_for(concurrency: int | None) -> int:
+    """Twice what one host runs at once: a dead host's holdings never starve its successor."""
+    return 2 * concurrency if concurrency else 1000
+
+
 def plan_for(app: App, *, ack_wait: float = DEFAULT_ACK_WAIT) -> ProvisionPlan:
     default_stream = stream_name_for(app)
     subjects: dict[str, list[str]] = {}
@@ -137,8 +142,13 @@ def plan_for(app: App, *, ack_wait: float = DEFAULT_ACK_WAIT) -> ProvisionPlan:
                         durable=durable,
                         filter_subject=filter_subject,
                         ack_wait=ack_wait,
-                        max_deliver=policy.retry.max_attempts,
-                        max_ack_pending=policy.concurrency or 1000,
+                        # Attempts are counted by the worker (see StreamWorker): at the
+                        # server a message is never given up, so one whose last delivery
+                        # died with its host is still there to be dead-lettered.
+                        max_deliver=-1,
+                        # Room for a killed predecessor's unacked messages, so a restarted
+                        # host gets new work at once instead of after their AckWait.
+                        max_ack_pending=max_ack_pending_for(policy.concurrency),
                     ),
                     trigger=trigger,
                 )

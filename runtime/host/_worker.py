@@ -5,6 +5,19 @@ runtimes turn AckWait into duplicates), turns each delivery into an Event,
 invokes, asks ``decide_stream`` what to do and does it: ack, nak(delay), or
 publish to the dead-letter stream and term. Works the same on MemoryBackbone
 and on JetStream; every task it starts lives in its own task group.
+
+Attempts are counted here, from the delivery count, against the capability's
+``max_attempts``; the consumer's own MaxDeliver is unlimited. A delivery that
+comes after the last attempt means earlier deliveries never finished (their
+host died holding them): it is answered from the idempotency store if an
+earlier one did finish, else dead-lettered as ``deliveries_exhausted``, never
+run again. With MaxDeliver at the server equal to the attempts, the server
+would drop such a message silently once the last delivery died, and no live
+process would be there to dead-letter it.
+
+One heartbeat task per worker sends in-progress acks, every quarter AckWait,
+for each call that has run at least that long, so the server never redelivers
+work that is still running.
 """
 
 from __future__ import annotations
@@ -17,8 +30,8 @@ from collections.abc import Awaitable, Callable, Sequence
 import anyio
 import msgspec
 
-from thaw._errors import BackboneError
-from thaw._event import Event, Outcome
+from thaw._errors import BackboneError, DeliveriesExhausted
+from thaw._event import Event, Ok, Reject
 from thaw._headers import TRACEPARENT_HEADER
 from thaw.backbone._contract import Backbone, ConsumerConfig, Message, StreamConfig
 from thaw.decisions._delivery import (
@@ -93,10 +106,15 @@ class StreamWorker:
         )
         self._fetch_timeout = fetch_timeout
         self._budget = budget
-        # A call that may outlive AckWait gets in-progress acks every half AckWait, so the
-        # server never redelivers work that is still running (bounded by the timeout).
+        self._max_attempts = self._capability.spec.policy.retry.max_attempts
+        # A call that may outlive half an AckWait is watched by the heartbeat: one task
+        # that sends in-progress acks for every such call in flight (bounded by the
+        # timeout; a wait for a busy idempotency claim is bounded by it too).
         timeout = self._capability.spec.policy.timeout
-        self._heartbeat = consumer.ack_wait / 2 if timeout >= consumer.ack_wait / 2 else None
+        # Beats every quarter AckWait for calls that have run at least that long: a call's
+        # first beat comes within half an AckWait of its delivery, later ones a quarter apart.
+        self._heartbeat = consumer.ack_wait / 4 if timeout >= consumer.ack_wait / 2 else None
+        self._running: dict[int, tuple[float, Message]] = {}  # id -> (started, message)
         self._acked = self._naked = self._dead = 0
         self._pending = -1
         self._pending_at = -PENDING_EVERY
@@ -125,6 +143,8 @@ class StreamWorker:
     async def _pump(self, *, stop_when_idle: bool) -> None:
         try:
             async with anyio.create_task_group() as group:
+                if self._heartbeat is not None:
+                    group.start_soon(self._beat, self._heartbeat)
                 lanes = _Lanes(group, self.handle, self._slots)
                 await self._fetch_loop(lanes, stop_when_idle=stop_when_idle)
                 while lanes.busy:  # stopped or idle: let the calls in flight finish
@@ -206,17 +226,39 @@ class StreamWorker:
         )
         if self._budget is not None and message.num_delivered == 1:
             self._budget.record_first_attempt()
-        if self._heartbeat is None:
-            outcome = await self._capability(event)
+        if message.num_delivered > self._max_attempts:
+            action = await self._exhausted(message, event)
         else:
-            outcome = await self._invoke_with_heartbeat(message, event, self._heartbeat)
-        action = decide_stream(
-            outcome,
-            delivery_count=message.num_delivered,
-            max_deliver=self._consumer.max_deliver,
-        )
+            if self._heartbeat is None:
+                outcome = await self._capability(event)
+            else:
+                running = self._running
+                running[id(message)] = (time.monotonic(), message)
+                try:
+                    outcome = await self._capability(event)
+                finally:
+                    del running[id(message)]
+            action = decide_stream(
+                outcome, delivery_count=message.num_delivered, max_deliver=self._max_attempts
+            )
         await self._perform(message, action, event)
         return action
+
+    async def _exhausted(self, message: Message, event: Event) -> StreamAction:
+        """A delivery after the last attempt: the stored answer, else a dead letter."""
+        settled = await self._capability.peek_settled(event)
+        if type(settled) is Ok:
+            return Ack()
+        if settled is not None:
+            assert type(settled) is Reject
+            return DeadLetter(settled.code, settled.reason)
+        attempts = self._max_attempts
+        return DeadLetter(
+            DeliveriesExhausted.code,
+            f"delivery {message.num_delivered} of a capability allowing {attempts} attempt"
+            f"{'s' if attempts != 1 else ''}: the earlier deliveries never finished (the host "
+            "running them died or lost the broker while it held the message)",
+        )
 
     async def _perform(self, message: Message, action: StreamAction, event: Event | None) -> None:
         """Ack, nak or dead-letter ``message``; a backbone failure is logged, not raised."""
@@ -246,26 +288,18 @@ class StreamWorker:
                 exc,
             )
 
-    async def _invoke_with_heartbeat(
-        self, message: Message, event: Event, interval: float
-    ) -> Outcome:
-        result: list[Outcome] = []
-        async with anyio.create_task_group() as group:
-
-            async def beat() -> None:
-                while True:
-                    await anyio.sleep(interval)
-                    try:
-                        await message.in_progress()
-                    except BackboneError as exc:  # the next beat may get through
-                        log.warning("in-progress ack for seq %d failed: %s", message.seq, exc)
-
-            group.start_soon(beat)
-            try:
-                result.append(await self._capability(event))
-            finally:
-                group.cancel_scope.cancel()
-        return result[0]
+    async def _beat(self, interval: float) -> None:
+        """Every ``interval``: an in-progress ack for each call running that long."""
+        while True:
+            await anyio.sleep(interval)  # the heartbeat's period, not a wait for a condition
+            due = time.monotonic() - interval
+            for started, message in list(self._running.values()):
+                if started > due:
+                    continue
+                try:
+                    await message.in_progress()
+                except BackboneError as exc:  # the next beat may get through
+                    log.warning("in-progress ack for seq %d failed: %s", message.seq, exc)
 
     async def _dead_letter(self, message: Message, action: DeadLetter, event: Event) -> None:
         spec = self._capability.spec

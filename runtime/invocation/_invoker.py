@@ -22,6 +22,7 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import random
 import sys
@@ -39,10 +40,12 @@ from thaw._errors import (
     DeadlineExceeded,
     DuplicateInProgress,
     HandlerFailed,
+    IdempotencyKeyReused,
     MalformedPayload,
     Overloaded,
     PayloadTooLarge,
     Rejected,
+    ResultNotReplayable,
     RetryLater,
     ThawError,
     UnknownCapability,
@@ -52,7 +55,7 @@ from thaw.backbone._contract import Backbone
 from thaw.declarations._app import App, CapabilitySpec
 from thaw.declarations._context import CapabilityEnv, Context
 from thaw.invocation._deadlines import AsyncioWatchdog, resume
-from thaw.invocation._idempotency import IdempotencyStore, MemoryIdempotencyStore
+from thaw.invocation._idempotency import Claim, IdempotencyStore, MemoryIdempotencyStore
 
 __all__ = ["Invoker", "CompiledCapability", "InvokerStatistics"]
 
@@ -181,7 +184,7 @@ class CompiledCapability:
                 f"capability {self.name!r} is at its concurrency limit of {self._limit}",
                 Overloaded.code,
             )
-        claim: tuple[str, int] | None = None
+        claim: tuple[str, int, bytes] | None = None
         if self._idempotency is not None:
             claimed = await self._claim(event, payload, deadline)
             if not isinstance(claimed, tuple):
@@ -279,8 +282,12 @@ class CompiledCapability:
 
     async def _claim(
         self, event: Event, payload: Any, deadline: float
-    ) -> tuple[str, int] | Outcome:
-        """Claim the idempotency key: (key, token) to run, or the Outcome to answer now."""
+    ) -> tuple[str, int, bytes] | Outcome:
+        """Claim the idempotency key: (key, token, digest) to run, or the Outcome to answer now.
+
+        The event id as key is bound to the payload's digest; the claim is fenced by the delivery
+        (event id and attempt), so a redelivery takes over its own dead predecessor's.
+        """
         policy = self._idempotency
         store = self._store
         assert policy is not None
@@ -297,15 +304,27 @@ class CompiledCapability:
             )
         key = f"{self._env.app}.{self.name}.{user_key}"
         hold = self._timeout + _CLAIM_GRACE
+        # The event id names one request (an HTTP Idempotency-Key, a Nats-Msg-Id): another
+        # payload under it is a mistake to refuse. A key the capability derives groups
+        # payloads on purpose (one payment in two provider events), so it is not bound.
+        digest = hashlib.sha256(event.data).digest()[:16] if policy.key is None else b""
         while True:
             try:
-                claim = await store.claim(key, hold=hold, ttl=policy.ttl)
+                claim = await store.claim(
+                    key,
+                    hold=hold,
+                    ttl=policy.ttl,
+                    digest=digest,
+                    holder=event.id,
+                    attempt=event.attempt,
+                )
             except BackboneError as exc:  # the store is unreachable: the function has not run
                 return self._failed(event, exc)
-            if claim.state == "done":
-                return Ok(claim.result, replayed=True)
-            if claim.state == "claimed":
-                return key, claim.token
+            state = claim.state
+            if state == "claimed":
+                return key, claim.token, digest
+            if state != "busy":
+                return self._settled(claim, user_key, event.attempt)
             remaining = deadline - self._now()
             if remaining <= 0:
                 return Retry(
@@ -318,7 +337,51 @@ class CompiledCapability:
             except BackboneError as exc:
                 return self._failed(event, exc)
 
-    async def _settle(self, claim: tuple[str, int], outcome: Outcome) -> None:
+    def _settled(self, claim: Claim, user_key: str, attempt: int) -> Outcome:
+        """The answer to a duplicate: the stored result, or why there is none."""
+        if claim.state == "done" and claim.replayable:
+            return Ok(claim.result, replayed=True)
+        if claim.state == "done":
+            return Reject(
+                ResultNotReplayable.code,
+                f"{self.name!r} already ran for idempotency key {user_key!r}, but its result "
+                "was too large to store, so it cannot be answered again (the function is not "
+                "run twice)",
+                attempt,
+            )
+        return Reject(
+            IdempotencyKeyReused.code,
+            f"idempotency key {user_key!r} of {self.name!r} was already used with another "
+            "payload; use a new key for a new request",
+            attempt,
+        )
+
+    async def peek_settled(self, event: Event) -> Outcome | None:
+        """A finished run's answer for ``event`` from the idempotency store, or None.
+
+        For a delivery that may not run any more (its attempts are spent): if an earlier
+        delivery finished before it died, its stored result answers this one.
+        """
+        if self._idempotency is None or self._store is None:
+            return None
+        payload: Any = None
+        if self._idempotency.key is not None and self._decode is not None:
+            try:
+                payload = self._decode(event.data)
+            except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError):
+                return None
+        try:
+            user_key = (
+                event.id if self._idempotency.key is None else self._idempotency.key(event, payload)
+            )
+            claim = await self._store.peek(f"{self._env.app}.{self.name}.{user_key}")
+        except Exception:  # no answer from the store: the caller decides without one
+            return None
+        if claim is None or claim.state != "done":
+            return None
+        return self._settled(claim, str(user_key), event.attempt)
+
+    async def _settle(self, claim: tuple[str, int, bytes], outcome: Outcome) -> None:
         """Store an Ok result for duplicates; otherwise free the key for the retry."""
         assert self._store is not None
         assert self._idempotency is not None
@@ -328,7 +391,7 @@ class CompiledCapability:
         try:
             if type(outcome) is Ok:
                 await self._store.complete(
-                    claim[0], claim[1], outcome.data, ttl=self._idempotency.ttl
+                    claim[0], claim[1], outcome.data, ttl=self._idempotency.ttl, digest=claim[2]
                 )
             else:
                 await self._store.release(claim[0], claim[1])
@@ -340,7 +403,7 @@ class CompiledCapability:
                 exc,
             )
 
-    async def _store_release(self, claim: tuple[str, int]) -> None:
+    async def _store_release(self, claim: tuple[str, int, bytes]) -> None:
         assert self._store is not None
         try:
             await self._store.release(claim[0], claim[1])

@@ -5,6 +5,10 @@ message cannot both run the side effect: ``create`` succeeds for exactly one of
 them, and a lapsed claim is taken over with ``update(last=revision)``, which
 again only one host can win. The token is the KV revision of the claim.
 
+Records carry what the protocol fences on (see ``_idempotency``): the payload
+digest, and the holder and attempt of the delivery that claimed; a redelivery
+takes over its own earlier delivery's claim with ``update(last=revision)`` too.
+
 Keys are hashed (SHA-256, hex) so any event id or user key is a valid KV key.
 Expiry is stored in the record as wall-clock time (hosts do not share a
 monotonic clock); the bucket's own TTL removes old records physically.
@@ -30,7 +34,7 @@ import msgspec
 
 from thaw._errors import KeyExists, WrongRevision
 from thaw.backbone._contract import Backbone, KeyValue, KvConfig
-from thaw.invocation._idempotency import Claim
+from thaw.invocation._idempotency import MAX_STORED_RESULT, Claim
 
 __all__ = ["KvIdempotencyStore", "IDEMPOTENCY_BUCKET"]
 
@@ -46,6 +50,20 @@ class _Record(msgspec.Struct, frozen=True, array_like=True):
     state: Literal["claimed", "done"]
     expires: float  # wall-clock seconds
     result: bytes = b""
+    digest: bytes = b""  # of the payload the key was claimed for (b"": not bound)
+    holder: str = ""  # the delivery that claimed (its event id)
+    attempt: int = 0  # ... and its delivery count
+    replayable: bool = True  # False: done, the result too large to store
+
+    def answer(self, revision: int, digest: bytes, holder: str, attempt: int) -> Claim | None:
+        """What a claim for this live record answers; None: the caller takes it over."""
+        if digest and self.digest and digest != self.digest:
+            return Claim("conflict", revision)
+        if self.state == "done":
+            return Claim("done", revision, self.result, self.replayable)
+        if holder and holder == self.holder and attempt > self.attempt:
+            return None  # a redelivery of the same event: its earlier delivery is gone
+        return Claim("busy", revision)
 
 
 _encode = msgspec.msgpack.Encoder().encode
@@ -62,16 +80,18 @@ class KvIdempotencyStore:
         bucket: str = IDEMPOTENCY_BUCKET,
         wall_clock: Callable[[], float] = time.time,
         local_entries: int = LOCAL_ENTRIES,
+        max_result: int = MAX_STORED_RESULT,
     ) -> None:
+        self.max_result = max_result
         self._backbone = backbone
         self._bucket_name = bucket
         self._bucket: KeyValue | None = None
         self._now = wall_clock
         self._local_entries = local_entries
-        # hashed key -> (expires, revision, result) of records known to be done
-        self._done: OrderedDict[str, tuple[float, int, bytes]] = OrderedDict()
+        # hashed key -> (expires, revision, result, digest) of records known to be done
+        self._done: OrderedDict[str, tuple[float, int, bytes, bytes]] = OrderedDict()
 
-    def _known(self, name: str) -> Claim | None:
+    def _known(self, name: str, digest: bytes) -> Claim | None:
         """A done record this store has seen and that has not expired, if any."""
         known = self._done.get(name)
         if known is None:
@@ -80,12 +100,15 @@ class KvIdempotencyStore:
             del self._done[name]
             return None
         self._done.move_to_end(name)
+        if digest and known[3] and digest != known[3]:
+            return Claim("conflict", known[1])
         return Claim("done", known[1], known[2])
 
-    def _remember(self, name: str, expires: float, revision: int, result: bytes) -> None:
-        if self._local_entries <= 0 or len(result) > LOCAL_RESULT_BYTES:
+    def _remember(self, name: str, record: _Record, revision: int) -> None:
+        result = record.result
+        if self._local_entries <= 0 or len(result) > LOCAL_RESULT_BYTES or not record.replayable:
             return
-        self._done[name] = (expires, revision, result)
+        self._done[name] = (record.expires, revision, result, record.digest)
         self._done.move_to_end(name)
         while len(self._done) > self._local_entries:
             self._done.popitem(last=False)
@@ -103,13 +126,24 @@ class KvIdempotencyStore:
     def _key(key: str) -> str:
         return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
 
-    async def claim(self, key: str, *, hold: float, ttl: float) -> Claim:
+    async def claim(
+        self,
+        key: str,
+        *,
+        hold: float,
+        ttl: float,
+        digest: bytes = b"",
+        holder: str = "",
+        attempt: int = 0,
+    ) -> Claim:
         name = self._key(key)
-        known = self._known(name)
+        known = self._known(name, digest)
         if known is not None:
             return known
         kv = await self._kv()
-        claimed = _encode(_Record("claimed", self._now() + hold))
+        claimed = _encode(
+            _Record("claimed", self._now() + hold, digest=digest, holder=holder, attempt=attempt)
+        )
         try:  # the common case, a key nobody has seen: one round trip
             return Claim("claimed", await kv.create(name, claimed))
         except KeyExists:
@@ -123,11 +157,12 @@ class KvIdempotencyStore:
                     continue  # another host claimed first: look again
             record = _read(entry.value)
             if record is not None and record.expires > self._now():
-                if record.state == "done":
-                    self._remember(name, record.expires, entry.revision, record.result)
-                    return Claim("done", entry.revision, record.result)
-                return Claim("busy", entry.revision)
-            try:  # lapsed claim, expired or unreadable record: take it over
+                answer = record.answer(entry.revision, digest, holder, attempt)
+                if answer is not None:
+                    if answer.state == "done":
+                        self._remember(name, record, entry.revision)
+                    return answer
+            try:  # our own earlier delivery's, lapsed, expired or unreadable: take it over
                 return Claim("claimed", await kv.update(name, claimed, last=entry.revision))
             except WrongRevision:
                 continue
@@ -135,7 +170,7 @@ class KvIdempotencyStore:
 
     async def peek(self, key: str) -> Claim | None:
         name = self._key(key)
-        known = self._known(name)
+        known = self._known(name, b"")
         if known is not None:
             return known
         kv = await self._kv()
@@ -144,18 +179,27 @@ class KvIdempotencyStore:
         if entry is None or record is None or record.expires <= self._now():
             return None
         if record.state == "done":
-            return Claim("done", entry.revision, record.result)
+            return Claim("done", entry.revision, record.result, record.replayable)
         return Claim("busy", entry.revision)
 
-    async def complete(self, key: str, token: int, result: bytes, *, ttl: float) -> None:
+    async def complete(
+        self, key: str, token: int, result: bytes, *, ttl: float, digest: bytes = b""
+    ) -> None:
         kv = await self._kv()
         name = self._key(key)
-        expires = self._now() + ttl
+        replayable = len(result) <= self.max_result
+        record = _Record(
+            "done",
+            self._now() + ttl,
+            result if replayable else b"",
+            digest=digest,
+            replayable=replayable,
+        )
         try:
-            revision = await kv.update(name, _encode(_Record("done", expires, result)), last=token)
+            revision = await kv.update(name, _encode(record), last=token)
         except WrongRevision:
             return  # our claim lapsed and someone else owns the key now
-        self._remember(name, expires, revision, result)
+        self._remember(name, record, revision)
 
     async def release(self, key: str, token: int) -> None:
         kv = await self._kv()
