@@ -178,6 +178,12 @@ class CompiledCapability:
                 # msgspec raises UnicodeDecodeError for invalid UTF-8 inside strings.
                 reason = _clip(f"payload is not valid JSON: {exc}")
                 return Reject(MalformedPayload.code, reason, event.attempt)
+            except RecursionError:  # msgspec's depth limit: 2 KB of "[" reach it
+                reason = "payload is not valid JSON: it is nested too deeply to decode"
+                return Reject(MalformedPayload.code, reason, event.attempt)
+            except Exception as exc:  # a contract's __post_init__ raising, say: never a crash
+                reason = _clip(f"payload could not be decoded: {type(exc).__name__}: {exc}")
+                return Reject(MalformedPayload.code, reason, event.attempt)
         if self._limit and self._in_flight >= self._limit:
             return Retry(
                 _OVERLOAD_DELAY,
