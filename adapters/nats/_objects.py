@@ -43,6 +43,7 @@ from thaw.lowlevel import (
 __all__ = ["JetStreamObjectStore", "add_object_store", "open_object_store"]
 
 ObjectInfos = list[ObjectInfo]  # ``list`` is a method name below
+_CHUNK_SIZE = 128 * 1024  # what every NATS client uses
 
 
 def _check_layout(bucket: str, wire: StreamConfigWire) -> None:
@@ -138,8 +139,12 @@ class JetStreamObjectStore:
     async def put(self, name: str, data: bytes) -> ObjectInfo:
         validate_object_name(name)
         payload = object_data(name, data)
+        # Chunks carry no headers; they stay within the server's max_payload even when
+        # it is below nats-py's 128 KiB default chunk (which it would refuse to send).
+        chunk = max(1, min(_CHUNK_SIZE, self._session.client.max_payload))
+        meta = api.ObjectMeta(name=name, options=api.ObjectMetaOptions(max_chunk_size=chunk))
         async with self._call(f"put object {name!r} in {self._bucket!r}", name):
-            info = await self._store.put(name, payload)
+            info = await self._store.put(name, payload, meta=meta)
         return _info(self._bucket, info)
 
     async def get(self, name: str) -> bytes:

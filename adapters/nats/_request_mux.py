@@ -23,6 +23,9 @@ which lets this muxer do less:
   Requests sent after the drop wait in nats-py's reconnect buffer and are
   answered once it reconnects;
 - ``aclose`` fails every waiting request with ``ConnectionClosedError``;
+- a message whose payload and header block exceed the server's ``max_payload``
+  raises ``PayloadTooLarge`` before anything is sent: nats-py counts the payload
+  only, and nats-server closes the connection of a client that sends more;
 - KV writes, the hot path, may hand over their headers already encoded
   (``header_block``) for a subject built from validated parts: the command is then
   written here, with the checks nats-py's ``publish`` makes after validation
@@ -31,7 +34,8 @@ which lets this muxer do less:
 
 Errors are nats-py's (``TimeoutError``, ``NoRespondersError``,
 ``ConnectionClosedError``) plus ``RequestLost``; ``_errors.translate`` turns them
-into Thaw errors, as for every other nats-py call.
+into Thaw errors, as for every other nats-py call. ``PayloadTooLarge`` is Thaw's
+own already (the caller sent too much; no retry can help).
 """
 
 from __future__ import annotations
@@ -44,6 +48,8 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.protocol.command import hpub_cmd, pub_cmd
+
+from thaw.backbone._rules import check_message_size, header_block_size
 
 __all__ = ["RequestMux", "RequestLost", "header_block"]
 
@@ -112,6 +118,10 @@ class RequestMux:
         ``prepared``, instead of ``headers``: a header block from ``header_block`` (b""
         for none), for a ``subject`` the caller built from validated parts only.
         """
+        extra = len(prepared) if prepared is not None else header_block_size(headers)
+        limit = self._client.max_payload  # from the server's INFO
+        if len(payload) + extra > limit:
+            check_message_size(subject, len(payload), extra, limit)
         if self._subscription is None:
             await self._subscribe()
         loop = self._loop

@@ -75,6 +75,7 @@ from thaw.adapters.nats._wire import (
 )
 from thaw.adapters.nats.connection import JetStreamOptions, connect_client, redact
 from thaw.adapters.nats.session import JetStreamSession
+from thaw.backbone._rules import check_message_size, header_block_size
 from thaw.lowlevel import (
     MSG_ID_HEADER,
     BackboneError,
@@ -179,6 +180,12 @@ class JetStreamBackbone:
     def connected(self) -> bool:
         """Open and connected to a server right now (readiness probes read this)."""
         return self._session.connected
+
+    @property
+    def max_payload(self) -> int:
+        """The most bytes (payload plus header block) one message may have: the server's
+        ``max_payload``. Larger ones raise ``PayloadTooLarge`` and are never sent."""
+        return self._session.client.max_payload
 
     @property
     def puller(self) -> Puller:
@@ -476,12 +483,13 @@ class JetStreamBackbone:
         validate_subject(subject, wildcards=False)
         doing = f"request on {subject!r}"
         self._session.check_open(doing)
+        client = self._session.client
+        sent = dict(headers) if headers else None
+        check_message_size(subject, len(data), header_block_size(sent), client.max_payload)
         try:
             with translate(doing):
                 try:
-                    reply = await self._session.client.request(
-                        subject, data, timeout=timeout, headers=dict(headers) if headers else None
-                    )
+                    reply = await client.request(subject, data, timeout=timeout, headers=sent)
                 except nats.errors.NoRespondersError:
                     raise NoResponders(f"nobody answers requests on {subject!r}") from None
                 except nats.errors.TimeoutError:

@@ -39,8 +39,10 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.errors import Error as NatsError
 
-from thaw import Event
+from thaw import Event, Outcome, Reject
+from thaw._errors import PayloadTooLarge
 from thaw.adapters.nats.connection import wait_subscribed
+from thaw.backbone._rules import header_block_size
 from thaw.lowlevel import (
     ERROR_CODE_HEADER,
     ERROR_HEADER,
@@ -68,6 +70,8 @@ _SRV = "$SRV"
 _PING_TYPE = "io.nats.micro.v1.ping_response"
 _INFO_TYPE = "io.nats.micro.v1.info_response"
 _STATS_TYPE = "io.nats.micro.v1.stats_response"
+# "traceparent: 00-<32 hex>-<16 hex>-01\r\n", and the block's frame if it is the only one
+_TRACEPARENT_ROOM = len("traceparent: ") + 55 + 2 + 12
 
 
 class EndpointStatistics(msgspec.Struct, frozen=True):
@@ -218,7 +222,7 @@ class SubjectServices:
                 traceparent=headers.get(TRACEPARENT_HEADER, ""),
             )
             outcome = await endpoint.capability(event)
-            body, reply_headers = service_reply(outcome)
+            body, reply_headers = _fitting_reply(outcome, client.max_payload, message.reply)
             if reply_headers:
                 endpoint.errors += 1
                 endpoint.last_error = f"{reply_headers[ERROR_CODE_HEADER]}: "
@@ -235,6 +239,22 @@ class SubjectServices:
             self._end(endpoint)
             endpoint.nanoseconds += time.perf_counter_ns() - started
             slots.release()
+
+
+def _fitting_reply(outcome: Outcome, limit: int, subject: str) -> tuple[bytes, dict[str, str]]:
+    """``service_reply(outcome)``, or a ``payload_too_large`` error reply if it exceeds
+    ``limit`` with its headers (the room a traceparent header takes is kept free): a
+    reply over the server's max_payload would make nats-server close the connection."""
+    body, headers = service_reply(outcome)
+    size = len(body) + header_block_size(headers) + _TRACEPARENT_ROOM
+    if size <= limit:
+        return body, headers
+    reason = (
+        f"the reply is {size} bytes with its headers; NATS accepts at most {limit} "
+        "(max_payload): return less, or raise max_payload on the server"
+    )
+    log.warning("reply to %s refused: %s", subject, reason)
+    return service_reply(Reject(PayloadTooLarge.code, reason))
 
 
 def _endpoints(invoker: Invoker, max_in_flight: int) -> list[_Endpoint]:

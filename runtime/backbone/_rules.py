@@ -1,5 +1,5 @@
 """The rules every backbone applies: stream, consumer and KV bucket definitions, fetch
-arguments, and how a conflicting definition is reported.
+arguments, message sizes, and how a conflicting definition is reported.
 
 MemoryBackbone and the JetStream adapter both call these, so an app gets the same
 ``ConfigError`` or ``DefinitionConflict`` whichever backbone it runs on.
@@ -7,9 +7,11 @@ MemoryBackbone and the JetStream adapter both call these, so an app gets the sam
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import msgspec
 
-from thaw._errors import ConfigError, DefinitionConflict
+from thaw._errors import ConfigError, DefinitionConflict, PayloadTooLarge
 from thaw.backbone._contract import ConsumerConfig, KvConfig, StreamConfig
 from thaw.backbone._subjects import (
     subject_is_subset,
@@ -19,12 +21,49 @@ from thaw.backbone._subjects import (
 )
 
 __all__ = [
+    "DEFAULT_MAX_PAYLOAD",
+    "header_block_size",
+    "check_message_size",
     "validate_kv_config",
     "definition_conflict",
     "validate_stream_config",
     "validate_fetch",
     "validate_consumer_config",
 ]
+
+
+DEFAULT_MAX_PAYLOAD = 1024 * 1024  # nats-server's default max_payload
+
+
+def header_block_size(headers: Mapping[str, str] | None) -> int:
+    """Bytes ``headers`` take on the wire as a ``NATS/1.0`` header block (0 for none).
+
+    NATS counts this block with the payload against a server's ``max_payload`` (and a
+    stream's ``max_msg_size``), so every backbone sizes a message with it. Names and
+    values count as UTF-8; clients that strip whitespace send at most this much.
+    """
+    if not headers:
+        return 0
+    size = 12  # "NATS/1.0\r\n" and the closing "\r\n"
+    for name, value in headers.items():
+        size += len(name.encode()) + len(value.encode()) + 4  # ": " and "\r\n"
+    return size
+
+
+def check_message_size(subject: str, payload: int, headers: int, limit: int) -> None:
+    """Raise ``PayloadTooLarge`` unless ``payload`` plus ``headers`` bytes fit ``limit``.
+
+    Checked before a message leaves: nats-server closes the connection of a client
+    that sends more than its ``max_payload``, so an oversized message must never
+    reach the socket. ``limit`` -1 means unlimited.
+    """
+    if limit == -1 or payload + headers <= limit:
+        return
+    raise PayloadTooLarge(
+        f"message to {subject!r} is {payload + headers} bytes ({payload} payload, {headers} "
+        f"headers); the backbone accepts at most {limit} (max_payload): send less, or "
+        "raise max_payload on the server"
+    )
 
 
 def validate_kv_config(config: KvConfig) -> None:

@@ -29,12 +29,14 @@ from thaw._clock import Clock, SystemClock
 from thaw._errors import (
     BackboneError,
     BucketNotFound,
+    ConfigError,
     ConsumerNotFound,
     DefinitionConflict,
     MessageNotFound,
     NoStreamForSubject,
     StreamNotFound,
 )
+from thaw._headers import MSG_ID_HEADER
 from thaw.backbone._contract import (
     ConsumerConfig,
     ConsumerInfo,
@@ -46,7 +48,10 @@ from thaw.backbone._contract import (
     StreamInfo,
 )
 from thaw.backbone._rules import (
+    DEFAULT_MAX_PAYLOAD,
+    check_message_size,
     definition_conflict,
+    header_block_size,
     validate_consumer_config,
     validate_fetch,
     validate_kv_config,
@@ -81,7 +86,14 @@ class MemoryBackboneStatistics(msgspec.Struct, frozen=True, kw_only=True):
 class MemoryBackbone:
     """An in-process JetStream: streams, durable pull consumers and KV buckets."""
 
-    def __init__(self, *, clock: Clock | None = None) -> None:
+    def __init__(
+        self, *, clock: Clock | None = None, max_payload: int = DEFAULT_MAX_PAYLOAD
+    ) -> None:
+        """``max_payload``: the most bytes (payload plus header block) one message may
+        have, as a nats-server's ``max_payload`` (1 MiB by default, -1 unlimited)."""
+        if max_payload != -1 and max_payload < 1:
+            raise ConfigError(f"max_payload must be -1 (unlimited) or >= 1, not {max_payload}")
+        self._max_payload = max_payload
         self._clock: Clock = clock if clock is not None else SystemClock()
         self._streams: dict[str, StreamState] = {}
         self._buckets: dict[str, BucketState] = {}
@@ -97,6 +109,19 @@ class MemoryBackbone:
     @property
     def clock(self) -> Clock:
         return self._clock
+
+    @property
+    def max_payload(self) -> int:
+        """Larger messages (payload plus header block) raise ``PayloadTooLarge``."""
+        return self._max_payload
+
+    def _fits(
+        self, subject: str, data: bytes, headers: Mapping[str, str] | None, msg_id: str | None
+    ) -> None:
+        """The size rule of a nats-server, on what JetStream would be sent."""
+        if msg_id is not None:
+            headers = {**(headers or {}), MSG_ID_HEADER: msg_id}
+        check_message_size(subject, len(data), header_block_size(headers), self._max_payload)
 
     def statistics(self) -> MemoryBackboneStatistics:
         return MemoryBackboneStatistics(
@@ -178,6 +203,7 @@ class MemoryBackbone:
     ) -> PubAck:
         await self._enter()
         validate_subject(subject, wildcards=False)
+        self._fits(subject, data, headers, msg_id)
         if subject.startswith("$KV."):  # a bucket's subject: a KV write, as on JetStream
             for bucket in self._buckets.values():
                 if bucket.stream.captures(subject):
@@ -286,14 +312,16 @@ class MemoryBackbone:
             raise definition_conflict(
                 f"bucket {config.bucket!r}", existing.config, config, "use another bucket name"
             )
-        return MemoryKeyValue(existing, self._clock, self._check_open)
+        return MemoryKeyValue(
+            existing, self._clock, self._check_open, max_payload=self._max_payload
+        )
 
     async def kv(self, bucket: str) -> KeyValue:
         await self._enter()
         state = self._buckets.get(bucket)
         if state is None:
             raise BucketNotFound(f"bucket {bucket!r} does not exist; add it with add_kv")
-        return MemoryKeyValue(state, self._clock, self._check_open)
+        return MemoryKeyValue(state, self._clock, self._check_open, max_payload=self._max_payload)
 
     def _system_stream(self, config: StreamConfig) -> StreamState:
         """Create the stream that records a bucket's changes (one message kept per subject)."""
@@ -358,6 +386,7 @@ class MemoryBackbone:
     ) -> Reply:
         """Send a request to an in-process responder (see ``respond``)."""
         await self._enter()
+        self._fits(subject, data, headers, None)
         return await self._responders.request(subject, data, headers=headers, timeout=timeout)
 
     async def aclose(self) -> None:

@@ -29,12 +29,14 @@ from thaw._errors import BackboneError, KeyExists, WrongRevision
 from thaw._headers import KV_OPERATION_HEADER
 from thaw.backbone._buckets import kv_stream_name, kv_subject_prefix
 from thaw.backbone._contract import KvConfig, KvEntry, PubAck, StreamConfig
+from thaw.backbone._rules import check_message_size, header_block_size
 from thaw.backbone._subjects import validate_kv_key
 from thaw.backbone.memory._streams import StreamState
 
 __all__ = ["BucketState", "MemoryKeyValue", "kv_stream_config"]
 
 _DELETE_HEADERS = {KV_OPERATION_HEADER: "DEL"}
+_EXPECTED_LAST = "Nats-Expected-Last-Subject-Sequence"  # sized as JetStream would send it
 
 
 def kv_stream_config(config: KvConfig) -> StreamConfig:
@@ -180,12 +182,26 @@ class BucketState:
 class MemoryKeyValue:
     """A handle on one MemoryBackbone bucket (satisfies the ``KeyValue`` protocol)."""
 
-    __slots__ = ("_check_open", "_clock", "_state")
+    __slots__ = ("_check_open", "_clock", "_max_payload", "_state")
 
-    def __init__(self, state: BucketState, clock: Clock, check_open: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        state: BucketState,
+        clock: Clock,
+        check_open: Callable[[], None],
+        *,
+        max_payload: int = -1,
+    ) -> None:
         self._state = state
         self._clock = clock
         self._check_open = check_open
+        self._max_payload = max_payload
+
+    def _fits(self, key: str, value: bytes, last: int | None) -> None:
+        """The backbone's size rule, with the header a conditional write sends on JetStream."""
+        headers = None if last is None else {_EXPECTED_LAST: str(last)}
+        subject = kv_subject_prefix(self._state.config.bucket) + key
+        check_message_size(subject, len(value), header_block_size(headers), self._max_payload)
 
     def __repr__(self) -> str:
         return f"<MemoryKeyValue {self._state.config.bucket!r}>"
@@ -206,14 +222,17 @@ class MemoryKeyValue:
 
     async def put(self, key: str, value: bytes) -> int:
         now = await self._enter(key)
+        self._fits(key, value, None)
         return self._state.put(key, value, now)
 
     async def create(self, key: str, value: bytes) -> int:
         now = await self._enter(key)
+        self._fits(key, value, 0)
         return self._state.create(key, value, now)
 
     async def update(self, key: str, value: bytes, *, last: int) -> int:
         now = await self._enter(key)
+        self._fits(key, value, last)
         return self._state.update(key, value, last, now)
 
     async def delete(self, key: str, *, last: int | None = None) -> None:
