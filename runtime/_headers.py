@@ -18,6 +18,7 @@ __all__ = [
     "ERROR_CODE_HEADER",
     "ERROR_HEADER",
     "EVENT_ID_HEADER",
+    "EVENT_SIGNATURE_HEADER",
     "KV_OPERATION_HEADER",
     "MSG_ID_HEADER",
     "REPLAY_OF_HEADER",
@@ -42,8 +43,10 @@ ERROR_CODE_HEADER = "Nats-Service-Error-Code"
 STATUS_HEADER = "Thaw-Status"
 RETRY_AFTER_HEADER = "Retry-After"
 
-# The event id a publisher gives a message (idempotency keys default to it).
+# The event id Thaw gives a message it re-publishes (idempotency keys default to it),
+# honoured only with a valid signature (see thaw.host._identity).
 EVENT_ID_HEADER = "Thaw-Event-Id"
+EVENT_SIGNATURE_HEADER = "Thaw-Event-Signature"
 
 # What a dead letter says about why it is one, and where it came from.
 DEAD_LETTER_CODE = "Thaw-Error-Code"

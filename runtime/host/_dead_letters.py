@@ -3,10 +3,11 @@
 Dead letters live in the ``THAW_DLQ`` stream (subject ``thaw.dlq.<app>.<capability>``)
 with headers saying why (see ``thaw.decisions._delivery.dead_letter_headers``). A replay
 re-publishes the original payload to the original subject with a fresh message
-id, carrying the original event id in ``Thaw-Event-Id`` so the idempotency layer
-still recognises it: if the first run had in fact completed, the replay returns
-the stored result instead of running the side effect again. Replays start a new
-attempt count (a new message).
+id, carrying the original event id in ``Thaw-Event-Id``, signed with the backbone's
+event-id key (``thaw.host._identity``), so the idempotency layer still recognises
+it: if the first run had in fact completed, the replay returns the stored result
+instead of running the side effect again. Replays start a new attempt count (a
+new message).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from thaw._headers import (
 )
 from thaw.backbone._contract import Backbone, PubAck
 from thaw.decisions._delivery import DEAD_LETTER_STREAM
+from thaw.host._identity import load_event_key, signed_event_headers
 
 __all__ = [
     "DeadLetterRecord",
@@ -122,7 +124,10 @@ async def replay_dead_letter(backbone: Backbone, seq: int, *, remove: bool = Tru
         for key, value in record.headers.items()
         if not key.startswith("Thaw-") and key != MSG_ID_HEADER
     }
-    headers[EVENT_ID_HEADER] = record.event_id or f"{record.original_stream}.{record.original_seq}"
+    event_id = record.event_id or f"{record.original_stream}.{record.original_seq}"
+    # Signed, or the consuming host would take the id for a foreign publisher's.
+    key = await load_event_key(backbone)
+    headers |= signed_event_headers(key, event_id, record.original_subject, record.data)
     headers[REPLAY_OF_HEADER] = str(seq)
     ack = await backbone.publish(
         record.original_subject, record.data, headers=headers, msg_id=f"thaw-replay/{seq}"

@@ -13,6 +13,7 @@ runs.
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -30,6 +31,7 @@ from thaw.decisions._reply import Reply, Responder, service_reply
 from thaw.declarations._app import App
 from thaw.declarations._changes import shaper_for
 from thaw.declarations._triggers import SubjectTrigger
+from thaw.host._identity import EVENT_KEY, load_event_key
 from thaw.host._provision import ProvisionPlan, apply_plan, idempotency_bucket_for, plan_for
 from thaw.host._schedule import ScheduleRunner
 from thaw.host._worker import StreamWorker, WorkerStatistics
@@ -113,10 +115,13 @@ async def open_host(
             budget=budget,
             shape=shaper_for(consumer.trigger),
         )
+    # The workers honour a Thaw-Event-Id only when it is signed with this key (_identity).
+    event_key = await load_event_key(backbone) if workers else b""
     schedules = ScheduleRunner(app, invoker, backbone)
     for hook in app.start_hooks:
         await hook()
     responders = _answer_subjects(invoker, backbone) if isinstance(backbone, MemoryBackbone) else []
+    key_in_context = EVENT_KEY.set(event_key)  # the worker tasks started below inherit it
     try:
         async with anyio.create_task_group() as group:
             for worker in workers.values():
@@ -140,6 +145,8 @@ async def open_host(
         with anyio.CancelScope(shield=True):
             for hook in reversed(app.stop_hooks):
                 await hook()
+        with contextlib.suppress(ValueError):  # left in another context than entered
+            EVENT_KEY.reset(key_in_context)
 
 
 def _answer_subjects(invoker: Invoker, backbone: MemoryBackbone) -> list[Responding]:
