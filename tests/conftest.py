@@ -78,6 +78,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "test_http_webhooks.py": ("http",),
     "test_http_workers.py": ("http", "process"),
     "test_idempotency.py": ("core",),
+    "test_identity.py": ("core",),
     "test_in_pyodide.py": ("edge",),  # copied in by the edge host; runs only there
     "test_instances.py": ("process",),  # snapshots are built by a child Python
     "test_invoker.py": ("core",),
