@@ -8,6 +8,7 @@ what to fix, and the path of the bad field where there is one.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from typing import ClassVar
 
@@ -57,6 +58,29 @@ class ThawError(Exception):
         super().__init__(message)
         self.message = message
 
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        # Codes become metric labels, header values and problem types: refuse a bad one
+        # where the class is written, not on the first event that raises it.
+        super().__init_subclass__(**kwargs)
+        code = cls.__dict__.get("code", "thaw_error")
+        if not valid_code(code):
+            raise ConfigError(f"error class {cls.__qualname__}: {_code_rule(code)}")
+
+
+CODE_PATTERN = re.compile(r"[a-z][a-z0-9_]{0,63}\Z")
+
+
+def valid_code(code: object) -> bool:
+    """Whether ``code`` is a stable error code: 1-64 of a-z 0-9 _, starting with a letter."""
+    return isinstance(code, str) and CODE_PATTERN.match(code) is not None
+
+
+def _code_rule(code: object) -> str:
+    return (
+        f"code {str(code)[:70]!r} is not a valid error code "
+        "(1-64 of a-z 0-9 _, starting with a letter, such as card_declined)"
+    )
+
 
 # -- the caller's fault: bad input; never retried ---------------------------------
 
@@ -100,13 +124,22 @@ class UnknownCapability(CallerError):
 class Rejected(CallerError):
     """Raised by a function to refuse an event for good (it goes to the dead-letter path).
 
-    ``code`` is yours to choose (a short snake_case word such as ``card_declined``).
+    ``code`` is yours to choose (a short snake_case word such as ``card_declined``);
+    an invalid one becomes ``rejected``, and the message says why. ``http_status``
+    must be 400-599 (otherwise 422, and the message says why).
     """
 
     code = "rejected"
     http_status = 422
 
     def __init__(self, message: str, *, code: str = "rejected", http_status: int = 422) -> None:
+        # Raised inside a function, so a bad code or status cannot be an exception of its
+        # own: it is replaced (a fixed code keeps metric labels and headers bounded).
+        if not valid_code(code):
+            message, code = f"{message} [{_code_rule(code)}]", "rejected"
+        if type(http_status) is not int or not 400 <= http_status <= 599:
+            message = f"{message} [http_status {str(http_status)[:20]!r} is not 400-599]"
+            http_status = 422
         super().__init__(message)
         self.code = code  # type: ignore[misc]  # per-instance code chosen by the function
         self.http_status = http_status  # type: ignore[misc]

@@ -7,6 +7,9 @@ Families:
 
 - ``thaw_invocations_total{capability,outcome,code}`` counter: outcome is
   ``ok``, ``retry`` or ``reject``; code is the stable error code (empty for ok).
+  Bounded: Thaw's own codes always get their series; a capability's own codes
+  (``Rejected(code=...)``) get at most ``MAX_FUNCTION_CODES`` series, and later
+  ones, like any value that is not a code, are counted under ``code="other"``.
 - ``thaw_invocation_duration_seconds{capability}`` histogram of handler time.
 - ``thaw_invocations_in_flight{capability}`` gauge.
 - ``thaw_http_connections_total`` counter, ``thaw_http_connections_open`` gauge,
@@ -24,15 +27,17 @@ Families:
 
 from __future__ import annotations
 
+import re
 from bisect import bisect_left
 from collections.abc import Iterable, Mapping
 
-from thaw import Ok, Outcome, Reject
-from thaw.lowlevel import WorkerStatistics
+from thaw import Ok, Outcome, Reject, ThawError
+from thaw.lowlevel import PROTOCOL_ERRORS, WorkerStatistics
 
 __all__ = [
     "BUCKETS",
     "CONTENT_TYPE",
+    "MAX_FUNCTION_CODES",
     "CapabilityMetrics",
     "ServerCounters",
     "escape_label",
@@ -58,15 +63,42 @@ BUCKETS: tuple[float, ...] = (
 )
 
 
+MAX_FUNCTION_CODES = 32
+OTHER_CODE = "other"
+_CODE = re.compile(r"[a-z][a-z0-9_]{0,63}\Z")
+
+
+def _built_in_codes() -> frozenset[str]:
+    codes = set(PROTOCOL_ERRORS) | {"result_invalid", "result_too_large", "idempotency_key_invalid"}
+    classes: list[type[ThawError]] = [ThawError]
+    while classes:  # the classes loaded now: Thaw's own (and the few an app defined)
+        cls = classes.pop()
+        codes.add(cls.code)
+        classes.extend(cls.__subclasses__())
+    return frozenset(codes)
+
+
+_BUILT_IN = _built_in_codes()
+
+
 class CapabilityMetrics:
     """Counters of one capability's HTTP invocations."""
 
-    __slots__ = ("buckets", "failures", "in_flight", "name", "ok", "total_seconds")
+    __slots__ = (
+        "buckets",
+        "failures",
+        "function_codes",
+        "in_flight",
+        "name",
+        "ok",
+        "total_seconds",
+    )
 
     def __init__(self, name: str) -> None:
         self.name = name
         self.ok = 0
         self.failures: dict[tuple[str, str], int] = {}  # (outcome, code) -> count
+        self.function_codes: set[str] = set()  # the capability's own codes with a series
         self.in_flight = 0
         self.buckets = [0] * (len(BUCKETS) + 1)  # per bucket, not cumulative; last is +Inf
         self.total_seconds = 0.0
@@ -76,9 +108,21 @@ class CapabilityMetrics:
             self.ok += 1
         else:
             key = ("reject" if isinstance(outcome, Reject) else "retry", outcome.code)
-            self.failures[key] = self.failures.get(key, 0) + 1
+            count = self.failures.get(key)
+            if count is None:  # a new series: only here is the label checked and capped
+                key = (key[0], self._label(key[1]))
+                count = self.failures.get(key, 0)
+            self.failures[key] = count + 1
         self.buckets[bisect_left(BUCKETS, seconds)] += 1
         self.total_seconds += seconds
+
+    def _label(self, code: str) -> str:
+        if code in _BUILT_IN or code in self.function_codes:
+            return code
+        if len(self.function_codes) >= MAX_FUNCTION_CODES or not _CODE.match(code):
+            return OTHER_CODE
+        self.function_codes.add(code)
+        return code
 
 
 class ServerCounters:
