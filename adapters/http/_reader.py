@@ -19,6 +19,7 @@ import httptools
 
 from thaw.adapters.http._wire import Request, Response, Service, refusal, too_large
 from thaw.adapters.http.config import HttpConfig
+from thaw.decisions._http import valid_host
 from thaw.lowlevel import keep_alive
 
 __all__ = ["Exchange", "RequestReader"]
@@ -113,6 +114,10 @@ class RequestReader(asyncio.Protocol):
         self._body_limit = config.max_body
         self._refusal: Response | None = None
         self._fault: Response | None = None
+        self._host_seen: str | None = None  # the last Host value found valid here
+        self._chunked = False  # the body being read is chunked
+        self._chunks = 0  # chunk size lines completed in the current feed
+        self._framing = 0  # chunk framing bytes not yet covered by a completed size line
 
     # -- what the connection provides ------------------------------------------------
 
@@ -137,6 +142,10 @@ class RequestReader(asyncio.Protocol):
     def _feed(self, data: bytes | memoryview) -> bool:
         """Parse one read (or slice of one); False once parsing has stopped."""
         messages, was_in_head = self._messages, self._in_head
+        chunked = self._chunked and not was_in_head
+        body, fields = self._body_size, self._header_bytes
+        if chunked:
+            self._chunks = 0
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -155,7 +164,33 @@ class RequestReader(asyncio.Protocol):
                 self._head_seen = 0  # a head began in this slice: at most one slice unseen
             if self._head_seen > self._config.max_header_bytes:
                 self._respond_fault(refusal("headers_too_large", "the request head is too large"))
+        elif chunked and self._in_message and messages == self._messages and not self._stopped:
+            fields = self._header_bytes - fields  # complete trailer fields: counted as head
+            self._count_framing(len(data) - (self._body_size - body) - fields)
         return not self._stopped
+
+    def _count_framing(self, framing: int) -> None:
+        """Bound chunk extensions and unfinished trailer fields, which llhttp skips unseen.
+
+        ``framing`` is what this read held besides body bytes and complete trailer
+        fields: chunk size lines with their extensions, CRLFs, a trailer field still
+        arriving. Each completed size line may spend ``max_chunk_line``; what is left
+        over may not pass it, so one line can never be longer than that plus a read.
+        """
+        limit = self._config.max_chunk_line
+        pending = max(self._framing + framing - limit * self._chunks, 0)
+        self._framing = pending
+        if pending > limit:
+            self._respond_fault(
+                refusal(
+                    "http_malformed",
+                    f"a chunk size line (with its extensions) or a trailer field is longer "
+                    f"than {limit} bytes",
+                )
+            )
+
+    def on_chunk_header(self) -> None:
+        self._chunks += 1
 
     # -- httptools callbacks ----------------------------------------------------
 
@@ -178,6 +213,8 @@ class RequestReader(asyncio.Protocol):
         self._refusal = None
         self._special = False
         self._body_limit = self._config.max_body
+        self._chunked = False
+        self._framing = 0
 
     def on_url(self, piece: bytes) -> None:
         url = self._url + piece if self._url else piece
@@ -226,9 +263,19 @@ class RequestReader(asyncio.Protocol):
         if version != "1.1" and version != "1.0":
             self._fault = refusal("http_version_unsupported", f"HTTP/{version} is not served")
             raise _Stop
-        if version == "1.1" and not headers.get("host"):
-            self._fault = refusal("host_invalid", "an HTTP/1.1 request needs a Host header")
-            raise _Stop
+        host = headers.get("host")
+        if host is None:
+            if version == "1.1":
+                self._fault = refusal("host_invalid", "an HTTP/1.1 request needs a Host header")
+                raise _Stop
+        elif host != self._host_seen:  # a connection usually names one host: check it once
+            if not valid_host(host):
+                self._fault = refusal(
+                    "host_invalid",
+                    f"Host {host[:100]!r} is not a valid host[:port] (RFC 9112 section 3.2)",
+                )
+                raise _Stop
+            self._host_seen = host
         raw_method = parser.get_method()
         method = _METHODS.get(raw_method) or raw_method.decode("latin-1")
         target = self._url.decode("latin-1")
@@ -260,6 +307,7 @@ class RequestReader(asyncio.Protocol):
         self._body_limit = request.max_body
         if special:
             answer = self._check_body(headers, exchange, answer)
+            self._chunked = "transfer-encoding" in headers
         if answer is not None:
             if answer.close:
                 self._fault = answer

@@ -28,6 +28,10 @@ class HttpConfig(msgspec.Struct, frozen=True, kw_only=True):
     """Header fields (and trailers) per request; beyond: 431 and close."""
     max_target: int = 8 * 1024
     """Length of the request target (path and query); beyond: 414 and close."""
+    max_chunk_line: int = 4 * 1024
+    """A chunked body's size line with its extensions, and a trailer field while it
+    arrives, in bytes (checked once per read, so at most this plus one read gets in);
+    beyond: 400 and close. Trailer fields count against the head limits too."""
     max_body: int = 1024 * 1024
     """Body bytes; a route accepts at most min(this, the capability's max_payload). 413."""
     max_pipeline: int = 32
@@ -77,6 +81,7 @@ class HttpConfig(msgspec.Struct, frozen=True, kw_only=True):
             "max_header_bytes",
             "max_headers",
             "max_target",
+            "max_chunk_line",
             "max_body",
             "max_pipeline",
             "max_in_flight",

@@ -16,11 +16,16 @@ Rules:
   a function's exception message may hold secrets and is for the log only.
 - Keep-alive follows RFC 9112: HTTP/1.1 stays open unless ``Connection: close``;
   HTTP/1.0 closes unless ``Connection: keep-alive``.
+- A Host value is ``uri-host [":" port]`` of RFC 3986 (RFC 9112 section 3.2):
+  a non-empty reg-name, an IPv4 address or a bracketed IPv6/IPvFuture literal,
+  and a port of at most 65535. Anything else is refused (400 ``host_invalid``).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import math
+import re
 from http import HTTPStatus
 
 import msgspec
@@ -39,6 +44,7 @@ __all__ = [
     "reason_phrase",
     "retry_after_seconds",
     "status_for",
+    "valid_host",
 ]
 
 JSON = "application/json"
@@ -229,3 +235,39 @@ def keep_alive(version: str, connection: str) -> bool:
         if version == "1.0":
             return "keep-alive" in tokens
     return version == "1.1"
+
+
+# RFC 3986: reg-name = *( unreserved / pct-encoded / sub-delims ); an IPv4address is
+# one too. Empty is refused: an "http" URI never has an empty host (RFC 9110 4.2.1).
+_REG_NAME_PORT = re.compile(r"(?:[A-Za-z0-9\-._~!$&'()*+,;=]|%[0-9A-Fa-f]{2})+(?::([0-9]{0,5}))?")
+_IPV_FUTURE = re.compile(r"[vV][0-9A-Fa-f]+\.[A-Za-z0-9\-._~!$&'()*+,;=:]+")
+_IPV6_CHARS = re.compile(r"[0-9A-Fa-f:.]+")  # no zone id: RFC 3986 has none ("%" refused)
+_PORT = re.compile(r"(?::([0-9]{0,5}))?")
+
+
+def valid_host(value: str) -> bool:
+    """Whether ``value`` is a valid Host field value: ``uri-host [":" port]`` (RFC 9112 3.2)."""
+    if value[:1] == "[":
+        inside, bracket, rest = value[1:].partition("]")
+        port = _PORT.fullmatch(rest) if bracket else None
+        if port is None:
+            return False
+        if inside[:1] in ("v", "V"):
+            if _IPV_FUTURE.fullmatch(inside) is None:
+                return False
+        elif _IPV6_CHARS.fullmatch(inside) is None or not _is_ipv6(inside):
+            return False
+    else:
+        port = _REG_NAME_PORT.fullmatch(value)
+        if port is None:
+            return False
+    digits = port.group(1)
+    return not digits or int(digits) <= 65535
+
+
+def _is_ipv6(text: str) -> bool:
+    try:
+        ipaddress.IPv6Address(text)
+    except ValueError:
+        return False
+    return True
