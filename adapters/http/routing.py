@@ -82,6 +82,7 @@ _EMPTY: dict[str, Any] = {}
 _NONE, _RAW, _JSON = range(3)
 _encode = msgspec.json.Encoder().encode
 _decode = msgspec.json.decode
+_TOO_DEEP = "payload is not valid JSON: it is nested too deeply to decode"
 Match = tuple["Route", dict[str, Any]]
 
 
@@ -249,8 +250,10 @@ class Route:
             return _encode(url)
         try:
             document = _decode(body)
-        except msgspec.DecodeError as exc:
+        except (msgspec.DecodeError, UnicodeDecodeError) as exc:
             raise _Refused(400, "payload_malformed", f"payload is not valid JSON: {exc}") from None
+        except RecursionError:  # msgspec's depth limit: 2 KB of "[" reach it
+            raise _Refused(400, "payload_malformed", _TOO_DEEP) from None
         if not isinstance(document, dict):
             raise _Refused(
                 400, "payload_malformed", "with URL parameters, the body must be a JSON object"
