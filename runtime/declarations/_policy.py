@@ -160,6 +160,9 @@ class Policy(msgspec.Struct, frozen=True, kw_only=True):
     concurrency: int | None = None
     max_payload: int = 1024 * 1024
     access: Access | None = None  # None: unrestricted
+    max_result: int = 8 * 1024 * 1024
+    """Bytes of an encoded result a transport serves; a larger one is the function's
+    fault (HTTP: 500 ``result_too_large``, logged), never sent whole."""
 
     def __post_init__(self) -> None:
         _positive("timeout", self.timeout)
@@ -171,3 +174,5 @@ class Policy(msgspec.Struct, frozen=True, kw_only=True):
             )
         if not (_is_int(self.max_payload) and self.max_payload >= 0):
             raise ConfigError(f"max_payload must be a non-negative int, got {self.max_payload!r}")
+        if not (_is_int(self.max_result) and self.max_result >= 1):
+            raise ConfigError(f"max_result must be a positive int, got {self.max_result!r}")
