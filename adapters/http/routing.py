@@ -29,11 +29,11 @@ empty (it names a stream subject, which an HTTP request has not).
 
 from __future__ import annotations
 
-import itertools
+import os
 import re
-import secrets
 import typing
 import uuid
+import weakref
 from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import parse_qsl, unquote
@@ -87,17 +87,40 @@ Match = tuple["Route", dict[str, Any]]
 
 
 class EventIds:
-    """Event ids for requests without ``Idempotency-Key``: unique across processes
-    (a random per-process prefix) and disjoint from any client key (``~``)."""
+    """Event ids for requests without ``Idempotency-Key``: ``~`` and 128 random bits
+    (32 hex digits), so no id can be guessed from another (they name status URLs and
+    idempotency records) and none equals a client key (those never start with ``~``).
 
-    __slots__ = ("_counter", "_prefix")
+    The bits come from ``os.urandom`` (the source ``secrets`` uses), 256 ids per
+    call: one system call per 256 ids keeps an id about as cheap as the counter it
+    replaced. A forked child drops what its parent had drawn, so the two never
+    hand out the same id.
+    """
+
+    __slots__ = ("__weakref__", "_drawn", "_next")
 
     def __init__(self) -> None:
-        self._prefix = f"~{secrets.token_hex(8)}."
-        self._counter = itertools.count(1)
+        self._drawn = ""  # hex digits not yet handed out, from self._next on
+        self._next = 0
+        _LIVE_IDS.add(self)
 
     def __call__(self) -> str:
-        return f"{self._prefix}{next(self._counter):x}"
+        at = self._next
+        if at >= len(self._drawn):
+            self._drawn = os.urandom(_ID_BYTES * _IDS_PER_DRAW).hex()
+            at = 0
+        self._next = at + 2 * _ID_BYTES
+        return "~" + self._drawn[at : at + 2 * _ID_BYTES]
+
+    def _forget(self) -> None:
+        self._drawn, self._next = "", 0
+
+
+_ID_BYTES = 16
+_IDS_PER_DRAW = 256
+_LIVE_IDS: weakref.WeakSet[EventIds] = weakref.WeakSet()
+if hasattr(os, "register_at_fork"):  # POSIX; elsewhere there is no fork to copy the bits
+    os.register_at_fork(after_in_child=lambda: [ids._forget() for ids in list(_LIVE_IDS)])
 
 
 class _Coercer:
