@@ -177,6 +177,7 @@ class Route:
         "cors",
         "enqueue",
         "max_body",
+        "max_result",
         "method",
         "metrics",
         "mode",
@@ -202,6 +203,7 @@ class Route:
         self.verifier: SignatureVerifier | None = None  # set by HttpService for webhook routes
         self.metrics = CapabilityMetrics(capability.name)  # HttpService shares one per capability
         self.max_body = min(max_body, spec.policy.max_payload)
+        self.max_result = spec.policy.max_result
         self.content_type = "application/octet-stream" if spec.output_type is bytes else JSON
         if not spec.takes_payload:
             self.mode, self.coercer = _NONE, None

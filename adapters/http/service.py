@@ -3,16 +3,20 @@
 ``check`` runs when a request's head is complete: it answers what needs no
 body (``/healthz``, ``/readyz``, 404, 405, OPTIONS) and lowers the body limit
 to the route's. ``handle`` turns the request into an Event, calls the compiled
-capability and maps its Outcome to an answer.
+capability and maps its Outcome to an answer. A result larger than the
+capability's ``Policy.max_result`` is never sent: it is the function's fault,
+answered 500 ``result_too_large`` and logged with its size and the event id.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Mapping
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
+from thaw import Event, Ok, Reject
 from thaw.adapters.http._wire import Request, Response, response_from_answer
 from thaw.adapters.http.config import HttpConfig
 from thaw.adapters.http.cors import actual_headers, is_preflight, preflight, with_headers
@@ -41,6 +45,8 @@ if TYPE_CHECKING:
     from thaw.adapters.http.state import ServerState
 
 __all__ = ["HttpService"]
+
+log = logging.getLogger("thaw.http")
 
 _HEALTHY_BODY = b'{"status":"ok"}'
 _READY = Response(200, b'{"status":"ready"}', "application/json")
@@ -209,6 +215,8 @@ class HttpService:
             outcome = await route.capability(event)
         finally:
             metrics.in_flight -= 1
+        if type(outcome) is Ok and len(outcome.data) > route.max_result:
+            outcome = _result_too_large(route, event, outcome)
         metrics.observe(outcome, perf_counter() - start)
         if route.cors is None:
             return route.answer(outcome, event)
@@ -228,3 +236,13 @@ class HttpService:
             context = start_trace()
             headers["traceparent"] = context.traceparent
         request.trace_id = context.trace_id
+
+
+def _result_too_large(route: Route, event: Event, outcome: Ok) -> Reject:
+    """The answer for a result past the capability's ``max_result`` (the author's to fix)."""
+    reason = (
+        f"capability {route.name!r} returned {len(outcome.data)} bytes, more than its "
+        f"max_result of {route.max_result}"
+    )
+    log.error("%s (event %s): answered 500 result_too_large", reason, event.id)
+    return Reject("result_too_large", reason)

@@ -65,6 +65,7 @@ _STATUS: dict[str, int] = {
     **_codes_of(_errors.ThawError),
     "idempotency_key_invalid": 422,
     "result_invalid": 500,
+    "result_too_large": 500,  # the function's result, past its Policy.max_result
 }
 
 # Refusals of the HTTP transport itself: code -> (status, close the connection after).
