@@ -67,6 +67,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "test_host.py": ("core",),
     "test_http_access_log.py": ("http",),
     "test_http_cors.py": ("http",),
+    "test_http_hostile.py": ("http",),
     "test_http_ids.py": ("http", "process"),  # one test forks
     "test_http_intake.py": ("http",),
     "test_http_metrics.py": ("http",),
