@@ -12,7 +12,8 @@ problem details and their codes are the native server's, byte for byte.
 What stays the ASGI server's job: parsing, framing and smuggling checks,
 header limits and timeouts, keep-alive, ``Expect: 100-continue`` (answered
 when the body is first read, so a refusal before that sends no 100), the
-``Date`` header. What the adapter adds: ``Content-Length`` over the limit is
+``Date`` header. What the adapter adds: a Host that is not RFC 3986's
+``host[:port]`` (or none on HTTP/1.1) is 400 ``host_invalid``; ``Content-Length`` over the limit is
 refused before reading; a body is read chunk by chunk and refused (413) as soon
 as it passes the limit, never buffered past it; ``body_timeout`` (silence) and
 ``receive_timeout`` (whole body) give 408; ``max_in_flight`` gives 503.
@@ -43,6 +44,7 @@ from thaw.adapters.http._wire import Request, Response, refusal, too_large
 from thaw.adapters.http.config import HttpConfig
 from thaw.adapters.http.metrics import CONTENT_TYPE, ServerCounters, render
 from thaw.adapters.http.service import HttpService
+from thaw.decisions._http import valid_host
 from thaw.lowlevel import Backbone, Host, Invoker, MemoryBackbone, open_host
 
 __all__ = ["ASGIApp", "ThawASGI", "asgi_app", "from_env"]
@@ -128,7 +130,7 @@ class ThawASGI:
         request = _request(scope, self.config.max_body)
         head = request.method == "HEAD"
         service = self._service
-        refused = self._admit(service, request.path)
+        refused = self._admit(service, request)
         if refused is not None:
             await self._send(send, refused, head)
             return
@@ -143,7 +145,14 @@ class ThawASGI:
         if response is not None:  # None: the client went away before the body was in
             await self._send(send, response, head)
 
-    def _admit(self, service: HttpService | None, path: str) -> Response | None:
+    def _admit(self, service: HttpService | None, request: Request) -> Response | None:
+        path = request.path
+        host = request.headers.get("host")
+        if (host is None and request.version == "1.1") or (
+            host is not None and not valid_host(host)  # repeated ones are joined: invalid
+        ):
+            reason = f"Host {host[:100]!r} is not a valid host[:port]" if host else "no Host"
+            return self._refused(refusal("host_invalid", f"{reason} (RFC 9112 section 3.2)"))
         if self._draining and (service is None or path not in self._ops):
             return self._refused(refusal("draining", "the server is shutting down"))
         if service is None:

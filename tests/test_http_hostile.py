@@ -511,3 +511,48 @@ async def test_the_servers_body_limit_can_be_raised() -> None:
         assert reply.status == 200 and reply.body == str(2 << 20).encode()
         await client.send(request("POST", "/upload", b"z" * ((4 << 20) + 1)))
         assert (await client.response()).status == 413  # the capability's own limit
+
+
+@pytest.mark.parametrize(
+    ("hosts", "version", "status"),
+    [
+        (["test:8000"], "1.1", 200),
+        (["[::1]:80"], "1.1", 200),
+        ([], "2", 200),  # HTTP/2 names the authority in its own pseudo-header
+        (["a b"], "1.1", 400),
+        (["@evil"], "1.1", 400),
+        (["[::1"], "1.1", 400),
+        (["a", "b"], "1.1", 400),
+        ([], "1.1", 400),
+    ],
+)
+async def test_the_asgi_adapter_checks_host_too(
+    hosts: list[str], version: str, status: int
+) -> None:
+    from thaw.adapters.asgi import asgi_app
+
+    app = asgi_app(Invoker(hello_app()))
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": version,
+        "method": "GET",
+        "scheme": "http",
+        "path": "/hello",
+        "raw_path": b"/hello",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"host", h.encode()) for h in hosts],
+    }
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    await app(scope, receive, send)
+    assert sent[0]["status"] == status
+    if status == 400:
+        assert msgspec.json.decode(sent[1]["body"])["code"] == "host_invalid"
