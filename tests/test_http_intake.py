@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import re
 
 import anyio
 import msgspec
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from test_http_support import WAIT, RawClient, Reply, request
 
 from thaw import App, ConfigError, Idempotency, http, stream
@@ -16,6 +19,7 @@ from thaw.lowlevel import Invoker, open_host
 from thaw.testing import MemoryBackbone
 
 pytestmark = pytest.mark.anyio
+TOKEN = "0123456789abcdef" * 2
 
 
 class Order(msgspec.Struct):
@@ -69,7 +73,8 @@ async def test_enqueue_answers_202_and_the_status_url_serves_the_result() -> Non
         accepted = await client.response()
         assert accepted.status == 202, accepted.body
         document = json.loads(accepted.body)
-        assert document == {"id": "order/1", "status_url": "/_thaw/status/order%2F1"}
+        assert document["id"] == "order/1"
+        assert re.fullmatch(r"/_thaw/status/order%2F1/[0-9a-f]{32}", document["status_url"])
         assert accepted.headers["location"] == document["status_url"]
         await client.send(request("GET", document["status_url"]))
         pending = await client.response()
@@ -100,7 +105,7 @@ async def test_enqueue_validates_against_the_contract_before_publishing() -> Non
         bad_utf8 = await client.response()
         await client.send(request("POST", "/orders", b'{"sku": "B", "quantity": 1}'))
         generated = await client.response()
-        await client.send(request("DELETE", "/_thaw/status/x"))
+        await client.send(request("DELETE", f"/_thaw/status/x/{TOKEN}"))
         wrong_method = await client.response()
         await client.send(request("GET", "/_thaw/status/"))
         no_id = await client.response()
@@ -150,7 +155,61 @@ async def test_without_a_backbone_an_enqueue_route_says_what_it_needs() -> None:
 
 
 def test_status_ids_are_percent_decoded_and_never_span_segments() -> None:
-    assert status_id("/_thaw/status/a%2Fb") == "a/b"
-    assert status_id("/_thaw/status/a/b") == ""
-    assert status_id("/_thaw/status/%ff") == ""
+    assert status_id(f"/_thaw/status/a%2Fb/{TOKEN}") == f"{TOKEN}/a/b"
+    assert status_id(f"/_thaw/status/a/b/{TOKEN}") == ""
+    assert status_id(f"/_thaw/status/%ff/{TOKEN}") == ""
+    assert status_id(f"/_thaw/status//{TOKEN}") == ""
+    assert status_id("/_thaw/status/a%2Fb") == ""  # no token
+    assert status_id(f"/_thaw/status/a/{TOKEN.upper()}") == ""
+    assert status_id(f"/_thaw/status/a/{TOKEN[:-1]}") == ""
     assert status_id("/elsewhere") is None
+
+
+@given(st.text(max_size=200))
+def test_any_status_path_is_parsed_without_raising(tail: str) -> None:
+    found = status_id("/_thaw/status/" + tail)
+    assert found == "" or (found is not None and found[32] == "/" and len(found) > 33)
+
+
+async def test_a_status_url_is_served_only_with_its_own_token() -> None:
+    release = anyio.Event()
+    release.set()
+    async with (
+        open_host(intake_app(release), MemoryBackbone()) as host,
+        open_http_server(host) as server,
+        RawClient.connect(server.port) as client,
+    ):
+        urls = {}
+        for name, key in (("victim", "order-1001"), ("attacker", None), ("other", None)):
+            headers = {"Idempotency-Key": key} if key else {}
+            await client.send(request("POST", "/orders", b'{"sku": "S", "quantity": 1}', headers))
+            accepted = await client.response()
+            assert accepted.status == 202
+            urls[name] = json.loads(accepted.body)["status_url"]
+        with anyio.fail_after(WAIT):
+            done = await _poll(client, urls["victim"])
+        assert done.status == 200  # the victim's own URL works
+        victim_id, victim_token = urls["victim"].rsplit("/", 1)
+        own_token = urls["attacker"].rsplit("/", 1)[1]
+        other_id = urls["other"].rsplit("/", 1)[0]
+        guesses = [
+            victim_id,  # the id alone (a guessable Idempotency-Key)
+            f"{victim_id}/{own_token}",  # someone else's token
+            f"{victim_id}/{'0' * 32}",
+            f"{victim_id}/{victim_token[:-1]}{'1' if victim_token[-1] != '1' else '2'}",
+            f"{other_id}/{own_token}",
+            f"{urls['attacker']}/extra",
+            f"/_thaw/status/order-1002/{victim_token}",  # a token on another id
+        ]
+        answers = []
+        for url in guesses:
+            await client.send(request("GET", url))
+            answers.append(await client.response())
+        await client.send(request("GET", "/_thaw/status/order-9999/" + "0" * 32))
+        unknown = await client.response()
+    for url, answer in zip(guesses, answers, strict=True):
+        assert answer.status == 404, url
+        assert json.loads(answer.body)["code"] == "route_not_found", url
+    # A wrong token on an unknown id reads exactly as on a known one: no existence leak.
+    assert (unknown.status, unknown.body) == (404, answers[2].body)
+    assert answers[0].body == answers[2].body  # no token reads as a wrong one

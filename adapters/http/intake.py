@@ -9,13 +9,22 @@ A repeated key is deduplicated by the stream and answered 202 again.
 The capability that consumes SUBJECT from the stream (``stream(SUBJECT)``) runs
 with that id as its event id. When it declares ``idempotency=Idempotency()``
 with the default key, its result lands in the invoker's idempotency store under
-``<app>.<capability>.<id>``; ``GET /_thaw/status/<id>`` answers 200 with that
-result once it is there and ``202 {"status":"pending"}`` before (an unknown
-id is indistinguishable from a pending one).
+``<app>.<capability>.<id>``; ``GET /_thaw/status/<id>/<token>`` answers 200 with
+that result once it is there and ``202 {"status":"pending"}`` before.
+
+The status URL is a capability: ``<token>`` is an HMAC-SHA256 (128 bits, hex) of
+the app and the id under a key derived from the backbone's event-id key
+(``thaw.host._identity``), so every host and worker on the backbone issues and
+accepts the same tokens without storing them. A missing or wrong token is the
+same 404 as a malformed status URL (compared in constant time): nothing tells
+whether the id exists. With a client's ``Idempotency-Key``, whoever knows the key
+can obtain the token by repeating the request: such keys must be unguessable.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
 from typing import Any
 from urllib.parse import quote, unquote
@@ -23,8 +32,10 @@ from urllib.parse import quote, unquote
 import msgspec
 
 from thaw import ConfigError, Event, ThawError
+from thaw._errors import PayloadTooLarge
 from thaw.adapters.http._wire import Response, response_from_answer
 from thaw.adapters.http.routing import JSON, Route
+from thaw.host._identity import load_event_key
 from thaw.lowlevel import (
     TRACEPARENT_HEADER,
     Backbone,
@@ -40,6 +51,9 @@ __all__ = ["Intake", "STATUS_PREFIX", "compile_intake"]
 log = logging.getLogger("thaw.http")
 STATUS_PREFIX = "/_thaw/status/"
 _PENDING = Response(202, b'{"status":"pending"}', JSON)
+NO_STATUS = "the status URL has no valid id"  # for every URL that is not one we issued
+_TOKEN_CHARS = 32  # hex digits: 128 bits
+_HEX = frozenset("0123456789abcdef")
 _encode = msgspec.json.Encoder().encode
 
 
@@ -59,6 +73,15 @@ class Intake:
         self._app = invoker.app.name
         self._consumers = consumers  # enqueue subject -> the capability consuming it
         self._validators: dict[str, Any] = {}  # capability -> its contract's decoder
+        self._token_key = b""  # derived from the backbone's event-id key on first use
+
+    async def _token(self, event_id: str) -> str:
+        """The status token of ``event_id``: the same on every host of this backbone."""
+        if not self._token_key:
+            master = await load_event_key(self._backbone)
+            self._token_key = hmac.new(master, b"thaw-status-url/1", hashlib.sha256).digest()
+        signed = b"%s\0%s" % (self._app.encode(), event_id.encode("utf-8", "surrogatepass"))
+        return hmac.new(self._token_key, signed, hashlib.sha256).hexdigest()[:_TOKEN_CHARS]
 
     def _validate(self, route: Route, data: bytes) -> Response | None:
         """None when ``data`` fits the route's contract, else the 400/422 answer."""
@@ -87,19 +110,32 @@ class Intake:
             return refused
         headers = {TRACEPARENT_HEADER: event.traceparent} if event.traceparent else {}
         try:
+            token = await self._token(event.id)
             await self._backbone.publish(subject, event.data, headers=headers, msg_id=event.id)
+        except PayloadTooLarge as exc:  # body and headers exceed the backbone's max_payload
+            answer = problem_answer(exc.code, str(exc), status=413, event_id=event.id)
+            return response_from_answer(answer)
         except ThawError as exc:
             log.warning("enqueue to %r failed for event %s: %s", subject, event.id, exc)
             answer = problem_answer(
                 exc.code, str(exc), status=503, retry_after=1, event_id=event.id
             )
             return response_from_answer(answer)
-        status_url = STATUS_PREFIX + quote(event.id, safe="")
+        status_url = f"{STATUS_PREFIX}{quote(event.id, safe='')}/{token}"
         body = _encode(_Accepted(event.id, status_url))
         return Response(202, body, JSON, (("location", status_url),))
 
-    async def status(self, event_id: str) -> Response:
-        """200 with the stored result, or 202 pending (for any consumer of this app)."""
+    async def status(self, reference: str) -> Response:
+        """200 with the stored result, or 202 pending (for any consumer of this app);
+        404 unless ``reference`` (from ``status_id``) holds the id's own token."""
+        token, _, event_id = reference.partition("/")
+        try:
+            expected = await self._token(event_id)
+        except ThawError as exc:
+            answer = problem_answer(exc.code, str(exc), status=503, retry_after=1)
+            return response_from_answer(answer)
+        if not hmac.compare_digest(expected, token):
+            return response_from_answer(problem_answer("route_not_found", NO_STATUS))
         for consumer in self._consumers.values():
             key = f"{self._app}.{consumer.name}.{event_id}"
             claim = await self._store.peek(key)  # reads; never claims the key
@@ -111,15 +147,19 @@ class Intake:
 
 
 def status_id(path: str) -> str | None:
-    """The id in ``/_thaw/status/<id>`` (percent-decoded), or None for any other path."""
+    """``<token>/<id>`` from ``/_thaw/status/<id>/<token>`` (the id percent-decoded, the
+    token 32 lower-case hex digits), ``""`` for a status path of any other shape, or
+    None for any other path. ``Intake.status`` takes it as it is."""
     if not path.startswith(STATUS_PREFIX):
         return None
-    raw = path[len(STATUS_PREFIX) :]
+    raw, _, token = path[len(STATUS_PREFIX) :].partition("/")
+    if len(token) != _TOKEN_CHARS or not _HEX.issuperset(token):
+        return ""
     try:
         event_id = unquote(raw, errors="strict")
     except UnicodeDecodeError:
         return ""
-    return event_id if event_id and "/" not in raw else ""
+    return f"{token}/{event_id}" if event_id else ""
 
 
 def compile_intake(invoker: Invoker, routes: tuple[Route, ...], backbone: Backbone) -> Intake:
