@@ -556,3 +556,37 @@ async def test_the_asgi_adapter_checks_host_too(
     assert sent[0]["status"] == status
     if status == 400:
         assert msgspec.json.decode(sent[1]["body"])["code"] == "host_invalid"
+
+
+async def test_open_http_server_takes_a_body_limit_as_thaw_serve_does() -> None:
+    from thaw.adapters.http import open_http_server
+
+    app = App("upload")
+
+    @app.capability(http("POST", "/upload"), max_payload=4 << 20)
+    async def upload(data: bytes) -> int:
+        return len(data)
+
+    async with (
+        open_http_server(Invoker(app), max_body=3 << 20) as server,
+        RawClient.connect(server.port) as client,
+    ):
+        assert server.config.max_body == 3 << 20
+        await client.send(request("POST", "/upload", b"z" * (2 << 20)))
+        assert (await client.response()).status == 200
+
+
+def test_thaw_serve_max_body_flag_reaches_the_workers() -> None:
+    from thaw.adapters.cli.command import _parser
+    from thaw.adapters.cli.supervise import worker_command
+
+    parser = _parser()
+    args = parser.parse_args(["serve", "app.py", "--max-body", "8MiB"])
+    assert args.max_body == 8 << 20
+    assert parser.parse_args(["serve", "app.py", "--max-body", "1000"]).max_body == 1000
+    assert parser.parse_args(["serve", "app.py"]).max_body is None
+    command = worker_command(args, kind="memory", url=None, port=8000)
+    assert command[command.index("--max-body") + 1] == str(8 << 20)
+    for bad in ("0", "-1", "1.5MiB", "8MB", "lots", "5GiB"):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["serve", "app.py", "--max-body", bad])

@@ -150,6 +150,14 @@ def _serve_options(parser: argparse.ArgumentParser) -> None:
         help="AckWait of the stream consumers this host provisions (30)",
     )
     parser.add_argument(
+        "--max-body",
+        type=_byte_size,
+        default=None,
+        metavar="BYTES",
+        help="largest HTTP request body, e.g. 8MiB (1MiB); each capability's max_payload "
+        "still applies",
+    )
+    parser.add_argument(
         "--access-log",
         action=argparse.BooleanOptionalAction,
         default=True,
@@ -166,6 +174,19 @@ def _ack_wait(text: str) -> float:
     if not 0.5 <= value <= 3600:
         raise argparse.ArgumentTypeError(f"{value:g} is not between 0.5 and 3600 seconds")
     return value
+
+
+def _byte_size(text: str) -> int:
+    number, unit = text.strip(), 1
+    for suffix, size in (("KiB", 1 << 10), ("MiB", 1 << 20), ("GiB", 1 << 30)):
+        if number.endswith(suffix):
+            number, unit = number[: -len(suffix)].strip(), size
+            break
+    if not number.isdigit() or not 1 <= int(number) * unit <= 1 << 32:
+        raise argparse.ArgumentTypeError(
+            f"{text[:40]!r} is not a size from 1 byte to 4GiB (BYTES, or N KiB, MiB, GiB)"
+        )
+    return int(number) * unit
 
 
 def _poll_period(text: str) -> float:
@@ -235,6 +256,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
                         reuse_port=bool(args.worker_of),
                         access_log=args.access_log,
                         access_log_stream="stderr",  # buffered, beside the other log lines
+                        max_body=args.max_body,
                     )
                 )
                 where += f"; http on http://{server.host}:{server.port}"

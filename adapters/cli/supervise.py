@@ -259,6 +259,8 @@ def worker_command(args: argparse.Namespace, *, kind: str, url: str | None, port
     command += ["--http", str(port), "--http-host", args.http_host]
     if args.ack_wait is not None:
         command += ["--ack-wait", repr(args.ack_wait)]
+    if args.max_body is not None:
+        command += ["--max-body", str(args.max_body)]
     if args.no_http:
         command.append("--no-http")
     command.append("--access-log" if args.access_log else "--no-access-log")

@@ -155,15 +155,17 @@ async def open_http_server(
     reuse_port: bool | None = None,
     access_log: bool | None = None,
     access_log_stream: str | None = None,
+    max_body: int | None = None,
     readiness: Callable[[], str | None] | None = None,
 ) -> AsyncIterator[HttpServer]:
     """Serve the http triggers of an invoker's (or a host's) app; yields the bound server.
 
-    ``reuse_port``, ``access_log`` and ``access_log_stream`` override those ``config``
-    fields (so a caller that cannot import HttpConfig, like ``thaw serve`` finding this
-    through an entry point, can set them). ``readiness()`` returns why the app should get no traffic
-    yet (e.g. its revision is still loading), or None; ``/readyz`` answers 503 with
-    that reason, as it does while draining or while the backbone is disconnected.
+    ``reuse_port``, ``access_log``, ``access_log_stream`` and ``max_body`` override those
+    ``config`` fields (so a caller that cannot import HttpConfig, like ``thaw serve``
+    finding this through an entry point, can set them). ``readiness()`` returns why the
+    app should get no traffic yet (e.g. its revision is still loading), or None;
+    ``/readyz`` answers 503 with that reason, as it does while draining or while the
+    backbone is disconnected.
     """
     config = config or HttpConfig()
     overrides = {
@@ -172,6 +174,7 @@ async def open_http_server(
             ("reuse_port", reuse_port),
             ("access_log", access_log),
             ("access_log_stream", access_log_stream),
+            ("max_body", max_body),
         )
         if value is not None
     }
