@@ -45,6 +45,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "test_asgi.py": ("http", "process"),  # one test runs uvicorn as a child
     "test_budget.py": ("core",),
     "test_change_triggers.py": ("core",),
+    "test_chaos.py": ("nats", "process"),
     "test_cli.py": ("process",),
     "test_cli_ops.py": ("http", "process"),
     "test_context.py": ("core",),
@@ -98,6 +99,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "test_nats_requests.py": ("nats",),
     "test_nats_server.py": ("nats",),
     "test_nats_shutdown.py": ("nats", "process"),
+    "test_nats_sizes.py": ("nats", "http", "process"),
     "test_nats_triggers.py": ("nats",),
     "test_policy.py": ("core",),
     "test_process.py": ("process",),
