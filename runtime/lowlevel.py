@@ -59,6 +59,7 @@ from thaw.backbone._contract import (
 )
 from thaw.backbone._registry import available_backbones, load_server, open_backbone
 from thaw.backbone._rules import (
+    consumer_update_allowed,
     definition_conflict,
     validate_consumer_config,
     validate_fetch,
@@ -170,6 +171,7 @@ __all__ = [
     "StreamInfo",
     "StreamNotFound",
     "available_backbones",
+    "consumer_update_allowed",
     "definition_conflict",
     "load_server",
     "object_data",

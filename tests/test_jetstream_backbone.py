@@ -80,16 +80,20 @@ async def test_an_overlapping_stream_names_the_stream_it_overlaps(
 
 
 @pytest.mark.anyio
-async def test_an_existing_consumer_is_never_changed(
+async def test_an_existing_consumer_changes_only_its_delivery_settings(
     jetstream_harness: JetStreamHarness,  # noqa: F811
 ) -> None:
     backbone, p = jetstream_harness.backbone, jetstream_harness.prefix
     await backbone.add_stream(StreamConfig(name=f"{p}_s", subjects=(f"{p}.s.>",)))
-    config = ConsumerConfig(durable="w", ack_wait=5.0, max_deliver=4)
+    config = ConsumerConfig(durable="w", filter_subject=f"{p}.s.a", ack_wait=5.0, max_deliver=4)
     assert (await backbone.add_consumer(f"{p}_s", config)).config == config
-    with pytest.raises(DefinitionConflict, match=r"ack_wait \(existing 5\.0, requested 6\.0\)"):
-        await backbone.add_consumer(f"{p}_s", msgspec.structs.replace(config, ack_wait=6.0))
+    filtered = msgspec.structs.replace(config, filter_subject=f"{p}.s.b")
+    with pytest.raises(DefinitionConflict, match=r"filter_subject"):
+        await backbone.add_consumer(f"{p}_s", filtered)
     assert (await backbone.consumer_info(f"{p}_s", "w")).config == config
+    newer = msgspec.structs.replace(config, ack_wait=6.0, max_deliver=-1)
+    assert (await backbone.add_consumer(f"{p}_s", newer)).config == newer
+    assert (await backbone.consumer_info(f"{p}_s", "w")).config == newer
     # With a backoff list JetStream stores backoff[0] as the AckWait (the backoff rules
     # every wait anyway), and confirming the same definition again is no conflict.
     backoff = ConsumerConfig(durable="b", ack_wait=30.0, backoff=(1.0, 2.0), max_deliver=4)

@@ -36,6 +36,7 @@ __all__ = [
     "ensure_stream",
     "consumer_reply",
     "ensure_consumer",
+    "update_consumer",
 ]
 
 
@@ -125,3 +126,15 @@ async def ensure_consumer(
         if existing is not None:
             return existing, False
     raise api_error(created.error, doing)
+
+
+async def update_consumer(
+    session: JetStreamSession, stream: str, wire: ConsumerConfigWire, doing: str
+) -> ConsumerInfoReply:
+    """Change an existing durable consumer in place (only fields JetStream lets change)."""
+    body = encode(ConsumerCreateRequest(stream_name=stream, config=wire, action="update"))
+    subject = f"CONSUMER.CREATE.{stream}.{wire.durable_name}"
+    updated = await session.api(subject, body, ConsumerInfoReply, doing)
+    if updated.error is not None:
+        raise api_error(updated.error, doing)
+    return updated

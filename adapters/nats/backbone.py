@@ -50,6 +50,7 @@ from thaw.adapters.nats._management import (
     ensure_stream,
     stream_reply,
     streams_capturing,
+    update_consumer,
 )
 from thaw.adapters.nats._objects import JetStreamObjectStore, add_object_store, open_object_store
 from thaw.adapters.nats._pull import CLOSED, LOST, JetStreamMessage, Puller
@@ -92,6 +93,7 @@ from thaw.lowlevel import (
     StoredMessage,
     StreamConfig,
     StreamInfo,
+    consumer_update_allowed,
     definition_conflict,
     validate_consumer_config,
     validate_fetch,
@@ -387,6 +389,9 @@ class JetStreamBackbone:
         validate_name("consumer", durable)
         reply = await consumer_reply(self._session, stream, durable, f"consumer info {durable!r}")
         if reply is None:
+        if not created and consumer_update_allowed(info.config, wanted):
+            reply = await update_consumer(self._session, stream, wire, doing)
+            info = self._consumer_info(stream, reply)
             raise consumer_missing(stream, durable)
         return self._consumer_info(stream, reply)
 

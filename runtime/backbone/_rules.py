@@ -29,6 +29,7 @@ __all__ = [
     "validate_stream_config",
     "validate_fetch",
     "validate_consumer_config",
+    "consumer_update_allowed",
 ]
 
 
@@ -94,6 +95,22 @@ def definition_conflict(
     return DefinitionConflict(
         f"{what} already exists with a different definition: {', '.join(parts)}; {advice}"
     )
+
+
+# What JetStream lets an existing consumer change in place (the rest is fixed at create).
+_UPDATABLE = frozenset({"ack_wait", "max_deliver", "max_ack_pending", "backoff"})
+
+
+def consumer_update_allowed(existing: ConsumerConfig, wanted: ConsumerConfig) -> bool:
+    """Whether ``existing`` may become ``wanted`` in place (a host with newer settings).
+
+    Both backbones update such a consumer instead of refusing it, so a host upgraded to
+    other delivery settings (AckWait, attempts, MaxAckPending) keeps its durable and
+    the messages it holds; a changed filter still conflicts.
+    """
+    fields = ConsumerConfig.__struct_fields__
+    changed = {f for f in fields if getattr(existing, f) != getattr(wanted, f)}
+    return bool(changed) and changed <= _UPDATABLE
 
 
 def validate_stream_config(config: StreamConfig) -> None:

@@ -31,6 +31,7 @@ from thaw.backbone.conformance._harness import (
 __all__ = [
     "check_a_new_consumer_starts_from_the_first_stored_message",
     "check_add_consumer_creates_confirms_and_refuses_a_different_definition",
+    "check_add_consumer_updates_delivery_settings_in_place",
     "check_add_stream_creates_confirms_and_refuses_a_different_definition",
     "check_delete_message_removes_it_for_readers_and_consumers",
     "check_delete_stream",
@@ -190,10 +191,33 @@ async def check_add_consumer_creates_confirms_and_refuses_a_different_definition
     info = await harness.backbone.add_consumer(stream, config)
     assert (info.stream, info.config) == (stream, config)
     assert (await harness.backbone.add_consumer(stream, config)).config == config
-    with expect_raises(DefinitionConflict, match="max_deliver"):
+    with expect_raises(DefinitionConflict, match="filter_subject"):
         await harness.backbone.add_consumer(
-            stream, ConsumerConfig(durable="worker", filter_subject=f"{root}.*", max_deliver=3)
+            stream, ConsumerConfig(durable="worker", filter_subject=f"{root}.a", ack_wait=ACK_WAIT)
         )
+
+
+async def check_add_consumer_updates_delivery_settings_in_place(
+    harness: BackboneHarness,
+) -> None:
+    """A host with other AckWait, attempts or MaxAckPending keeps the durable and its messages."""
+    stream, root = await make_stream(harness)
+    config = ConsumerConfig(durable="worker", filter_subject=f"{root}.*", ack_wait=ACK_WAIT)
+    await harness.backbone.add_consumer(stream, config)
+    await harness.backbone.publish(f"{root}.a", b"kept")
+    newer = ConsumerConfig(
+        durable="worker",
+        filter_subject=f"{root}.*",
+        ack_wait=ACK_WAIT * 2,
+        max_deliver=-1,
+        max_ack_pending=7,
+    )
+    info = await harness.backbone.add_consumer(stream, newer)
+    assert info.config == newer
+    assert (await harness.backbone.consumer_info(stream, "worker")).config == newer
+    [message] = await harness.backbone.fetch(stream, "worker", batch=1, timeout=1.0)
+    assert message.data == b"kept"
+    await message.ack()
 
 
 async def check_a_new_consumer_starts_from_the_first_stored_message(

@@ -50,6 +50,7 @@ from thaw.backbone._contract import (
 from thaw.backbone._rules import (
     DEFAULT_MAX_PAYLOAD,
     check_message_size,
+    consumer_update_allowed,
     definition_conflict,
     header_block_size,
     validate_consumer_config,
@@ -243,6 +244,8 @@ class MemoryBackbone:
         existing = state.consumers.get(config.durable)
         if existing is None:
             existing = state.consumers[config.durable] = ConsumerState(state, config)
+        elif consumer_update_allowed(existing.config, config):
+            existing.config = config  # AckWait, attempts, MaxAckPending: changed in place
         elif existing.config != config:
             raise definition_conflict(
                 f"consumer {config.durable!r} on stream {stream!r}",
