@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Mapping
+from functools import partial
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
@@ -31,7 +32,7 @@ from thaw.adapters.http.routing import (
     compile_router,
     refused_response,
 )
-from thaw.adapters.http.webhooks import SignatureVerifier, load_secret
+from thaw.adapters.http.webhooks import SignatureVerifier, load_secret, replay_store_for
 from thaw.lowlevel import (
     Backbone,
     Invoker,
@@ -75,13 +76,15 @@ class HttpService:
         backbone: Backbone | None = None,
     ) -> None:
         self.router: Router = compile_router(invoker, max_body=config.max_body)
+        replays = replay_store_for(invoker, backbone)  # its own bucket, not idempotency's
         for route in self.router.routes:
             if route.webhook is not None:
                 route.verifier = SignatureVerifier(
                     route.webhook,
                     load_secret(route.webhook),
-                    replay_key=f"{invoker.app.name}.~webhook.{route.name}",
-                    store=invoker.idempotency_store,
+                    replay_key=f"{invoker.app.name}.{route.name}",
+                    store=replays,
+                    timeout=route.capability.spec.policy.timeout,
                 )
         self._intake: Intake | None = None
         if backbone is not None and any(r.enqueue for r in self.router.routes):
@@ -197,10 +200,13 @@ class HttpService:
             return await self._intake.status(params)
         if self._assign_trace:
             self._trace(request)
-        if route.verifier is not None:
-            refused = await route.verifier.verify(request.headers, request.body)
-            if refused is not None:
-                return self._cors(route, request, refused)
+        if route.verifier is not None:  # claimed while answered: kept on a 2xx, else released
+            answer = partial(self._answer, route, request, params)
+            cors = partial(self._cors, route, request)
+            return await route.verifier.guard(request.headers, request.body, answer, refused=cors)
+        return await self._answer(route, request, params)
+
+    async def _answer(self, route: Route, request: Request, params: Any) -> Response:
         try:
             event = route.event(request.body, request.query, params, request.headers, self._ids)
         except _Refused as error:

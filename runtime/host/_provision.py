@@ -5,13 +5,14 @@ one stream per app (``<APP>``, or the stream a trigger names) capturing every
 subject its capabilities consume or publish, one durable pull consumer per
 ``stream`` trigger (AckWait, MaxDeliver from the retry policy, MaxAckPending
 from the concurrency limit), the KV buckets and object stores the capabilities
-use, the idempotency bucket and the dead-letter stream. A ``kv`` or ``objects``
-trigger adds its bucket and a durable consumer on the bucket's own stream
-(``KV_<bucket>`` filtered to ``$KV.<bucket>.<key>``, ``OBJ_<bucket>`` filtered
-to ``$O.<bucket>.M.>``); these consumers deliver from the start of the bucket,
-so changes made while no host ran are processed when one starts. ``apply_plan`` creates each one
-or confirms an identical existing one; an existing definition that differs is
-reported (``DefinitionConflict`` naming the fields), never silently changed.
+use, the idempotency bucket, the webhook replay bucket (when a route verifies
+signatures) and the dead-letter stream. A ``kv`` or ``objects`` trigger adds its
+bucket and a durable consumer on the bucket's own stream (``KV_<bucket>`` filtered
+to ``$KV.<bucket>.<key>``, ``OBJ_<bucket>`` filtered to ``$O.<bucket>.M.>``); these
+consumers deliver from the start of the bucket, so changes made while no host ran
+are processed when one starts. ``apply_plan`` creates each one or confirms an
+identical existing one; an existing definition that differs is reported
+(``DefinitionConflict`` naming the fields), never silently changed.
 """
 
 from __future__ import annotations
@@ -34,7 +35,14 @@ from thaw.backbone._contract import (
 from thaw.backbone._subjects import subject_is_subset
 from thaw.decisions._delivery import DEAD_LETTER_STREAM, DEAD_LETTER_SUBJECTS
 from thaw.declarations._app import App
-from thaw.declarations._triggers import KvTrigger, ObjectsTrigger, StreamTrigger, Trigger
+from thaw.declarations._triggers import (
+    HttpTrigger,
+    KvTrigger,
+    ObjectsTrigger,
+    StreamTrigger,
+    Trigger,
+    Webhook,
+)
 from thaw.invocation._kv_idempotency import IDEMPOTENCY_BUCKET
 
 __all__ = [
@@ -44,6 +52,8 @@ __all__ = [
     "apply_plan",
     "stream_name_for",
     "idempotency_bucket_for",
+    "webhook_bucket_for",
+    "webhook_replay_ttl",
 ]
 
 DEFAULT_ACK_WAIT = 30.0
@@ -83,6 +93,22 @@ def idempotency_bucket_for(app: App) -> str:
     return f"{IDEMPOTENCY_BUCKET}_{app.name}"
 
 
+def webhook_bucket_for(app: App) -> str:
+    """The replay store of an app's webhook signatures, apart from any idempotency TTL."""
+    return f"thaw_webhooks_{app.name}"
+
+
+WEBHOOK_REPLAY_MARGIN = 5.0  # seconds a replay record outlives what it guards
+
+
+def webhook_replay_ttl(webhook: Webhook, *, timeout: float) -> float:
+    """The longest a webhook route's replay record must live (its bucket's TTL is the
+    largest of its routes'): a claim while the handler runs (``timeout``), and a used
+    signature until it is stale (at most ``2 * tolerance`` after its use) or for
+    ``replay_window``, whichever is longer."""
+    return max(2 * webhook.tolerance, webhook.replay_window, timeout) + WEBHOOK_REPLAY_MARGIN
+
+
 def stream_name_for(app: App) -> str:
     return app.name.upper().replace("-", "_")
 
@@ -108,6 +134,7 @@ def plan_for(app: App, *, ack_wait: float = DEFAULT_ACK_WAIT) -> ProvisionPlan:
     consumers: list[ConsumerPlan] = []
     buckets: dict[str, KvConfig] = {}
     idempotency_ttl = 0.0
+    webhook_ttl = 0.0
     object_stores: dict[str, ObjectStoreConfig] = {}
     durables: set[tuple[str, str]] = set()
     for spec in app.capabilities.values():  # first the subjects capabilities consume
@@ -173,6 +200,10 @@ def plan_for(app: App, *, ack_wait: float = DEFAULT_ACK_WAIT) -> ProvisionPlan:
                 object_stores.setdefault(bucket, ObjectStoreConfig(bucket=bucket))
         if policy.idempotency is not None:
             idempotency_ttl = max(idempotency_ttl, policy.idempotency.ttl)
+        for trigger in spec.triggers:
+            if isinstance(trigger, HttpTrigger) and trigger.webhook is not None:
+                ttl = webhook_replay_ttl(trigger.webhook, timeout=policy.timeout)
+                webhook_ttl = max(webhook_ttl, ttl)
     streams = [
         StreamConfig(name=name, subjects=_minimal(held), duplicate_window=DUPLICATE_WINDOW)
         for name, held in subjects.items()
@@ -181,6 +212,9 @@ def plan_for(app: App, *, ack_wait: float = DEFAULT_ACK_WAIT) -> ProvisionPlan:
     if idempotency_ttl:
         name = idempotency_bucket_for(app)
         buckets[name] = KvConfig(bucket=name, ttl=idempotency_ttl)
+    if webhook_ttl:
+        name = webhook_bucket_for(app)
+        buckets[name] = KvConfig(bucket=name, ttl=webhook_ttl)
     return ProvisionPlan(
         streams=streams,
         consumers=consumers,
