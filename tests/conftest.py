@@ -79,6 +79,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "test_http_server.py": ("http", "process"),
     "test_http_support.py": ("http",),
     "test_http_webhooks.py": ("http",),
+    "test_http_webhooks_nats.py": ("http", "nats"),
     "test_http_workers.py": ("http", "process"),
     "test_idempotency.py": ("core",),
     "test_identity.py": ("core",),
