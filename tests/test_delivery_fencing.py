@@ -14,9 +14,9 @@ import anyio
 import msgspec
 import pytest
 
-from thaw import App, Event, Idempotency, Ok, Reject, RetryPolicy
+from thaw import App, Event, Idempotency, Ok, Reject, RetryPolicy, stream
 from thaw.backbone._contract import ConsumerConfig, StreamConfig
-from thaw.host._provision import max_ack_pending_for
+from thaw.host._provision import apply_plan, max_ack_pending_for, plan_for
 from thaw.host._worker import StreamWorker, ensure_dead_letter_stream
 from thaw.invocation._idempotency import IdempotencyStore
 from thaw.invocation._invoker import Invoker
@@ -218,3 +218,34 @@ async def test_a_late_delivery_of_finished_work_is_acked_from_the_store() -> Non
 def test_max_ack_pending_leaves_room_for_a_dead_predecessor() -> None:
     assert max_ack_pending_for(64) == 128
     assert max_ack_pending_for(None) == 1000
+
+
+async def test_a_restarted_host_gets_new_work_while_its_predecessors_messages_wait() -> None:
+    """The killed host held as many messages as it runs at once; they wait out AckWait,
+    and the host that replaces it runs the rest of the backlog meanwhile."""
+    clock = FakeClock()
+    backbone = MemoryBackbone(clock=clock)
+    runs: list[str] = []
+    app = App("jobs")
+
+    @app.capability(stream("jobs.new", stream="JOBS"), concurrency=2)
+    async def work(job: Job) -> None:
+        runs.append(job.name)
+
+    plan = plan_for(app)
+    await apply_plan(plan, backbone)
+    [consumer] = plan.consumers
+    for n in range(6):
+        await backbone.publish("jobs.new", msgspec.json.encode(Job(f"j{n}")))
+    held = await backbone.fetch("JOBS", consumer.config.durable, batch=2)  # then kill -9
+    assert len(held) == 2
+    worker = StreamWorker(
+        Invoker(app, backbone=backbone, clock=clock),
+        backbone,
+        "work",
+        stream="JOBS",
+        consumer=consumer.config,
+    )
+    with anyio.fail_after(5):
+        await worker.run_until_idle()  # no clock advance: AckWait has not passed
+    assert sorted(runs) == [f"j{n}" for n in range(2, 6)]
