@@ -55,8 +55,9 @@ class Webhook(msgspec.Struct, frozen=True, kw_only=True):
     ``<header>: t=<unix seconds>,v1=<hex digest>``. The secret comes from the
     environment variable ``secret_env`` or the file ``secret_file`` (exactly one),
     read when the server starts; this value names it and never holds it.
-    ``tolerance`` bounds the clock skew (seconds); ``replay_window`` (seconds,
-    0: off) refuses a signature seen before within that window.
+    ``tolerance`` bounds the clock skew (seconds). A signature answered with a 2xx
+    is refused as a replay until it is stale anyway, or for ``replay_window``
+    seconds if that is longer (0: until stale); a failed answer frees it for a retry.
     """
 
     secret_env: str = ""
