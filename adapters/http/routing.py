@@ -119,8 +119,15 @@ class EventIds:
 _ID_BYTES = 16
 _IDS_PER_DRAW = 256
 _LIVE_IDS: weakref.WeakSet[EventIds] = weakref.WeakSet()
+
+
+def _forget_drawn_ids() -> None:
+    for ids in list(_LIVE_IDS):
+        ids._forget()
+
+
 if hasattr(os, "register_at_fork"):  # POSIX; elsewhere there is no fork to copy the bits
-    os.register_at_fork(after_in_child=lambda: [ids._forget() for ids in list(_LIVE_IDS)])
+    os.register_at_fork(after_in_child=_forget_drawn_ids)
 
 
 class _Coercer:
