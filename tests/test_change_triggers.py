@@ -102,7 +102,8 @@ async def test_provisioning_twice_confirms_and_starts_workers_for_every_consumer
             "react/KV_cfg/files-react-2",
         ]
     stats = backbone.statistics()
-    assert (stats.streams, stats.buckets, stats.object_stores) == (2, 1, 2)  # FILES, DLQ
+    # streams FILES and DLQ; buckets cfg and thaw_keys (the event-id signing key)
+    assert (stats.streams, stats.buckets, stats.object_stores) == (2, 2, 2)
 
 
 # -- shapers ----------------------------------------------------------------------------

@@ -142,6 +142,7 @@ def test_adapter_author_surface() -> None:
         "answer_outcome",
         "apply_plan",
         "available_backbones",
+        "consumer_update_allowed",
         "definition_conflict",
         "keep_alive",
         "list_dead_letters",

@@ -115,8 +115,9 @@ async def test_hello_greets_over_http(anyio_backend: object) -> None:
 async def test_idempotency_key_replays_the_stored_answer() -> None:
     hello, _ = load_example("hello")
     async with serving(hello) as server:
-        first, second, other = await call(
+        first, second, reused, other = await call(
             server.port,
+            post("/greet", b'{"name": "Grace"}', **{"Idempotency-Key": "greet-1"}),
             post("/greet", b'{"name": "Grace"}', **{"Idempotency-Key": "greet-1"}),
             post("/greet", b'{"name": "Someone else"}', **{"Idempotency-Key": "greet-1"}),
             post("/greet", b'{"name": "Linus"}'),
@@ -125,6 +126,10 @@ async def test_idempotency_key_replays_the_stored_answer() -> None:
     assert second.body == first.body == b'{"message":"Hello, Grace!","attempt":1}'
     assert second.headers["idempotent-replayed"] == "true"
     assert "idempotent-replayed" not in first.headers
+    # The key names one request: another body under it is refused, never given Grace's answer.
+    assert reused.status == 422
+    assert reused.json()["code"] == "idempotency_key_reused"
+    assert b"Grace" not in reused.body
     assert other.json()["message"] == "Hello, Linus!"
 
 

@@ -97,6 +97,7 @@ class App:
         idempotency: Idempotency | None = None,
         concurrency: int | None = None,
         max_payload: int = 1024 * 1024,
+        max_result: int = 8 * 1024 * 1024,
         access: Access | None = None,
     ) -> Callable[[F], F]:
         """Declare an async function as a capability of this app.
@@ -104,7 +105,8 @@ class App:
         ``timeout`` (seconds) bounds every call; ``retry`` bounds attempts and sets
         the backoff; ``idempotency`` makes duplicates return the first result;
         ``concurrency`` caps calls in flight (beyond it: ``Retry`` with code
-        ``overloaded``); ``max_payload`` caps input bytes; ``access`` lists the
+        ``overloaded``); ``max_payload`` caps input bytes, ``max_result`` the bytes
+        of an answer (larger: ``result_too_large``); ``access`` lists the
         subjects and KV buckets the function may touch (None: anything).
         """
         for trigger in triggers:
@@ -119,6 +121,7 @@ class App:
             idempotency=idempotency,
             concurrency=concurrency,
             max_payload=max_payload,
+            max_result=max_result,
             access=access,
         )
 

@@ -243,7 +243,7 @@ class CompiledCapability:
             else:
                 try:
                     outcome = Ok(self._encode(result))
-                except (TypeError, ValueError, msgspec.EncodeError) as exc:
+                except (TypeError, ValueError, RecursionError, msgspec.EncodeError) as exc:
                     outcome = Reject(
                         "result_invalid",
                         _clip(f"{self.name!r} returned a value that cannot be encoded: {exc}"),
@@ -374,7 +374,7 @@ class CompiledCapability:
         if self._idempotency.key is not None and self._decode is not None:
             try:
                 payload = self._decode(event.data)
-            except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError):
+            except Exception:  # any decoder failure: no key, so no stored answer to find
                 return None
         try:
             user_key = (
