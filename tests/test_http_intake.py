@@ -103,6 +103,9 @@ async def test_enqueue_validates_against_the_contract_before_publishing() -> Non
         malformed = await client.response()
         await client.send(request("POST", "/orders", b'{"sku": "\xff\xfe", "quantity": 1}'))
         bad_utf8 = await client.response()
+        deep = b'{"sku": "A", "quantity": 1, "extra": ' + b"[" * 3000 + b"]" * 3000 + b"}"
+        await client.send(request("POST", "/orders", deep))
+        too_deep = await client.response()
         await client.send(request("POST", "/orders", b'{"sku": "B", "quantity": 1}'))
         generated = await client.response()
         await client.send(request("DELETE", f"/_thaw/status/x/{TOKEN}"))
@@ -115,6 +118,7 @@ async def test_enqueue_validates_against_the_contract_before_publishing() -> Non
     assert problem["detail"].endswith("- at `$.quantity`")
     assert (malformed.status, json.loads(malformed.body)["code"]) == (400, "payload_malformed")
     assert (bad_utf8.status, json.loads(bad_utf8.body)["code"]) == (400, "payload_malformed")
+    assert (too_deep.status, json.loads(too_deep.body)["code"]) == (400, "payload_malformed")
     assert generated.status == 202
     generated_id = json.loads(generated.body)["id"]
     assert generated_id.startswith("~")

@@ -100,6 +100,9 @@ class Intake:
             # invoker knows): bad bytes are the caller's fault, never a 500.
             detail = f"payload is not valid JSON: {exc}"
             return response_from_answer(problem_answer("payload_malformed", detail, status=400))
+        except Exception as exc:  # RecursionError (deep nesting), a contract's __post_init__
+            detail = f"payload could not be decoded: {type(exc).__name__}"
+            return response_from_answer(problem_answer("payload_malformed", detail, status=400))
         return None
 
     async def publish(self, route: Route, event: Event) -> Response:
