@@ -10,7 +10,7 @@ dead-letter stream with the headers below, then term).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import TypeAlias
 
 import msgspec
@@ -29,6 +29,7 @@ from thaw._headers import (
     EVENT_ID_HEADER,
     TRACEPARENT_HEADER,
 )
+from thaw.decisions._redaction import redact_headers, scrub_secrets
 
 __all__ = [
     "Ack",
@@ -95,21 +96,28 @@ def dead_letter_headers(
     traceparent: str = "",
     event_id: str = "",
     original: Mapping[str, str] | None = None,
+    redact: Iterable[str] | None = None,
 ) -> dict[str, str]:
     """Headers that say why a message was dead-lettered and where it came from.
 
     The ``original`` message's own headers are kept (a replay gives them back to the
     function), except ``Nats-*`` ones: a message id, an expected last sequence or a
     rollup would act on the dead-letter stream instead (``Nats-Msg-Id`` is set apart).
+    Credentials are not kept (``thaw.decisions._redaction``): the values of secret
+    headers (the built-in names plus ``redact``, None: the host's list) are replaced,
+    and credentials in the other values and in the reason are scrubbed.
     """
-    headers = {
-        key: value
-        for key, value in (original or {}).items()
-        if not key.lower().startswith(("nats-", "thaw-"))
-    }
+    headers = redact_headers(
+        {
+            key: value
+            for key, value in (original or {}).items()
+            if not key.lower().startswith(("nats-", "thaw-"))
+        },
+        redact,
+    )
     headers |= {
         DEAD_LETTER_CODE: action.code,
-        DEAD_LETTER_MESSAGE: _header_safe(action.reason),
+        DEAD_LETTER_MESSAGE: _header_safe(scrub_secrets(" ".join(action.reason.split()))),
         DEAD_LETTER_ATTEMPTS: str(attempts),
         DEAD_LETTER_ORIGINAL_SUBJECT: subject,
         DEAD_LETTER_ORIGINAL_STREAM: stream,
