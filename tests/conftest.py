@@ -52,6 +52,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "test_cron.py": ("core",),
     "test_dead_letters.py": ("core",),
     "test_dead_letter_redaction.py": ("core",),
+    "test_dlq_running_server.py": ("nats", "process"),
     "test_decisions.py": ("core",),
     "test_delivery_fencing.py": ("core",),
     "test_dev.py": ("http", "process"),

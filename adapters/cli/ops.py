@@ -3,13 +3,18 @@
 They work on any backbone by name (``--backbone``; ``--nats URL`` is short for
 ``--backbone nats --url URL``). Without a URL the NATS backbone starts the
 embedded nats-server with its store under ``--state-dir`` (default ``.thaw``),
-so dead letters and KV state survive between commands.
+so dead letters and KV state survive between commands. ``thaw dlq`` and ``thaw
+provision`` first look for the server a running ``thaw serve``/``thaw dev`` keeps
+on that store (its URL is recorded there, see ``thaw.adapters.nats.server``) and
+use it; they never start a second server on a store in use. Dead letters are
+shown with credentials redacted (``--json``: one JSON document).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 from contextlib import AsyncExitStack
@@ -20,8 +25,10 @@ import msgspec
 
 from thaw.adapters.cli.supervise import MAX_WORKERS, become_worker, serve_workers, worker_count
 from thaw.backbone._registry import available_backbones, load_server, open_backbone
+from thaw.decisions._redaction import redact_headers, scrub_secrets
 from thaw.declarations._triggers import HttpTrigger, SubjectTrigger
 from thaw.host._dead_letters import (
+    DeadLetterRecord,
     list_dead_letters,
     purge_dead_letters,
     replay_dead_letter,
@@ -127,6 +134,12 @@ def add_commands(commands: Any, positive_int: Any) -> None:
     ):
         _backbone_options(parser)
         parser.set_defaults(handler=handler)
+        if parser is not purge:
+            parser.add_argument(
+                "--json",
+                action="store_true",
+                help="print one JSON document (credentials redacted)",
+            )
 
 
 def _serve_options(parser: argparse.ArgumentParser) -> None:
@@ -296,6 +309,8 @@ def _cmd_provision(args: argparse.Namespace) -> int:
 
 def _with_backbone(args: argparse.Namespace, work: Any) -> Any:
     kind, url = _target(args)
+    if kind == "nats" and url is None:
+        url = _running_server(args.state_dir)
 
     async def main() -> Any:
         async with open_backbone(kind, url, state_dir=args.state_dir) as backbone:
@@ -304,36 +319,75 @@ def _with_backbone(args: argparse.Namespace, work: Any) -> Any:
     return anyio.run(main)
 
 
+def _running_server(state_dir: str) -> str | None:
+    """The URL of the embedded server a running ``thaw serve``/``dev`` keeps on this store.
+
+    None when nothing holds the store (the command then starts its own, as the only
+    one); ``NatsStoreInUse`` when something holds it but does not answer: a second
+    server on one store would split it (a replay would land in the copy).
+    """
+    from thaw.adapters.nats.server import find_running_server
+
+    # The layout of the nats factory: the store is <state-dir>/nats.
+    url = find_running_server(os.path.join(state_dir, "nats"))
+    if url is not None:
+        print(f"thaw: using the running nats-server at {url} ({state_dir})", file=sys.stderr)
+    return url
+
+
+def _letter_document(record: DeadLetterRecord) -> dict[str, Any]:
+    """One dead letter as JSON: credentials redacted (also in letters stored before
+    redaction existed), the payload as text (invalid UTF-8 replaced) and as base64."""
+    document: dict[str, Any] = msgspec.to_builtins(record)
+    document["message"] = scrub_secrets(record.message)
+    document["headers"] = redact_headers(record.headers)
+    document["data_base64"] = document["data"]
+    document["data"] = record.data.decode("utf-8", "replace")
+    return document
+
+
+def _print_json(document: Any) -> None:
+    print(msgspec.json.format(msgspec.json.encode(document), indent=2).decode())
+
+
 def _dlq_list(args: argparse.Namespace) -> int:
     records = _with_backbone(
         args,
         lambda b: list_dead_letters(b, app=args.app, capability=args.capability, limit=args.limit),
     )
+    if args.json:
+        _print_json({"dead_letters": [_letter_document(r) for r in records]})
+        return EXIT_OK
     if not records:
         print("no dead letters")
     for r in records:
         print(
             f"{r.seq:>6}  {r.app}.{r.capability}  [{r.code}] attempts {r.attempts}  "
-            f"from {r.original_stream}#{r.original_seq} ({r.original_subject}): {r.message}"
+            f"from {r.original_stream}#{r.original_seq} ({r.original_subject}): "
+            f"{scrub_secrets(r.message)}"
         )
     return EXIT_OK
 
 
 def _dlq_show(args: argparse.Namespace) -> int:
     record = _with_backbone(args, lambda b: show_dead_letter(b, args.seq))
-    document = msgspec.to_builtins(record)
-    document["data"] = record.data.decode("utf-8", "replace")
-    print(msgspec.json.format(msgspec.json.encode(document), indent=2).decode())
+    _print_json(_letter_document(record))  # one JSON document, with or without --json
     return EXIT_OK
 
 
 def _dlq_replay(args: argparse.Namespace) -> int:
-    async def work(backbone: Any) -> None:
+    async def work(backbone: Any) -> list[dict[str, Any]]:
+        done: list[dict[str, Any]] = []
         for seq in args.seq:
             ack = await replay_dead_letter(backbone, seq)
-            print(f"replayed dead letter {seq} as {ack.stream}#{ack.seq}")
+            done.append({"dead_letter": seq, "stream": ack.stream, "seq": ack.seq})
+            if not args.json:
+                print(f"replayed dead letter {seq} as {ack.stream}#{ack.seq}", flush=True)
+        return done
 
-    _with_backbone(args, work)
+    replayed = _with_backbone(args, work)
+    if args.json:
+        _print_json({"replayed": replayed})
     return EXIT_OK
 
 

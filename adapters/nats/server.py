@@ -16,6 +16,19 @@ created. The server runs in a session of its own, so signals meant for the
 terminal's foreground job (Ctrl-C) reach Thaw only, which then closes its
 connection before stopping the server. The blocking ``start``/``stop`` suit pytest session fixtures;
 ``open_embedded_server`` runs them in a worker thread for async code.
+
+A store given to ``open_embedded_server`` (the one ``thaw serve``/``thaw dev`` use
+under ``--state-dir``) is *claimed*: an exclusive ``fcntl`` lock on
+``<store>/server.lock``, taken before the server starts and inherited by the
+server process, so the store stays locked as long as either the launcher or its
+server lives (a server orphaned by a ``kill -9`` of its launcher still holds it).
+A second embedded server never starts on a claimed store (``NatsStoreInUse``).
+Once the server is ready its client URL is written, atomically (a temporary file
+renamed over), to ``<store>/server.json`` with the launcher's and the server's
+PIDs; it is removed on a clean stop, before the server stops. Tools that need the
+store (``thaw dlq``, ``thaw provision``) call ``find_running_server`` and connect
+to the URL of a live record instead of starting a server of their own; a record
+whose server PID is dead, or whose URL does not answer, is stale and ignored.
 """
 
 from __future__ import annotations
@@ -42,14 +55,22 @@ import msgspec
 from thaw import ConfigError
 from thaw.lowlevel import BackboneError
 
+if sys.platform != "win32":
+    import fcntl
+
 __all__ = [
     "BINARY_NAME",
     "ClusterSettings",
     "EmbeddedServer",
     "NatsServerFailed",
     "NatsServerNotFound",
+    "NatsStoreInUse",
     "ServerConfig",
+    "ServerRecord",
+    "StoreClaim",
     "find_nats_server",
+    "find_running_server",
+    "read_server_record",
     "open_embedded_server",
     "pick_free_ports",
 ]
@@ -70,6 +91,18 @@ class NatsServerFailed(BackboneError):
 
     code = "nats_server_failed"
     retryable = False
+
+
+class NatsStoreInUse(BackboneError):
+    """Another process holds the JetStream store an embedded server was to use."""
+
+    code = "nats_store_in_use"
+    retryable = False
+
+
+RECORD_NAME = "server.json"  # the running server's URL and PIDs, in its store
+LOCK_NAME = "server.lock"
+_FIND_TIMEOUT = 5.0  # seconds a tool waits for a claimed store's server to answer
 
 
 def find_nats_server(
@@ -111,9 +144,16 @@ class ServerConfig(msgspec.Struct, frozen=True, kw_only=True):
 class EmbeddedServer:
     """One nats-server child process; see the module docstring for the guarantees."""
 
-    def __init__(self, config: ServerConfig | None = None, *, binary: str | None = None) -> None:
+    def __init__(
+        self,
+        config: ServerConfig | None = None,
+        *,
+        binary: str | None = None,
+        pass_fds: Sequence[int] = (),
+    ) -> None:
         self.config = config if config is not None else ServerConfig()
         self._binary = binary
+        self._pass_fds = tuple(pass_fds)  # kept open in the server (a store's lock)
         self._process: subprocess.Popen[bytes] | None = None
         self._run_dir: str | None = None  # ours: ports file, log, temporary store
         self._store_dir: str | None = None
@@ -192,6 +232,7 @@ class EmbeddedServer:
                     # its connection makes the client log "connection lost; reconnecting"
                     # at every shutdown. Thaw stops it, by PID, once the client is closed.
                     start_new_session=sys.platform != "win32",
+                    pass_fds=self._pass_fds,
                 )
             except OSError as error:
                 self.stop()
@@ -224,20 +265,9 @@ class EmbeddedServer:
 
     def _answers(self, deadline: float) -> bool:
         """Whether the server sends its INFO line (with JetStream, if asked for)."""
-        try:
-            left = max(deadline - time.monotonic(), _POLL)
-            with socket.create_connection((self.config.host, self.port), timeout=left) as conn:
-                line = b""
-                while not line.endswith(b"\r\n") and len(line) < 65536:
-                    chunk = conn.recv(4096)
-                    if not chunk:
-                        return False
-                    line += chunk
-        except OSError:
+        info = _server_info(self.config.host, self.port, deadline)
+        if info is None:
             return False
-        if not line.startswith(b"INFO "):
-            return False
-        info = json.loads(line[5:].split(b"\r\n", 1)[0])
         return not self.config.jetstream or bool(info.get("jetstream"))
 
     def _fail(self, what: str) -> None:
@@ -298,6 +328,178 @@ class EmbeddedServer:
         self.stop()
 
 
+def _server_info(host: str, port: int, deadline: float) -> dict[str, object] | None:
+    """The INFO a NATS server at ``host:port`` sends first, or None (no server, not NATS)."""
+    try:
+        left = max(deadline - time.monotonic(), _POLL)
+        with socket.create_connection((host, port), timeout=left) as conn:
+            line = b""
+            while not line.endswith(b"\r\n") and len(line) < 65536:
+                chunk = conn.recv(4096)
+                if not chunk:
+                    return None
+                line += chunk
+    except OSError:
+        return None
+    if not line.startswith(b"INFO "):
+        return None
+    try:
+        info = json.loads(line[5:].split(b"\r\n", 1)[0])
+    except ValueError:
+        return None
+    return info if isinstance(info, dict) else None
+
+
+class ServerRecord(msgspec.Struct, frozen=True, kw_only=True):
+    """What ``<store>/server.json`` says about the server running on the store."""
+
+    url: str  # nats://host:port, no credentials (the embedded server has none)
+    host: str
+    port: int
+    server_pid: int  # the nats-server process
+    owner_pid: int  # the Thaw process that started it (thaw serve, thaw dev)
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    except OSError:
+        return False
+    return True
+
+
+def read_server_record(store_dir: str | os.PathLike[str]) -> ServerRecord | None:
+    """The store's record if its server process is alive; None if absent, unreadable or stale."""
+    path = Path(store_dir, RECORD_NAME)
+    try:
+        record = msgspec.json.decode(path.read_bytes()[:65536], type=ServerRecord)
+    except (OSError, msgspec.DecodeError):
+        return None
+    return record if _pid_alive(record.server_pid) else None
+
+
+class StoreClaim:
+    """The exclusive claim of one JetStream store (see the module docstring)."""
+
+    def __init__(self, store_dir: str | os.PathLike[str]) -> None:
+        self.store_dir = os.fspath(store_dir)
+        self._fd: int | None = None
+
+    @property
+    def fd(self) -> int | None:
+        """The lock's file descriptor while held (passed on to the server process)."""
+        return self._fd
+
+    def acquire(self) -> None:
+        """Take the lock, or raise ``NatsStoreInUse`` saying who holds it."""
+        os.makedirs(self.store_dir, exist_ok=True)
+        fd = os.open(os.path.join(self.store_dir, LOCK_NAME), os.O_RDWR | os.O_CREAT, 0o600)
+        if not _try_lock(fd):
+            os.close(fd)
+            raise NatsStoreInUse(_in_use_message(self.store_dir))
+        self._fd = fd
+
+    def record(self, server: EmbeddedServer) -> None:
+        """Write the server's record atomically (a reader sees all of it or none)."""
+        record = ServerRecord(
+            url=server.url,
+            host=server.config.host,
+            port=server.port,
+            server_pid=server.pid or 0,
+            owner_pid=os.getpid(),
+        )
+        final = os.path.join(self.store_dir, RECORD_NAME)
+        temporary = f"{final}.{os.getpid()}.tmp"
+        with open(temporary, "wb") as out:
+            out.write(msgspec.json.encode(record))
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temporary, final)
+
+    def release(self) -> None:
+        """Remove the record, then unlock (only what this claim holds)."""
+        fd, self._fd = self._fd, None
+        if fd is None:
+            return
+        try:
+            os.remove(os.path.join(self.store_dir, RECORD_NAME))
+        except FileNotFoundError:
+            pass
+        os.close(fd)  # closing the descriptor releases this process's share of the lock
+
+
+def _try_lock(fd: int) -> bool:
+    if sys.platform == "win32":  # no fcntl: the store is not guarded there
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+def _store_locked(store_dir: str) -> bool:
+    path = os.path.join(store_dir, LOCK_NAME)
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except FileNotFoundError:
+        return False
+    try:
+        return not _try_lock(fd)  # got it: nobody holds it (closing lets it go again)
+    finally:
+        os.close(fd)
+
+
+def _in_use_message(store_dir: str) -> str:
+    record = read_server_record(store_dir)
+    if record is None:
+        return (
+            f"the JetStream store {store_dir} is in use by another process (its lock "
+            f"{LOCK_NAME} is held) and no running nats-server is recorded for it; wait for "
+            "that process to finish starting or stopping, or pass --nats URL"
+        )
+    owner = (
+        f"started by pid {record.owner_pid}"
+        if _pid_alive(record.owner_pid)
+        else f"left running by pid {record.owner_pid}, which is gone"
+    )
+    return (
+        f"the JetStream store {store_dir} is in use by the nats-server at {record.url} "
+        f"(pid {record.server_pid}, {owner}); a second server on it would split its data: "
+        f"connect to the running one with --nats {record.url}, or stop it first"
+    )
+
+
+def find_running_server(
+    store_dir: str | os.PathLike[str], *, timeout: float = _FIND_TIMEOUT
+) -> str | None:
+    """The URL of the live embedded server on ``store_dir``; None if nothing holds the store.
+
+    A store that is claimed but whose recorded server does not answer within ``timeout``
+    (still starting, stopping, or a foreign process) raises ``NatsStoreInUse``: starting
+    another server there is never safe.
+    """
+    store = os.fspath(store_dir)
+    deadline = time.monotonic() + timeout
+    while True:
+        record = read_server_record(store)
+        if record is not None:
+            info = _server_info(record.host, record.port, deadline)
+            if info is not None and info.get("jetstream"):
+                return record.url
+        if not _store_locked(store):
+            return None
+        if time.monotonic() >= deadline:
+            raise NatsStoreInUse(_in_use_message(store) + f" (nothing answered in {timeout:g}s)")
+        time.sleep(_POLL * 5)
+
+
 def pick_free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
     """Ports free right now (held together, so distinct), for listeners that need one upfront.
 
@@ -324,17 +526,33 @@ async def open_embedded_server(
     jetstream: bool = True,
     start_timeout: float = 10.0,
 ) -> AsyncIterator[EmbeddedServer]:
-    """A nats-server for the duration of the block (``server.url`` to connect)."""
+    """A nats-server for the duration of the block (``server.url`` to connect).
+
+    A ``data_dir`` is claimed for the block and its server recorded in it (see the
+    module docstring); ``NatsStoreInUse`` if another process holds it.
+    """
     config = ServerConfig(
         host=host,
         port=-1 if port is None else port,
         store_dir=None if data_dir is None else os.fspath(data_dir),
         jetstream=jetstream,
     )
-    server = EmbeddedServer(config)
-    await anyio.to_thread.run_sync(lambda: server.start(timeout=start_timeout))
+    claim = StoreClaim(config.store_dir) if config.store_dir is not None else None
+    if claim is not None:
+        claim.acquire()
     try:
-        yield server
+        fds = (claim.fd,) if claim is not None and claim.fd is not None else ()
+        server = EmbeddedServer(config, pass_fds=fds)
+        await anyio.to_thread.run_sync(lambda: server.start(timeout=start_timeout))
+        try:
+            if claim is not None:
+                claim.record(server)
+            yield server
+        finally:
+            with anyio.CancelScope(shield=True):
+                if claim is not None:
+                    claim.release()  # first: no tool may find a URL that is going away
+                await anyio.to_thread.run_sync(server.stop)
     finally:
-        with anyio.CancelScope(shield=True):
-            await anyio.to_thread.run_sync(server.stop)
+        if claim is not None:
+            claim.release()
