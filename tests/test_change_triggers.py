@@ -78,6 +78,7 @@ def test_plan_adds_buckets_stores_and_consumers_on_their_streams() -> None:
         ("KV_cfg", "files-react", "$KV.cfg.users.*"),
         ("KV_cfg", "files-react-2", "$KV.cfg.teams.>"),  # two triggers on one stream
         ("FILES", "files-audit", "files.audit"),
+        ("THAW_REPLAY", "files-react-replay", "thaw.replay.files.react"),  # dlq replays
     ]
     assert [b.bucket for b in plan.buckets] == ["cfg"]
     assert [o.bucket for o in plan.object_stores] == ["uploads", "reports"]
@@ -100,10 +101,11 @@ async def test_provisioning_twice_confirms_and_starts_workers_for_every_consumer
             "react",
             "react/KV_cfg/files-react",
             "react/KV_cfg/files-react-2",
+            "react/THAW_REPLAY/files-react-replay",
         ]
     stats = backbone.statistics()
-    # streams FILES and DLQ; buckets cfg and thaw_keys (the event-id signing key)
-    assert (stats.streams, stats.buckets, stats.object_stores) == (2, 2, 2)
+    # streams FILES, DLQ and THAW_REPLAY; buckets cfg and thaw_keys (the event-id key)
+    assert (stats.streams, stats.buckets, stats.object_stores) == (3, 2, 2)
 
 
 # -- shapers ----------------------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 import anyio
 import msgspec
 import pytest
+from dead_letter_changes import check_replayed_changes_rerun_the_capability
 
 from thaw import App, Context, Event, Idempotency, Rejected, RetryPolicy, stream
 from thaw._errors import MessageNotFound
@@ -154,3 +155,7 @@ async def test_a_dead_letter_keeps_the_messages_own_headers_for_its_replay() -> 
     assert replayed["Payment-Event-Type"] == "payment.succeeded"
     assert replayed["Thaw-Event-Id"] == "evt-h"
     assert not any(key.startswith("Thaw-Error") for key in replayed)
+
+
+async def test_replayed_kv_and_objects_dead_letters_rerun_the_capability() -> None:
+    await check_replayed_changes_rerun_the_capability(MemoryBackbone(), "chg")

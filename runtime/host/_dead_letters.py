@@ -8,13 +8,29 @@ event-id key (``thaw.host._identity``), so the idempotency layer still recognise
 it: if the first run had in fact completed, the replay returns the stored result
 instead of running the side effect again. Replays start a new attempt count (a
 new message).
+
+Dead letters of ``kv`` and ``objects`` triggers are not re-published to where they
+came from: their subject is the bucket's own (``$KV.<bucket>.<key>``,
+``$O.<bucket>.M.<name>``), so publishing there *writes* the bucket, putting the
+old value back over a newer one, or an object's old metadata over chunks that
+may be gone (a later get hung). Instead the change is shaped into the
+capability's input (``KvChange``/``ObjectChange``, exactly as the worker shapes a
+delivery, the original stream sequence as its revision) and published to
+``thaw.replay.<app>.<capability>`` on the ``THAW_REPLAY`` stream, which a second
+durable consumer of that capability (provisioned beside its change consumer)
+runs with the same policy: the capability runs once more, the bucket is never
+touched. The ``objects`` input names the object; the capability reads what the
+bucket holds now.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from types import MappingProxyType
+
 import msgspec
 
-from thaw._errors import MessageNotFound, StreamNotFound
+from thaw._errors import ConfigError, MessageNotFound, StreamNotFound
 from thaw._headers import (
     DEAD_LETTER_APP,
     DEAD_LETTER_ATTEMPTS,
@@ -30,7 +46,10 @@ from thaw._headers import (
 )
 from thaw.backbone._contract import Backbone, PubAck
 from thaw.decisions._delivery import DEAD_LETTER_STREAM
+from thaw.declarations._changes import shaper_for
+from thaw.declarations._triggers import KvTrigger, ObjectsTrigger, Trigger
 from thaw.host._identity import load_event_key, signed_event_headers
+from thaw.host._provision import replay_subject
 
 __all__ = [
     "DeadLetterRecord",
@@ -115,10 +134,14 @@ async def show_dead_letter(backbone: Backbone, seq: int) -> DeadLetterRecord:
 
 
 async def replay_dead_letter(backbone: Backbone, seq: int, *, remove: bool = True) -> PubAck:
-    """Re-publish dead letter ``seq`` to its original subject; remove it from the DLQ."""
+    """Re-run dead letter ``seq`` (see the module docstring); remove it from the DLQ."""
     record = await show_dead_letter(backbone, seq)
     if not record.original_subject:
         raise MessageNotFound(f"dead letter {seq} does not say where it came from")
+    subject, data = record.original_subject, record.data
+    trigger = _change_trigger(subject)
+    if trigger is not None:  # a kv/objects change: to the capability, never to the bucket
+        subject, data = _change_replay(record, trigger)
     headers = {
         key: value
         for key, value in record.headers.items()
@@ -127,14 +150,87 @@ async def replay_dead_letter(backbone: Backbone, seq: int, *, remove: bool = Tru
     event_id = record.event_id or f"{record.original_stream}.{record.original_seq}"
     # Signed, or the consuming host would take the id for a foreign publisher's.
     key = await load_event_key(backbone)
-    headers |= signed_event_headers(key, event_id, record.original_subject, record.data)
+    headers |= signed_event_headers(key, event_id, subject, data)
     headers[REPLAY_OF_HEADER] = str(seq)
-    ack = await backbone.publish(
-        record.original_subject, record.data, headers=headers, msg_id=f"thaw-replay/{seq}"
-    )
+    ack = await backbone.publish(subject, data, headers=headers, msg_id=f"thaw-replay/{seq}")
     if remove:
         await backbone.delete_message(DEAD_LETTER_STREAM, seq)
     return ack
+
+
+def _change_trigger(subject: str) -> Trigger | None:
+    """The trigger whose shaper reads a change from ``subject`` (None: not a bucket's)."""
+    if subject.startswith("$KV."):
+        return KvTrigger(bucket=subject.split(".", 2)[1])
+    if subject.startswith("$O."):
+        return ObjectsTrigger(bucket=subject.split(".", 2)[1], deletes=True)
+    return None
+
+
+def _change_replay(record: DeadLetterRecord, trigger: Trigger) -> tuple[str, bytes]:
+    """The replay subject and the capability's input for a kv/objects dead letter."""
+    if not record.app or not record.capability:
+        raise ConfigError(
+            f"dead letter {record.seq} of {record.original_subject!r} does not name its app "
+            "and capability, so it cannot be replayed to them; read it with thaw dlq show"
+        )
+    shape = shaper_for(trigger)
+    assert shape is not None
+    shaped = shape(_StoredChange(record))
+    if shaped is None:  # cannot happen with deletes=True; never write the bucket anyway
+        raise ConfigError(f"dead letter {record.seq} holds no change to replay")
+    return replay_subject(record.app, record.capability), shaped
+
+
+class _StoredChange:
+    """A dead-lettered change as the ``Message`` a shaper reads (nothing to ack)."""
+
+    def __init__(self, record: DeadLetterRecord) -> None:
+        self._record = record
+
+    @property
+    def subject(self) -> str:
+        return self._record.original_subject
+
+    @property
+    def data(self) -> bytes:
+        return self._record.data
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        return MappingProxyType(self._record.headers)
+
+    @property
+    def stream(self) -> str:
+        return self._record.original_stream
+
+    @property
+    def seq(self) -> int:
+        return self._record.original_seq  # the change's revision
+
+    @property
+    def num_delivered(self) -> int:
+        return 1
+
+    @property
+    def pending(self) -> int:
+        return 0
+
+    @property
+    def msg_id(self) -> str | None:
+        return None
+
+    async def ack(self) -> None:
+        return None
+
+    async def nak(self, delay: float | None = None) -> None:
+        return None
+
+    async def term(self, reason: str = "") -> None:
+        return None
+
+    async def in_progress(self) -> None:
+        return None
 
 
 async def purge_dead_letters(

@@ -10,7 +10,11 @@ signatures) and the dead-letter stream. A ``kv`` or ``objects`` trigger adds its
 bucket and a durable consumer on the bucket's own stream (``KV_<bucket>`` filtered
 to ``$KV.<bucket>.<key>``, ``OBJ_<bucket>`` filtered to ``$O.<bucket>.M.>``); these
 consumers deliver from the start of the bucket, so changes made while no host ran
-are processed when one starts. ``apply_plan`` creates each one or confirms an
+are processed when one starts. Each capability with such a trigger also gets a
+durable consumer on ``THAW_REPLAY`` filtered to ``thaw.replay.<app>.<capability>``:
+where ``thaw dlq replay`` sends its kv/objects dead letters, as the capability's
+input, instead of writing stale data back into ``$KV``/``$O`` (see
+``thaw.host._dead_letters``). ``apply_plan`` creates each one or confirms an
 identical existing one; an existing definition that differs is reported
 (``DefinitionConflict`` naming the fields), never silently changed.
 """
@@ -54,10 +58,21 @@ __all__ = [
     "idempotency_bucket_for",
     "webhook_bucket_for",
     "webhook_replay_ttl",
+    "REPLAY_STREAM",
+    "replay_subject",
 ]
 
 DEFAULT_ACK_WAIT = 30.0
 DUPLICATE_WINDOW = 120.0
+# Replays of kv/objects dead letters: the change as the capability's input, on a subject
+# of Thaw's own, consumed by a second consumer of the capability (never $KV/$O subjects).
+REPLAY_STREAM = "THAW_REPLAY"
+REPLAY_SUBJECTS = ("thaw.replay.>",)
+
+
+def replay_subject(app: str, capability: str) -> str:
+    """Where replays of ``app``/``capability``'s kv/objects dead letters are published."""
+    return f"thaw.replay.{app}.{capability}"
 
 
 class ConsumerPlan(msgspec.Struct, frozen=True):
@@ -180,6 +195,8 @@ def plan_for(app: App, *, ack_wait: float = DEFAULT_ACK_WAIT) -> ProvisionPlan:
                     trigger=trigger,
                 )
             )
+    replays = _replay_consumers(app, consumers)
+    consumers += replays
     consumed = {name: list(held) for name, held in subjects.items()}
     for spec in app.capabilities.values():  # then what they publish and the state they use
         policy = spec.policy
@@ -209,6 +226,12 @@ def plan_for(app: App, *, ack_wait: float = DEFAULT_ACK_WAIT) -> ProvisionPlan:
         for name, held in subjects.items()
     ]
     streams.append(StreamConfig(name=DEAD_LETTER_STREAM, subjects=DEAD_LETTER_SUBJECTS))
+    if replays:
+        streams.append(
+            StreamConfig(
+                name=REPLAY_STREAM, subjects=REPLAY_SUBJECTS, duplicate_window=DUPLICATE_WINDOW
+            )
+        )
     if idempotency_ttl:
         name = idempotency_bucket_for(app)
         buckets[name] = KvConfig(bucket=name, ttl=idempotency_ttl)
@@ -221,6 +244,28 @@ def plan_for(app: App, *, ack_wait: float = DEFAULT_ACK_WAIT) -> ProvisionPlan:
         buckets=list(buckets.values()),
         object_stores=list(object_stores.values()),
     )
+
+
+def _replay_consumers(app: App, consumers: list[ConsumerPlan]) -> list[ConsumerPlan]:
+    """One replay consumer per capability that a kv or objects trigger runs.
+
+    Its deliveries are the capability's input already (``trigger=None``: no shaper),
+    with the delivery settings of the capability's first change consumer.
+    """
+    replays: dict[str, ConsumerPlan] = {}
+    for plan in consumers:
+        if plan.capability in replays or not isinstance(plan.trigger, KvTrigger | ObjectsTrigger):
+            continue
+        replays[plan.capability] = ConsumerPlan(
+            capability=plan.capability,
+            stream=REPLAY_STREAM,
+            config=msgspec.structs.replace(
+                plan.config,
+                durable=f"{app.name}-{plan.capability}-replay",
+                filter_subject=replay_subject(app.name, plan.capability),
+            ),
+        )
+    return list(replays.values())
 
 
 async def apply_plan(plan: ProvisionPlan, backbone: Backbone) -> None:
