@@ -108,7 +108,7 @@ class HttpService:
             route.metrics = self.metrics.setdefault(route.name, route.metrics)
         self._ops: dict[str, Callable[[], Response]] = {}
         if config.health_path:
-            self._ops[config.health_path] = lambda: healthy
+            self._ops[config.health_path] = lambda: self._liveness(healthy)
         if config.ready_path:
             self._ops[config.ready_path] = self._readiness
         if config.metrics_path:
@@ -131,6 +131,14 @@ class HttpService:
         if reason is None and getattr(self._backbone, "connected", True) is False:
             reason = "the backbone is disconnected"
         return reason
+
+    def _liveness(self, healthy: Response) -> Response:
+        """200, or 503 once the backbone says it is not ``alive`` (its connection is gone
+        for good: only a restart helps, so a supervisor probing /healthz restarts it)."""
+        if getattr(self._backbone, "alive", True) is not False:
+            return healthy
+        reason = "the backbone's connection is gone for good (see the log); restart the process"
+        return response_from_answer(problem_answer("not_ready", reason))
 
     def _readiness(self) -> Response:
         reason = self.not_ready()

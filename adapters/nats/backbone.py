@@ -141,15 +141,23 @@ class JetStreamBackbone:
     ) -> JetStreamBackbone:
         """Connect to ``servers`` (``nats://host:port`` URLs); call ``aclose`` when done."""
         options = options if options is not None else JetStreamOptions()
-        lost: list[JetStreamSession] = []  # the backbone's session, once it exists
+        made: list[JetStreamSession] = []  # the backbone's session, once it exists
 
         def on_disconnect() -> None:
-            for session in lost:
+            for session in made:
                 session.connection_lost()
 
-        client = await connect_client(servers, options, on_disconnect=on_disconnect)
+        def on_closed(reason: str) -> None:
+            for session in made:
+                session.connection_closed(reason)
+
+        client = await connect_client(
+            servers, options, on_disconnect=on_disconnect, on_closed=on_closed
+        )
         backbone = cls(client, options=options, owns_client=True)
-        lost.append(backbone._session)
+        made.append(backbone._session)
+        if client.is_closed:  # closed between the handshake and now
+            backbone._session.connection_closed(str(client.last_error or "closed"))
         return backbone
 
     def __repr__(self) -> str:
@@ -182,6 +190,12 @@ class JetStreamBackbone:
     def connected(self) -> bool:
         """Open and connected to a server right now (readiness probes read this)."""
         return self._session.connected
+
+    @property
+    def alive(self) -> bool:
+        """False once the connection is gone for good (liveness probes read this): a
+        process whose backbone is not alive cannot recover and should be restarted."""
+        return self._session.lost is None
 
     @property
     def max_payload(self) -> int:
@@ -517,9 +531,16 @@ async def open_jetstream_backbone(
     """Connect for the duration of the block; the connection is drained and closed after."""
     backbone = await JetStreamBackbone.connect(servers, options=options)
     try:
-        yield backbone
+        # A connection lost for good cancels the block, which then raises BackboneError:
+        # `thaw serve` exits non-zero for its supervisor instead of answering 503 forever.
+        with anyio.CancelScope() as scope:
+            backbone.session.when_lost(scope.cancel)
+            yield backbone
     finally:
         await backbone.aclose()
+    lost = backbone.session.lost
+    if lost is not None and scope.cancel_called:
+        raise BackboneError(f"{lost}; stopped, so that a supervisor restarts the process")
 
 
 if TYPE_CHECKING:

@@ -3,7 +3,11 @@
 The first connection is bounded (``connect_attempts`` per server, each within
 ``connect_timeout``) so a wrong URL fails fast with a clear error; once connected,
 the client reconnects forever, replaying its subscriptions, so consumers resume by
-themselves after a server restart. Secrets never reach logs, reprs or errors.
+themselves after a server restart. A protocol error the server answers by closing
+the connection (``-ERR 'Maximum Payload Violation'``, a control line too long)
+is a reconnect too, not the end nats-py makes of it; only an authorization
+violation closes the client for good, and ``on_closed`` says so (with the reason)
+so the backbone can report itself dead. Secrets never reach logs, reprs or errors.
 
 ``wait_subscribed`` is the one way the adapter knows the server has a connection's
 subscriptions (nats-py's ``flush`` alone does not promise it; see there).
@@ -22,12 +26,14 @@ import anyio
 import msgspec
 import nats.errors
 from nats.aio.client import Client
+from nats.protocol.parser import AUTHORIZATION_VIOLATION, PERMISSIONS_ERR
 
 from thaw.lowlevel import BackboneError
 
 __all__ = ["JetStreamOptions", "connect_client", "redact", "wait_subscribed"]
 
 log = logging.getLogger("thaw.nats")
+_REFUSALS_TO_GIVE_UP = 2  # authorization violations per server before the client closes
 _SECRETS = ("password", "token")
 
 
@@ -77,8 +83,46 @@ def _tls_context(options: JetStreamOptions) -> ssl.SSLContext | None:
     return context
 
 
+class _Client(Client):
+    """nats-py's client, reconnecting after a protocol error the server closed it for.
+
+    nats-py 2.16 (pinned in constraints.txt) closes for good on every ``-ERR`` but a
+    stale connection, so one bad command (an oversized message, a subject past the
+    server's control line) left the host without a connection while it kept running.
+    The server has dropped the connection by then: reconnecting, with every
+    subscription replayed, is what a dropped connection gets anyway. Authorization
+    violations (credentials revoked) still close: retrying them cannot succeed.
+    """
+
+    async def _process_err(self, err_msg: str) -> None:
+        fatal = AUTHORIZATION_VIOLATION in err_msg or PERMISSIONS_ERR in err_msg
+        if fatal or self.is_connecting or not self.options["allow_reconnect"]:
+            await super()._process_err(err_msg)
+            return
+        error = nats.errors.Error(f"nats: {err_msg.strip(chr(39))}; reconnecting")
+        self._err = error
+        await self._error_cb(error)
+        await self._process_op_err(error)
+
+
+async def _close_refused(client: Client) -> None:
+    """Close the socket of a reconnect attempt the server refused: nats-py 2.16 replaces
+    it with the next attempt's without closing it (one leaked socket per attempt)."""
+    transport = client._transport
+    if transport is None:
+        return
+    try:
+        transport.close()  # type: ignore[no-untyped-call]  # nats-py leaves these untyped
+        await transport.wait_closed()  # type: ignore[no-untyped-call]
+    except OSError:
+        pass  # the server has closed it already
+
+
 def _connection_callbacks(
-    client: Client, shown: str, on_disconnect: Callable[[], None] | None
+    client: Client,
+    shown: str,
+    on_disconnect: Callable[[], None] | None,
+    on_closed: Callable[[str], None] | None,
 ) -> dict[str, Any]:
     """Log connection trouble once per event, briefly (nats-py's default logs tracebacks)."""
 
@@ -86,9 +130,24 @@ def _connection_callbacks(
         # Closing on purpose is not news, nor is a server that goes away meanwhile.
         return bool(client.is_closed or client.is_draining)
 
+    refusals = [0]  # authorization violations in a row since the last good connection
+    refused: list[str] = []  # why the client gave up reconnecting, once it has
+
     async def error_cb(error: Exception) -> None:
         level = logging.DEBUG if closing() else logging.WARNING
         log.log(level, "NATS connection to %s: %s", shown, error or type(error).__name__)
+        if (
+            AUTHORIZATION_VIOLATION in str(error).lower()
+            and client.options.get("max_reconnect_attempts") == -1
+        ):  # reconnecting after the first connection
+            refusals[0] += 1
+            await _close_refused(client)
+            # Every server refused the credentials twice (the Go client's rule): nats-py
+            # would retry forever, a host that is up but can never serve again. Let its
+            # reconnect loop drop those servers, which closes the client (on_closed).
+            if refusals[0] >= _REFUSALS_TO_GIVE_UP * max(1, len(client.servers)):
+                client.options["max_reconnect_attempts"] = 1
+                refused[:] = [f"every server refused the credentials: {error}"]
 
     async def disconnected_cb() -> None:
         if on_disconnect is not None:
@@ -97,12 +156,20 @@ def _connection_callbacks(
             log.warning("NATS connection to %s lost; reconnecting", shown)
 
     async def reconnected_cb() -> None:
+        refusals[0] = 0
         log.info("NATS connection to %s re-established", shown)
+
+    async def closed_cb() -> None:
+        # Also runs after a close Thaw asked for; on_closed tells the two apart.
+        if on_closed is not None:
+            reason = refused[0] if refused else str(client.last_error or "")
+            on_closed(reason or "the connection was closed")
 
     return {
         "error_cb": error_cb,
         "disconnected_cb": disconnected_cb,
         "reconnected_cb": reconnected_cb,
+        "closed_cb": closed_cb,
     }
 
 
@@ -111,10 +178,12 @@ async def connect_client(
     options: JetStreamOptions,
     *,
     on_disconnect: Callable[[], None] | None = None,
+    on_closed: Callable[[str], None] | None = None,
 ) -> Client:
     """A connected nats-py client for ``servers`` (``nats://host:port`` URLs).
 
-    ``on_disconnect`` runs whenever the connection drops (then it reconnects).
+    ``on_disconnect`` runs whenever the connection drops (then it reconnects);
+    ``on_closed`` once the client is closed, with the last error's text.
     """
     urls = [servers] if isinstance(servers, str) else list(servers)
     shown = ", ".join(redact(url) for url in urls)
@@ -135,8 +204,8 @@ async def connect_client(
     tls = _tls_context(options)
     if tls is not None:
         kwargs["tls"] = tls
-    client = Client()
-    kwargs.update(_connection_callbacks(client, shown, on_disconnect))
+    client = _Client()
+    kwargs.update(_connection_callbacks(client, shown, on_disconnect, on_closed))
     try:
         await client.connect(**kwargs)
     except (OSError, nats.errors.Error, TimeoutError) as error:
