@@ -16,6 +16,7 @@ The servers here are started from a config file (max_payload, users), each bound
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import socket
@@ -31,7 +32,7 @@ import pytest
 from nats_fixtures import nats_server, wait_until  # noqa: F401
 from test_http_support import RawClient, request
 
-from thaw import App, Idempotency, http, stream
+from thaw import App, Idempotency, Rejected, http, stream
 from thaw._errors import PayloadTooLarge
 from thaw.adapters.http import open_http_server
 from thaw.adapters.nats import (
@@ -340,6 +341,51 @@ async def test_an_enqueue_body_just_under_the_limit_is_a_413_and_the_host_stays_
             assert await get(server.port, "/readyz") == 200
             assert await post(server.port, msgspec.json.encode(Order("small"))) == 202
             assert backbone.client.stats["reconnects"] == 0
+        await remove_app(backbone, app)
+    finally:
+        await backbone.aclose()
+
+
+# -- a dead letter that does not fit: visible, survived, nothing lost ----------------
+
+
+def rejecting_app() -> App:
+    made = App("bigdead")
+
+    @made.capability(stream("bigdead.in"))
+    async def refuse(data: bytes) -> None:
+        raise Rejected("refused on purpose", code="refused")
+
+    return made
+
+
+async def test_a_dead_letter_too_large_for_the_server_is_logged_and_the_host_lives_on(
+    nats_server: EmbeddedServer,  # noqa: F811
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A message that fits alone but not with the dead-letter headers: the dead-letter
+    publish is refused before the socket (the connection stays up), the worker logs it
+    and goes on, and the message stays in its stream, unacknowledged, for redelivery."""
+    from nats_fixtures import remove_app
+
+    app = rejecting_app()
+    caplog.set_level(logging.WARNING, logger="thaw")
+    backbone = await JetStreamBackbone.connect(nats_server.url)
+    try:
+        async with open_host(app, backbone, fetch_timeout=0.2) as host:
+            await backbone.publish("bigdead.in", b"x" * (backbone.max_payload - 100))
+
+            def refused() -> bool:
+                return any("could not deadletter" in r.getMessage() for r in caplog.records)
+
+            await wait_for(refused)
+            assert host.workers  # still serving
+            (record,) = [r for r in caplog.records if "could not deadletter" in r.getMessage()]
+            assert "max_payload" in record.getMessage()
+            assert backbone.alive and backbone.connected
+            assert backbone.client.stats["reconnects"] == 0
+            info = await backbone.stream_info("BIGDEAD")
+            assert info.messages == 1  # not lost: it waits for its redelivery
         await remove_app(backbone, app)
     finally:
         await backbone.aclose()

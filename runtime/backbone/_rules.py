@@ -11,7 +11,7 @@ from collections.abc import Mapping
 
 import msgspec
 
-from thaw._errors import ConfigError, DefinitionConflict, PayloadTooLarge
+from thaw._errors import BackboneError, ConfigError, DefinitionConflict, PayloadTooLarge
 from thaw.backbone._contract import ConsumerConfig, KvConfig, StreamConfig
 from thaw.backbone._subjects import (
     subject_is_subset,
@@ -22,6 +22,7 @@ from thaw.backbone._subjects import (
 
 __all__ = [
     "DEFAULT_MAX_PAYLOAD",
+    "MessageTooLarge",
     "header_block_size",
     "check_message_size",
     "validate_kv_config",
@@ -34,6 +35,21 @@ __all__ = [
 
 
 DEFAULT_MAX_PAYLOAD = 1024 * 1024  # nats-server's default max_payload
+
+
+class MessageTooLarge(PayloadTooLarge, BackboneError):
+    """A message (payload plus header block) larger than the backbone takes.
+
+    Both at once, on purpose: to a caller it is ``payload_too_large`` (413, never
+    retried: the same message cannot fit later); to code that handles backbone
+    failures (``except BackboneError``: a worker settling or dead-lettering a delivery,
+    an idempotency store) it is one more operation the backbone refused, which it logs
+    and survives, instead of an exception that stops the host.
+    """
+
+    code = "payload_too_large"
+    http_status = 413
+    retryable = False
 
 
 def header_block_size(headers: Mapping[str, str] | None) -> int:
@@ -52,7 +68,7 @@ def header_block_size(headers: Mapping[str, str] | None) -> int:
 
 
 def check_message_size(subject: str, payload: int, headers: int, limit: int) -> None:
-    """Raise ``PayloadTooLarge`` unless ``payload`` plus ``headers`` bytes fit ``limit``.
+    """Raise ``MessageTooLarge`` unless ``payload`` plus ``headers`` bytes fit ``limit``.
 
     Checked before a message leaves: nats-server closes the connection of a client
     that sends more than its ``max_payload``, so an oversized message must never
@@ -60,7 +76,7 @@ def check_message_size(subject: str, payload: int, headers: int, limit: int) -> 
     """
     if limit == -1 or payload + headers <= limit:
         return
-    raise PayloadTooLarge(
+    raise MessageTooLarge(
         f"message to {subject!r} is {payload + headers} bytes ({payload} payload, {headers} "
         f"headers); the backbone accepts at most {limit} (max_payload): send less, or "
         "raise max_payload on the server"
