@@ -33,7 +33,7 @@ from nats_fixtures import nats_server, wait_until  # noqa: F401
 from test_http_support import RawClient, request
 
 from thaw import App, Idempotency, Rejected, http, stream
-from thaw._errors import PayloadTooLarge
+from thaw._errors import ConfigError, PayloadTooLarge
 from thaw.adapters.http import open_http_server
 from thaw.adapters.nats import (
     EmbeddedServer,
@@ -42,7 +42,14 @@ from thaw.adapters.nats import (
     open_jetstream_backbone,
 )
 from thaw.adapters.nats.server import pick_free_ports
-from thaw.lowlevel import BackboneError, ConsumerConfig, ObjectStoreConfig, StreamConfig, open_host
+from thaw.lowlevel import (
+    BackboneError,
+    ConsumerConfig,
+    KvConfig,
+    ObjectStoreConfig,
+    StreamConfig,
+    open_host,
+)
 
 pytestmark = pytest.mark.anyio
 START_LIMIT = 20.0  # seconds for a nats-server to listen
@@ -168,6 +175,27 @@ async def test_an_oversized_publish_is_refused_before_the_socket(
         assert backbone.client.stats["out_msgs"] == sent
         assert backbone.client.stats["reconnects"] == 0
         assert (await backbone.publish("sizes.a", b"small")).seq == 1
+
+
+async def test_a_subject_past_the_control_line_is_refused_before_the_socket(
+    nats_server: EmbeddedServer,  # noqa: F811
+) -> None:
+    """nats-server closes a connection whose command line passes max_control_line (4096
+    bytes): a subject or KV key that long (say, a key taken from a request) is a
+    ConfigError before anything is sent."""
+    async with open_jetstream_backbone(nats_server.url) as backbone:
+        bucket = await backbone.add_kv(KvConfig(bucket=f"long{os.getpid()}"))
+        try:
+            with pytest.raises(ConfigError, match="max_control_line"):
+                await backbone.publish("long." + "a" * 5000, b"x")
+            with pytest.raises(ConfigError, match="max_control_line"):
+                await bucket.put("k" * 5000, b"x")
+            with pytest.raises(ConfigError, match="max_control_line"):
+                await backbone.request("long." + "a" * 5000, b"x", timeout=1.0)
+            assert await bucket.put("short", b"x") >= 1
+            assert backbone.client.stats["reconnects"] == 0
+        finally:
+            await backbone.client.jsm().delete_stream(f"KV_long{os.getpid()}")
 
 
 async def test_objects_larger_than_max_payload_are_chunked_to_fit(

@@ -25,7 +25,9 @@ which lets this muxer do less:
 - ``aclose`` fails every waiting request with ``ConnectionClosedError``;
 - a message whose payload and header block exceed the server's ``max_payload``
   raises ``PayloadTooLarge`` before anything is sent: nats-py counts the payload
-  only, and nats-server closes the connection of a client that sends more;
+  only, and nats-server closes the connection of a client that sends more; a
+  subject past ``MAX_SUBJECT`` raises ``ConfigError`` for the same reason (the
+  server's control line limit);
 - KV writes, the hot path, may hand over their headers already encoded
   (``header_block``) for a subject built from validated parts: the command is then
   written here, with the checks nats-py's ``publish`` makes after validation
@@ -49,11 +51,15 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.protocol.command import hpub_cmd, pub_cmd
 
+from thaw._errors import ConfigError
 from thaw.backbone._rules import check_message_size, header_block_size
 
-__all__ = ["RequestMux", "RequestLost", "header_block"]
+__all__ = ["MAX_SUBJECT", "RequestMux", "RequestLost", "header_block", "subject_too_long"]
 
 _STATUS = "Status"
+# Longest subject sent: "HPUB <subject> <reply> <sizes>\r\n" must stay under the
+# server's max_control_line (4096 by default), with room for a reply inbox and sizes.
+MAX_SUBJECT = 3072
 _NO_RESPONDERS = "503"
 
 
@@ -61,6 +67,15 @@ def header_block(headers: dict[str, str]) -> bytes:
     """``headers`` as a NATS header block; names and values must be plain ASCII tokens."""
     lines = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
     return f"NATS/1.0\r\n{lines}\r\n".encode()
+
+
+def subject_too_long(subject: str) -> ConfigError:
+    """The error for a subject that would not fit a NATS control line (see MAX_SUBJECT)."""
+    return ConfigError(
+        f"subject {subject[:48]!r}... is {len(subject)} characters; NATS takes at most "
+        f"{MAX_SUBJECT} here (a server closes the connection whose command line exceeds "
+        "its max_control_line, 4096 bytes by default): use shorter subjects or keys"
+    )
 
 
 class RequestLost(nats.errors.Error):
@@ -118,6 +133,8 @@ class RequestMux:
         ``prepared``, instead of ``headers``: a header block from ``header_block`` (b""
         for none), for a ``subject`` the caller built from validated parts only.
         """
+        if len(subject) > MAX_SUBJECT:
+            raise subject_too_long(subject)
         extra = len(prepared) if prepared is not None else header_block_size(headers)
         limit = self._client.max_payload  # from the server's INFO
         if len(payload) + extra > limit:

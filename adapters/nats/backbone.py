@@ -54,7 +54,7 @@ from thaw.adapters.nats._management import (
 )
 from thaw.adapters.nats._objects import JetStreamObjectStore, add_object_store, open_object_store
 from thaw.adapters.nats._pull import CLOSED, LOST, JetStreamMessage, Puller
-from thaw.adapters.nats._request_mux import RequestMux
+from thaw.adapters.nats._request_mux import MAX_SUBJECT, RequestMux, subject_too_long
 from thaw.adapters.nats._wire import (
     ConsumerInfoReply,
     MsgGetReply,
@@ -503,6 +503,8 @@ class JetStreamBackbone:
         doing = f"request on {subject!r}"
         self._session.check_open(doing)
         client = self._session.client
+        if len(subject) > MAX_SUBJECT:
+            raise subject_too_long(subject)
         sent = dict(headers) if headers else None
         check_message_size(subject, len(data), header_block_size(sent), client.max_payload)
         try:
