@@ -52,6 +52,8 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "test_cron.py": ("core",),
     "test_dead_letters.py": ("core",),
     "test_dead_letters_nats.py": ("nats",),
+    "test_retention.py": ("core",),
+    "test_retention_nats.py": ("nats",),
     "test_dead_letter_redaction.py": ("core",),
     "test_dlq_running_server.py": ("nats", "process"),
     "test_decisions.py": ("core",),

@@ -93,3 +93,42 @@ def test_serve_runs_until_sigterm_and_drains(tmp_path: Path) -> None:
     assert process.returncode == 0, err
     assert "SIGTERM: draining" in out
     assert "thaw: stopped" in out
+
+
+@pytest.fixture
+def clean_environment(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    """The flags write THAW_* variables for child processes: restore them afterwards."""
+    for name in ("THAW_DLQ_MAX_AGE", "THAW_STREAM_MAX_AGE", "THAW_REDACT_HEADERS"):
+        monkeypatch.delenv(name, raising=False)
+    return monkeypatch
+
+
+def test_provision_shows_and_takes_age_limits(
+    capsys: pytest.CaptureFixture[str], clean_environment: pytest.MonkeyPatch
+) -> None:
+    assert cli.main(["provision", HELLO, "--dry-run", "--backbone", "memory"]) == 0
+    assert "stream THAW_DLQ: thaw.dlq.> (max age 14d)" in capsys.readouterr().out
+    argv = ["provision", HELLO, "--dry-run", "--backbone", "memory"]
+    assert cli.main([*argv, "--dlq-max-age", "3d", "--stream-max-age", "12h"]) == 0
+    out = capsys.readouterr().out
+    assert "stream THAW_DLQ: thaw.dlq.> (max age 3d)" in out
+    assert "stream HELLO: hello.greet, hello.greeted (max age 12h)" in out
+    assert os.environ["THAW_DLQ_MAX_AGE"] == "3d"  # for the children a host starts
+
+
+def test_bad_age_limits_are_clear_errors(
+    capsys: pytest.CaptureFixture[str], clean_environment: pytest.MonkeyPatch
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["provision", HELLO, "--backbone", "memory", "--dlq-max-age", "2 weeks"])
+    assert exit_info.value.code == cli.EXIT_USAGE
+    assert "is not a duration" in capsys.readouterr().err
+    clean_environment.setenv("THAW_DLQ_MAX_AGE", "forever")
+    assert cli.main(["provision", HELLO, "--backbone", "memory"]) == cli.EXIT_FAILED
+    assert "THAW_DLQ_MAX_AGE 'forever' is not a duration" in capsys.readouterr().err
+
+
+def test_dlq_list_json_on_an_empty_backbone(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["dlq", "list", "--json", "--backbone", "memory"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"dead_letters": []}
+    assert cli.main(["dlq", "replay", "1", "--json", "--backbone", "memory"]) == cli.EXIT_FAILED

@@ -29,6 +29,8 @@ def test_the_plan_provisions_the_store_the_bucket_and_two_consumers() -> None:
     assert sorted((c.stream, c.config.filter_subject) for c in plan.consumers) == [
         ("KV_upload_index", "$KV.upload_index.files.>"),
         ("OBJ_uploads", "$O.uploads.M.>"),
+        ("THAW_REPLAY", "thaw.replay.uploads.count_rows"),  # their dead letters' replays
+        ("THAW_REPLAY", "thaw.replay.uploads.index_upload"),
     ]
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import signal
 import sys
 from contextlib import AsyncExitStack
@@ -23,9 +24,16 @@ from typing import Any
 import anyio
 import msgspec
 
+from thaw._errors import ConfigError
 from thaw.adapters.cli.supervise import MAX_WORKERS, become_worker, serve_workers, worker_count
 from thaw.backbone._registry import available_backbones, load_server, open_backbone
-from thaw.decisions._redaction import redact_headers, scrub_secrets
+from thaw.decisions._redaction import (
+    EXTRA_REDACTED,
+    REDACT_HEADERS_ENV,
+    parse_header_names,
+    redact_headers,
+    scrub_secrets,
+)
 from thaw.declarations._triggers import HttpTrigger, SubjectTrigger
 from thaw.host._dead_letters import (
     DeadLetterRecord,
@@ -36,6 +44,12 @@ from thaw.host._dead_letters import (
 )
 from thaw.host._host import open_host
 from thaw.host._provision import apply_plan, plan_for
+from thaw.host._retention import (
+    DLQ_MAX_AGE_ENV,
+    STREAM_MAX_AGE_ENV,
+    parse_duration,
+    retention_from_environment,
+)
 
 __all__ = ["add_commands"]
 
@@ -108,6 +122,7 @@ def add_commands(commands: Any, positive_int: Any) -> None:
     )
     provision.add_argument("app", metavar="APP", help="app or snapshot")
     provision.add_argument("--dry-run", action="store_true", help="only print the plan")
+    _retention_options(provision)
     _backbone_options(provision)
     provision.set_defaults(handler=_cmd_provision)
 
@@ -176,6 +191,15 @@ def _serve_options(parser: argparse.ArgumentParser) -> None:
         default=True,
         help="one INFO line per HTTP request on logger thaw.http.access (on)",
     )
+    parser.add_argument(
+        "--redact-header",
+        action="append",
+        type=_header_name,
+        metavar="NAME",
+        help="also redact this header in dead letters (repeatable; adds to "
+        "THAW_REDACT_HEADERS and the built-in Authorization, Cookie, *-Token, ...)",
+    )
+    _retention_options(parser)
     _backbone_options(parser)
 
 
@@ -212,9 +236,56 @@ def _poll_period(text: str) -> float:
     return value
 
 
+def _retention_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--dlq-max-age",
+        type=_max_age,
+        metavar="DURATION",
+        help="how long dead letters are kept, e.g. 14d, 12h, 0 for ever "
+        "(default: THAW_DLQ_MAX_AGE, else 14d)",
+    )
+    parser.add_argument(
+        "--stream-max-age",
+        type=_max_age,
+        metavar="DURATION",
+        help="an age limit for the app's streams (default: THAW_STREAM_MAX_AGE, else none; "
+        "an existing stream then keeps its own)",
+    )
+
+
+def _max_age(text: str) -> str:
+    try:
+        parse_duration(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(exc.message) from None
+    return text.strip()
+
+
+def _header_name(text: str) -> str:
+    if not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,128}", text):
+        raise argparse.ArgumentTypeError(f"{text[:40]!r} is not an HTTP header name")
+    return text.lower()
+
+
+def _export_host_settings(args: argparse.Namespace) -> None:
+    """Put the flags the core reads from the environment there: this process's host
+    and provisioning read them, and the children it starts (``--workers``, ``dev``)
+    inherit them. A bad ``THAW_*`` value fails here, before anything starts."""
+    for flag, name in (("dlq_max_age", DLQ_MAX_AGE_ENV), ("stream_max_age", STREAM_MAX_AGE_ENV)):
+        value = getattr(args, flag, None)
+        if value is not None:
+            os.environ[name] = value
+    names = getattr(args, "redact_header", None)
+    if names:
+        listed = parse_header_names(os.environ.get(REDACT_HEADERS_ENV, ""))
+        os.environ[REDACT_HEADERS_ENV] = ",".join(dict.fromkeys([*listed, *names]))
+    retention_from_environment()
+
+
 def _cmd_dev(args: argparse.Namespace) -> int:
     from thaw.adapters.cli.dev import run_dev
 
+    _export_host_settings(args)
     kind, url = _target(args)
     try:
         return run_dev(args, kind=kind, url=url)
@@ -232,6 +303,7 @@ def _load(target: str) -> Any:
 def _cmd_serve(args: argparse.Namespace) -> int:
     # Operators see where the embedded server is, warnings and dead letters, on stderr.
     logging.basicConfig(level=logging.INFO, format="thaw: %(name)s: %(message)s")
+    _export_host_settings(args)
     app = _load(args.app)
     kind, url = _target(args)
     wants_http = not args.no_http and any(
@@ -249,6 +321,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         become_worker(args.worker_of)
 
     async def main() -> None:
+        # The workers open_host starts inherit it: their dead letters honour the list.
+        EXTRA_REDACTED.set(parse_header_names(os.environ.get(REDACT_HEADERS_ENV, "")))
         async with AsyncExitStack() as stack:
             backbone = await stack.enter_async_context(
                 open_backbone(kind, url, state_dir=args.state_dir)
@@ -296,6 +370,7 @@ def _uvloop_available() -> bool:
 
 
 def _cmd_provision(args: argparse.Namespace) -> int:
+    _export_host_settings(args)
     app = _load(args.app)
     plan = plan_for(app)
     for line in plan.describe():

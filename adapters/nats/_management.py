@@ -1,8 +1,10 @@
 """Stream and consumer management requests: look up, create or confirm streams and consumers.
 
 "Create or confirm" never updates: an existing definition is returned for the
-caller to compare, and a create that loses a race to another creator (name in
-use, consumer exists) reads the winner's definition instead of failing. Each
+caller to compare (``update_stream``/``update_consumer`` change one in place when
+the caller has decided a change is allowed), and a create that loses a race to
+another creator (name in use, consumer exists) reads the winner's definition
+instead of failing. Each
 function takes the ``JetStreamSession`` for its ``api`` method (one bounded
 request each).
 """
@@ -37,6 +39,7 @@ __all__ = [
     "consumer_reply",
     "ensure_consumer",
     "update_consumer",
+    "update_stream",
 ]
 
 
@@ -138,3 +141,15 @@ async def update_consumer(
     if updated.error is not None:
         raise api_error(updated.error, doing)
     return updated
+
+
+async def update_stream(
+    session: JetStreamSession, wire: StreamConfigWire, doing: str
+) -> StreamInfoReply:
+    """Change an existing stream in place (provisioning uses it for its age limit only)."""
+    reply = await session.api(f"STREAM.UPDATE.{wire.name}", encode(wire), StreamInfoReply, doing)
+    if reply.error is not None:
+        if reply.error.err_code == STREAM_NOT_FOUND:
+            raise stream_missing(wire.name)
+        raise api_error(reply.error, doing)
+    return reply

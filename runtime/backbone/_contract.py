@@ -37,7 +37,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from types import MappingProxyType
-from typing import Literal, Protocol
+from typing import Literal, Protocol, runtime_checkable
 
 import msgspec
 
@@ -60,6 +60,7 @@ __all__ = [
     "ObjectInfo",
     "ObjectStore",
     "Backbone",
+    "UpdatesStreamAges",
 ]
 
 
@@ -355,3 +356,14 @@ class Backbone(Protocol):
         ...
 
     async def aclose(self) -> None: ...
+
+
+@runtime_checkable
+class UpdatesStreamAges(Protocol):
+    """A backbone that can change an existing stream's age limit in place (optional:
+    MemoryBackbone and JetStream can; provisioning checks with ``isinstance``)."""
+
+    async def update_stream(self, config: StreamConfig) -> StreamInfo:
+        """Give the existing stream ``config``'s ``max_age`` (and duplicate window);
+        ``DefinitionConflict`` if anything else differs, ``StreamNotFound`` if none."""
+        ...

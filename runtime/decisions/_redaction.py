@@ -31,12 +31,14 @@ __all__ = [
     "scrub_secrets",
     "parse_header_names",
     "EXTRA_REDACTED",
+    "REDACT_HEADERS_ENV",
 ]
 
 REDACTED = "[redacted]"
 # The names a host adds to the built-in list (``thaw serve --redact-header``, or
 # ``THAW_REDACT_HEADERS``), lower-case; set before the host starts its workers, which
 # inherit it, so a dead letter a worker writes honours it.
+REDACT_HEADERS_ENV = "THAW_REDACT_HEADERS"  # comma-separated names, read by `thaw serve`
 EXTRA_REDACTED: ContextVar[tuple[str, ...]] = ContextVar("thaw_extra_redacted", default=())
 ALWAYS_REDACTED = frozenset({"authorization", "proxy-authorization", "cookie", "set-cookie"})
 # Parts of a header name (lower case, without - and _) that mark it as holding a credential.

@@ -16,7 +16,11 @@ where ``thaw dlq replay`` sends its kv/objects dead letters, as the capability's
 input, instead of writing stale data back into ``$KV``/``$O`` (see
 ``thaw.host._dead_letters``). ``apply_plan`` creates each one or confirms an
 identical existing one; an existing definition that differs is reported
-(``DefinitionConflict`` naming the fields), never silently changed.
+(``DefinitionConflict`` naming the fields), never silently changed, except a
+stream's age limit: the dead-letter stream is kept 14 days by default and app
+streams forever unless an age is configured (``thaw.host._retention``), and an
+existing stream with another age is updated to it, or keeps its own when no
+app-stream age is configured.
 """
 
 from __future__ import annotations
@@ -47,6 +51,12 @@ from thaw.declarations._triggers import (
     Trigger,
     Webhook,
 )
+from thaw.host._retention import (
+    Retention,
+    ensure_stream,
+    format_duration,
+    retention_from_environment,
+)
 from thaw.invocation._kv_idempotency import IDEMPOTENCY_BUCKET
 
 __all__ = [
@@ -60,6 +70,7 @@ __all__ = [
     "webhook_replay_ttl",
     "REPLAY_STREAM",
     "replay_subject",
+    "dead_letter_stream_config",
 ]
 
 DEFAULT_ACK_WAIT = 30.0
@@ -87,9 +98,16 @@ class ProvisionPlan(msgspec.Struct, frozen=True):
     consumers: list[ConsumerPlan]
     buckets: list[KvConfig]
     object_stores: list[ObjectStoreConfig] = []
+    # Streams whose existing age limit provisioning leaves alone (app streams when no
+    # app-stream age is configured; see thaw.host._retention).
+    kept_ages: tuple[str, ...] = ()
 
     def describe(self) -> list[str]:
-        lines = [f"stream {s.name}: {', '.join(s.subjects)}" for s in self.streams]
+        lines = [
+            f"stream {s.name}: {', '.join(s.subjects)}"
+            + (f" (max age {format_duration(s.max_age)})" if s.max_age else "")
+            for s in self.streams
+        ]
         lines += [
             f"consumer {c.stream}/{c.config.durable} for {c.capability}: "
             f"filter {c.config.filter_subject}, ack_wait {c.config.ack_wait:g}s, "
@@ -143,7 +161,11 @@ def max_ack_pending_for(concurrency: int | None) -> int:
     return 2 * concurrency if concurrency else 1000
 
 
-def plan_for(app: App, *, ack_wait: float = DEFAULT_ACK_WAIT) -> ProvisionPlan:
+def plan_for(
+    app: App, *, ack_wait: float = DEFAULT_ACK_WAIT, retention: Retention | None = None
+) -> ProvisionPlan:
+    """The plan; ``retention`` None: the ages the environment sets (``_retention``)."""
+    ages = retention if retention is not None else retention_from_environment()
     default_stream = stream_name_for(app)
     subjects: dict[str, list[str]] = {}
     consumers: list[ConsumerPlan] = []
@@ -222,14 +244,23 @@ def plan_for(app: App, *, ack_wait: float = DEFAULT_ACK_WAIT) -> ProvisionPlan:
                 ttl = webhook_replay_ttl(trigger.webhook, timeout=policy.timeout)
                 webhook_ttl = max(webhook_ttl, ttl)
     streams = [
-        StreamConfig(name=name, subjects=_minimal(held), duplicate_window=DUPLICATE_WINDOW)
+        StreamConfig(
+            name=name,
+            subjects=_minimal(held),
+            duplicate_window=DUPLICATE_WINDOW,
+            max_age=ages.streams or 0.0,
+        )
         for name, held in subjects.items()
     ]
-    streams.append(StreamConfig(name=DEAD_LETTER_STREAM, subjects=DEAD_LETTER_SUBJECTS))
+    kept_ages = tuple(subjects) if ages.streams is None else ()
+    streams.append(dead_letter_stream_config(ages))
     if replays:
         streams.append(
             StreamConfig(
-                name=REPLAY_STREAM, subjects=REPLAY_SUBJECTS, duplicate_window=DUPLICATE_WINDOW
+                name=REPLAY_STREAM,
+                subjects=REPLAY_SUBJECTS,
+                duplicate_window=DUPLICATE_WINDOW,
+                max_age=ages.dead_letters,
             )
         )
     if idempotency_ttl:
@@ -243,6 +274,18 @@ def plan_for(app: App, *, ack_wait: float = DEFAULT_ACK_WAIT) -> ProvisionPlan:
         consumers=consumers,
         buckets=list(buckets.values()),
         object_stores=list(object_stores.values()),
+        kept_ages=kept_ages,
+    )
+
+
+def dead_letter_stream_config(retention: Retention | None = None) -> StreamConfig:
+    """``THAW_DLQ`` with its age limit (``retention`` None: the environment's)."""
+    ages = retention if retention is not None else retention_from_environment()
+    return StreamConfig(
+        name=DEAD_LETTER_STREAM,
+        subjects=DEAD_LETTER_SUBJECTS,
+        duplicate_window=DUPLICATE_WINDOW,
+        max_age=ages.dead_letters,
     )
 
 
@@ -269,8 +312,8 @@ def _replay_consumers(app: App, consumers: list[ConsumerPlan]) -> list[ConsumerP
 
 
 async def apply_plan(plan: ProvisionPlan, backbone: Backbone) -> None:
-    for stream in plan.streams:
-        await backbone.add_stream(stream)
+    for stream in plan.streams:  # an age that differs is changed (or kept), not a conflict
+        await ensure_stream(backbone, stream, keep_age=stream.name in plan.kept_ages)
     for bucket in plan.buckets:  # before the consumers: kv triggers consume their streams
         await backbone.add_kv(bucket)
     for store in plan.object_stores:

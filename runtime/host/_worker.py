@@ -33,10 +33,8 @@ import msgspec
 from thaw._errors import BackboneError, DeliveriesExhausted
 from thaw._event import Event, Ok, Reject
 from thaw._headers import TRACEPARENT_HEADER
-from thaw.backbone._contract import Backbone, ConsumerConfig, Message, StreamConfig
+from thaw.backbone._contract import Backbone, ConsumerConfig, Message
 from thaw.decisions._delivery import (
-    DEAD_LETTER_STREAM,
-    DEAD_LETTER_SUBJECTS,
     Ack,
     DeadLetter,
     Nak,
@@ -47,6 +45,8 @@ from thaw.decisions._delivery import (
 )
 from thaw.declarations._changes import Shaper
 from thaw.host._identity import stream_event_id
+from thaw.host._provision import dead_letter_stream_config
+from thaw.host._retention import ensure_stream
 from thaw.invocation._budget import RetryBudget
 from thaw.invocation._invoker import Invoker
 
@@ -68,9 +68,8 @@ class WorkerStatistics(msgspec.Struct, frozen=True):
 
 
 async def ensure_dead_letter_stream(backbone: Backbone) -> None:
-    await backbone.add_stream(
-        StreamConfig(name=DEAD_LETTER_STREAM, subjects=DEAD_LETTER_SUBJECTS, duplicate_window=120.0)
-    )
+    """Create or confirm ``THAW_DLQ`` as provisioning does (with its age limit)."""
+    await ensure_stream(backbone, dead_letter_stream_config())
 
 
 class StreamWorker:

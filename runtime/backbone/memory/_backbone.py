@@ -180,6 +180,21 @@ class MemoryBackbone:
             existing = self._streams[config.name] = StreamState(config)
         return existing.info(self._clock.now())
 
+    async def update_stream(self, config: StreamConfig) -> StreamInfo:
+        """Change an existing stream's age limit (and duplicate window) in place."""
+        await self._enter()
+        validate_stream_config(config)
+        existing = self._stream(config.name)
+        same = msgspec.structs.replace(
+            existing.config, max_age=config.max_age, duplicate_window=config.duplicate_window
+        )
+        if same != config:
+            raise definition_conflict(
+                f"stream {config.name!r}", existing.config, config, "only its age may change"
+            )
+        existing.config = config  # expiry is lazy: the next look applies the new age
+        return existing.info(self._clock.now())
+
     async def stream_info(self, name: str) -> StreamInfo:
         await self._enter()
         return self._stream(name).info(self._clock.now())
