@@ -16,9 +16,14 @@ the same server state.
 from __future__ import annotations
 
 import json
+import socket
+import subprocess
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import anyio
 import nats
@@ -28,11 +33,14 @@ from nats.aio.client import Client
 
 from thaw import App
 from thaw.adapters.nats import EmbeddedServer, JetStreamBackbone, ServerConfig
+from thaw.adapters.nats.server import find_nats_server
 from thaw.host._dead_letters import purge_dead_letters
 from thaw.lowlevel import DEAD_LETTER_STREAM, plan_for
 
 __all__ = [
+    "ConfiguredServer",
     "JetStreamHarness",
+    "configured_server",
     "nats_server",
     "jetstream_harness",
     "delete_streams",
@@ -163,3 +171,75 @@ async def delete_new_streams(
     finally:
         if own is not None:
             await own.close()
+
+
+class ConfiguredServer:
+    """A nats-server run with a configuration file (authorization, TLS), on 127.0.0.1.
+
+    ``config`` is nats-server configuration text; JetStream (with its store in the
+    run folder) and the listen address are added here. Started like EmbeddedServer:
+    a ports file and an INFO line on a TCP connection, within a bound. ``stop`` ends
+    only the process it started, by PID.
+    """
+
+    def __init__(self, config: str, run_dir: Path) -> None:
+        self.run_dir = run_dir
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        store = json.dumps(str(run_dir / "store"))
+        self.config_file = run_dir / "server.conf"
+        self.config_file.write_text(f"jetstream {{ store_dir: {store} }}\n{config}\n")
+        self.log_file = run_dir / "server.log"
+        self.process: subprocess.Popen[bytes] | None = None
+        self.port = 0
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    def log_text(self) -> str:
+        return self.log_file.read_text(errors="replace") if self.log_file.exists() else ""
+
+    def start(self, timeout: float = 20.0) -> None:
+        command = [find_nats_server(), "-c", str(self.config_file), "-a", "127.0.0.1"]
+        command += ["-p", "-1", "--ports_file_dir", str(self.run_dir)]
+        with open(self.log_file, "ab") as log:
+            self.process = subprocess.Popen(
+                command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
+            )
+        deadline = time.monotonic() + timeout
+        ports = self.run_dir / f"nats-server_{self.process.pid}.ports"
+        while True:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"nats-server exited: {self.log_text()[-2000:]}")
+            try:
+                self.port = int(json.loads(ports.read_text())["nats"][0].rsplit(":", 1)[1])
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as conn:
+                    if conn.recv(5) == b"INFO ":
+                        return
+            except (OSError, ValueError, KeyError):
+                pass
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"nats-server did not start: {self.log_text()[-2000:]}")
+            time.sleep(POLL)
+
+    def stop(self) -> None:
+        process, self.process = self.process, None
+        if process is not None and process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(10)
+
+
+@contextmanager
+def configured_server(config: str, run_dir: Path) -> Iterator[ConfiguredServer]:
+    """A ConfiguredServer for the block (see there)."""
+    server = ConfiguredServer(config, run_dir)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

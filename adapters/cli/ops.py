@@ -25,6 +25,12 @@ import anyio
 import msgspec
 
 from thaw._errors import ConfigError
+from thaw.adapters.cli.nats_options import (
+    add_nats_options,
+    backbone_target,
+    connection_options,
+    export_to_children,
+)
 from thaw.adapters.cli.supervise import MAX_WORKERS, become_worker, serve_workers, worker_count
 from thaw.backbone._registry import available_backbones, load_server, open_backbone
 from thaw.decisions._redaction import (
@@ -65,17 +71,23 @@ def _backbone_options(parser: argparse.ArgumentParser) -> None:
         default=default,
         help=f"messaging and state backbone (default: {default})",
     )
-    parser.add_argument("--url", help="backbone URL (default: start the embedded server)")
-    parser.add_argument("--nats", metavar="URL", help="short for --backbone nats --url URL")
+    parser.add_argument(
+        "--url", help="backbone URL (default: THAW_NATS_URL, else start the embedded server)"
+    )
     parser.add_argument(
         "--state-dir", default=".thaw", help="where embedded servers keep their data (.thaw)"
     )
+    add_nats_options(parser)
 
 
 def _target(args: argparse.Namespace) -> tuple[str, str | None]:
-    if args.nats:
-        return "nats", args.nats
-    return args.backbone, args.url
+    """The backbone and its URL, without credentials (those are in _connection)."""
+    kind, url, _settings = backbone_target(args)
+    return kind, url
+
+
+def _connection(args: argparse.Namespace) -> dict[str, Any]:
+    return connection_options(args)
 
 
 def add_commands(commands: Any, positive_int: Any) -> None:
@@ -287,6 +299,7 @@ def _cmd_dev(args: argparse.Namespace) -> int:
 
     _export_host_settings(args)
     kind, url = _target(args)
+    export_to_children(args)  # the app runs in a child: it connects with these settings
     try:
         return run_dev(args, kind=kind, url=url)
     except ValueError as exc:  # a watched tree that is far too large
@@ -325,7 +338,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         EXTRA_REDACTED.set(parse_header_names(os.environ.get(REDACT_HEADERS_ENV, "")))
         async with AsyncExitStack() as stack:
             backbone = await stack.enter_async_context(
-                open_backbone(kind, url, state_dir=args.state_dir)
+                open_backbone(kind, url, state_dir=args.state_dir, **_connection(args))
             )
             host = await stack.enter_async_context(
                 open_host(app, backbone, drain_timeout=args.drain_timeout, ack_wait=args.ack_wait)
@@ -388,7 +401,9 @@ def _with_backbone(args: argparse.Namespace, work: Any) -> Any:
         url = _running_server(args.state_dir)
 
     async def main() -> Any:
-        async with open_backbone(kind, url, state_dir=args.state_dir) as backbone:
+        async with open_backbone(
+            kind, url, state_dir=args.state_dir, **_connection(args)
+        ) as backbone:
             return await work(backbone)
 
     return anyio.run(main)

@@ -6,7 +6,9 @@ another program holds the port), opens the backbone once when it is the
 embedded nats-server (and provisions the app there, so workers only confirm),
 then runs N copies of ``thaw serve`` with ``--worker-of <parent pid>``: each
 opens its own host and its own listening socket on the same port, and the
-kernel spreads new connections over them.
+kernel spreads new connections over them. The workers' NATS settings, secrets
+included, travel in their environment, never on their command line (every user
+can read ``/proc/PID/cmdline``).
 
 Invariants:
 - Every worker is the parent's child, in its own session (a terminal's Ctrl-C
@@ -39,6 +41,11 @@ import anyio
 import anyio.abc
 from anyio.streams.text import TextReceiveStream
 
+from thaw.adapters.cli.nats_options import (
+    child_environment,
+    connection_options,
+    strip_credentials,
+)
 from thaw.backbone._registry import open_backbone
 from thaw.declarations._app import App
 from thaw.host._provision import apply_plan, plan_for
@@ -124,9 +131,16 @@ class WorkerPlan:
     """What the parent runs: ``command`` N times; the line the workers print when ready."""
 
     def __init__(
-        self, command: list[str], count: int, *, drain_timeout: float, ready_marker: str
+        self,
+        command: list[str],
+        count: int,
+        *,
+        drain_timeout: float,
+        ready_marker: str,
+        env: dict[str, str] | None = None,
     ) -> None:
         self.command = command
+        self.env = env  # None: this process's; NATS secrets travel here, never in argv
         self.count = count
         self.drain_timeout = drain_timeout
         self.ready_marker = ready_marker
@@ -174,6 +188,7 @@ async def supervise(plan: WorkerPlan, *, on_ready: str) -> int:
             slot.ready = False
             process = await anyio.open_process(
                 plan.command,
+                env=plan.env,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=None,  # logs go straight to the parent's stderr
@@ -250,7 +265,11 @@ async def supervise(plan: WorkerPlan, *, on_ready: str) -> int:
 
 
 def worker_command(args: argparse.Namespace, *, kind: str, url: str | None, port: int) -> list[str]:
-    """The ``thaw serve`` command line of one worker (the parent's own, made concrete)."""
+    """The ``thaw serve`` command line of one worker (the parent's own, made concrete).
+
+    ``url`` must be free of credentials: the worker's NATS settings, secrets included,
+    are in its environment (``child_environment``), which only its user can read.
+    """
     command = [sys.executable, "-m", "thaw.adapters.cli", "serve", args.app]
     command += ["--backbone", kind, "--state-dir", args.state_dir]
     if url is not None:
@@ -295,7 +314,7 @@ def serve_workers(args: argparse.Namespace, app: App, *, kind: str, url: str | N
                 )
             else:
                 backbone = await stack.enter_async_context(
-                    open_backbone(kind, url, state_dir=args.state_dir)
+                    open_backbone(kind, url, state_dir=args.state_dir, **connection_options(args))
                 )
                 await apply_plan(
                     plan_for(app)
@@ -317,6 +336,7 @@ def serve_workers(args: argparse.Namespace, app: App, *, kind: str, url: str | N
                 args.workers,
                 drain_timeout=args.drain_timeout,
                 ready_marker="thaw: serving app",
+                env=child_environment(args),
             )
             where = "" if args.no_http else f"; http on http://{args.http_host}:{port}"
             ready = (
@@ -339,4 +359,4 @@ def backbone_url(backbone: object) -> str | None:
     client = getattr(backbone, "client", None)
     connected = getattr(client, "connected_url", None)
     geturl = getattr(connected, "geturl", None)
-    return str(geturl()) if callable(geturl) else None
+    return strip_credentials(str(geturl()))[0] if callable(geturl) else None

@@ -26,6 +26,7 @@ import anyio
 import msgspec
 import nats.errors
 from nats.aio.client import Client
+from nats.aio.transport import TcpTransport
 from nats.protocol.parser import AUTHORIZATION_VIOLATION, PERMISSIONS_ERR
 
 from thaw.lowlevel import BackboneError
@@ -35,6 +36,7 @@ __all__ = ["JetStreamOptions", "connect_client", "redact", "wait_subscribed"]
 log = logging.getLogger("thaw.nats")
 _REFUSALS_TO_GIVE_UP = 2  # authorization violations per server before the client closes
 _SECRETS = ("password", "token")
+_CLOSE_WAIT = 0.5  # seconds a closed socket may take to say so
 
 
 class JetStreamOptions(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -49,6 +51,8 @@ class JetStreamOptions(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
     tls_ca_file: str | None = None  # setting any tls_* file turns TLS on
     tls_cert_file: str | None = None
     tls_key_file: str | None = None
+    tls_server_name: str | None = None  # the name to verify, when the URL's host differs
+    inbox_prefix: str = "_INBOX"  # reply subjects: what the permissions must allow
     connect_timeout: float = 2.0
     connect_attempts: int = 3  # per server, for the first connection only
     reconnect_wait: float = 0.25  # after the first connection, reconnects never stop
@@ -83,6 +87,16 @@ def _tls_context(options: JetStreamOptions) -> ssl.SSLContext | None:
     return context
 
 
+class _TcpTransport(TcpTransport):
+    """nats-py's TCP transport, whose close is bounded: after a failed TLS handshake
+    nats-py 2.16 waits for good on the socket ``start_tls`` gave up (a certificate the
+    CA does not vouch for hung the first connection instead of failing it)."""
+
+    async def wait_closed(self) -> None:
+        with anyio.move_on_after(_CLOSE_WAIT):
+            await super().wait_closed()
+
+
 class _Client(Client):
     """nats-py's client, reconnecting after a protocol error the server closed it for.
 
@@ -93,6 +107,11 @@ class _Client(Client):
     subscription replayed, is what a dropped connection gets anyway. Authorization
     violations (credentials revoked) still close: retrying them cannot succeed.
     """
+
+    async def _connect_to_server(self, s: Any) -> None:
+        await super()._connect_to_server(s)
+        if type(self._transport) is TcpTransport:  # nats-py makes it here; it adds no state
+            self._transport.__class__ = _TcpTransport
 
     async def _process_err(self, err_msg: str) -> None:
         fatal = AUTHORIZATION_VIOLATION in err_msg or PERMISSIONS_ERR in err_msg
@@ -123,6 +142,7 @@ def _connection_callbacks(
     shown: str,
     on_disconnect: Callable[[], None] | None,
     on_closed: Callable[[str], None] | None,
+    seen: list[Exception],
 ) -> dict[str, Any]:
     """Log connection trouble once per event, briefly (nats-py's default logs tracebacks)."""
 
@@ -134,7 +154,11 @@ def _connection_callbacks(
     refused: list[str] = []  # why the client gave up reconnecting, once it has
 
     async def error_cb(error: Exception) -> None:
-        level = logging.DEBUG if closing() else logging.WARNING
+        # Before the first connection, connect_client's error says it all, once.
+        quiet = closing() or client.is_connecting
+        if client.is_connecting:
+            seen[:] = [error]  # the reason connect_client gives if no attempt succeeds
+        level = logging.DEBUG if quiet else logging.WARNING
         log.log(level, "NATS connection to %s: %s", shown, error or type(error).__name__)
         if (
             AUTHORIZATION_VIOLATION in str(error).lower()
@@ -195,9 +219,14 @@ async def connect_client(
         "max_reconnect_attempts": options.connect_attempts,
         "pending_size": options.reconnect_buffer,
         "drain_timeout": options.request_timeout,
+        "inbox_prefix": options.inbox_prefix,
     }
-    renamed = {"creds_file": "user_credentials", "nkeys_seed_file": "nkeys_seed"}
-    for field in ("user", "password", "token", "creds_file", "nkeys_seed_file"):
+    renamed = {
+        "creds_file": "user_credentials",
+        "nkeys_seed_file": "nkeys_seed",
+        "tls_server_name": "tls_hostname",
+    }
+    for field in ("user", "password", "token", "creds_file", "nkeys_seed_file", "tls_server_name"):
         value = getattr(options, field)
         if value is not None:
             kwargs[renamed.get(field, field)] = value
@@ -205,15 +234,37 @@ async def connect_client(
     if tls is not None:
         kwargs["tls"] = tls
     client = _Client()
-    kwargs.update(_connection_callbacks(client, shown, on_disconnect, on_closed))
+    seen: list[Exception] = []
+    kwargs.update(_connection_callbacks(client, shown, on_disconnect, on_closed, seen))
+    # Each attempt is bounded by nats-py; the whole first connection is too, and so is
+    # the cleanup after it, whatever nats-py waits for (see _TcpTransport).
+    attempt = 2 * options.connect_timeout + options.reconnect_wait  # TCP, then TLS
+    budget = len(urls) * (options.connect_attempts + 1) * attempt
     try:
-        await client.connect(**kwargs)
+        with anyio.fail_after(budget):
+            await client.connect(**kwargs)
     except (OSError, nats.errors.Error, TimeoutError) as error:
-        await client.close()
-        raise BackboneError(f"could not connect to NATS at {shown}: {error}") from error
+        why = _why(seen[-1] if seen else error)
+        with anyio.move_on_after(options.connect_timeout):
+            await client.close()
+        raise BackboneError(f"could not connect to NATS at {shown}: {why}") from error
     # The first connection was bounded; from now on the client rides out restarts.
     client.options["max_reconnect_attempts"] = -1
     return client
+
+
+def _why(cause: BaseException) -> str:
+    """One line saying why the first connection failed (nats-py ends with "no servers
+    available" whatever happened: the last attempt's error is the reason)."""
+    text = " ".join(str(cause).split()) or type(cause).__name__
+    if AUTHORIZATION_VIOLATION.lower() in text.lower():
+        return (
+            "the server refused the credentials (authorization violation); check the user, "
+            "password, token, nkey seed or .creds file (docs/security.md)"
+        )
+    if isinstance(cause, ssl.SSLError):
+        return f"TLS failed: {text} (check --nats-tls-ca, --nats-tls-cert, --nats-tls-key)"
+    return text
 
 
 async def wait_subscribed(client: Client, *, timeout: float = 10.0) -> None:
