@@ -51,6 +51,7 @@ from thaw.adapters.nats._management import (
     stream_reply,
     streams_capturing,
     update_consumer,
+    update_stream,
 )
 from thaw.adapters.nats._objects import JetStreamObjectStore, add_object_store, open_object_store
 from thaw.adapters.nats._pull import CLOSED, LOST, JetStreamMessage, Puller
@@ -252,6 +253,22 @@ class JetStreamBackbone:
             )
         return info
 
+    async def update_stream(self, config: StreamConfig) -> StreamInfo:
+        """Change an existing stream's age limit (and duplicate window) in place."""
+        validate_stream_config(config)
+        existing = await self.stream_info(config.name)
+        wanted = effective_stream_config(config)
+        same = msgspec.structs.replace(
+            existing.config, max_age=wanted.max_age, duplicate_window=wanted.duplicate_window
+        )
+        if same != wanted:
+            raise definition_conflict(
+                f"stream {config.name!r}", existing.config, wanted, "only its age may change"
+            )
+        wire = stream_wire(config, replicas=self._session.options.replicas)
+        reply = await update_stream(self._session, wire, f"update stream {config.name!r}")
+        return self._stream_info(reply)
+
     async def stream_info(self, name: str) -> StreamInfo:
         validate_name("stream", name)
         doing = f"stream info {name!r}"
@@ -389,6 +406,9 @@ class JetStreamBackbone:
         reply, created = await ensure_consumer(self._session, stream, wire, doing)
         info = self._consumer_info(stream, reply)
         wanted = effective_consumer_config(config)
+        if not created and consumer_update_allowed(info.config, wanted):
+            reply = await update_consumer(self._session, stream, wire, doing)
+            info = self._consumer_info(stream, reply)
         if not created and info.config != wanted:
             raise definition_conflict(
                 f"consumer {config.durable!r} on stream {stream!r}",
@@ -403,9 +423,6 @@ class JetStreamBackbone:
         validate_name("consumer", durable)
         reply = await consumer_reply(self._session, stream, durable, f"consumer info {durable!r}")
         if reply is None:
-        if not created and consumer_update_allowed(info.config, wanted):
-            reply = await update_consumer(self._session, stream, wire, doing)
-            info = self._consumer_info(stream, reply)
             raise consumer_missing(stream, durable)
         return self._consumer_info(stream, reply)
 
