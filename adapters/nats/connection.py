@@ -94,7 +94,7 @@ class _TcpTransport(TcpTransport):
 
     async def wait_closed(self) -> None:
         with anyio.move_on_after(_CLOSE_WAIT):
-            await super().wait_closed()
+            await super().wait_closed()  # type: ignore[no-untyped-call]
 
 
 class _Client(Client):
