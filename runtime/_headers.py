@@ -15,6 +15,7 @@ __all__ = [
     "DEAD_LETTER_ORIGINAL_STREAM",
     "DEAD_LETTER_ORIGINAL_SUBJECT",
     "DEAD_LETTER_REVISION",
+    "DEAD_LETTER_BODY_OMITTED",
     "ERROR_CODE_HEADER",
     "ERROR_HEADER",
     "EVENT_ID_HEADER",
@@ -58,5 +59,8 @@ DEAD_LETTER_ORIGINAL_SEQ = "Thaw-Original-Seq"
 DEAD_LETTER_APP = "Thaw-App"
 DEAD_LETTER_CAPABILITY = "Thaw-Capability"
 DEAD_LETTER_REVISION = "Thaw-Revision"
+# Set (to the body's size in bytes) on a dead letter too large to publish whole: it then
+# carries no body and no foreign headers; the original stays at its stream and seq.
+DEAD_LETTER_BODY_OMITTED = "Thaw-Body-Omitted"
 # Set on a replayed message: the dead-letter sequence it was replayed from.
 REPLAY_OF_HEADER = "Thaw-Replay-Of"

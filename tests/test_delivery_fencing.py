@@ -15,7 +15,7 @@ import anyio
 import msgspec
 import pytest
 
-from thaw import App, Event, Idempotency, Ok, Reject, RetryPolicy, stream
+from thaw import App, Event, Idempotency, Ok, Reject, Rejected, RetryPolicy, stream
 from thaw.backbone._contract import ConsumerConfig, StreamConfig
 from thaw.host._provision import apply_plan, max_ack_pending_for, plan_for
 from thaw.host._worker import StreamWorker, ensure_dead_letter_stream
@@ -265,3 +265,33 @@ async def test_a_deeply_nested_result_is_result_invalid_not_a_crash() -> None:
     outcome = await Invoker(app).capability("nest")(Event(id="e"))
     assert isinstance(outcome, Reject) and outcome.code == "result_invalid"
     assert app.capabilities["nest"].policy.max_result == 4096
+
+
+async def test_a_dead_letter_too_large_for_the_backbone_is_written_without_its_body() -> None:
+    """A message that fit its stream no longer fits with Thaw's headers: it is still
+    dead-lettered (pointing at the original) instead of failing on every delivery."""
+    backbone = MemoryBackbone(max_payload=4096)
+    app = App("big")
+
+    @app.capability(stream("big.in", stream="BIG"))
+    async def refuse(data: bytes) -> None:
+        raise Rejected("never", code="refused")
+
+    plan = plan_for(app)
+    await apply_plan(plan, backbone)
+    body = b"x" * (4096 - 200)
+    await backbone.publish("big.in", body, headers={"X-Note": "n" * 150})
+    [consumer] = plan.consumers
+    worker = StreamWorker(
+        Invoker(app, backbone=backbone), backbone, "refuse", stream="BIG", consumer=consumer.config
+    )
+    with anyio.fail_after(5):
+        await worker.run_until_idle()
+    assert worker.statistics().dead_lettered == 1
+    await backbone.add_consumer("THAW_DLQ", ConsumerConfig(durable="look"))
+    [letter] = await backbone.fetch("THAW_DLQ", "look", batch=10)
+    assert letter.data == b""
+    assert letter.headers["Thaw-Body-Omitted"] == str(len(body))
+    assert letter.headers["Thaw-Error-Code"] == "refused"
+    assert letter.headers["Thaw-Original-Stream"] == "BIG"
+    assert "X-Note" not in letter.headers

@@ -32,8 +32,9 @@ import msgspec
 
 from thaw._errors import BackboneError, DeliveriesExhausted
 from thaw._event import Event, Ok, Reject
-from thaw._headers import TRACEPARENT_HEADER
+from thaw._headers import DEAD_LETTER_BODY_OMITTED, TRACEPARENT_HEADER
 from thaw.backbone._contract import Backbone, ConsumerConfig, Message
+from thaw.backbone._rules import MessageTooLarge
 from thaw.decisions._delivery import (
     Ack,
     DeadLetter,
@@ -316,12 +317,16 @@ class StreamWorker:
             original=message.headers,
         )
         # The msg id makes a repeated dead-lettering of the same delivery idempotent.
-        await self._backbone.publish(
-            dead_letter_subject(app, spec.name),
-            message.data,
-            headers=headers,
-            msg_id=f"dlq/{message.stream}/{message.seq}",
-        )
+        subject, msg_id = dead_letter_subject(app, spec.name), f"dlq/{message.stream}/{message.seq}"
+        try:
+            await self._backbone.publish(subject, message.data, headers=headers, msg_id=msg_id)
+        except MessageTooLarge:
+            # The message with Thaw's headers no longer fits: a dead letter without the
+            # body and the foreign headers, pointing at the original (stream and seq),
+            # rather than a dead letter that can never be written.
+            kept = {k: v for k, v in headers.items() if k.startswith("Thaw-")}
+            kept[DEAD_LETTER_BODY_OMITTED] = str(len(message.data))
+            await self._backbone.publish(subject, b"", headers=kept, msg_id=msg_id)
         await message.term(action.code)
         self._dead += 1
         log.warning(
