@@ -107,6 +107,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "test_nats_shutdown.py": ("nats", "process"),
     "test_nats_sizes.py": ("nats", "http", "process"),
     "test_nats_security.py": ("nats", "http", "process"),
+    "test_policy_export.py": ("nats", "http", "process"),
     "test_nats_triggers.py": ("nats",),
     "test_policy.py": ("core",),
     "test_process.py": ("process",),

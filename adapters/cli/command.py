@@ -122,6 +122,9 @@ def _parser() -> argparse.ArgumentParser:
     from thaw.adapters.cli.ops import add_commands
 
     add_commands(commands, _positive_int)
+    from thaw.adapters.cli.policy import add_policy_command
+
+    add_policy_command(commands)
     _add_plugin_commands(commands)
     return parser
 
