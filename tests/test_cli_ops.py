@@ -99,7 +99,8 @@ def test_serve_runs_until_sigterm_and_drains(tmp_path: Path) -> None:
 def clean_environment(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
     """The flags write THAW_* variables for child processes: restore them afterwards."""
     for name in ("THAW_DLQ_MAX_AGE", "THAW_STREAM_MAX_AGE", "THAW_REDACT_HEADERS"):
-        monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv(name, "")  # recorded, so what the command sets is undone too
+        monkeypatch.delenv(name)
     return monkeypatch
 
 
