@@ -67,8 +67,9 @@ async def test_dead_letters_age_out_after_fourteen_days_by_default() -> None:
 
 
 async def test_an_existing_dead_letter_stream_without_an_age_gets_one(
-    caplog: pytest.LogCaptureFixture,
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.delenv("THAW_DLQ_MAX_AGE", raising=False)  # the worker reads the default
     backbone = MemoryBackbone(clock=FakeClock())
     old = StreamConfig(name=DEAD_LETTER_STREAM, subjects=("thaw.dlq.>",))  # as it used to be
     await backbone.add_stream(old)
