@@ -7,7 +7,7 @@ import msgspec
 import pytest
 from dead_letter_changes import check_replayed_changes_rerun_the_capability
 
-from thaw import App, Context, Event, Idempotency, Rejected, RetryPolicy, stream
+from thaw import App, ConfigError, Context, Event, Idempotency, Rejected, RetryPolicy, stream
 from thaw._errors import MessageNotFound
 from thaw.host._dead_letters import (
     list_dead_letters,
@@ -159,3 +159,34 @@ async def test_a_dead_letter_keeps_the_messages_own_headers_for_its_replay() -> 
 
 async def test_replayed_kv_and_objects_dead_letters_rerun_the_capability() -> None:
     await check_replayed_changes_rerun_the_capability(MemoryBackbone(), "chg")
+
+
+@pytest.mark.parametrize(
+    ("subject", "headers", "error"),
+    [
+        ("$JS.API.STREAM.DELETE.JOBS", {}, "system subject"),  # an API call, if published
+        ("$SYS.REQ.SERVER.PING", {}, "system subject"),
+        ("$KV..k", {}, "kv bucket"),
+        ("$KV.bad bucket.k", {}, "kv bucket"),
+        ("$KV.cfg.k", {"Thaw-App": ""}, "does not name its app"),
+        ("$O.files.M.bmFtZQ", {"Thaw-Capability": ""}, "does not name its app"),
+    ],
+)
+async def test_a_forged_dead_letter_is_never_replayed_to_a_system_subject(
+    subject: str, headers: dict[str, str], error: str
+) -> None:
+    backbone = MemoryBackbone()
+    await apply_plan(plan_for(jobs_app({}, [])), backbone)
+    forged = {
+        "Thaw-App": "jobs",
+        "Thaw-Capability": "run",
+        "Thaw-Original-Subject": subject,
+        "Thaw-Original-Stream": "X",
+        "Thaw-Original-Seq": "1",
+    } | headers
+    await backbone.publish("thaw.dlq.jobs.run", b"{}", headers=forged)
+    [letter] = await list_dead_letters(backbone)
+    with pytest.raises(ConfigError, match=error):
+        await replay_dead_letter(backbone, letter.seq)
+    assert (await backbone.stream_info("JOBS")).config.name == "JOBS"  # still there
+    assert [d.seq for d in await list_dead_letters(backbone)] == [letter.seq]  # kept

@@ -47,7 +47,7 @@ from thaw._headers import (
 from thaw.backbone._contract import Backbone, PubAck
 from thaw.decisions._delivery import DEAD_LETTER_STREAM
 from thaw.declarations._changes import shaper_for
-from thaw.declarations._triggers import KvTrigger, ObjectsTrigger, Trigger
+from thaw.declarations._triggers import Trigger, kv, objects
 from thaw.host._identity import load_event_key, signed_event_headers
 from thaw.host._provision import replay_subject
 
@@ -159,11 +159,21 @@ async def replay_dead_letter(backbone: Backbone, seq: int, *, remove: bool = Tru
 
 
 def _change_trigger(subject: str) -> Trigger | None:
-    """The trigger whose shaper reads a change from ``subject`` (None: not a bucket's)."""
+    """The trigger whose shaper reads a change from ``subject`` (None: not a bucket's).
+
+    Any other ``$`` subject is refused: a dead letter is data anyone allowed to publish
+    to ``thaw.dlq.>`` could forge, and a replay to ``$JS.API.STREAM.DELETE.X`` would
+    be an API request made with the operator's rights.
+    """
     if subject.startswith("$KV."):
-        return KvTrigger(bucket=subject.split(".", 2)[1])
+        return kv(subject.split(".", 2)[1])  # validates the bucket name
     if subject.startswith("$O."):
-        return ObjectsTrigger(bucket=subject.split(".", 2)[1], deletes=True)
+        return objects(subject.split(".", 2)[1], deletes=True)
+    if subject.startswith("$"):
+        raise ConfigError(
+            f"refusing to replay to the system subject {subject[:80]!r}: Thaw never "
+            "dead-letters from one, so this dead letter was not written by Thaw"
+        )
     return None
 
 
