@@ -133,3 +133,29 @@ def test_dlq_list_json_on_an_empty_backbone(capsys: pytest.CaptureFixture[str]) 
     assert cli.main(["dlq", "list", "--json", "--backbone", "memory"]) == 0
     assert json.loads(capsys.readouterr().out) == {"dead_letters": []}
     assert cli.main(["dlq", "replay", "1", "--json", "--backbone", "memory"]) == cli.EXIT_FAILED
+
+
+def test_dead_letters_written_before_redaction_are_shown_redacted() -> None:
+    from thaw.adapters.cli.ops import _letter_document
+    from thaw.host._dead_letters import DeadLetterRecord
+
+    old = DeadLetterRecord(
+        seq=3,
+        app="a",
+        capability="c",
+        code="boom",
+        message="db postgres://app:hunter2@db/shop refused",
+        attempts=1,
+        original_subject="a.c",
+        original_stream="A",
+        original_seq=9,
+        event_id="e",
+        data=b"\xff{}",
+        headers={"Authorization": "Bearer s3cr3t-token", "Content-Type": "text/plain"},
+    )
+    document = _letter_document(old)
+    text = json.dumps(document)
+    assert "hunter2" not in text and "s3cr3t-token" not in text
+    assert document["headers"] == {"Authorization": "[redacted]", "Content-Type": "text/plain"}
+    assert document["message"] == "db postgres://app:***@db/shop refused"
+    assert document["data"] == "\ufffd{}" and document["data_base64"] == "/3t9"
