@@ -17,6 +17,7 @@ import pytest
 
 from thaw import App, Event, Idempotency, Ok, Reject, Rejected, RetryPolicy, stream
 from thaw.backbone._contract import ConsumerConfig, StreamConfig
+from thaw.host._dead_letters import replay_dead_letter
 from thaw.host._provision import apply_plan, max_ack_pending_for, plan_for
 from thaw.host._worker import StreamWorker, ensure_dead_letter_stream
 from thaw.invocation._idempotency import IdempotencyStore
@@ -279,8 +280,8 @@ async def test_a_dead_letter_too_large_for_the_backbone_is_written_without_its_b
 
     plan = plan_for(app)
     await apply_plan(plan, backbone)
-    body = b"x" * (4096 - 200)
-    await backbone.publish("big.in", body, headers={"X-Note": "n" * 150})
+    body = b"x" * (4096 - 500)  # fits with its own headers and a replay's, not a DLQ's
+    await backbone.publish("big.in", body, headers={"X-Note": "n" * 300})
     [consumer] = plan.consumers
     worker = StreamWorker(
         Invoker(app, backbone=backbone), backbone, "refuse", stream="BIG", consumer=consumer.config
@@ -295,3 +296,8 @@ async def test_a_dead_letter_too_large_for_the_backbone_is_written_without_its_b
     assert letter.headers["Thaw-Error-Code"] == "refused"
     assert letter.headers["Thaw-Original-Stream"] == "BIG"
     assert "X-Note" not in letter.headers
+    await letter.ack()
+    # The replay takes the body and headers from the original, which its stream keeps.
+    await replay_dead_letter(backbone, letter.seq)
+    again = await backbone.fetch("BIG", consumer.config.durable, batch=10)
+    assert [(len(m.data), m.headers.get("X-Note")) for m in again] == [(len(body), "n" * 300)]

@@ -34,6 +34,7 @@ from thaw._errors import ConfigError, MessageNotFound, StreamNotFound
 from thaw._headers import (
     DEAD_LETTER_APP,
     DEAD_LETTER_ATTEMPTS,
+    DEAD_LETTER_BODY_OMITTED,
     DEAD_LETTER_CAPABILITY,
     DEAD_LETTER_CODE,
     DEAD_LETTER_MESSAGE,
@@ -139,6 +140,9 @@ async def replay_dead_letter(backbone: Backbone, seq: int, *, remove: bool = Tru
     if not record.original_subject:
         raise MessageNotFound(f"dead letter {seq} does not say where it came from")
     subject, data = record.original_subject, record.data
+    if DEAD_LETTER_BODY_OMITTED in record.headers:
+        record = await _with_original(backbone, record)
+        data = record.data
     trigger = _change_trigger(subject)
     if trigger is not None:  # a kv/objects change: to the capability, never to the bucket
         subject, data = _change_replay(record, trigger)
@@ -156,6 +160,26 @@ async def replay_dead_letter(backbone: Backbone, seq: int, *, remove: bool = Tru
     if remove:
         await backbone.delete_message(DEAD_LETTER_STREAM, seq)
     return ack
+
+
+async def _with_original(backbone: Backbone, record: DeadLetterRecord) -> DeadLetterRecord:
+    """A dead letter written without its body (too large): the body and headers again,
+    from the original message, which its stream keeps until its age limit."""
+    try:
+        original = await backbone.get_message(record.original_stream, record.original_seq)
+    except MessageNotFound:
+        raise MessageNotFound(
+            f"dead letter {record.seq} was written without its body, and the original "
+            f"({record.original_stream} seq {record.original_seq}) is gone from its stream"
+        ) from None
+    if original.subject != record.original_subject:
+        raise MessageNotFound(
+            f"dead letter {record.seq}: {record.original_stream} seq {record.original_seq} "
+            f"is on {original.subject!r}, not {record.original_subject!r}"
+        )
+    headers = {**original.headers, **record.headers}
+    del headers[DEAD_LETTER_BODY_OMITTED]
+    return msgspec.structs.replace(record, data=original.data, headers=headers)
 
 
 def _change_trigger(subject: str) -> Trigger | None:
