@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 from edge_support import wait_listening
-from nats_fixtures import nats_server, remove_app, wait_until  # noqa: F401
+from nats_fixtures import configured_server, nats_server, remove_app, wait_until  # noqa: F401
 
 from thaw.adapters.edge import cli, prepare
 from thaw.adapters.edge.bundle import (
@@ -414,3 +414,81 @@ def test_the_bundle_consumes_jetstream_from_itself(
     finally:
         moved.rename(bundle)
         anyio.run(remove)
+
+
+# -- credentials -------------------------------------------------------------------------
+
+EDGE_SECRET = "edge-pa55word-never-printed"
+EDGE_USERS = f'authorization {{ users: [ {{ user: ann, password: "{EDGE_SECRET}" }} ] }}'
+
+
+def _edge_serve(url: str, cwd: Path, env: dict[str, str]) -> subprocess.Popen[str]:
+    full = {k: v for k, v in os.environ.items() if not k.startswith(("THAW_NATS_", "THAW_EDGE"))}
+    command = [sys.executable, "-c", HARNESS, "edge", "serve", HELLO, "--port", "0"]
+    return subprocess.Popen(
+        [*command, "--nats", url],
+        cwd=cwd,
+        env={**full, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+@pytest.mark.slow
+def test_the_edge_host_authenticates_and_never_prints_the_password(
+    node: str, tmp_path: Path
+) -> None:
+    import anyio
+    import msgspec
+
+    from thaw.adapters.nats import JetStreamOptions, open_jetstream_backbone
+    from thaw.lowlevel import apply_plan, load_app, plan_for
+
+    app = load_app(HELLO)
+    [consumer] = plan_for(app).consumers
+    options = JetStreamOptions(user="ann", password=EDGE_SECRET)
+    with configured_server(EDGE_USERS, tmp_path / "server") as server:
+
+        async def provision() -> None:
+            async with open_jetstream_backbone(server.url, options=options) as backbone:
+                await apply_plan(plan_for(app), backbone)
+
+        async def publish_and_settle() -> None:
+            async with open_jetstream_backbone(server.url, options=options) as backbone:
+                await backbone.publish("hello.greet", msgspec.json.encode({"name": "Ada"}))
+
+                async def settled() -> bool:
+                    info = await backbone.consumer_info(consumer.stream, consumer.config.durable)
+                    return info.num_pending == 0 and info.num_ack_pending == 0
+
+                await wait_until(settled, limit=60)
+                assert (await backbone.stream_info(consumer.stream)).messages == 2
+
+        anyio.run(provision)
+        # The password in the URL: Node's command line, its start-up line and its
+        # errors hold the URL without it; it authenticates from its environment.
+        secret_url = f"nats://ann:{EDGE_SECRET}@127.0.0.1:{server.port}"
+        process = _edge_serve(secret_url, tmp_path, {})
+        try:
+            line = wait_listening(process, timeout=120)
+            assert line["nats"] == f"nats://127.0.0.1:{server.port}"
+            cmdline = Path(f"/proc/{process.pid}/cmdline").read_bytes().decode(errors="replace")
+            assert "thaw_edge.mjs" in cmdline and EDGE_SECRET not in cmdline
+            anyio.run(publish_and_settle)
+        finally:
+            process.send_signal(signal.SIGTERM)
+            _out, err = process.communicate(timeout=30)
+        assert EDGE_SECRET not in err
+
+        # Wrong credentials: one clear line, within a bound, the password nowhere.
+        for url, env in (
+            (server.url, {"THAW_NATS_USER": "ann", "THAW_NATS_PASSWORD": "wrong-secret-x"}),
+            (f"nats://ann:wrong-secret-x@127.0.0.1:{server.port}", {}),
+        ):
+            process = _edge_serve(url, tmp_path, env)
+            out, err = process.communicate(timeout=120)
+            assert process.returncode != 0, out
+            assert "wrong-secret-x" not in out + err
+            assert "cannot connect to NATS at nats://" in err
+            assert "uthorization" in err, err

@@ -445,3 +445,56 @@ def test_serve_workers_keep_the_password_off_every_command_line(
         _out, err = process.communicate(timeout=WAIT)
     assert "process list" in err  # the parent's warning
     assert SECRET not in err
+
+
+def test_replicas_reach_the_streams_thaw_creates(password_server: ConfiguredServer) -> None:
+    # A single server refuses replicated streams: proof that --replicas got there.
+    env = {"THAW_NATS_USER": "ann", "THAW_NATS_PASSWORD": SECRET}
+    notifications = str(ROOT / "examples" / "notification_fanout")
+    result = _thaw(
+        "provision", notifications, "--nats", password_server.url, "--replicas", "3", env=env
+    )
+    assert result.returncode == cli.EXIT_FAILED
+    assert "replicas > 1 not supported" in result.stderr
+    env["THAW_NATS_REPLICAS"] = "3"
+    result = _thaw("provision", notifications, "--nats", password_server.url, env=env)
+    assert "replicas > 1 not supported" in result.stderr
+
+
+@given(st.text(max_size=80))
+def test_any_url_text_is_stripped_or_refused_cleanly(text: str) -> None:
+    try:
+        stripped, _user, _password = strip_credentials(text)
+    except NatsOptionsError:
+        return  # a clear refusal (any other exception fails the test)
+    assert strip_credentials(stripped)[1:] == (None, None)  # no user info is left
+
+
+def test_thaw_dev_hands_its_app_the_settings_in_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from thaw.adapters.cli.nats_options import backbone_target, export_to_children
+    from thaw.adapters.cli.supervise import worker_command
+
+    for name in ENVIRONMENT.values():
+        monkeypatch.delenv(name, raising=False)  # restored after the test
+    monkeypatch.setenv("THAW_NATS_URL", f"nats://ann:{SECRET}@127.0.0.1:4222")
+    args = argparse.Namespace(
+        app=HELLO,
+        backbone="nats",
+        url=None,
+        state_dir=".thaw",
+        drain_timeout=1.0,
+        http_host="127.0.0.1",
+        ack_wait=None,
+        max_body=None,
+        no_http=True,
+        access_log=True,
+        **vars(parse("--nats-tls-ca", "/dev/null")),
+    )
+    kind, url, _settings = backbone_target(args)
+    export_to_children(args)
+    assert os.environ["THAW_NATS_PASSWORD"] == SECRET and os.environ["THAW_NATS_USER"] == "ann"
+    assert os.environ["THAW_NATS_TLS_CA"] == "/dev/null"
+    command = worker_command(args, kind=kind, url=url, port=0)
+    assert SECRET not in " ".join(command) and "nats://127.0.0.1:4222" in command

@@ -45,6 +45,7 @@ __all__ = [
     "backbone_target",
     "child_environment",
     "connection_options",
+    "environment_for_child",
     "export_to_children",
     "nats_settings",
     "strip_credentials",
@@ -224,11 +225,13 @@ def strip_credentials(urls: str) -> tuple[str, str | None, str | None]:
     for url in (part.strip() for part in urls.split(",")):
         if not url:
             continue
-        parts = urlsplit(url if "://" in url else f"nats://{url}")
-        try:
+        try:  # the URL may hold a password: never echoed in the error
+            parts = urlsplit(url if "://" in url else f"nats://{url}")
             port = parts.port
         except ValueError:
-            raise NatsOptionsError("a NATS URL has a port that is not a number") from None
+            raise NatsOptionsError(
+                "a NATS URL is malformed (a bad host or port); want nats://host:port"
+            ) from None
         if parts.username is None and parts.password is None:
             kept.append(url)
             found.add((None, None))
@@ -409,9 +412,16 @@ def child_environment(
 ) -> dict[str, str]:
     """The environment of a child ``thaw`` that connects as this command does: this
     one's, with every ``THAW_NATS_*`` replaced by the resolved settings."""
+    return environment_for_child(backbone_target(args)[2], environ)
+
+
+def environment_for_child(
+    settings: NatsSettings | None, environ: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """``environ`` (this process's by default) with every ``THAW_NATS_*`` replaced by
+    ``settings`` (removed when None), for a child that connects with them."""
     env = os.environ if environ is None else environ
     ours = set(ENVIRONMENT.values())
-    settings = backbone_target(args)[2]
     child = {name: value for name, value in env.items() if name not in ours}
     if settings is not None:
         child.update(settings.child_environment())

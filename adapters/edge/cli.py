@@ -3,11 +3,14 @@
     thaw edge serve APP [--port 8787] [--host 127.0.0.1] [--nats URL]   the Node host
     thaw edge build APP -o DIR [--no-snapshot] [--memory-snapshot]   a bundle
 
-``serve --nats URL`` runs the app on JetStream, as ``thaw serve --nats URL`` does
-natively: the Node host's npm NATS client fetches from the app's durable consumers
+``serve --nats URL`` (or ``THAW_NATS_URL``) runs the app on JetStream, as ``thaw serve --nats
+URL`` does natively: the Node host's npm NATS client fetches from the app's durable consumers
 and the unchanged host inside Pyodide acks, naks or dead-letters each message by its
 Outcome, with idempotency in the app's KV bucket (shared with Python hosts). It
-provisions nothing: run ``thaw provision APP --nats URL`` first.
+provisions nothing: run ``thaw provision APP --nats URL`` first. It takes ``thaw serve``'s
+credential and TLS options (``--nats-user``, ``--nats-password-file``, ...,
+``THAW_NATS_*``; docs/security.md); Node gets the URL without credentials on its
+command line and the secrets in its environment.
 
 Both need the edge cache (``python -m thaw.adapters.edge.prepare``); without it they
 exit 3 naming that step. ``serve`` replaces this process with Node, so signals
@@ -22,6 +25,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from thaw.adapters.cli.nats_options import (
+    ENVIRONMENT,
+    add_nats_options,
+    environment_for_child,
+    nats_settings,
+)
 from thaw.adapters.edge import prepare
 from thaw.adapters.edge.bundle import build_bundle
 
@@ -44,8 +53,9 @@ def register(commands: Any) -> None:
         "--nats",
         metavar="URL",
         help="run on this NATS server's JetStream (consume stream triggers, KV, publish); "
-        "provision first with `thaw provision APP --nats URL`",
+        "provision first with `thaw provision APP --nats URL` (env THAW_NATS_URL)",
     )
+    add_nats_options(serve, url_flag=False)
     serve.set_defaults(handler=_serve)
 
     build = actions.add_parser("build", help="write a self-contained bundle for a JS edge")
@@ -76,14 +86,18 @@ def _serve(args: argparse.Namespace) -> int:
         return _fail("; ".join(problems))
     try:
         options = ["--port", str(args.port), "--host", args.host]
-        if args.nats:
-            options += ["--nats", args.nats]
+        env = dict(os.environ)
+        if args.nats or os.environ.get(ENVIRONMENT["url"]):
+            # The URL without credentials on Node's command line; secrets in its environment.
+            settings = nats_settings(args, url=args.nats)
+            options += ["--nats", str(settings.url)]
+            env = environment_for_child(settings)
         command = prepare.host_command("serve", args.app, *options)
     except prepare.EdgeSetupError as exc:
         return _fail(str(exc))
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execv(command[0], command)  # never returns: Node is this process now
+    os.execve(command[0], command, env)  # never returns: Node is this process now
 
 
 def _build(args: argparse.Namespace) -> int:

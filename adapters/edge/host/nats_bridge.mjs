@@ -18,17 +18,21 @@
 // batch is full (a fetch sized to the free slots would then stall up to `expires`
 // on a quiet stream) and accepts no expiry under one second.
 
+import fs from "node:fs";
 import { createRequire } from "node:module";
 import path from "node:path";
 
 // The packages live in the edge cache's node_modules (`npm ci` from the committed
 // package-lock.json), not beside this file: loaded from there by openNatsBridge.
 let connect, createInbox, natsHeaders, jetstream, jetstreamManager, JetStreamApiError, Kvm;
+let credsAuthenticator, nkeyAuthenticator;
+let inboxPrefix = "_INBOX"; // THAW_NATS_INBOX_PREFIX: every inbox of the bridge uses it
+const newInbox = () => createInbox(inboxPrefix);
 
 function loadPackages(cache) {
   if (Kvm) return;
   const require = createRequire(path.join(cache, "node_modules", "thaw-edge.cjs"));
-  ({ connect, createInbox, headers: natsHeaders } = require("@nats-io/transport-node"));
+  ({ connect, createInbox, headers: natsHeaders, credsAuthenticator, nkeyAuthenticator } = require("@nats-io/transport-node"));
   ({ jetstream, jetstreamManager, JetStreamApiError } = require("@nats-io/jetstream"));
   ({ Kvm } = require("@nats-io/kv"));
 }
@@ -92,6 +96,87 @@ function pendingAfter(reply) {
   return Number(tokens.length === 9 ? tokens[8] : tokens[10]);
 }
 
+// -- connecting: the same settings as the Python hosts (adapters/cli/nats_options.py) -------
+
+/**
+ * `url` without its user info, and the credentials it carried: `nats://user:pass@h:4222`
+ * gives a user and a password, `nats://token@h:4222` a token (as every NATS client reads
+ * them). Several comma-separated URLs must agree.
+ */
+export function stripCredentials(url) {
+  const servers = [];
+  const found = new Set();
+  let user, pass, tls = false;
+  for (const part of url.split(",").map((u) => u.trim()).filter(Boolean)) {
+    const parsed = new URL(part.includes("://") ? part : `nats://${part}`);
+    tls ||= parsed.protocol === "tls:";
+    if (parsed.username || parsed.password) {
+      user = decodeURIComponent(parsed.username);
+      pass = parsed.password ? decodeURIComponent(parsed.password) : undefined;
+      found.add(`${user}\u0000${pass}`);
+    }
+    servers.push(`${parsed.hostname}${parsed.port ? `:${parsed.port}` : ""}`);
+  }
+  if (!servers.length) throw new Error("the NATS URL is empty");
+  if (found.size > 1) throw new Error("the NATS URLs carry different credentials; give them once");
+  return { servers, user, pass, tls };
+}
+
+/** A NATS URL fit to print: user info replaced by `***`. */
+export function redact(url) {
+  return String(url).replace(/([a-z][a-z0-9+.-]*:\/\/)[^@/,\s]*@/gi, "$1***@");
+}
+
+/** `text` with every secret in `secrets` replaced by `***` (error messages echo input). */
+function scrub(text, secrets) {
+  let clean = redact(text);
+  for (const secret of secrets) if (secret) clean = clean.split(secret).join("***");
+  return clean;
+}
+
+/**
+ * The npm client's connect options for `url` and the THAW_NATS_* variables of `env`
+ * (user and password, token, nkey seed file, .creds file, TLS CA, client certificate
+ * and key, server name, inbox prefix), and the secrets to keep out of messages.
+ */
+export function connectOptions(url, env, readFile) {
+  const { servers, user: urlUser, pass: urlPass, tls: tlsScheme } = stripCredentials(url);
+  const options = { servers };
+  const secrets = [];
+  const fromFile = (name) => {
+    const file = env[`${name}_FILE`];
+    return file ? readFile(file).toString("utf8").replace(/[\r\n]+$/, "") : undefined;
+  };
+  let user = env.THAW_NATS_USER, pass = env.THAW_NATS_PASSWORD || fromFile("THAW_NATS_PASSWORD");
+  let token = env.THAW_NATS_TOKEN || fromFile("THAW_NATS_TOKEN");
+  if (urlPass !== undefined) {
+    if ((pass && pass !== urlPass) || (user && user !== urlUser)) {
+      throw new Error("the NATS user or password is given twice, in the URL and the environment");
+    }
+    user = urlUser;
+    pass = urlPass;
+  } else if (urlUser !== undefined) {
+    if (token && token !== urlUser) throw new Error("the NATS token is given twice, in the URL and the environment");
+    token = urlUser;
+  }
+  if (user !== undefined && pass !== undefined) Object.assign(options, { user, pass });
+  if (token) options.token = token;
+  secrets.push(pass, token);
+  if (env.THAW_NATS_NKEY_SEED_FILE) {
+    const seed = new Uint8Array(readFile(env.THAW_NATS_NKEY_SEED_FILE));
+    options.authenticator = nkeyAuthenticator(new TextEncoder().encode(new TextDecoder().decode(seed).trim()));
+  }
+  if (env.THAW_NATS_CREDS) options.authenticator = credsAuthenticator(new Uint8Array(readFile(env.THAW_NATS_CREDS)));
+  const tls = {};
+  if (env.THAW_NATS_TLS_CA) tls.caFile = env.THAW_NATS_TLS_CA;
+  if (env.THAW_NATS_TLS_CERT) tls.certFile = env.THAW_NATS_TLS_CERT;
+  if (env.THAW_NATS_TLS_KEY) tls.keyFile = env.THAW_NATS_TLS_KEY;
+  if (env.THAW_NATS_TLS_SERVER_NAME) tls.servername = env.THAW_NATS_TLS_SERVER_NAME;
+  if (tlsScheme || Object.keys(tls).length) options.tls = tls;
+  if (env.THAW_NATS_INBOX_PREFIX) options.inboxPrefix = env.THAW_NATS_INBOX_PREFIX;
+  return { options, secrets: secrets.filter(Boolean) };
+}
+
 export class NatsBridge {
   constructor(connection) {
     this.connection = connection;
@@ -101,11 +186,26 @@ export class NatsBridge {
     this._buckets = new Map();
   }
 
-  /** Connect to `url` with the npm client from the edge cache `cache`. */
-  static async open(url, { cache, name = "thaw-edge" }) {
+  /**
+   * Connect to `url` with the npm client from the edge cache `cache`, authenticating with
+   * the URL's credentials or the THAW_NATS_* variables of `env`. An error names the
+   * server without credentials and never holds a secret.
+   */
+  static async open(url, { cache, name = "thaw-edge", env = process.env }) {
     loadPackages(cache);
-    const connection = await connect({ servers: url, name, maxReconnectAttempts: -1 });
-    return new NatsBridge(connection);
+    let options, secrets = [];
+    try {
+      ({ options, secrets } = connectOptions(url, env, (file) => fs.readFileSync(file)));
+      inboxPrefix = options.inboxPrefix || "_INBOX";
+      // Bounded first connection (a wrong password fails, never retries for ever); once
+      // connected the client reconnects for good, as the Python hosts do.
+      const connection = await connect({ ...options, name, maxReconnectAttempts: -1, waitOnFirstConnect: false, timeout: 5_000 });
+      return new NatsBridge(connection);
+    } catch (error) {
+      const wrapped = new Error(scrub(String(error?.message || error), secrets));
+      wrapped.code = error?.code;
+      throw wrapped;
+    }
   }
 
   async jsm() {
@@ -121,7 +221,7 @@ export class NatsBridge {
     const messages = [];
     return new Promise((resolve) => {
       let timer = null;
-      const subscription = this.connection.subscribe(createInbox(), {
+      const subscription = this.connection.subscribe(newInbox(), {
         callback: (error, message) => {
           if (error) return finish("error", String(error.message || error));
           const code = message.headers?.code || 0;

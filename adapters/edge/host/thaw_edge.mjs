@@ -32,7 +32,7 @@ import fs from "node:fs";
 import http from "node:http";
 import path from "node:path";
 import { fileURLToPath, pathToFileURL } from "node:url";
-import { NatsBridge } from "./nats_bridge.mjs";
+import { NatsBridge, redact } from "./nats_bridge.mjs";
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 // A bundle made by `thaw edge build` holds this file beside thaw-bundle.json, its own
@@ -397,7 +397,7 @@ export async function openEdge(appPath, { cache = CACHE, booted = null, memorySn
     try {
       bridge = await NatsBridge.open(nats, { cache });
     } catch (error) {
-      throw new EdgeSetupError(`cannot connect to NATS at ${nats}: ${error.message}`);
+      throw new EdgeSetupError(`cannot connect to NATS at ${redact(nats)}: ${error.message}`);
     }
   }
   const guest = pyodide.pyimport("thaw.adapters.edge._guest");
@@ -504,7 +504,7 @@ async function commandServe(options) {
   server.requestTimeout = 30_000;
   await new Promise((resolve, reject) => { server.once("error", reject); server.listen(port, host, resolve); });
   const address = server.address();
-  console.log(JSON.stringify({ listening: `http://${address.address}:${address.port}`, nats: options.nats || null, timings: edge.timings, sizes: edge.sizes }));
+  console.log(JSON.stringify({ listening: `http://${address.address}:${address.port}`, nats: options.nats ? redact(options.nats) : null, timings: edge.timings, sizes: edge.sizes }));
   let stopping = false;
   const stop = async () => {
     if (stopping) return;
