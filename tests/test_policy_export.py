@@ -120,9 +120,11 @@ def _restricted_server(app: str, run_dir: Path) -> ConfiguredServer:
 
 
 @contextmanager
-def _serving(app: str, server: ConfiguredServer, tmp_path: Path) -> Iterator[tuple[int, list[str]]]:
+def _serving(
+    app: str, server: ConfiguredServer, tmp_path: Path, **extra_env: str
+) -> Iterator[tuple[int, list[str]]]:
     """``thaw serve`` of an example as the restricted user: (HTTP port, its stderr lines)."""
-    env = dict(os.environ, PYTHONPATH=str(ROOT), THAW_NATS_USER="app")
+    env = dict(os.environ, PYTHONPATH=str(ROOT), THAW_NATS_USER="app", **extra_env)
     env["THAW_NATS_PASSWORD"] = APP_PASSWORD
     command = [sys.executable, "-m", "thaw.adapters.cli", "serve", str(EXAMPLES / app)]
     command += ["--nats", server.url, "--http", "0", "--drain-timeout", "2"]
@@ -233,6 +235,34 @@ async def test_uploads_runs_objects_to_kv_under_exactly_the_exported_permissions
                 await wait_until(indexed, limit=WAIT)
             finally:
                 await admin.close()
+        _assert_no_violation(server, errors)
+    finally:
+        server.stop()
+
+
+@pytest.mark.anyio
+async def test_subject_services_answer_under_exactly_the_exported_permissions(
+    tmp_path: Path,
+) -> None:
+    server = _restricted_server("bff", tmp_path / "server")
+    server.start()
+    try:
+        # BFF_BACKENDS=nats: the page sends NATS requests to the host's own services.
+        with _serving("bff", server, tmp_path, BFF_BACKENDS="nats") as (port, errors):
+            admin = await nats.connect(server.url, user="admin", password=ADMIN)
+            try:
+                # Replies go to the requester's inbox: allow_responses lets them through.
+                reply = await admin.request("bff.profile", b'{"user": "u1"}', timeout=WAIT)
+                assert json.loads(reply.data) == {"name": "Ada Lovelace", "tier": "gold"}
+                ping = await admin.request("$SRV.PING.bff", b"", timeout=WAIT)
+                assert json.loads(ping.data)["name"] == "bff"
+            finally:
+                await admin.close()
+            page = await anyio.to_thread.run_sync(
+                lambda: urllib.request.urlopen(f"http://127.0.0.1:{port}/page/u1", timeout=WAIT)
+            )
+            with page:
+                assert page.status == 200
         _assert_no_violation(server, errors)
     finally:
         server.stop()
