@@ -422,11 +422,11 @@ EDGE_SECRET = "edge-pa55word-never-printed"
 EDGE_USERS = f'authorization {{ users: [ {{ user: ann, password: "{EDGE_SECRET}" }} ] }}'
 
 
-def _edge_serve(url: str, cwd: Path, env: dict[str, str]) -> subprocess.Popen[str]:
+def _edge_serve(url: str, cwd: Path, env: dict[str, str], *flags: str) -> subprocess.Popen[str]:
     full = {k: v for k, v in os.environ.items() if not k.startswith(("THAW_NATS_", "THAW_EDGE"))}
     command = [sys.executable, "-c", HARNESS, "edge", "serve", HELLO, "--port", "0"]
     return subprocess.Popen(
-        [*command, "--nats", url],
+        [*command, "--nats", url, *flags],
         cwd=cwd,
         env={**full, **env},
         stdout=subprocess.PIPE,
@@ -492,3 +492,61 @@ def test_the_edge_host_authenticates_and_never_prints_the_password(
             assert "wrong-secret-x" not in out + err
             assert "cannot connect to NATS at nats://" in err
             assert "uthorization" in err, err
+
+
+@pytest.mark.slow
+def test_the_edge_host_speaks_mutual_tls_with_a_token(node: str, tmp_path: Path) -> None:
+    import anyio
+    import msgspec
+    from nats_pki import make_pki, tls_config
+
+    from thaw.adapters.nats import JetStreamOptions, open_jetstream_backbone
+    from thaw.lowlevel import apply_plan, load_app, plan_for
+
+    pki = make_pki(tmp_path / "pki")
+    token_file = tmp_path / "token"
+    token_file.write_text(EDGE_SECRET + "\n")
+    config = f'{tls_config(pki, verify=True)}\nauthorization {{ token: "{EDGE_SECRET}" }}'
+    app = load_app(HELLO)
+    [consumer] = plan_for(app).consumers
+    options = JetStreamOptions(
+        token=EDGE_SECRET,
+        tls_ca_file=str(pki / "ca.pem"),
+        tls_cert_file=str(pki / "client.pem"),
+        tls_key_file=str(pki / "client.key"),
+    )
+    with configured_server(config, tmp_path / "server") as server:
+        url = f"tls://127.0.0.1:{server.port}"
+
+        async def provision() -> None:
+            async with open_jetstream_backbone(url, options=options) as backbone:
+                await apply_plan(plan_for(app), backbone)
+
+        async def publish_and_settle() -> None:
+            async with open_jetstream_backbone(url, options=options) as backbone:
+                await backbone.publish("hello.greet", msgspec.json.encode({"name": "Ada"}))
+
+                async def settled() -> bool:
+                    info = await backbone.consumer_info(consumer.stream, consumer.config.durable)
+                    return info.num_pending == 0 and info.num_ack_pending == 0
+
+                await wait_until(settled, limit=60)
+                assert (await backbone.stream_info(consumer.stream)).messages == 2
+
+        anyio.run(provision)
+        flags = ["--nats-token-file", str(token_file), "--nats-tls-ca", str(pki / "ca.pem")]
+        flags += ["--nats-tls-cert", str(pki / "client.pem")]
+        flags += ["--nats-tls-key", str(pki / "client.key"), "--nats-tls-server-name", "nats.test"]
+        process = _edge_serve(url, tmp_path, {}, *flags)
+        try:
+            assert wait_listening(process, timeout=120)["nats"] == url
+            anyio.run(publish_and_settle)
+        finally:
+            process.send_signal(signal.SIGTERM)
+            _out, err = process.communicate(timeout=30)
+        assert EDGE_SECRET not in err
+        # Without the client certificate the server refuses the handshake.
+        process = _edge_serve(url, tmp_path, {}, *flags[:4])
+        out, err = process.communicate(timeout=120)
+        assert process.returncode != 0 and "cannot connect to NATS at tls://" in err, out + err
+        assert EDGE_SECRET not in out + err

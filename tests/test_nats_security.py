@@ -10,8 +10,6 @@ clear line.
 from __future__ import annotations
 
 import argparse
-import datetime
-import ipaddress
 import json
 import os
 import queue
@@ -25,13 +23,10 @@ from pathlib import Path
 import anyio
 import nkeys
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from hypothesis import given
 from hypothesis import strategies as st
 from nats_fixtures import ConfiguredServer, configured_server
+from nats_pki import make_pki, tls_config
 
 from thaw.adapters.cli import command as cli
 from thaw.adapters.cli.nats_options import (
@@ -248,85 +243,14 @@ async def test_nkeys_seed_file(tmp_path: Path) -> None:
 # -- TLS, with a CA made here -------------------------------------------------------------
 
 
-def _key() -> ec.EllipticCurvePrivateKey:
-    return ec.generate_private_key(ec.SECP256R1())
-
-
-def _write(path: Path, cert: x509.Certificate, key: ec.EllipticCurvePrivateKey) -> None:
-    path.with_suffix(".pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    path.with_suffix(".key").write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-
-
-def _issue(
-    name: str,
-    key: ec.EllipticCurvePrivateKey,
-    ca: tuple[x509.Certificate, ec.EllipticCurvePrivateKey] | None,
-    *,
-    names: list[x509.GeneralName] = (),  # type: ignore[assignment]
-    usage: x509.ObjectIdentifier | None = None,
-) -> x509.Certificate:
-    now = datetime.datetime.now(datetime.UTC)
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    issuer_name, signer = (ca[0].subject, ca[1]) if ca else (subject, key)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(issuer_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=ca is None, path_length=None), critical=True)
-    )
-    if names:
-        builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
-    if usage is not None:
-        builder = builder.add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
-    return builder.sign(signer, hashes.SHA256())
-
-
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A test CA, a server certificate for 127.0.0.1 and nats.test, a client one; and a
-    second CA that signed nothing of this."""
-    folder = tmp_path_factory.mktemp("pki")
-    ca_key = _key()
-    ca = _issue("thaw test CA", ca_key, None)
-    _write(folder / "ca", ca, ca_key)
-    server_key = _key()
-    names: list[x509.GeneralName] = [
-        x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-        x509.DNSName("nats.test"),
-    ]
-    server = _issue(
-        "nats.test", server_key, (ca, ca_key), names=names, usage=ExtendedKeyUsageOID.SERVER_AUTH
-    )
-    _write(folder / "server", server, server_key)
-    client_key = _key()
-    client = _issue("thaw", client_key, (ca, ca_key), usage=ExtendedKeyUsageOID.CLIENT_AUTH)
-    _write(folder / "client", client, client_key)
-    other_key = _key()
-    _write(folder / "other-ca", _issue("another CA", other_key, None), other_key)
-    return folder
-
-
-def _tls_config(pki: Path, *, verify: bool) -> str:
-    cert, key, ca = (json.dumps(str(pki / name)) for name in ("server.pem", "server.key", "ca.pem"))
-    return (
-        f"tls {{ cert_file: {cert}, key_file: {key}, ca_file: {ca}, "
-        f"verify: {'true' if verify else 'false'}, timeout: 5 }}"
-    )
+    return make_pki(tmp_path_factory.mktemp("pki"))
 
 
 @pytest.mark.anyio
 async def test_tls_with_the_test_ca(pki: Path, tmp_path: Path) -> None:
-    with configured_server(_tls_config(pki, verify=False), tmp_path) as server:
+    with configured_server(tls_config(pki, verify=False), tmp_path) as server:
         url = f"tls://127.0.0.1:{server.port}"
         await _round_trip(url, JetStreamOptions(tls_ca_file=str(pki / "ca.pem")))
         # The certificate names nats.test too: checked against that name instead.
@@ -341,7 +265,7 @@ async def test_tls_with_the_test_ca(pki: Path, tmp_path: Path) -> None:
 
 @pytest.mark.anyio
 async def test_mutual_tls_needs_the_client_certificate(pki: Path, tmp_path: Path) -> None:
-    with configured_server(_tls_config(pki, verify=True), tmp_path) as server:
+    with configured_server(tls_config(pki, verify=True), tmp_path) as server:
         url = f"tls://127.0.0.1:{server.port}"
         ca = str(pki / "ca.pem")
         client = JetStreamOptions(
