@@ -4,21 +4,32 @@
 and ``nats.test``), ``client.pem``/``client.key`` (client authentication) and
 ``other-ca.pem`` (a CA that signed nothing here); ``tls_config`` is the nats-server
 ``tls { ... }`` block that uses them. Keys are P-256, valid for a day.
+
+``make_operator(folder)`` is decentralized auth in miniature: an operator, a system
+account and an account with JetStream (JWTs signed with nkeys), the server
+configuration that trusts them (a memory resolver), and ``user.creds`` for a user
+of the account, plus ``stranger.creds`` for a user of an account the server does
+not know.
 """
 
 from __future__ import annotations
 
+import base64
 import datetime
 import ipaddress
 import json
+import os
+import time
 from pathlib import Path
+from typing import Any
 
+import nkeys
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-__all__ = ["make_pki", "tls_config"]
+__all__ = ["make_operator", "make_pki", "tls_config"]
 
 
 def _key() -> ec.EllipticCurvePrivateKey:
@@ -93,4 +104,63 @@ def tls_config(pki: Path, *, verify: bool) -> str:
     return (
         f"tls {{ cert_file: {cert}, key_file: {key}, ca_file: {ca}, "
         f"verify: {'true' if verify else 'false'}, timeout: 5 }}"
+    )
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _keys(prefix: int) -> tuple[bytes, Any, str]:
+    seed = nkeys.encode_seed(os.urandom(32), prefix)
+    pair = nkeys.from_seed(bytearray(seed))
+    return seed, pair, pair.public_key.decode()
+
+
+def _jwt(signer: Any, claims: dict[str, Any]) -> str:
+    header = _b64(json.dumps({"typ": "JWT", "alg": "ed25519-nkey"}).encode())
+    body = {"jti": _b64(os.urandom(16)), "iat": int(time.time()), **claims}
+    payload = _b64(json.dumps(body).encode())
+    return f"{header}.{payload}.{_b64(signer.sign(f'{header}.{payload}'.encode()))}"
+
+
+_UNLIMITED = {"subs": -1, "data": -1, "payload": -1, "imports": -1, "exports": -1}
+_UNLIMITED |= {"wildcards": True, "conn": -1, "leaf": -1}
+
+
+def _account(operator: Any, issuer: str, subject: str, name: str, jetstream: bool) -> str:
+    limits = dict(_UNLIMITED)
+    if jetstream:
+        limits |= {"mem_storage": -1, "disk_storage": -1, "streams": -1, "consumer": -1}
+    nats = {"type": "account", "version": 2, "limits": limits}
+    return _jwt(operator, {"iss": issuer, "sub": subject, "name": name, "nats": nats})
+
+
+def _creds(path: Path, account: Any, account_key: str) -> None:
+    seed, _pair, user = _keys(nkeys.PREFIX_BYTE_USER)
+    nats = {"type": "user", "version": 2, "pub": {}, "sub": {}, "subs": -1, "data": -1}
+    token = _jwt(account, {"iss": account_key, "sub": user, "name": "thaw", "nats": nats})
+    path.write_text(
+        f"-----BEGIN NATS USER JWT-----\n{token}\n------END NATS USER JWT------\n\n"
+        f"-----BEGIN USER NKEY SEED-----\n{seed.decode()}\n------END USER NKEY SEED------\n"
+    )
+
+
+def make_operator(folder: Path) -> str:
+    """Write ``user.creds`` and ``stranger.creds`` into ``folder``; return the server's
+    configuration (operator, system account, memory resolver)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    _seed, operator, operator_key = _keys(nkeys.PREFIX_BYTE_OPERATOR)
+    op_claims = {"type": "operator", "version": 2}
+    op_jwt = _jwt(operator, {"iss": operator_key, "sub": operator_key, "nats": op_claims})
+    _seed, account, account_key = _keys(nkeys.PREFIX_BYTE_ACCOUNT)
+    _seed, _system, system_key = _keys(nkeys.PREFIX_BYTE_ACCOUNT)
+    _seed, stranger, stranger_key = _keys(nkeys.PREFIX_BYTE_ACCOUNT)
+    app_jwt = _account(operator, operator_key, account_key, "app", jetstream=True)
+    sys_jwt = _account(operator, operator_key, system_key, "SYS", jetstream=False)
+    _creds(folder / "user.creds", account, account_key)
+    _creds(folder / "stranger.creds", stranger, stranger_key)
+    return (
+        f"operator: {op_jwt}\nsystem_account: {system_key}\nresolver: MEMORY\n"
+        f"resolver_preload: {{ {account_key}: {app_jwt}, {system_key}: {sys_jwt} }}\n"
     )

@@ -26,7 +26,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from nats_fixtures import ConfiguredServer, configured_server
-from nats_pki import make_pki, tls_config
+from nats_pki import make_operator, make_pki, tls_config
 
 from thaw.adapters.cli import command as cli
 from thaw.adapters.cli.nats_options import (
@@ -238,6 +238,20 @@ async def test_nkeys_seed_file(tmp_path: Path) -> None:
         await _round_trip(server.url, JetStreamOptions(nkeys_seed_file=str(seed_file)))
         message = await _refused(server.url, JetStreamOptions(nkeys_seed_file=str(other)))
         assert "refused the credentials" in message
+
+
+@pytest.mark.anyio
+async def test_creds_file(tmp_path: Path) -> None:
+    config = make_operator(tmp_path / "creds")
+    with configured_server(config, tmp_path / "server") as server:
+        creds = str(tmp_path / "creds" / "user.creds")
+        await _round_trip(server.url, JetStreamOptions(creds_file=creds))
+        stranger = JetStreamOptions(creds_file=str(tmp_path / "creds" / "stranger.creds"))
+        assert "refused the credentials" in await _refused(server.url, stranger)
+        result = await anyio.to_thread.run_sync(
+            lambda: _thaw("dlq", "list", "--nats", server.url, "--nats-creds", creds, env={})
+        )
+        assert result.returncode == 0, result.stderr
 
 
 # -- TLS, with a CA made here -------------------------------------------------------------
