@@ -155,6 +155,14 @@ async def test_hello_runs_end_to_end_under_exactly_the_exported_permissions(
     server = _restricted_server("hello", tmp_path / "server")
     server.start()
     try:
+        # Provisioned before by an operator with another dead-letter age: the host's own
+        # provisioning changes it back (a stream update it must be allowed).
+        env = dict(os.environ, PYTHONPATH=str(ROOT), THAW_NATS_USER="admin")
+        env["THAW_NATS_PASSWORD"] = ADMIN
+        command = [sys.executable, "-m", "thaw.adapters.cli", "provision", str(EXAMPLES / "hello")]
+        command += ["--nats", server.url, "--dlq-max-age", "1d"]
+        with anyio.fail_after(WAIT):
+            await anyio.run_process(command, env=env)
         with _serving("hello", server, tmp_path) as (port, errors):
             request = urllib.request.Request(
                 f"http://127.0.0.1:{port}/greet", data=b'{"name": "Ada"}', method="POST"
@@ -182,6 +190,7 @@ async def test_hello_runs_end_to_end_under_exactly_the_exported_permissions(
             finally:
                 await admin.close()
         _assert_no_violation(server, errors)
+        assert any("max age changed from 1d to 14d" in line for line in errors), errors
         await _refused_outside(server)
     finally:
         server.stop()

@@ -101,6 +101,8 @@ def _api_calls(app: App, plan: ProvisionPlan) -> set[str]:
     streams += [kv_stream_name(bucket) for bucket in kv]
     streams += [object_stream_name(bucket) for bucket in stores]
     calls = {f"{API}.INFO", f"{API}.STREAM.NAMES"}  # account check; naming an overlap
+    # Provisioning changes an existing stream's age limit (--dlq-max-age, --stream-max-age).
+    calls |= {f"{API}.STREAM.UPDATE.{stream.name}" for stream in plan.streams}
     for name in streams:
         calls |= {f"{API}.STREAM.{verb}.{name}" for verb in ("INFO", "CREATE")}
         if name != DEAD_LETTER_STREAM:  # dead letters are written, read by operators only
