@@ -289,6 +289,21 @@ async def test_mutual_tls_needs_the_client_certificate(pki: Path, tmp_path: Path
         )
         await _round_trip(url, client)
         await _refused(url, JetStreamOptions(tls_ca_file=ca))
+        # The same through the command line's flags, and through its environment.
+        flags = ("--nats", url, "--nats-tls-ca", ca, "--nats-tls-cert", str(pki / "client.pem"))
+        key = str(pki / "client.key")
+        result = await anyio.to_thread.run_sync(
+            lambda: _thaw("dlq", "list", *flags, "--nats-tls-key", key, env={})
+        )
+        assert result.returncode == 0, result.stderr
+        env = {"THAW_NATS_TLS_CA": ca, "THAW_NATS_TLS_CERT": str(pki / "client.pem")}
+        env["THAW_NATS_TLS_KEY"] = key
+        result = await anyio.to_thread.run_sync(lambda: _thaw("dlq", "list", *flags[:2], env=env))
+        assert result.returncode == 0, result.stderr
+        del env["THAW_NATS_TLS_CERT"], env["THAW_NATS_TLS_KEY"]  # mTLS without a certificate
+        result = await anyio.to_thread.run_sync(lambda: _thaw("dlq", "list", *flags[:2], env=env))
+        assert result.returncode == cli.EXIT_FAILED
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
 
 
 # -- the command line against a server -----------------------------------------------------
