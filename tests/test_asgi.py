@@ -467,10 +467,13 @@ async def test_enqueue_intake_answers_202_through_the_lifespan_host() -> None:
             service, "POST", "/orders", b'{"sku": "A"}', {"Idempotency-Key": "o1"}
         )
         assert reply is not None and reply.status == 202
-        assert reply.headers["location"] == "/_thaw/status/o1"
+        location = reply.headers["location"]
+        assert location.startswith("/_thaw/status/o1/")  # the status URL carries a token
+        tokenless = await asgi_request(service, "GET", "/_thaw/status/o1")
+        assert tokenless is not None and tokenless.status == 404
         with anyio.fail_after(WAIT):
             while True:  # the stream worker runs on its own schedule: poll, bounded
-                done = await asgi_request(service, "GET", "/_thaw/status/o1")
+                done = await asgi_request(service, "GET", location)
                 if done is not None and done.status == 200:
                     break
                 await anyio.sleep(0.01)

@@ -387,33 +387,38 @@ def rejecting_app() -> App:
     return made
 
 
-async def test_a_dead_letter_too_large_for_the_server_is_logged_and_the_host_lives_on(
+async def test_a_dead_letter_too_large_for_the_server_is_written_without_its_body(
     nats_server: EmbeddedServer,  # noqa: F811
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """A message that fits alone but not with the dead-letter headers: the dead-letter
-    publish is refused before the socket (the connection stays up), the worker logs it
-    and goes on, and the message stays in its stream, unacknowledged, for redelivery."""
-    from nats_fixtures import remove_app
+    """A message that fits alone but not with the dead-letter headers: the full dead
+    letter is refused before the socket (the connection stays up), and the worker
+    writes it without its body instead, pointing at the original, which a replay reads."""
+    from nats_fixtures import remove_app, wait_until
+
+    from thaw.lowlevel import list_dead_letters
 
     app = rejecting_app()
     caplog.set_level(logging.WARNING, logger="thaw")
     backbone = await JetStreamBackbone.connect(nats_server.url)
     try:
         async with open_host(app, backbone, fetch_timeout=0.2) as host:
-            await backbone.publish("bigdead.in", b"x" * (backbone.max_payload - 100))
+            body = b"x" * (backbone.max_payload - 100)
+            await backbone.publish("bigdead.in", body)
 
-            def refused() -> bool:
-                return any("could not deadletter" in r.getMessage() for r in caplog.records)
+            async def lettered() -> bool:
+                letters = await list_dead_letters(backbone, app="bigdead")
+                return len(letters) == 1
 
-            await wait_for(refused)
+            await wait_until(lettered)
+            [letter] = await list_dead_letters(backbone, app="bigdead")
+            assert letter.data == b""
+            assert letter.headers["Thaw-Body-Omitted"] == str(len(body))
             assert host.workers  # still serving
-            (record,) = [r for r in caplog.records if "could not deadletter" in r.getMessage()]
-            assert "max_payload" in record.getMessage()
             assert backbone.alive and backbone.connected
             assert backbone.client.stats["reconnects"] == 0
             info = await backbone.stream_info("BIGDEAD")
-            assert info.messages == 1  # not lost: it waits for its redelivery
+            assert info.messages == 1  # the original, kept for the replay
         await remove_app(backbone, app)
     finally:
         await backbone.aclose()
