@@ -16,8 +16,10 @@ the same server state.
 from __future__ import annotations
 
 import json
+import queue
 import socket
 import subprocess
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
@@ -41,6 +43,7 @@ __all__ = [
     "ConfiguredServer",
     "JetStreamHarness",
     "configured_server",
+    "wait_line",
     "nats_server",
     "jetstream_harness",
     "delete_streams",
@@ -243,3 +246,22 @@ def configured_server(config: str, run_dir: Path) -> Iterator[ConfiguredServer]:
         yield server
     finally:
         server.stop()
+
+
+def wait_line(process: subprocess.Popen[str], needle: str, *, limit: float = 60.0) -> str:
+    """The first stdout line of ``process`` holding ``needle``, within ``limit`` seconds
+    (a thread reads it; the process exiting first fails)."""
+    lines: queue.Queue[str] = queue.Queue()
+
+    def read() -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            lines.put(line)
+        lines.put("")  # EOF
+
+    threading.Thread(target=read, daemon=True).start()
+    while True:
+        line = lines.get(timeout=limit)
+        assert line, "the process exited before printing " + repr(needle)
+        if needle in line:
+            return line

@@ -12,10 +12,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import queue
 import subprocess
 import sys
-import threading
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,7 +23,7 @@ import nkeys
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from nats_fixtures import ConfiguredServer, configured_server
+from nats_fixtures import ConfiguredServer, configured_server, wait_line
 from nats_pki import make_operator, make_pki, tls_config
 
 from thaw.adapters.cli import command as cli
@@ -346,24 +344,6 @@ def test_dlq_and_provision_connect_with_the_shared_options(
     assert SECRET not in result.stdout + result.stderr
 
 
-def _wait_line(process: subprocess.Popen[str], needle: str) -> str:
-    """The first stdout line of ``process`` holding ``needle``, within WAIT seconds."""
-    lines: queue.Queue[str] = queue.Queue()
-
-    def read() -> None:
-        assert process.stdout is not None
-        for line in process.stdout:
-            lines.put(line)
-        lines.put("")  # EOF
-
-    threading.Thread(target=read, daemon=True).start()
-    while True:
-        line = lines.get(timeout=WAIT)
-        assert line, "the process exited before printing " + repr(needle)
-        if needle in line:
-            return line
-
-
 def _cmdline(pid: int) -> str:
     return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
 
@@ -375,14 +355,15 @@ def test_serve_workers_keep_the_password_off_every_command_line(
     # The password in the URL is the worst case: the parent was handed it in argv (and
     # warns), and must not pass it on to its workers' command lines.
     url = f"nats://ann:{SECRET}@127.0.0.1:{password_server.port}"
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env = {k: v for k, v in os.environ.items() if k not in ENVIRONMENT.values()}
+    env["PYTHONPATH"] = str(ROOT)
     command = [sys.executable, "-m", "thaw.adapters.cli", "serve", HELLO, "--http", "0"]
     command += ["--nats", url, "--workers", "2", "--state-dir", str(tmp_path / "state")]
     process = subprocess.Popen(
         command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path
     )
     try:
-        line = _wait_line(process, "with 2 workers")
+        line = wait_line(process, "with 2 workers")
         port = int(line.split("http://127.0.0.1:")[1].split(";")[0])
         pids = [int(p) for p in line.split("worker pids: ")[1].rstrip(")\n").split(", ")]
         for pid in pids:
@@ -429,8 +410,9 @@ def test_thaw_dev_hands_its_app_the_settings_in_the_environment(
     from thaw.adapters.cli.nats_options import backbone_target, export_to_children
     from thaw.adapters.cli.supervise import worker_command
 
-    for name in ENVIRONMENT.values():
-        monkeypatch.delenv(name, raising=False)  # restored after the test
+    for name in ENVIRONMENT.values():  # each recorded, so the test leaves none behind
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
     monkeypatch.setenv("THAW_NATS_URL", f"nats://ann:{SECRET}@127.0.0.1:4222")
     args = argparse.Namespace(
         app=HELLO,

@@ -21,8 +21,7 @@ import anyio
 import msgspec
 import nats
 import pytest
-from nats_fixtures import ConfiguredServer, wait_until
-from test_nats_security import _wait_line
+from nats_fixtures import ConfiguredServer, wait_line, wait_until
 
 from thaw import App, Context, http, stream, subject
 from thaw.adapters.cli import command as cli
@@ -124,7 +123,8 @@ def _serving(
     app: str, server: ConfiguredServer, tmp_path: Path, **extra_env: str
 ) -> Iterator[tuple[int, list[str]]]:
     """``thaw serve`` of an example as the restricted user: (HTTP port, its stderr lines)."""
-    env = dict(os.environ, PYTHONPATH=str(ROOT), THAW_NATS_USER="app", **extra_env)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("THAW_NATS_")}
+    env.update(PYTHONPATH=str(ROOT), THAW_NATS_USER="app", **extra_env)
     env["THAW_NATS_PASSWORD"] = APP_PASSWORD
     command = [sys.executable, "-m", "thaw.adapters.cli", "serve", str(EXAMPLES / app)]
     command += ["--nats", server.url, "--http", "0", "--drain-timeout", "2"]
@@ -133,7 +133,7 @@ def _serving(
     )
     errors: list[str] = []
     try:
-        line = _wait_line(process, "serving app")
+        line = wait_line(process, "serving app")
         port = int(line.split("http://127.0.0.1:")[1].split(";")[0]) if "http://" in line else 0
         yield port, errors
     finally:
@@ -157,7 +157,8 @@ async def test_hello_runs_end_to_end_under_exactly_the_exported_permissions(
     try:
         # Provisioned before by an operator with another dead-letter age: the host's own
         # provisioning changes it back (a stream update it must be allowed).
-        env = dict(os.environ, PYTHONPATH=str(ROOT), THAW_NATS_USER="admin")
+        env = {k: v for k, v in os.environ.items() if not k.startswith("THAW_NATS_")}
+        env.update(PYTHONPATH=str(ROOT), THAW_NATS_USER="admin")
         env["THAW_NATS_PASSWORD"] = ADMIN
         command = [sys.executable, "-m", "thaw.adapters.cli", "provision", str(EXAMPLES / "hello")]
         command += ["--nats", server.url, "--dlq-max-age", "1d"]
