@@ -268,19 +268,13 @@ def nats_settings(
     stripped: str | None = None
     if raw_url is not None:
         stripped, url_user, url_password = strip_credentials(raw_url)
-        if url_user is not None or url_password is not None:
-            if given:  # on this command line, not from the environment
-                print(
-                    "thaw: warning: the NATS URL holds credentials, which every user of this "
-                    "machine can read in the process list; use THAW_NATS_URL, "
-                    "THAW_NATS_PASSWORD or --nats-password-file",
-                    file=sys.stderr,
-                )
-            if url_password is None:
-                token = _once("token", token, url_user)
-            else:
-                plain["user"] = _once("user", plain["user"], url_user)
-                password = _once("password", password, url_password)
+        if given and (url_user is not None or url_password is not None):
+            _warn_url_credentials()  # they were on this command line, not in the environment
+        if url_password is not None:
+            plain["user"] = _once("user", plain["user"], url_user)
+            password = _once("password", password, url_password)
+        elif url_user is not None:
+            token = _once("token", token, url_user)
     replicas_text = getattr(args, "replicas", None) or env.get(ENVIRONMENT["replicas"]) or None
     replicas = None
     if replicas_text is not None:
@@ -293,6 +287,15 @@ def nats_settings(
     )
     _check(settings)
     return settings
+
+
+def _warn_url_credentials() -> None:
+    print(
+        "thaw: warning: the NATS URL holds credentials, which every user of this machine can "
+        "read in the process list; use THAW_NATS_URL, THAW_NATS_PASSWORD or "
+        "--nats-password-file",
+        file=sys.stderr,
+    )
 
 
 def _flag_or_env(args: argparse.Namespace, name: str, env: Mapping[str, str]) -> str | None:
