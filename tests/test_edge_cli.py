@@ -550,3 +550,53 @@ def test_the_edge_host_speaks_mutual_tls_with_a_token(node: str, tmp_path: Path)
         out, err = process.communicate(timeout=120)
         assert process.returncode != 0 and "cannot connect to NATS at tls://" in err, out + err
         assert EDGE_SECRET not in out + err
+
+
+@pytest.mark.slow
+def test_the_edge_host_runs_under_the_exported_permissions(node: str, tmp_path: Path) -> None:
+    import anyio
+    import nats
+
+    from thaw.adapters.cli.policy import nats_config, permissions_for
+    from thaw.adapters.nats import JetStreamOptions, open_jetstream_backbone
+    from thaw.lowlevel import apply_plan, load_app, plan_for
+
+    app = load_app(HELLO)
+    block = nats_config(permissions_for(app), app="hello")
+    users = f'{{ user: admin, password: "{EDGE_SECRET}" }}\n{{ user: app, password: app, {block} }}'
+    with configured_server(f"authorization {{ users: [\n{users}\n] }}", tmp_path) as server:
+        admin = JetStreamOptions(user="admin", password=EDGE_SECRET)
+
+        async def provision() -> None:
+            async with open_jetstream_backbone(server.url, options=admin) as backbone:
+                await apply_plan(plan_for(app), backbone)
+
+        async def publish_and_read() -> None:
+            client = await nats.connect(server.url, user="admin", password=EDGE_SECRET)
+            try:
+                js = client.jetstream()
+                await js.publish("hello.greet", b'{"name": "Grace"}')
+
+                async def greeted() -> bool:
+                    try:
+                        message = await js.get_last_msg("HELLO", "hello.greeted")
+                    except nats.js.errors.NotFoundError:
+                        return False
+                    return b"Hello, Grace!" in message.data
+
+                await wait_until(greeted, limit=60)
+            finally:
+                await client.close()
+
+        anyio.run(provision)
+        env = {"THAW_NATS_USER": "app", "THAW_NATS_PASSWORD": "app"}
+        process = _edge_serve(server.url, tmp_path, env)
+        try:
+            base = wait_listening(process, timeout=120)["listening"]
+            status, body = post(f"{base}/greet", b'{"name": "Ada"}')
+            assert (status, body) == (200, {"message": "Hello, Ada!", "attempt": 1})
+            anyio.run(publish_and_read)
+        finally:
+            process.send_signal(signal.SIGTERM)
+            _out, err = process.communicate(timeout=30)
+        assert "iolation" not in err and "Violation" not in server.log_text()
