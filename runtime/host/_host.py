@@ -3,7 +3,8 @@
 ``open_host(app, backbone)`` provisions what the app needs (see ``_provision``),
 builds one invoker (idempotency on the backbone's KV, so several hosts share
 it), runs the app's ``on_start`` hooks, and starts one ``StreamWorker`` per
-``stream``, ``kv`` and ``objects`` trigger, plus the schedule runner, in its own task group. Several
+``stream``, ``kv``, ``objects`` and ``schedule`` trigger (a schedule's ticks are
+messages the schedule runner publishes), plus that runner, in its own task group. Several
 hosts may consume the same durable consumers: they are competing workers, so
 capacity grows by adding hosts. Leaving the context drains: workers stop
 fetching, in-flight calls get ``drain_timeout`` seconds to finish (unfinished
@@ -117,7 +118,7 @@ async def open_host(
         )
     # The workers honour a Thaw-Event-Id only when it is signed with this key (_identity).
     event_key = await load_event_key(backbone) if workers else b""
-    schedules = ScheduleRunner(app, invoker, backbone)
+    schedules = ScheduleRunner(app, backbone)  # its ticks run on the workers above
     for hook in app.start_hooks:
         await hook()
     responders = _answer_subjects(invoker, backbone) if isinstance(backbone, MemoryBackbone) else []

@@ -20,7 +20,10 @@ identical existing one; an existing definition that differs is reported
 stream's age limit: the dead-letter stream is kept 14 days by default and app
 streams forever unless an age is configured (``thaw.host._retention``), and an
 existing stream with another age is updated to it, or keeps its own when no
-app-stream age is configured.
+app-stream age is configured. A ``schedule`` trigger adds a durable consumer on
+the app's tick stream ``<APP>-TICKS`` (``thaw.tick.<app>.>``, kept a week) filtered
+to ``thaw.tick.<app>.<capability>``, where the scheduler publishes its ticks, and
+the ``thaw_schedules`` bucket (see ``thaw.host._schedule``).
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ from thaw.declarations._triggers import (
     HttpTrigger,
     KvTrigger,
     ObjectsTrigger,
+    ScheduleTrigger,
     StreamTrigger,
     Trigger,
     Webhook,
@@ -56,6 +60,15 @@ from thaw.host._retention import (
     ensure_stream,
     format_duration,
     retention_from_environment,
+)
+from thaw.host._schedule import (
+    SCHEDULE_BUCKET,
+    SCHEDULE_BUCKET_TTL,
+    TICK_DUPLICATE_WINDOW,
+    TICK_MAX_AGE,
+    tick_stream_name,
+    tick_subject,
+    tick_subjects,
 )
 from thaw.invocation._kv_idempotency import IDEMPOTENCY_BUCKET
 
@@ -191,6 +204,10 @@ def plan_for(
                 object_stores.setdefault(trigger.bucket, ObjectStoreConfig(bucket=trigger.bucket))
                 stream = object_stream_name(trigger.bucket)
                 filter_subject = object_stream_subjects(trigger.bucket)[1]  # the meta subjects
+            elif isinstance(trigger, ScheduleTrigger):  # its ticks, published by the scheduler
+                stream = tick_stream_name(app.name)
+                filter_subject = tick_subject(app.name, spec.name)
+                durable = f"{durable}-tick"
             else:
                 continue
             base, n = durable, 1
@@ -263,6 +280,9 @@ def plan_for(
                 max_age=ages.dead_letters,
             )
         )
+    if any(isinstance(c.trigger, ScheduleTrigger) for c in consumers):
+        streams.append(_tick_stream_config(app))
+        buckets[SCHEDULE_BUCKET] = KvConfig(bucket=SCHEDULE_BUCKET, ttl=SCHEDULE_BUCKET_TTL)
     if idempotency_ttl:
         name = idempotency_bucket_for(app)
         buckets[name] = KvConfig(bucket=name, ttl=idempotency_ttl)
@@ -286,6 +306,16 @@ def dead_letter_stream_config(retention: Retention | None = None) -> StreamConfi
         subjects=DEAD_LETTER_SUBJECTS,
         duplicate_window=DUPLICATE_WINDOW,
         max_age=ages.dead_letters,
+    )
+
+
+def _tick_stream_config(app: App) -> StreamConfig:
+    """The app's ticks: the window drops a tick every host publishes; a week's age."""
+    return StreamConfig(
+        name=tick_stream_name(app.name),
+        subjects=(tick_subjects(app.name),),
+        duplicate_window=TICK_DUPLICATE_WINDOW,
+        max_age=TICK_MAX_AGE,
     )
 
 
