@@ -1,8 +1,16 @@
-"""Cron parsing (fields, lists, ranges, steps, names, macros) and tick matching."""
+"""Cron parsing (fields, lists, ranges, steps, names, macros), tick matching, and ticks at DST.
+
+The DST tests check ``next_tick`` at both transitions of Europe/Paris,
+America/New_York, Australia/Lord_Howe (a 30-minute shift), Australia/Sydney and
+America/Santiago (southern hemisphere; Santiago changes at midnight) against a
+minute-by-minute reference of Vixie cron's rules walked in UTC.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
+import itertools
+import zoneinfo
 
 import msgspec
 import pytest
@@ -10,7 +18,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from thaw._errors import ConfigError
-from thaw.declarations._cron import CronSpec, parse_cron
+from thaw.declarations._cron import CronSpec, next_tick, parse_cron, previous_tick
 
 ALL_MINUTES = frozenset(range(60))
 ALL_HOURS = frozenset(range(24))
@@ -388,3 +396,214 @@ def test_matches_agrees_with_brute_force_reference(
     assert spec.days == allowed[2]
     assert spec.months == allowed[3]
     assert spec.matches(moment) == reference_matches(allowed, texts, moment)
+
+
+# -- ticks at daylight-saving transitions ----------------------------------------------
+
+UTC = dt.UTC
+MINUTE = dt.timedelta(minutes=1)
+
+# (zone, the UTC instant of a transition, "spring" (a gap) or "fall" (a repeat)), 2026.
+TRANSITIONS = [
+    ("Europe/Paris", "2026-03-29T01:00", "spring"),
+    ("Europe/Paris", "2026-10-25T01:00", "fall"),
+    ("America/New_York", "2026-03-08T07:00", "spring"),
+    ("America/New_York", "2026-11-01T06:00", "fall"),
+    ("Australia/Lord_Howe", "2026-10-03T15:30", "spring"),  # 02:00 -> 02:30
+    ("Australia/Lord_Howe", "2026-04-04T15:00", "fall"),  # 02:00 -> 01:30
+    ("Australia/Sydney", "2026-10-03T16:00", "spring"),
+    ("Australia/Sydney", "2026-04-04T16:00", "fall"),
+    ("America/Santiago", "2026-09-06T04:00", "spring"),  # 00:00 -> 01:00
+    ("America/Santiago", "2026-04-05T03:00", "fall"),  # 00:00 -> 23:00 the day before
+]
+EXPRESSIONS = [
+    "*/30 * * * *",
+    "0 * * * *",
+    "*/15 * * * *",
+    "@hourly",
+    "* * * * *",
+    "*/10 2 * * *",  # a wildcard minute: Vixie counts it a wildcard job
+    "30 2 * * *",
+    "0 2 * * *",
+    "15 1 * * *",
+    "45 1,2 * * *",
+    "0,15,30,45 2 * * *",
+    "0 2,3 * * *",
+    "0 0 * * *",
+    "30 23 * * *",
+    "0,30 0-3 * * *",
+    "0-59 0-23 * * *",  # every minute, but spelled as fixed times
+]
+
+
+def utc(text: str) -> dt.datetime:
+    return dt.datetime.fromisoformat(text).replace(tzinfo=UTC)
+
+
+def reference_ticks(
+    expression: str, zone_name: str, start: dt.datetime, stop: dt.datetime
+) -> list[dt.datetime]:
+    """Vixie's rules, walked minute by minute in UTC (the way cron's clock passes)."""
+    spec = parse_cron(expression)
+    texts = parse_text(expression)
+    wildcard = texts[0].startswith("*") or texts[1].startswith("*")
+    zone = zoneinfo.ZoneInfo(zone_name)
+    ticks = []
+    moment = start
+    while moment < stop:
+        local = moment.astimezone(zone)
+        wall = local.replace(tzinfo=None)
+        previous = (moment - MINUTE).astimezone(zone).replace(tzinfo=None)
+        jumped = wall - previous - MINUTE  # wall-clock minutes this UTC minute skipped
+        if wall - previous < dt.timedelta(0):  # the clock went back: a repeated interval
+            repeat_until = previous
+        elif moment == start:
+            repeat_until = None
+        if not wildcard and jumped > dt.timedelta(0):
+            skipped = [previous + MINUTE * (i + 1) for i in range(jumped // MINUTE)]
+            if any(spec.matches(s) for s in skipped) or spec.matches(wall):
+                ticks.append(moment)  # right after the gap, once
+        elif spec.matches(wall):
+            again = repeat_until is not None and wall <= repeat_until
+            if wildcard or not again:
+                ticks.append(moment)
+        moment += MINUTE
+    return ticks
+
+
+def parse_text(expression: str) -> list[str]:
+    macros = {"@hourly": "0 * * * *", "@daily": "0 0 * * *"}
+    return macros.get(expression, expression).split()
+
+
+def walk(expression: str, zone: str, start: dt.datetime, stop: dt.datetime) -> list[dt.datetime]:
+    spec = parse_cron(expression)
+    ticks = []
+    tick = next_tick(spec, start - MINUTE, zone)
+    while tick < stop:
+        ticks.append(tick)
+        tick = next_tick(spec, tick, zone)
+    return ticks
+
+
+@pytest.mark.parametrize("expression", EXPRESSIONS)
+@pytest.mark.parametrize(("zone", "instant", "kind"), TRANSITIONS)
+def test_ticks_around_a_transition_follow_vixie_cron(
+    expression: str, zone: str, instant: str, kind: str
+) -> None:
+    center = utc(instant)
+    start, stop = center - dt.timedelta(hours=5), center + dt.timedelta(hours=5)
+    assert walk(expression, zone, start, stop) == reference_ticks(expression, zone, start, stop)
+
+
+@pytest.mark.parametrize(("zone", "instant", "kind"), TRANSITIONS)
+def test_the_transitions_are_where_the_table_says(zone: str, instant: str, kind: str) -> None:
+    center = utc(instant)
+    before = (center - MINUTE).astimezone(zoneinfo.ZoneInfo(zone)).utcoffset()
+    after = center.astimezone(zoneinfo.ZoneInfo(zone)).utcoffset()
+    assert before is not None and after is not None
+    assert (after > before) == (kind == "spring")
+
+
+def local_times(ticks: list[dt.datetime], zone: str) -> list[str]:
+    return [t.astimezone(zoneinfo.ZoneInfo(zone)).strftime("%H:%M%z") for t in ticks]
+
+
+def test_every_30_minutes_keeps_ticking_through_the_repeated_hour_in_paris() -> None:
+    ticks = walk("*/30 * * * *", "Europe/Paris", utc("2026-10-24T23:30"), utc("2026-10-25T02:01"))
+    assert local_times(ticks, "Europe/Paris") == [
+        "01:30+0200",
+        "02:00+0200",
+        "02:30+0200",
+        "02:00+0100",  # the hour again: the finding was that it was skipped
+        "02:30+0100",
+        "03:00+0100",
+    ]
+    assert all(b - a == dt.timedelta(minutes=30) for a, b in itertools.pairwise(ticks))
+
+
+def test_hourly_neither_skips_nor_doubles_at_either_paris_transition() -> None:
+    fall = walk("0 * * * *", "Europe/Paris", utc("2026-10-24T22:00"), utc("2026-10-25T03:00"))
+    assert all(b - a == dt.timedelta(hours=1) for a, b in itertools.pairwise(fall))
+    assert len(fall) == 5
+    spring = walk("0 * * * *", "Europe/Paris", utc("2026-03-28T22:00"), utc("2026-03-29T03:00"))
+    assert all(b - a == dt.timedelta(hours=1) for a, b in itertools.pairwise(spring))
+    assert local_times(spring, "Europe/Paris")[2:4] == ["01:00+0100", "03:00+0200"]
+
+
+def test_a_fixed_time_in_the_gap_runs_once_right_after_it() -> None:
+    spec = parse_cron("30 2 * * *")
+    tick = next_tick(spec, utc("2026-03-28T12:00"), "Europe/Paris")
+    assert local_times([tick], "Europe/Paris") == ["03:00+0200"]  # the end of the gap
+    assert next_tick(spec, tick, "Europe/Paris") == utc("2026-03-30T00:30")  # next day, 02:30
+    quarters = walk(
+        "0,15,30,45 2 * * *", "Europe/Paris", utc("2026-03-29T00:00"), utc("2026-03-29T02:00")
+    )
+    assert local_times(quarters, "Europe/Paris") == ["03:00+0200"]  # four times in it: once
+    ny = next_tick(spec, utc("2026-03-08T00:00"), "America/New_York")
+    assert local_times([ny], "America/New_York") == ["03:00-0400"]
+    lord_howe = next_tick(parse_cron("15 2 * * *"), utc("2026-10-03T00:00"), "Australia/Lord_Howe")
+    assert local_times([lord_howe], "Australia/Lord_Howe") == ["02:30+1100"]
+
+
+def test_a_fixed_time_in_the_repeated_hour_runs_once_at_its_first_occurrence() -> None:
+    ticks = walk("30 1 * * *", "America/New_York", utc("2026-10-31T12:00"), utc("2026-11-01T12:00"))
+    assert local_times(ticks, "America/New_York") == ["01:30-0400"]
+    howe = walk(
+        "45 1 * * *", "Australia/Lord_Howe", utc("2026-04-04T12:00"), utc("2026-04-04T20:00")
+    )
+    assert local_times(howe, "Australia/Lord_Howe") == ["01:45+1100"]
+    # Santiago falls back at midnight: 23:30 repeats, and the day boundary is inside it.
+    santiago = walk(
+        "30 23 * * *", "America/Santiago", utc("2026-04-04T12:00"), utc("2026-04-05T12:00")
+    )
+    assert local_times(santiago, "America/Santiago") == ["23:30-0300"]
+
+
+def test_a_wildcard_in_the_gap_does_not_run_there() -> None:
+    ticks = walk("*/10 2 * * *", "Europe/Paris", utc("2026-03-28T12:00"), utc("2026-03-29T12:00"))
+    assert ticks == []  # 02:xx did not exist that night; wildcards run by the new time
+
+
+def test_next_tick_from_inside_the_repeated_hour() -> None:
+    spec = parse_cron("*/30 * * * *")
+    first_0230 = utc("2026-10-25T00:30")  # 02:30 CEST
+    second_0200 = utc("2026-10-25T01:00")  # 02:00 CET
+    assert next_tick(spec, first_0230, "Europe/Paris") == second_0200
+    assert next_tick(spec, first_0230 + dt.timedelta(seconds=59), "Europe/Paris") == second_0200
+    assert next_tick(spec, second_0200, "Europe/Paris") == utc("2026-10-25T01:30")
+
+
+def test_a_large_shift_is_a_clock_correction_not_dst() -> None:
+    # Samoa skipped 30 December 2011 (UTC-10 to UTC+14): no catch-up for fixed times.
+    spec = parse_cron("0 12 * * *")
+    tick = next_tick(spec, utc("2011-12-29T23:00"), "Pacific/Apia")  # 13:00 on the 29th
+    assert tick.astimezone(zoneinfo.ZoneInfo("Pacific/Apia")).date() == dt.date(2011, 12, 31)
+
+
+def test_next_tick_wants_an_aware_time() -> None:
+    with pytest.raises(ValueError, match="aware"):
+        next_tick(parse_cron("* * * * *"), dt.datetime(2026, 1, 1))
+
+
+def test_previous_tick_in_the_repeated_hour() -> None:
+    spec = parse_cron("*/30 * * * *")
+    assert previous_tick(spec, utc("2026-10-25T01:10"), "Europe/Paris") == utc("2026-10-25T01:00")
+
+
+@given(
+    st.sampled_from(EXPRESSIONS),
+    st.sampled_from(TRANSITIONS),
+    st.integers(min_value=-180, max_value=180),
+    st.integers(min_value=0, max_value=59),
+)
+def test_next_tick_from_any_moment_near_a_transition(
+    expression: str, transition: tuple[str, str, str], minutes: int, seconds: int
+) -> None:
+    zone, instant, _ = transition
+    after = utc(instant) + dt.timedelta(minutes=minutes, seconds=seconds)
+    # The reference walks from before the transition, so it knows which hour repeats.
+    start = utc(instant) - dt.timedelta(hours=5)
+    expected = reference_ticks(expression, zone, start, after + dt.timedelta(days=2))
+    tick = next_tick(parse_cron(expression), after, zone)
+    assert tick == next(t for t in expected if t > after)

@@ -385,10 +385,8 @@ async def test_garbage_on_the_tick_subject_is_dead_lettered_and_ticks_go_on() ->
     await worker.run_until_idle()
     assert worker.statistics().dead_lettered == 5
     codes = [d["Thaw-Error-Code"] for d in await dead_letters(h.backbone)]
-    assert codes == ["payload_malformed", "payload_malformed", "contract_invalid"] + [
-        "contract_invalid",
-        "payload_malformed",
-    ]
+    malformed, invalid = "payload_malformed", "contract_invalid"
+    assert codes == [malformed, malformed, invalid, invalid, malformed]
     async with running(h.runner()):
         await advance(h, 270)
     await worker.run_until_idle()

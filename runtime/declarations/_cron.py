@@ -40,8 +40,8 @@ instant identifies it (the scheduler derives message ids from it).
 from __future__ import annotations
 
 import datetime as _dt
-from collections.abc import Iterator as _Iterator
 import zoneinfo
+from collections.abc import Iterator as _Iterator
 
 import msgspec
 
