@@ -104,6 +104,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "test_nats_muxer.py": ("nats",),
     "test_nats_reliability.py": ("nats", "process"),
     "test_nats_requests.py": ("nats",),
+    "test_nats_schedule.py": ("nats", "process"),  # one test kills a host -9
     "test_nats_server.py": ("nats",),
     "test_nats_shutdown.py": ("nats", "process"),
     "test_nats_sizes.py": ("nats", "http", "process"),
@@ -203,3 +204,18 @@ def _table_problems() -> list[str]:
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+@pytest.fixture(autouse=True)
+def _environment_restored() -> Iterator[None]:
+    """Each test leaves ``os.environ`` as it found it.
+
+    The ``thaw`` commands hand their settings to the processes they start through the
+    environment (``THAW_NATS_*``, ``THAW_DLQ_MAX_AGE``, ...); a test calling ``main()``
+    in process would otherwise pass them on to every later test's child processes.
+    """
+    saved = dict(os.environ)
+    yield
+    if os.environ != saved:
+        os.environ.clear()
+        os.environ.update(saved)
