@@ -21,6 +21,8 @@ from hypothesis import strategies as st
 
 from thaw import App, Backoff, Context, Idempotency, Rejected, RetryPolicy, schedule
 from thaw.declarations._cron import parse_cron
+from thaw.host._dead_letters import list_dead_letters, replay_dead_letter
+from thaw.host._identity import EVENT_KEY, load_event_key
 from thaw.host._provision import ConsumerPlan, apply_plan, plan_for
 from thaw.host._schedule import (
     LATE_LIMIT,
@@ -410,3 +412,32 @@ async def test_a_schedule_that_never_fires_stops_alone(caplog: pytest.LogCapture
     with caplog.at_level(logging.ERROR, logger="thaw.schedule"), anyio.fail_after(WAIT):
         await h.runner().run()  # returns instead of raising into the host's task group
     assert "has no tick" in caplog.text
+
+
+@pytest.mark.anyio
+async def test_a_dead_lettered_tick_replays_as_the_same_tick() -> None:
+    def fail_the_first_delivery(tick: Tick, attempt: int) -> None:
+        if len(h.runs) <= 3:  # every attempt of the first delivery fails
+            raise ConnectionError("the report server is down")
+
+    h = await harness(fail=fail_the_first_delivery)
+    worker = h.worker()
+    async with running(h.runner()):
+        await advance(h, 270)
+    for _ in range(4):
+        await worker.run_until_idle()
+        h.clock.advance(30)
+    [letter] = await list_dead_letters(h.backbone, app="cron")
+    await replay_dead_letter(h.backbone, letter.seq)
+    # The host hands its workers the backbone's event-id key (open_host does this).
+    token = EVENT_KEY.set(await load_event_key(h.backbone))
+    try:
+        await worker.run_until_idle()
+    finally:
+        EVENT_KEY.reset(token)
+    assert [(r.tick.scheduled_at, r.event_id) for r in h.runs][-1] == (
+        "2026-11-26T10:05:00Z",
+        "tick:cron:report:2026-11-26T10:05:00Z",
+    )
+    assert len(h.runs) == 4
+    assert await list_dead_letters(h.backbone, app="cron") == []
