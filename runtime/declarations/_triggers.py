@@ -273,6 +273,10 @@ def stream(name: str, *, stream: str | None = None, durable: str | None = None) 
 def schedule(cron: str, *, timezone: str = "UTC", missed: MissedTicks = "skip") -> ScheduleTrigger:
     """Fire on a cron schedule, once per tick across all hosts.
 
+    Each tick is a message on the app's tick stream, run like a ``stream``
+    message: a failing run is retried under the capability's ``retry`` policy and
+    dead-lettered when it gives up. Ticks are wall-clock times in ``timezone`` and
+    follow Vixie cron at daylight-saving changes (see ``thaw.declarations._cron``).
     ``missed`` says what happens to ticks missed while no host ran:
     ``"skip"`` (the default) or ``"run_once"`` (one catch-up run).
     """
