@@ -607,3 +607,18 @@ def test_next_tick_from_any_moment_near_a_transition(
     expected = reference_ticks(expression, zone, start, after + dt.timedelta(days=2))
     tick = next_tick(parse_cron(expression), after, zone)
     assert tick == next(t for t in expected if t > after)
+
+
+@pytest.mark.parametrize(
+    ("expression", "fires"),
+    [
+        ("0 0 30 2 *", False),
+        ("0 0 31 4,6,9,11 *", False),
+        ("0 0 29 2 *", True),  # leap years
+        ("0 0 31 * *", True),
+        ("0 0 30 2 mon", True),  # both day fields: either matches
+        ("0 0 * 2 *", True),
+    ],
+)
+def test_can_fire(expression: str, fires: bool) -> None:
+    assert parse_cron(expression).can_fire() is fires

@@ -20,7 +20,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from thaw import App, Backoff, Context, Idempotency, Rejected, RetryPolicy, schedule
+from thaw._errors import ConfigError
 from thaw.declarations._cron import parse_cron
+from thaw.declarations._triggers import ScheduleTrigger
 from thaw.host._dead_letters import list_dead_letters, replay_dead_letter
 from thaw.host._identity import EVENT_KEY, load_event_key
 from thaw.host._provision import ConsumerPlan, apply_plan, plan_for
@@ -406,11 +408,23 @@ async def test_an_unreadable_last_record_counts_as_never_run() -> None:
     assert [r.tick.catch_up for r in h.runs] == [True]
 
 
+def test_a_cron_that_never_fires_is_refused_at_declaration() -> None:
+    with pytest.raises(ConfigError, match="'0 0 30 2 \\*' never fires"):
+        schedule("0 0 30 2 *")
+
+
 @pytest.mark.anyio
 async def test_a_schedule_that_never_fires_stops_alone(caplog: pytest.LogCaptureFixture) -> None:
-    h = await harness(cron="0 0 30 2 *")
+    h = await harness()
+    app = App("never")
+
+    @app.capability(ScheduleTrigger(parse_cron("0 0 30 2 *")))  # declared past the check
+    async def report(tick: Tick) -> None:
+        raise AssertionError("never runs")
+
+    runner = ScheduleRunner(app, h.backbone, wall_clock=h.wall, clock=h.clock)
     with caplog.at_level(logging.ERROR, logger="thaw.schedule"), anyio.fail_after(WAIT):
-        await h.runner().run()  # returns instead of raising into the host's task group
+        await runner.run()  # returns instead of raising into the host's task group
     assert "has no tick" in caplog.text
 
 

@@ -69,6 +69,7 @@ _FIELDS: tuple[tuple[str, int, int, dict[str, int]], ...] = (
     ("day-of-week", 0, 7, _DAYS),
 )
 _MAX_LENGTH = 256
+_LONGEST_MONTH = (31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)  # February of a leap year
 
 
 class CronSpec(msgspec.Struct, frozen=True):
@@ -100,6 +101,12 @@ class CronSpec(msgspec.Struct, frozen=True):
         if self.days_restricted and self.weekdays_restricted:
             return day_ok or weekday_ok
         return day_ok and weekday_ok
+
+    def can_fire(self) -> bool:
+        """Whether some day of some year matches (``0 0 30 2 *`` never does)."""
+        if not self.days_restricted or self.weekdays_restricted:
+            return True  # every day, or days OR weekdays: some day of every month
+        return any(day <= _LONGEST_MONTH[month - 1] for month in self.months for day in self.days)
 
 
 def parse_cron(expression: str) -> CronSpec:

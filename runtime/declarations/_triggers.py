@@ -281,6 +281,10 @@ def schedule(cron: str, *, timezone: str = "UTC", missed: MissedTicks = "skip") 
     ``"skip"`` (the default) or ``"run_once"`` (one catch-up run).
     """
     spec = parse_cron(cron)
+    if not spec.can_fire():
+        raise ConfigError(
+            f"schedule cron {cron!r} never fires: none of its months has any of its days"
+        )
     if missed not in ("skip", "run_once"):
         raise ConfigError(f"schedule missed={missed!r} must be 'skip' or 'run_once'")
     _validate_timezone(timezone)
