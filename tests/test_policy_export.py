@@ -23,7 +23,7 @@ import nats
 import pytest
 from nats_fixtures import ConfiguredServer, wait_line, wait_until
 
-from thaw import App, Context, http, stream, subject
+from thaw import App, Context, http, schedule, stream, subject
 from thaw.adapters.cli import command as cli
 from thaw.adapters.cli.policy import Permissions, nats_config, permissions_for
 from thaw.backbone._subjects import validate_subject
@@ -63,6 +63,18 @@ def test_hello_needs_its_stream_consumer_buckets_and_dead_letters() -> None:
     # Not what it consumes (others publish that), not other apps' dead letters.
     assert "hello.greet" not in publish and "thaw.dlq.>" not in publish
     assert not permissions.allow_responses
+
+
+def test_a_scheduled_capability_publishes_its_ticks() -> None:
+    app = App("nightly")
+
+    @app.capability(schedule("0 2 * * *"))
+    async def reconcile() -> None:
+        return None
+
+    publish = set(permissions_for(app).publish.allow)
+    assert "thaw.tick.nightly.reconcile" in publish  # every host publishes each tick
+    assert "$JS.ACK.NIGHTLY-TICKS.nightly-reconcile-tick.>" in publish
 
 
 def test_subject_triggers_subscribe_and_answer_requests() -> None:

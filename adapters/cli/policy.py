@@ -32,7 +32,7 @@ from thaw.declarations._app import App
 from thaw.declarations._triggers import HttpTrigger, ScheduleTrigger, SubjectTrigger
 from thaw.host._identity import KEYS_BUCKET
 from thaw.host._provision import ProvisionPlan, plan_for
-from thaw.host._schedule import SCHEDULE_BUCKET
+from thaw.host._schedule import SCHEDULE_BUCKET, tick_subject
 
 __all__ = ["Permissions", "add_policy_command", "nats_config", "permissions_for"]
 
@@ -133,6 +133,8 @@ def _messages(app: App, plan: ProvisionPlan) -> set[str]:
         for trigger in spec.triggers:
             if isinstance(trigger, HttpTrigger) and trigger.enqueue:
                 subjects.add(trigger.enqueue)
+            if isinstance(trigger, ScheduleTrigger):  # every host publishes the ticks
+                subjects.add(tick_subject(app.name, spec.name))
         subjects.add(dead_letter_subject(app.name, spec.name))
     for consumer in plan.consumers:  # ack, nak, in-progress and term of its deliveries
         subjects.add(f"$JS.ACK.{consumer.stream}.{consumer.config.durable}.>")
