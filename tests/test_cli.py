@@ -229,3 +229,23 @@ def test_bench_coldstart_runs_on_a_fresh_user_app(
     assert document["app"] == "mine"
     assert document["layers"]["a_shared:double"]["n"] == 6
     assert document["capabilities"]["double"]["outcome_shared"] == "ok"
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["serve", "app.py", "--nats-pass=s3cret-value"],  # ambiguous: two flags start so
+        ["serve", "app.py", "--nats-tok=s3cret-value"],
+        ["dlq", "list", "--bogus=s3cret-value"],  # unrecognized
+        ["--bogus=s3cret-value"],
+    ],
+)
+def test_usage_errors_never_repeat_an_options_value(
+    capsys: pytest.CaptureFixture[str], argv: list[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        cli.main(argv)
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert "s3cret" not in err
+    assert "=***" in err  # the option is still named, so the mistake can be found

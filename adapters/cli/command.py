@@ -7,7 +7,9 @@ Rejected; 1 the app could not be loaded or is invalid; 2 bad command-line usage.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
+import typing
 from collections.abc import Sequence
 from typing import Any
 
@@ -48,8 +50,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAILED
 
 
+_OPTION_VALUE = re.compile(r"(--?[A-Za-z0-9][A-Za-z0-9-]*)=[^\s',]+")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, whose errors never repeat an ``--option=value``'s value.
+
+    argparse echoes what it could not match (``ambiguous option: --nats-pass=s3cret
+    could match ...``, ``unrecognized arguments: ...``); the value may be a secret
+    typed into the wrong flag. Subcommand parsers are of this class too.
+    """
+
+    def error(self, message: str) -> typing.NoReturn:
+        super().error(_OPTION_VALUE.sub(r"\1=***", message))
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="thaw",
         description="Thaw: an async micro-runtime for serverless capability functions.",
         epilog="APP is a .py file, a package folder, a folder with app.py, or module:attribute.",
