@@ -37,7 +37,14 @@ import msgspec
 
 from thaw._clock import Clock, SystemClock
 
-__all__ = ["Claim", "IdempotencyStore", "MemoryIdempotencyStore", "MAX_STORED_RESULT"]
+__all__ = [
+    "Claim",
+    "Held",
+    "IdempotencyStore",
+    "MemoryIdempotencyStore",
+    "MAX_STORED_RESULT",
+    "answer_claim",
+]
 
 MAX_STORED_RESULT = 512 * 1024  # bytes; fits a KV value under NATS's default 1 MiB payload
 
@@ -47,6 +54,39 @@ class Claim(msgspec.Struct, frozen=True, gc=False):
     token: int = 0
     result: bytes = b""
     replayable: bool = True  # False: done, but the result was too large to store
+
+
+class Held(Protocol):
+    """What a store keeps of a live key: both stores' records have these fields."""
+
+    @property
+    def state(self) -> Literal["claimed", "done"]: ...
+    @property
+    def result(self) -> bytes: ...
+    @property
+    def replayable(self) -> bool: ...
+    @property
+    def digest(self) -> bytes: ...
+    @property
+    def holder(self) -> str: ...
+    @property
+    def attempt(self) -> int: ...
+
+
+def answer_claim(held: Held, token: int, digest: bytes, holder: str, attempt: int) -> Claim | None:
+    """What a claim for the live record ``held`` answers; None: the caller takes it over.
+
+    The protocol's rules in one place, for every store: another payload's digest is a
+    conflict, a done record answers with its result, and a later delivery of the event
+    that holds the claim takes it over; anything else is busy.
+    """
+    if digest and held.digest and digest != held.digest:
+        return Claim("conflict", token)
+    if held.state == "done":
+        return Claim("done", token, held.result, held.replayable)
+    if holder and holder == held.holder and attempt > held.attempt:
+        return None  # a redelivery of the same event: its earlier delivery is gone
+    return Claim("busy", token)
 
 
 class IdempotencyStore(Protocol):
@@ -100,16 +140,6 @@ class _Entry:
         self.attempt = attempt
         self.settled: anyio.Event | None = None
 
-    def answer(self, digest: bytes, holder: str, attempt: int) -> Claim | None:
-        """What a claim for a live entry answers; None: the caller takes the entry over."""
-        if digest and self.digest and digest != self.digest:
-            return Claim("conflict", self.token)
-        if self.state == "done":
-            return Claim("done", self.token, self.result, self.replayable)
-        if holder and holder == self.holder and attempt > self.attempt:
-            return None  # a redelivery of the same event: its earlier delivery is gone
-        return Claim("busy", self.token)
-
     def settle(self) -> None:
         if self.settled is not None:
             self.settled.set()
@@ -156,7 +186,7 @@ class MemoryIdempotencyStore:
             del self._entries[key]
             entry = None
         if entry is not None:
-            answer = entry.answer(digest, holder, attempt)
+            answer = answer_claim(entry, entry.token, digest, holder, attempt)
             if answer is not None:
                 return answer
             entry.settle()  # taken over: the old token owns nothing any more

@@ -34,7 +34,7 @@ import msgspec
 
 from thaw._errors import KeyExists, WrongRevision
 from thaw.backbone._contract import Backbone, KeyValue, KvConfig
-from thaw.invocation._idempotency import MAX_STORED_RESULT, Claim
+from thaw.invocation._idempotency import MAX_STORED_RESULT, Claim, answer_claim
 
 __all__ = ["KvIdempotencyStore", "IDEMPOTENCY_BUCKET"]
 
@@ -54,16 +54,6 @@ class _Record(msgspec.Struct, frozen=True, array_like=True):
     holder: str = ""  # the delivery that claimed (its event id)
     attempt: int = 0  # ... and its delivery count
     replayable: bool = True  # False: done, the result too large to store
-
-    def answer(self, revision: int, digest: bytes, holder: str, attempt: int) -> Claim | None:
-        """What a claim for this live record answers; None: the caller takes it over."""
-        if digest and self.digest and digest != self.digest:
-            return Claim("conflict", revision)
-        if self.state == "done":
-            return Claim("done", revision, self.result, self.replayable)
-        if holder and holder == self.holder and attempt > self.attempt:
-            return None  # a redelivery of the same event: its earlier delivery is gone
-        return Claim("busy", revision)
 
 
 _encode = msgspec.msgpack.Encoder().encode
@@ -157,7 +147,7 @@ class KvIdempotencyStore:
                     continue  # another host claimed first: look again
             record = _read(entry.value)
             if record is not None and record.expires > self._now():
-                answer = record.answer(entry.revision, digest, holder, attempt)
+                answer = answer_claim(record, entry.revision, digest, holder, attempt)
                 if answer is not None:
                     if answer.state == "done":
                         self._remember(name, record, entry.revision)
