@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import queue
+import select
 import socket
 import subprocess
 import threading
@@ -265,3 +266,36 @@ def wait_line(process: subprocess.Popen[str], needle: str, *, limit: float = 60.
         assert line, "the process exited before printing " + repr(needle)
         if needle in line:
             return line
+
+
+def _said_ready(line: str) -> bool:
+    return line.strip() == "ready"
+
+
+def wait_ready(
+    process: subprocess.Popen[str],
+    log: Path,
+    *,
+    limit: float = 30.0,
+    ready: Callable[[str], bool] = _said_ready,
+) -> None:
+    """Block until a line of the host's stdout is ``ready`` (or what ``ready`` accepts);
+    fail with the end of its ``log`` if it exits first or takes longer than ``limit``."""
+    assert process.stdout is not None
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"the host exited {process.returncode}: {log.read_text()[-2000:]}")
+        readable, _, _ = select.select([process.stdout], [], [], 0.5)
+        if readable and ready(process.stdout.readline()):
+            return
+    pytest.fail(f"the host was not ready within {limit:g}s: {log.read_text()[-2000:]}")
+
+
+def end_process(process: subprocess.Popen[str]) -> None:
+    """Kill a host this test started (by PID) if it still runs, reap it, close its stdout."""
+    if process.poll() is None:
+        process.kill()
+    process.wait(10)
+    if process.stdout is not None:
+        process.stdout.close()

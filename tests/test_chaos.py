@@ -24,7 +24,6 @@ import collections
 import json
 import os
 import random
-import select
 import subprocess
 import sys
 import time
@@ -35,7 +34,7 @@ from pathlib import Path
 import anyio
 import msgspec
 import pytest
-from nats_fixtures import wait_until
+from nats_fixtures import end_process, wait_ready, wait_until
 
 from thaw.adapters.nats import JetStreamBackbone, open_jetstream_backbone
 from thaw.adapters.nats.server import EmbeddedServer, ServerConfig
@@ -145,23 +144,15 @@ class Host:
         self._log = log
 
     def wait_serving(self) -> None:
-        stdout = self.process.stdout
-        assert stdout is not None
-        deadline = time.monotonic() + HOST_START_LIMIT
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise AssertionError(f"thaw serve exited {self.process.returncode}: {self.tail()}")
-            readable, _, _ = select.select([stdout], [], [], 0.5)
-            if readable and stdout.readline().startswith("thaw: serving app chaos"):
-                return
-        raise AssertionError(f"thaw serve did not serve within {HOST_START_LIMIT:g}s")
+        wait_ready(
+            self.process,
+            self._log,
+            limit=HOST_START_LIMIT,
+            ready=lambda line: line.startswith("thaw: serving app chaos"),
+        )
 
     def kill(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()  # SIGKILL
-        self.process.wait(10)
-        if self.process.stdout is not None:
-            self.process.stdout.close()
+        end_process(self.process)  # SIGKILL, by PID
 
     def tail(self) -> str:
         return self._log.read_text()[-3000:]

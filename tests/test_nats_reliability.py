@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import json
 import os
-import select
 import signal
 import subprocess
 import sys
-import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -27,9 +25,11 @@ import pytest
 from _host_process import CONCURRENCY, Payment, ledger_app, ledger_bucket, marks_bucket, subject_of
 from nats_fixtures import (  # noqa: F401
     JetStreamHarness,
+    end_process,
     jetstream_harness,
     nats_server,
     remove_app,
+    wait_ready,
     wait_until,
 )
 
@@ -375,7 +375,6 @@ async def test_traceparent_goes_from_the_input_into_ctx_trace_and_out_on_publish
 
 HOST_SCRIPT = Path(__file__).resolve().parent / "_host_process.py"
 ROOT = HOST_SCRIPT.parent.parent
-HOST_START_LIMIT = 30.0  # seconds for a host process to import, connect and provision
 KILL_ACK_WAIT = 2.0  # AckWait of the test's consumer: a killed host's messages come back soon
 
 
@@ -386,27 +385,6 @@ def _start_host(url: str, prefix: str, log: Path, *extra: str) -> subprocess.Pop
         return subprocess.Popen(
             [*command, *extra], stdout=subprocess.PIPE, stderr=stderr, text=True, env=env
         )
-
-
-def _wait_ready(process: subprocess.Popen[str], log: Path) -> None:
-    """Block until the host prints ``ready``; fail if it exits or takes too long."""
-    assert process.stdout is not None
-    deadline = time.monotonic() + HOST_START_LIMIT
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"the host exited {process.returncode}: {log.read_text()[-2000:]}")
-        readable, _, _ = select.select([process.stdout], [], [], 0.5)
-        if readable and process.stdout.readline().strip() == "ready":
-            return
-    pytest.fail(f"the host was not ready within {HOST_START_LIMIT:g}s: {log.read_text()[-2000:]}")
-
-
-def _end(process: subprocess.Popen[str]) -> None:
-    if process.poll() is None:
-        process.kill()  # by PID: only the process this test started
-    process.wait(10)
-    if process.stdout is not None:
-        process.stdout.close()
 
 
 async def test_a_host_killed_mid_batch_loses_nothing_and_doubles_no_ledger_entry(
@@ -441,7 +419,7 @@ async def test_a_host_killed_mid_batch_loses_nothing_and_doubles_no_ledger_entry
     first = _start_host(nats_server.url, prefix, log, "--stall-after", str(stall_after))
     second: subprocess.Popen[str] | None = None
     try:
-        await anyio.to_thread.run_sync(_wait_ready, first, log)
+        await anyio.to_thread.run_sync(wait_ready, first, log)
 
         async def stalled_and_the_rest_acked() -> bool:
             # Every slot holds a call that posted and hangs; all earlier calls were acked.
@@ -457,7 +435,7 @@ async def test_a_host_killed_mid_batch_loses_nothing_and_doubles_no_ledger_entry
         assert stall_after + CONCURRENCY <= len(posted_at_kill) < count  # in mid-batch
 
         second = _start_host(nats_server.url, prefix, log)
-        await anyio.to_thread.run_sync(_wait_ready, second, log)
+        await anyio.to_thread.run_sync(wait_ready, second, log)
 
         async def all_settled() -> bool:
             return len(await ledger.keys()) == count and await pending() == (0, 0)
@@ -468,7 +446,7 @@ async def test_a_host_killed_mid_batch_loses_nothing_and_doubles_no_ledger_entry
     finally:
         for process in (first, second):
             if process is not None:
-                await anyio.to_thread.run_sync(_end, process)
+                await anyio.to_thread.run_sync(end_process, process)
 
     for payment_id, amount in payments.items():  # one posting each, the right amount
         entry = await ledger.get(payment_id)

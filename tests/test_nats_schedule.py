@@ -10,16 +10,21 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-import select
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import anyio
 import pytest
 from _schedule_host import ACK_WAIT, marks_bucket, schedule_app
-from nats_fixtures import JetStreamHarness, jetstream_harness, nats_server, wait_until  # noqa: F401
+from nats_fixtures import (  # noqa: F401
+    JetStreamHarness,
+    end_process,
+    jetstream_harness,
+    nats_server,
+    wait_ready,
+    wait_until,
+)
 
 from thaw.adapters.nats import EmbeddedServer, JetStreamBackbone
 from thaw.host._dead_letters import list_dead_letters
@@ -30,7 +35,6 @@ pytestmark = pytest.mark.anyio
 
 HOST_SCRIPT = Path(__file__).resolve().parent / "_schedule_host.py"
 ROOT = HOST_SCRIPT.parent.parent
-HOST_START_LIMIT = 30.0  # seconds for the host process to import, connect and provision
 UTC = dt.UTC
 FIRST = dt.datetime(2026, 11, 26, 10, 5, tzinfo=UTC)
 
@@ -123,26 +127,6 @@ def _start_host(url: str, prefix: str, log: Path) -> subprocess.Popen[str]:
         )
 
 
-def _wait_ready(process: subprocess.Popen[str], log: Path) -> None:
-    assert process.stdout is not None
-    deadline = time.monotonic() + HOST_START_LIMIT
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"the host exited {process.returncode}: {log.read_text()[-2000:]}")
-        readable, _, _ = select.select([process.stdout], [], [], 0.5)
-        if readable and process.stdout.readline().strip() == "ready":
-            return
-    pytest.fail(f"the host was not ready within {HOST_START_LIMIT:g}s: {log.read_text()[-2000:]}")
-
-
-def _end(process: subprocess.Popen[str]) -> None:
-    if process.poll() is None:
-        process.kill()  # by PID: only the process this test started
-    process.wait(10)
-    if process.stdout is not None:
-        process.stdout.close()
-
-
 async def test_a_host_killed_between_publish_and_run_does_not_lose_the_tick(
     nats_server: EmbeddedServer,  # noqa: F811
     jetstream_harness: JetStreamHarness,  # noqa: F811
@@ -153,7 +137,7 @@ async def test_a_host_killed_between_publish_and_run_does_not_lose_the_tick(
     log = tmp_path / "host.log"
     host = _start_host(nats_server.url, prefix, log)
     try:
-        await anyio.to_thread.run_sync(_wait_ready, host, log)
+        await anyio.to_thread.run_sync(wait_ready, host, log)
         bucket = await backbone.kv(marks_bucket(prefix))
         await ScheduleRunner(app, backbone).publish("report", FIRST)
 
@@ -173,7 +157,7 @@ async def test_a_host_killed_between_publish_and_run_does_not_lose_the_tick(
             runs = await marks(bucket, "run")
             done = await marks(bucket, "done")
     finally:
-        _end(host)
+        end_process(host)
     epoch = str(int(FIRST.timestamp()))
     assert sorted((e, attempt) for e, attempt, _ in runs) == [(epoch, "1"), (epoch, "2")]
     assert [e for e, _ in done] == [epoch]
