@@ -18,6 +18,7 @@ import os
 import re
 import signal
 import sys
+from collections.abc import Callable
 from contextlib import AsyncExitStack
 from typing import Any
 
@@ -215,14 +216,25 @@ def _serve_options(parser: argparse.ArgumentParser) -> None:
     _backbone_options(parser)
 
 
-def _ack_wait(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text[:40]!r} is not a number of seconds") from None
-    if not 0.5 <= value <= 3600:
-        raise argparse.ArgumentTypeError(f"{value:g} is not between 0.5 and 3600 seconds")
-    return value
+def _seconds_between(low: float, high: float) -> Callable[[str], float]:
+    """An argparse type: a number of seconds from ``low`` to ``high``."""
+
+    def seconds(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text[:40]!r} is not a number of seconds") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(
+                f"{value:g} is not between {low:g} and {high:g} seconds"
+            )
+        return value
+
+    return seconds
+
+
+_ack_wait = _seconds_between(0.5, 3600)
+_poll_period = _seconds_between(0.05, 60)
 
 
 def _byte_size(text: str) -> int:
@@ -236,16 +248,6 @@ def _byte_size(text: str) -> int:
             f"{text[:40]!r} is not a size from 1 byte to 4GiB (BYTES, or N KiB, MiB, GiB)"
         )
     return int(number) * unit
-
-
-def _poll_period(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text[:40]!r} is not a number of seconds") from None
-    if not 0.05 <= value <= 60:
-        raise argparse.ArgumentTypeError(f"{value:g} is not between 0.05 and 60 seconds")
-    return value
 
 
 def _retention_options(parser: argparse.ArgumentParser) -> None:
