@@ -45,7 +45,7 @@ from thaw.adapters.http.config import HttpConfig
 from thaw.adapters.http.metrics import CONTENT_TYPE, ServerCounters, render
 from thaw.adapters.http.service import HttpService
 from thaw.decisions._http import valid_host
-from thaw.lowlevel import Backbone, Host, Invoker, MemoryBackbone, open_host
+from thaw.lowlevel import Backbone, CapabilityInvoker, Host, MemoryBackbone, open_host
 
 __all__ = ["ASGIApp", "ThawASGI", "asgi_app", "from_env"]
 
@@ -72,7 +72,7 @@ class ThawASGI:
 
     def __init__(
         self,
-        target: App | Host | Invoker,
+        target: App | Host | CapabilityInvoker,
         *,
         config: HttpConfig | None = None,
         backbone: Backbone | None = None,
@@ -100,12 +100,15 @@ class ThawASGI:
         else:
             self._open(target, backbone)
 
-    def _open(self, invoker: Invoker, backbone: Backbone | None, host: Host | None = None) -> None:
+    def _open(
+        self, invoker: CapabilityInvoker, backbone: Backbone | None, host: Host | None = None
+    ) -> None:
         self._service = HttpService(
             invoker, config=self.config, not_ready=self._not_ready, backbone=backbone
         )
         if host is not None:  # /metrics shows its stream workers, as the native server does
             self._service.workers = lambda: host.statistics().workers
+            self._service.revisions = lambda: host.statistics().revisions
 
     def _not_ready(self) -> str | None:
         if self._draining:
@@ -269,7 +272,7 @@ class ThawASGI:
             return
         started = stopping = False
         try:
-            async with open_host(app, self._backbone or MemoryBackbone()) as host:
+            async with open_host(app, self._backbone or MemoryBackbone(), warm=True) as host:
                 self._open(host.invoker, host.backbone, host)
                 started = True
                 await send({"type": "lifespan.startup.complete"})
@@ -306,7 +309,7 @@ class ThawASGI:
 
 
 def asgi_app(
-    target: App | Host | Invoker,
+    target: App | Host | CapabilityInvoker,
     *,
     config: HttpConfig | None = None,
     backbone: Backbone | None = None,

@@ -97,19 +97,24 @@ from thaw.declarations._triggers import (
     SubjectTrigger,
     Trigger,
 )
+from thaw.host._cold_starts import COLD_START_BUCKETS, ColdStartSeries
 from thaw.host._dead_letters import DeadLetterRecord, list_dead_letters
 from thaw.host._host import Host, HostStatistics, open_host
+from thaw.host._instances import PoolStatistics
 from thaw.host._provision import ConsumerPlan, ProvisionPlan, apply_plan, plan_for
-from thaw.host._router import BlockingRunner, run_inline
+from thaw.host._router import BlockingRunner, RouterStatistics, run_inline
 from thaw.host._worker import StreamWorker, WorkerStatistics
 from thaw.invocation._budget import BudgetStatistics, RetryBudget
 from thaw.invocation._idempotency import Claim, IdempotencyStore
 from thaw.invocation._invoker import CompiledCapability, Invoker, InvokerStatistics
+from thaw.invocation._shape import Capability, CapabilityInvoker
 
 __all__ = [
     # invoking: the one call every transport makes, and what it is compiled from
     "CapabilitySpec",
     "Clock",
+    "Capability",
+    "CapabilityInvoker",
     "CompiledCapability",
     "Invoker",
     "InvokerStatistics",
@@ -195,9 +200,13 @@ __all__ = [
     "ConsumerPlan",
     "DEAD_LETTER_STREAM",
     "DeadLetterRecord",
+    "COLD_START_BUCKETS",
+    "ColdStartSeries",
     "Host",
     "HostStatistics",
     "IdempotencyStore",
+    "PoolStatistics",
+    "RouterStatistics",
     "ProvisionPlan",
     "RetryBudget",
     "StreamWorker",

@@ -118,6 +118,8 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "test_requests.py": ("core",),
     "test_revisions.py": ("process",),
     "test_schedule.py": ("core",),
+    "test_serving.py": ("core",),
+    "test_serving_process.py": ("process",),
     "test_snapshot.py": ("process",),
     "test_subjects.py": ("core",),
     "test_trace.py": ("core",),

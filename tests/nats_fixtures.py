@@ -256,8 +256,11 @@ def wait_line(process: subprocess.Popen[str], needle: str, *, limit: float = 60.
 
     def read() -> None:
         assert process.stdout is not None
-        for line in process.stdout:
-            lines.put(line)
+        try:
+            for line in process.stdout:
+                lines.put(line)
+        except (ValueError, OSError):
+            pass  # the caller, done with the process, closed its stdout under this thread
         lines.put("")  # EOF
 
     threading.Thread(target=read, daemon=True).start()

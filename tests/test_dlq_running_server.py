@@ -38,13 +38,15 @@ START_LIMIT = 60.0  # seconds for `thaw serve` to start its server and its host
 WAIT_LIMIT = 30.0
 
 APP = """
+import os
 from pathlib import Path
 
 import msgspec
 
 from thaw import App, Rejected, RetryPolicy, stream
 
-HERE = Path(__file__).parent
+# Not Path(__file__).parent: thaw serve runs a snapshot, whose files are its own copy.
+HERE = Path(os.environ["FLAKY_DIR"])
 app = App("flaky")
 
 
@@ -109,7 +111,7 @@ def serving(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env=_env(),
+        env=dict(_env(), FLAKY_DIR=str(app_dir)),
         cwd=tmp_path,
     )
     try:

@@ -32,7 +32,13 @@ from thaw.adapters.cli.nats_options import (
     connection_options,
     export_to_children,
 )
-from thaw.adapters.cli.supervise import MAX_WORKERS, become_worker, serve_workers, worker_count
+from thaw.adapters.cli.supervise import (
+    MAX_WORKERS,
+    backbone_url,
+    become_worker,
+    serve_workers,
+    worker_count,
+)
 from thaw.backbone._registry import available_backbones, load_server, open_backbone
 from thaw.decisions._redaction import (
     EXTRA_REDACTED,
@@ -172,8 +178,20 @@ def add_commands(commands: Any, positive_int: Any) -> None:
 
 def _serve_options(parser: argparse.ArgumentParser) -> None:
     """What ``serve`` and ``dev`` share: the app, HTTP, draining, the backbone."""
-    parser.add_argument("app", metavar="APP", help="app or snapshot")
+    parser.add_argument(
+        "app",
+        metavar="APP",
+        help="app or snapshot (source is built into a snapshot under --state-dir first)",
+    )
     parser.add_argument("--drain-timeout", type=float, default=10.0, help="seconds (10)")
+    parser.add_argument(
+        "--idle-timeout",
+        type=_idle_timeout,
+        default=None,
+        metavar="SECONDS",
+        help="stop an instance after this long without events (scale to zero); "
+        "default: the app's idle_timeout (300) or its capabilities' own",
+    )
     parser.add_argument(
         "--http",
         type=int,
@@ -234,6 +252,7 @@ def _seconds_between(low: float, high: float) -> Callable[[str], float]:
 
 
 _ack_wait = _seconds_between(0.5, 3600)
+_idle_timeout = _seconds_between(0.01, 7 * 24 * 3600)
 _poll_period = _seconds_between(0.05, 60)
 
 
@@ -316,10 +335,13 @@ def _load(target: str) -> Any:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
+    from thaw.adapters.cli.serving import process_pools_for, revision_to_serve
+
     # Operators see where the embedded server is, warnings and dead letters, on stderr.
     logging.basicConfig(level=logging.INFO, format="thaw: %(name)s: %(message)s")
     _export_host_settings(args)
-    app = _load(args.app)
+    revision, args.app = revision_to_serve(args.app, args.state_dir)  # workers get the file
+    app = revision.app
     kind, url = _target(args)
     wants_http = not args.no_http and any(
         isinstance(t, HttpTrigger) for spec in app.capabilities.values() for t in spec.triggers
@@ -342,8 +364,21 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             backbone = await stack.enter_async_context(
                 open_backbone(kind, url, state_dir=args.state_dir, **_connection(args))
             )
+            pools = process_pools_for(
+                kind,
+                url or backbone_url(backbone),
+                state_dir=args.state_dir,
+                connection=_connection(args),
+            )
             host = await stack.enter_async_context(
-                open_host(app, backbone, drain_timeout=args.drain_timeout, ack_wait=args.ack_wait)
+                open_host(
+                    revision,
+                    backbone,
+                    drain_timeout=args.drain_timeout,
+                    ack_wait=args.ack_wait,
+                    idle_timeout=args.idle_timeout,
+                    process_pools=pools,
+                )
             )
             where = ""
             subjects = load_server("subjects") if wants_subjects else None
@@ -365,8 +400,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
                 workers = ", ".join(host.workers) or "none"
                 print(
-                    f"thaw: serving app {app.name} on the {kind} backbone "
-                    f"(stream consumers: {workers}){where}; SIGTERM or Ctrl-C drains and stops",
+                    f"thaw: serving app {app.name} on the {kind} backbone (revision "
+                    f"{revision.revision_id[:12]}; stream consumers: {workers}){where}; "
+                    "SIGTERM or Ctrl-C drains and stops",
                     flush=True,
                 )
                 async for received in signals:

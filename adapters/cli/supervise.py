@@ -275,6 +275,8 @@ def worker_command(args: argparse.Namespace, *, kind: str, url: str | None, port
     if url is not None:
         command += ["--url", url]
     command += ["--drain-timeout", repr(args.drain_timeout)]
+    if getattr(args, "idle_timeout", None) is not None:
+        command += ["--idle-timeout", repr(args.idle_timeout)]
     command += ["--http", str(port), "--http-host", args.http_host]
     if args.ack_wait is not None:
         command += ["--ack-wait", repr(args.ack_wait)]

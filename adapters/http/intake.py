@@ -39,8 +39,8 @@ from thaw.host._identity import load_event_key
 from thaw.lowlevel import (
     TRACEPARENT_HEADER,
     Backbone,
-    CompiledCapability,
-    Invoker,
+    Capability,
+    CapabilityInvoker,
     StreamTrigger,
     problem_answer,
     subject_matches,
@@ -66,7 +66,7 @@ class Intake:
     """Publishing for enqueue routes, and status look-ups in the consumer's store."""
 
     def __init__(
-        self, invoker: Invoker, backbone: Backbone, consumers: dict[str, CompiledCapability]
+        self, invoker: CapabilityInvoker, backbone: Backbone, consumers: dict[str, Capability]
     ) -> None:
         self._backbone = backbone
         self._store = invoker.idempotency_store
@@ -165,9 +165,11 @@ def status_id(path: str) -> str | None:
     return f"{token}/{event_id}" if event_id else ""
 
 
-def compile_intake(invoker: Invoker, routes: tuple[Route, ...], backbone: Backbone) -> Intake:
+def compile_intake(
+    invoker: CapabilityInvoker, routes: tuple[Route, ...], backbone: Backbone
+) -> Intake:
     """Find the consumer of every enqueue subject; refuse (ConfigError) what cannot work."""
-    consumers: dict[str, CompiledCapability] = {}
+    consumers: dict[str, Capability] = {}
     for route in routes:
         subject = route.enqueue
         if subject is None or subject in consumers:

@@ -32,7 +32,13 @@ from bisect import bisect_left
 from collections.abc import Iterable, Mapping
 
 from thaw import Ok, Outcome, Reject, ThawError
-from thaw.lowlevel import PROTOCOL_ERRORS, WorkerStatistics
+from thaw.lowlevel import (
+    COLD_START_BUCKETS,
+    PROTOCOL_ERRORS,
+    ColdStartSeries,
+    RouterStatistics,
+    WorkerStatistics,
+)
 
 __all__ = [
     "BUCKETS",
@@ -180,6 +186,7 @@ def render(
     connections_total: int,
     requests_in_flight: int,
     workers: Mapping[str, WorkerStatistics] | None = None,
+    revisions: RouterStatistics | None = None,
 ) -> bytes:
     """The whole exposition, one family after the other (each family once)."""
     caps = sorted(capabilities, key=lambda m: m.name)
@@ -209,6 +216,8 @@ def render(
     _server(out, counters, connections_open, connections_total, requests_in_flight)
     if workers:
         _workers(out, workers)
+    if revisions is not None:
+        _revisions(out, revisions)
     out.lines.append("")
     return "\n".join(out.lines).encode()
 
@@ -229,6 +238,46 @@ def _workers(out: _Writer, workers: Mapping[str, WorkerStatistics]) -> None:
     for worker in sorted(workers):
         if workers[worker].pending >= 0:
             out.sample(lag, (("worker", worker),), workers[worker].pending)
+
+
+def _revisions(out: _Writer, revisions: RouterStatistics) -> None:
+    """Revisions, their instances and cold starts (one series per loaded revision and
+    capability: bounded by what the host has loaded; ids cut to 12 characters)."""
+    out.family("thaw_revision_weight", "gauge", "A loaded revision's share of traffic.")
+    for rid, weight in sorted(revisions.weights.items()):
+        out.sample("thaw_revision_weight", (("revision", rid[:12]),), weight)
+    out.family("thaw_instances", "gauge", "Live instances, by revision and isolation.")
+    for pool in revisions.pools:
+        labels = (("revision", pool.revision[:12]), ("isolation", pool.isolation))
+        out.sample("thaw_instances", labels, 1 if pool.live else 0)
+    out.family("thaw_instance_stops_total", "counter", "Instances stopped (scale to zero).")
+    for pool in revisions.pools:
+        labels = (("revision", pool.revision[:12]), ("isolation", pool.isolation))
+        out.sample("thaw_instance_stops_total", labels, pool.drops)
+    out.family(
+        "thaw_cold_starts_total", "counter", "Events that found no live instance and thawed one."
+    )
+    series = revisions.cold_starts
+    for one in series:
+        out.sample("thaw_cold_starts_total", _cold_labels(one), one.count)
+    name = "thaw_cold_start_seconds"
+    out.family(name, "histogram", "From a cold event's arrival to its instance being ready.")
+    for one in series:
+        cold = _cold_labels(one)
+        cumulative = 0
+        for bound, count in zip((*COLD_START_BUCKETS, float("inf")), one.buckets, strict=True):
+            cumulative += count
+            out.sample(f"{name}_bucket", (*cold, ("le", _number(bound))), cumulative)
+        out.sample(f"{name}_sum", cold, one.total_seconds)
+        out.sample(f"{name}_count", cold, cumulative)
+
+
+def _cold_labels(series: ColdStartSeries) -> tuple[tuple[str, str], ...]:
+    return (
+        ("capability", series.capability),
+        ("revision", series.revision[:12]),
+        ("isolation", series.isolation),
+    )
 
 
 def _server(

@@ -43,9 +43,9 @@ import msgspec
 from thaw import Event, Ok, Outcome
 from thaw.adapters.http._wire import Response, response_from_answer
 from thaw.lowlevel import (
-    CompiledCapability,
+    Capability,
+    CapabilityInvoker,
     HttpTrigger,
-    Invoker,
     answer_outcome,
     parse_traceparent,
     problem_answer,
@@ -195,9 +195,7 @@ class Route:
         "webhook",
     )
 
-    def __init__(
-        self, trigger: HttpTrigger, capability: CompiledCapability, *, max_body: int
-    ) -> None:
+    def __init__(self, trigger: HttpTrigger, capability: Capability, *, max_body: int) -> None:
         spec = capability.spec
         self.method = trigger.method
         self.template = trigger.path
@@ -381,7 +379,7 @@ class Router:
         return response_from_answer(answer)
 
 
-def compile_router(invoker: Invoker, *, max_body: int) -> Router:
+def compile_router(invoker: CapabilityInvoker, *, max_body: int) -> Router:
     """Every http trigger of every capability of the invoker's app, compiled."""
     routes = [
         Route(trigger, capability, max_body=max_body)

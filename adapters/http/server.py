@@ -30,7 +30,7 @@ from thaw.adapters.http.metrics import ServerCounters
 from thaw.adapters.http.protocol import HttpConnection
 from thaw.adapters.http.service import HttpService
 from thaw.adapters.http.state import ServerState, ServerStatistics
-from thaw.lowlevel import Backbone, Host, Invoker, MemoryBackbone, open_host
+from thaw.lowlevel import Backbone, CapabilityInvoker, Host, MemoryBackbone, open_host
 
 __all__ = ["HttpServer", "open_http_server", "open_service_server", "serve_http", "run_app"]
 
@@ -147,7 +147,7 @@ async def open_service_server(
 
 @asynccontextmanager
 async def open_http_server(
-    target: Invoker | Host,
+    target: CapabilityInvoker | Host,
     *,
     host: str = "127.0.0.1",
     port: int = 0,
@@ -192,6 +192,7 @@ async def open_http_server(
     service = HttpService(invoker, config=config, not_ready=not_ready, backbone=backbone)
     if isinstance(target, Host):
         service.workers = lambda: target.statistics().workers
+        service.revisions = lambda: target.statistics().revisions
 
     def bind(state: ServerState) -> None:
         holder.append(state)
@@ -205,7 +206,7 @@ async def open_http_server(
 
 
 async def serve_http(
-    target: Invoker | Host,
+    target: CapabilityInvoker | Host,
     *,
     host: str = "127.0.0.1",
     port: int = 0,

@@ -35,7 +35,8 @@ from thaw.adapters.http.routing import (
 from thaw.adapters.http.webhooks import SignatureVerifier, load_secret, replay_store_for
 from thaw.lowlevel import (
     Backbone,
-    Invoker,
+    CapabilityInvoker,
+    RouterStatistics,
     WorkerStatistics,
     parse_traceparent,
     problem_answer,
@@ -69,7 +70,7 @@ class HttpService:
 
     def __init__(
         self,
-        invoker: Invoker,
+        invoker: CapabilityInvoker,
         *,
         config: HttpConfig,
         not_ready: Callable[[], str | None] = lambda: None,
@@ -103,6 +104,8 @@ class HttpService:
         self.state: ServerState | None = None  # set by the server that serves this service
         # A host's stream workers, for /metrics (set by whoever serves a Host).
         self.workers: Callable[[], Mapping[str, WorkerStatistics]] | None = None
+        # A host's revisions, instances and cold starts, for /metrics (likewise).
+        self.revisions: Callable[[], RouterStatistics | None] | None = None
         self.metrics: dict[str, CapabilityMetrics] = {}
         for route in self.router.routes:  # one set of counters per capability
             route.metrics = self.metrics.setdefault(route.name, route.metrics)
@@ -149,6 +152,7 @@ class HttpService:
     def _exposition(self) -> Response:
         state = self.state
         workers = self.workers() if self.workers is not None else None
+        revisions = self.revisions() if self.revisions is not None else None
         body = render(
             self.metrics.values(),
             state.counters if state is not None else ServerCounters(),
@@ -156,6 +160,7 @@ class HttpService:
             connections_total=state.accepted if state is not None else 0,
             requests_in_flight=state.in_flight if state is not None else 0,
             workers=workers,
+            revisions=revisions,
         )
         return Response(200, body, CONTENT_TYPE)
 

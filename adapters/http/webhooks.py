@@ -43,7 +43,7 @@ from thaw.adapters.http._wire import Response, response_from_answer
 from thaw.host._provision import WEBHOOK_REPLAY_MARGIN, webhook_bucket_for
 from thaw.invocation._idempotency import MemoryIdempotencyStore
 from thaw.invocation._kv_idempotency import KvIdempotencyStore
-from thaw.lowlevel import Backbone, IdempotencyStore, Invoker, problem_answer
+from thaw.lowlevel import Backbone, CapabilityInvoker, IdempotencyStore, problem_answer
 
 __all__ = ["SignatureVerifier", "load_secret", "replay_store_for", "sign"]
 
@@ -52,7 +52,7 @@ _HEX = frozenset("0123456789abcdef")
 _SETTLE_LIMIT = 5.0  # seconds a cancelled request may spend releasing its claim
 
 
-def replay_store_for(invoker: Invoker, backbone: Backbone | None) -> IdempotencyStore:
+def replay_store_for(invoker: CapabilityInvoker, backbone: Backbone | None) -> IdempotencyStore:
     """Where an app's webhook routes remember signatures: its own bucket on the
     backbone (shared by every host and worker), or this process's memory."""
     if backbone is None:

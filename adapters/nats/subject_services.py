@@ -48,8 +48,8 @@ from thaw.lowlevel import (
     ERROR_HEADER,
     MSG_ID_HEADER,
     TRACEPARENT_HEADER,
-    CompiledCapability,
-    Invoker,
+    Capability,
+    CapabilityInvoker,
     SubjectTrigger,
     parse_traceparent,
     service_reply,
@@ -88,7 +88,7 @@ class EndpointStatistics(msgspec.Struct, frozen=True):
 
 class _Endpoint:
     def __init__(
-        self, capability: CompiledCapability, trigger: SubjectTrigger, queue: str, slots: int
+        self, capability: Capability, trigger: SubjectTrigger, queue: str, slots: int
     ) -> None:
         self.capability = capability
         self.subject = trigger.subject
@@ -118,7 +118,12 @@ class SubjectServices:
     """An app's ``subject`` capabilities served on a connection (``open_subject_services``)."""
 
     def __init__(
-        self, invoker: Invoker, endpoints: list[_Endpoint], *, version: str, description: str
+        self,
+        invoker: CapabilityInvoker,
+        endpoints: list[_Endpoint],
+        *,
+        version: str,
+        description: str,
     ) -> None:
         self.invoker = invoker
         self.name = invoker.app.name
@@ -257,7 +262,7 @@ def _fitting_reply(outcome: Outcome, limit: int, subject: str) -> tuple[bytes, d
     return service_reply(Reject(PayloadTooLarge.code, reason))
 
 
-def _endpoints(invoker: Invoker, max_in_flight: int) -> list[_Endpoint]:
+def _endpoints(invoker: CapabilityInvoker, max_in_flight: int) -> list[_Endpoint]:
     found = []
     for name, capability in invoker.capabilities.items():
         for trigger in capability.spec.triggers:
@@ -292,7 +297,7 @@ async def _discovery(client: Client, services: SubjectServices) -> list[Subscrip
 
 @asynccontextmanager
 async def open_subject_services(
-    invoker: Invoker,
+    invoker: CapabilityInvoker,
     client: Client,
     *,
     max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,

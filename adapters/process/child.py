@@ -35,6 +35,7 @@ from thaw.adapters.process.wire import (
 from thaw.declarations._app import App
 from thaw.host._instances import run_stop_hooks
 from thaw.invocation._invoker import Invoker
+from thaw.invocation._kv_idempotency import KvIdempotencyStore
 
 log = logging.getLogger("thaw.process")
 
@@ -45,6 +46,7 @@ def _child_main(
     app: App,
     backbone_factory: BackboneFactory | None,
     rand: Callable[[], float],
+    idempotency_bucket: str | None = None,
 ) -> NoReturn:
     """The child's whole life; it never returns into the parent's code."""
     status = _EXIT_INTERNAL
@@ -57,7 +59,8 @@ def _child_main(
                 # A fresh context: nothing of the parent's task (its cancel scopes,
                 # its trace) may reach the child's tasks.
                 status = runner.run(
-                    _serve(child_end, app, backbone_factory, rand), context=contextvars.Context()
+                    _serve(child_end, app, backbone_factory, rand, idempotency_bucket),
+                    context=contextvars.Context(),
                 )
         except BaseException:
             try:
@@ -124,13 +127,21 @@ async def _serve(
     app: App,
     backbone_factory: BackboneFactory | None,
     rand: Callable[[], float],
+    idempotency_bucket: str | None = None,
 ) -> int:
     channel = _Channel(await anyio.abc.UNIXSocketStream.from_socket(sock))
     try:
         backbone = backbone_factory() if backbone_factory is not None else None
         if inspect.isawaitable(backbone):
             backbone = await backbone
-        invoker = Invoker(app, backbone=backbone, rand=rand)
+        # With a backbone and the host's bucket, claims are shared with every other
+        # instance of the app (in-memory otherwise: good for this child's life only).
+        store = (
+            KvIdempotencyStore(backbone, bucket=idempotency_bucket)
+            if backbone is not None and idempotency_bucket is not None
+            else None
+        )
+        invoker = Invoker(app, backbone=backbone, rand=rand, idempotency_store=store)
         for hook in app.start_hooks:
             await hook()
     except Exception as exc:

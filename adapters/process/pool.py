@@ -6,9 +6,10 @@ over a socketpair until it reads a stop frame or EOF (the parent stopped or
 died), lets the calls it holds finish, runs ``on_stop`` and leaves through
 ``os._exit``. Module state the child changes never reaches the parent or the
 next instance. Linux only and opt-in: the core (``thaw``) never imports this
-module (it forks and uses sockets, which the portable core must not). Today
-``thaw bench coldstart`` and the tests build a ``ProcessPool``; ``thaw serve``
-does not serve through it yet.
+module (it forks and uses sockets, which the portable core must not); a host
+gets it as its ``process_pools`` factory (``process_pool_factory``), which is
+what ``thaw serve`` passes, so capabilities declared ``isolation="process"``
+run here for every trigger.
 
 The wire (length-prefixed msgpack frames) is ``wire``; the child's side
 is ``child`` (both beside this module).
@@ -62,10 +63,13 @@ from thaw.adapters.process.wire import (
     _StartFailed,
 )
 from thaw.declarations._policy import Policy
+from thaw.host._cold_starts import ColdStarts
 from thaw.host._instances import _START_RETRY_DELAY, InstanceStartFailed, PoolStatistics
+from thaw.invocation._idempotency import IdempotencyStore
+from thaw.invocation._invoker import Invoker
 from thaw.snapshots._revision import Revision
 
-__all__ = ["ProcessPool", "InstanceCrashed", "fork_and_answer"]
+__all__ = ["ProcessPool", "InstanceCrashed", "fork_and_answer", "process_pool_factory"]
 
 log = logging.getLogger("thaw.process")
 
@@ -280,9 +284,12 @@ class ProcessPool:
     one built here); ``grace`` bounds a graceful stop and is how long past a
     call's timeout the pool waits before deeming the child hung and killing it.
     The child's invoker runs on the system monotonic clock (``Event.deadline``
-    must be on it); ``clock`` only drives idle tracking. Each child keeps its own
-    in-memory idempotency store, so duplicates are recognised within one
-    instance's life only.
+    must be on it); ``clock`` only drives idle tracking. With ``idempotency_bucket``
+    (and a backbone from the factory) each child claims in that KV bucket, as the
+    host's other instances do, so duplicates are recognised across instances and
+    hosts; without it a child keeps an in-memory store, good for its own life
+    only. ``idempotency_store`` is the parent's view of the same store: it
+    answers ``peek_settled`` without forking.
     """
 
     isolation = "process"
@@ -296,6 +303,9 @@ class ProcessPool:
         clock: Clock | None = None,
         rand: Callable[[], float] = random.random,
         grace: float = 5.0,
+        idempotency_bucket: str | None = None,
+        idempotency_store: IdempotencyStore | None = None,
+        cold_starts: ColdStarts | None = None,
     ) -> None:
         _require_fork()
         if not idle_timeout > 0:
@@ -306,6 +316,14 @@ class ProcessPool:
         self.idle_timeout = idle_timeout
         self.grace = grace
         self._backbone_factory = backbone_factory
+        self._idempotency_bucket = idempotency_bucket
+        self._cold_starts = cold_starts
+        # Compiled in the parent only to read stored results (peek_settled); never run here.
+        self._reference = (
+            Invoker(revision.app, idempotency_store=idempotency_store)
+            if idempotency_store is not None
+            else None
+        )
         self._clock: Clock = clock or SystemClock()
         self._rand = rand
         self._policies: dict[str, Policy] = {
@@ -343,10 +361,16 @@ class ProcessPool:
         while True:
             child = self._child
             if child is None or child.broken:
+                started = time.perf_counter()
+                thaws = self._thaws
                 try:
                     child = await self._thaw()
                 except InstanceStartFailed as exc:
                     return Retry(_START_RETRY_DELAY, exc.message, exc.code)
+                if self._cold_starts is not None and self._thaws == thaws + 1:
+                    self._cold_starts.observe(
+                        capability, self.isolation, time.perf_counter() - started
+                    )
             self._in_flight += 1
             try:
                 with anyio.move_on_after(self._backstop(capability, event)) as hung:
@@ -375,6 +399,13 @@ class ProcessPool:
                     f"the instance process {child.pid} died while serving the event ({child.exit})",
                 )
             return answer
+
+    async def peek_settled(self, capability: str, event: Event) -> Outcome | None:
+        """The stored outcome of ``event`` if an earlier delivery finished it (no fork)."""
+        if self._reference is None:
+            return None
+        compiled = self._reference.capabilities.get(capability)
+        return None if compiled is None else await compiled.peek_settled(event)
 
     def _backstop(self, capability: str, event: Event) -> float:
         policy = self._policies.get(capability)
@@ -456,7 +487,12 @@ class ProcessPool:
             raise
         if pid == 0:
             _child_main(
-                parent_end, child_end, self.revision.app, self._backbone_factory, self._rand
+                parent_end,
+                child_end,
+                self.revision.app,
+                self._backbone_factory,
+                self._rand,
+                self._idempotency_bucket,
             )
         child_end.close()
         child = _Child(pid, _open_pidfd(pid), stream)
@@ -535,3 +571,23 @@ def _open_pidfd(pid: int) -> int | None:
         return os.pidfd_open(pid)
     except (AttributeError, OSError):  # Linux < 5.3, or a sandbox that forbids it
         return None
+
+
+def process_pool_factory(
+    *,
+    backbone_factory: BackboneFactory | None = None,
+    grace: float = 5.0,
+) -> Callable[..., ProcessPool]:
+    """What a host takes as ``process_pools``: a ProcessPool per revision, each child
+    connecting with ``backbone_factory`` (None: children have no backbone)."""
+    _require_fork()
+
+    def make(revision: Revision, **options: object) -> ProcessPool:
+        return ProcessPool(
+            revision,
+            backbone_factory=backbone_factory,
+            grace=grace,
+            **options,  # type: ignore[arg-type]
+        )
+
+    return make

@@ -35,7 +35,7 @@ import msgspec
 from thaw._errors import ConfigError
 from thaw._event import Ok, Reject, Retry
 from thaw.declarations._context import Context
-from thaw.declarations._policy import Access, Idempotency, Policy, RetryPolicy
+from thaw.declarations._policy import Access, Idempotency, Policy, RetryPolicy, _positive
 from thaw.declarations._triggers import HttpTrigger, Trigger
 
 __all__ = ["App", "CapabilitySpec", "Hook"]
@@ -66,9 +66,14 @@ class CapabilitySpec(msgspec.Struct, frozen=True, kw_only=True):
 class App:
     """A named set of capabilities: ``app = App("payments")``."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, *, idle_timeout: float = 300.0) -> None:
+        """``idle_timeout``: seconds without events after which a host stops an
+        instance (scale to zero; the loaded revision stays); capabilities may
+        override it."""
         _check_name("app", name)
+        _positive("idle_timeout", idle_timeout)
         self.name = name
+        self.idle_timeout = float(idle_timeout)
         self._capabilities: dict[str, CapabilitySpec] = {}
         self._on_start: list[Hook] = []
         self._on_stop: list[Hook] = []
@@ -99,6 +104,8 @@ class App:
         max_payload: int = 1024 * 1024,
         max_result: int = 8 * 1024 * 1024,
         access: Access | None = None,
+        isolation: str = "shared",
+        idle_timeout: float | None = None,
     ) -> Callable[[F], F]:
         """Declare an async function as a capability of this app.
 
@@ -107,7 +114,9 @@ class App:
         ``concurrency`` caps calls in flight (beyond it: ``Retry`` with code
         ``overloaded``); ``max_payload`` caps input bytes, ``max_result`` the bytes
         of an answer (larger: ``result_too_large``); ``access`` lists the
-        subjects and KV buckets the function may touch (None: anything).
+        subjects and KV buckets the function may touch (None: anything);
+        ``isolation`` is how a host runs its instances (``shared``, ``fresh`` or
+        ``process``), ``idle_timeout`` overrides the app's scale-to-zero time.
         """
         for trigger in triggers:
             if not isinstance(trigger, _TRIGGER_TYPES):
@@ -123,6 +132,8 @@ class App:
             max_payload=max_payload,
             max_result=max_result,
             access=access,
+            isolation=isolation,
+            idle_timeout=idle_timeout,
         )
 
         def register(function: F) -> F:

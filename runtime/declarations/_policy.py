@@ -27,6 +27,9 @@ def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+ISOLATIONS = ("shared", "fresh", "process")
+
+
 def _positive(name: str, value: float) -> None:
     if not _is_number(value):
         raise ConfigError(f"{name} must be a number of seconds, got {value!r}")
@@ -163,6 +166,13 @@ class Policy(msgspec.Struct, frozen=True, kw_only=True):
     max_result: int = 8 * 1024 * 1024
     """Bytes of an encoded result a transport serves; a larger one is the function's
     fault (HTTP: 500 ``result_too_large``, logged), never sent whole."""
+    isolation: str = "shared"
+    """How a host runs the capability's instances: ``shared`` (module state per
+    revision), ``fresh`` (module bodies re-executed per instance) or ``process``
+    (a forked child of the host; a crash is contained and answered with a Retry)."""
+    idle_timeout: float | None = None
+    """Seconds without events before the capability's instance is stopped (scale to
+    zero); None: the app's ``idle_timeout``."""
 
     def __post_init__(self) -> None:
         _positive("timeout", self.timeout)
@@ -176,3 +186,9 @@ class Policy(msgspec.Struct, frozen=True, kw_only=True):
             raise ConfigError(f"max_payload must be a non-negative int, got {self.max_payload!r}")
         if not (_is_int(self.max_result) and self.max_result >= 1):
             raise ConfigError(f"max_result must be a positive int, got {self.max_result!r}")
+        if self.isolation not in ISOLATIONS:
+            raise ConfigError(
+                f"isolation must be one of {', '.join(ISOLATIONS)}, got {self.isolation!r}"
+            )
+        if self.idle_timeout is not None:
+            _positive("idle_timeout", self.idle_timeout)

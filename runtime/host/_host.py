@@ -1,15 +1,21 @@
-"""The host: wires an App, a backbone and its stream workers together and owns lifecycle.
+"""The host: wires an app's revisions, a backbone and its stream workers together and owns
+lifecycle.
 
-``open_host(app, backbone)`` provisions what the app needs (see ``_provision``),
-builds one invoker (idempotency on the backbone's KV, so several hosts share
-it), runs the app's ``on_start`` hooks, and starts one ``StreamWorker`` per
+``open_host(app_or_revision, backbone)`` provisions what the app needs (see
+``_provision``), loads the revision into a ``RevisionRouter`` (an App imported from
+source becomes a ``source_revision``), and serves every trigger through it: each
+event reaches its capability's pool, which thaws an instance on the first event
+(``on_start`` runs then, per instance, not at host start), and the reaper scales
+idle instances to zero (``on_stop`` runs then; the revision stays loaded).
+Idempotency is on the backbone's KV, so several hosts, revisions and instances
+share it. The host starts one ``StreamWorker`` per
 ``stream``, ``kv``, ``objects`` and ``schedule`` trigger (a schedule's ticks are
 messages the schedule runner publishes), plus that runner, in its own task group. Several
 hosts may consume the same durable consumers: they are competing workers, so
 capacity grows by adding hosts. Leaving the context drains: workers stop
 fetching, in-flight calls get ``drain_timeout`` seconds to finish (unfinished
-ones are cancelled and, never acked, redelivered elsewhere), then ``on_stop``
-runs.
+ones are cancelled and, never acked, redelivered elsewhere), then every live
+instance stops (``on_stop``).
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from contextlib import asynccontextmanager
 import anyio
 import msgspec
 
-from thaw._clock import Clock
+from thaw._clock import Clock, SystemClock
 from thaw._event import Event, Outcome
 from thaw._headers import MSG_ID_HEADER, TRACEPARENT_HEADER
 from thaw.backbone._contract import Backbone
@@ -34,12 +40,14 @@ from thaw.declarations._changes import shaper_for
 from thaw.declarations._triggers import SubjectTrigger
 from thaw.host._identity import EVENT_KEY, load_event_key
 from thaw.host._provision import ProvisionPlan, apply_plan, idempotency_bucket_for, plan_for
+from thaw.host._router import ProcessPools, RevisionRouter, RouterStatistics
 from thaw.host._schedule import ScheduleRunner
+from thaw.host._serving import ServedCapability, ServingInvoker, source_revision
 from thaw.host._worker import StreamWorker, WorkerStatistics
 from thaw.invocation._budget import RetryBudget
 from thaw.invocation._idempotency import IdempotencyStore
-from thaw.invocation._invoker import CompiledCapability, Invoker
 from thaw.invocation._kv_idempotency import KvIdempotencyStore
+from thaw.snapshots._revision import Revision
 
 __all__ = ["Host", "HostStatistics", "open_host"]
 
@@ -47,6 +55,7 @@ __all__ = ["Host", "HostStatistics", "open_host"]
 class HostStatistics(msgspec.Struct, frozen=True):
     app: str
     workers: dict[str, WorkerStatistics]
+    revisions: RouterStatistics | None = None
 
 
 class Host:
@@ -56,13 +65,14 @@ class Host:
         self,
         app: App,
         backbone: Backbone,
-        invoker: Invoker,
+        invoker: ServingInvoker,
         plan: ProvisionPlan,
         workers: dict[str, StreamWorker],
     ) -> None:
         self.app = app
         self.backbone = backbone
         self.invoker = invoker
+        self.router = invoker.router
         self.plan = plan
         self.workers = workers
 
@@ -74,12 +84,13 @@ class Host:
         return HostStatistics(
             app=self.app.name,
             workers={name: worker.statistics() for name, worker in self.workers.items()},
+            revisions=self.router.statistics(),
         )
 
 
 @asynccontextmanager
 async def open_host(
-    app: App,
+    app: App | Revision,
     backbone: Backbone,
     *,
     provision: bool = True,
@@ -88,17 +99,41 @@ async def open_host(
     fetch_timeout: float = 1.0,
     drain_timeout: float = 10.0,
     ack_wait: float | None = None,
+    idle_timeout: float | None = None,
+    process_pools: ProcessPools | None = None,
+    clock: Clock | None = None,
+    warm: bool = False,
 ) -> AsyncIterator[Host]:
     """Provision (unless ``provision=False``), start the workers, yield the host, drain.
 
+    ``app`` is an App imported from source or a loaded snapshot (``load_revision``).
     ``ack_wait`` (seconds) is the AckWait of the consumers this host provisions (and
     the basis of its in-progress heartbeats); None keeps the planner's default.
+    ``idle_timeout`` overrides every capability's scale-to-zero time; ``process_pools``
+    serves ``process`` capabilities (``thaw.adapters.process.pool.process_pool_factory``);
+    ``clock`` drives idle times (a test's FakeClock). ``warm``: thaw the instances
+    now (``on_start`` runs before this yields, and a failing one raises
+    ``InstanceStartFailed``, as an ASGI lifespan expects) instead of on the first
+    events; they still scale to zero when idle.
     """
+    revision = app if isinstance(app, Revision) else source_revision(app)
+    app = revision.app
     plan = plan_for(app) if ack_wait is None else plan_for(app, ack_wait=ack_wait)
     if provision:
         await apply_plan(plan, backbone)
-    store = idempotency_store or KvIdempotencyStore(backbone, bucket=idempotency_bucket_for(app))
-    invoker = Invoker(app, backbone=backbone, idempotency_store=store)
+    bucket = idempotency_bucket_for(app)
+    store = idempotency_store or KvIdempotencyStore(backbone, bucket=bucket)
+    clock = clock or SystemClock()
+    router = RevisionRouter(
+        idle_timeout=idle_timeout,
+        process_pools=process_pools,
+        idempotency_bucket=None if idempotency_store is not None else bucket,
+        backbone=backbone,
+        idempotency_store=store,
+        clock=clock,
+    )
+    router.add(revision, weight=100)
+    invoker = ServingInvoker(app, router, clock=clock, idempotency_store=store)
     budget = budget or RetryBudget()
     workers: dict[str, StreamWorker] = {}
     for consumer in plan.consumers:
@@ -119,12 +154,13 @@ async def open_host(
     # The workers honour a Thaw-Event-Id only when it is signed with this key (_identity).
     event_key = await load_event_key(backbone) if workers else b""
     schedules = ScheduleRunner(app, backbone)  # its ticks run on the workers above
-    for hook in app.start_hooks:
-        await hook()
     responders = _answer_subjects(invoker, backbone) if isinstance(backbone, MemoryBackbone) else []
     key_in_context = EVENT_KEY.set(event_key)  # the worker tasks started below inherit it
     try:
+        if warm:  # inside the try: a failing on_start still stops what did start
+            await router.warm()
         async with anyio.create_task_group() as group:
+            group.start_soon(router.run_reaper)
             for worker in workers.values():
                 group.start_soon(worker.run)
             if schedules.schedules:
@@ -144,13 +180,12 @@ async def open_host(
         for responding in responders:
             responding.close()
         with anyio.CancelScope(shield=True):
-            for hook in reversed(app.stop_hooks):
-                await hook()
+            await router.stop_instances()  # every live instance's on_stop; revisions stay
         with contextlib.suppress(ValueError):  # left in another context than entered
             EVENT_KEY.reset(key_in_context)
 
 
-def _answer_subjects(invoker: Invoker, backbone: MemoryBackbone) -> list[Responding]:
+def _answer_subjects(invoker: ServingInvoker, backbone: MemoryBackbone) -> list[Responding]:
     """Serve the app's ``subject`` triggers in process (JetStream: nats/subject_services)."""
     return [
         backbone.respond(trigger.subject, _responder(capability, invoker.clock))
@@ -160,7 +195,7 @@ def _answer_subjects(invoker: Invoker, backbone: MemoryBackbone) -> list[Respond
     ]
 
 
-def _responder(capability: CompiledCapability, clock: Clock) -> Responder:
+def _responder(capability: ServedCapability, clock: Clock) -> Responder:
     timeout = capability.spec.policy.timeout
 
     async def answer(subject: str, data: bytes, headers: Mapping[str, str]) -> Reply:

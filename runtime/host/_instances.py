@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 from collections.abc import Callable
 from typing import Literal
 
@@ -33,6 +34,7 @@ from thaw._errors import ConfigError, RuntimeFault
 from thaw._event import Event, Outcome, Retry
 from thaw.backbone._contract import Backbone
 from thaw.declarations._app import App
+from thaw.host._cold_starts import ColdStarts
 from thaw.invocation._idempotency import IdempotencyStore, MemoryIdempotencyStore
 from thaw.invocation._invoker import Invoker
 from thaw.snapshots._revision import ModuleNamespace, Revision
@@ -117,6 +119,7 @@ class InstancePool:
         idempotency_store: IdempotencyStore | None = None,
         clock: Clock | None = None,
         rand: Callable[[], float] = random.random,
+        cold_starts: ColdStarts | None = None,
     ) -> None:
         if isolation not in ("shared", "fresh"):
             raise ConfigError(
@@ -131,10 +134,13 @@ class InstancePool:
         self._clock: Clock = clock or SystemClock()
         self._backbone = backbone
         self._rand = rand
+        self._cold_starts = cold_starts
         # One store per pool, so idempotency survives instances coming and going.
         self._store = idempotency_store or MemoryIdempotencyStore(clock=self._clock)
-        # Compiled once per revision: a shared thaw reuses it.
-        self._shared_invoker = self._invoker_for(revision.app) if isolation == "shared" else None
+        # Compiled once per revision: a shared thaw reuses it (and every isolation asks
+        # it for stored results, which only need the store and the key rules).
+        self._reference_invoker = self._invoker_for(revision.app)
+        self._shared_invoker = self._reference_invoker if isolation == "shared" else None
         self._instance: Instance | None = None
         self._thawing: list[anyio.Event] | None = None
         self._thaws = 0
@@ -168,10 +174,13 @@ class InstancePool:
         """Invoke on the live instance, thawing one first if there is none (a cold start)."""
         instance = self._instance
         if instance is None:
+            started = time.perf_counter()
             try:
-                instance = await self.thaw()
+                instance, thawed = await self._thaw()
             except InstanceStartFailed as exc:
                 return Retry(_START_RETRY_DELAY, exc.message, exc.code)
+            if thawed and self._cold_starts is not None:
+                self._cold_starts.observe(capability, self.isolation, time.perf_counter() - started)
         compiled = instance.invoker.capabilities.get(capability)
         if compiled is None:
             return await instance.invoker.invoke(capability, event)  # the unknown-name Reject
@@ -182,8 +191,17 @@ class InstancePool:
             instance.in_flight -= 1
             instance.last_used = self._clock.now()
 
+    async def peek_settled(self, capability: str, event: Event) -> Outcome | None:
+        """The stored outcome of ``event`` if an earlier delivery finished it (no thaw)."""
+        compiled = self._reference_invoker.capabilities.get(capability)
+        return None if compiled is None else await compiled.peek_settled(event)
+
     async def thaw(self) -> Instance:
         """The live instance, thawing it if needed; concurrent callers share one thaw."""
+        return (await self._thaw())[0]
+
+    async def _thaw(self) -> tuple[Instance, bool]:
+        """The live instance and whether this call thawed it."""
         while self._instance is None:
             waiters = self._thawing
             if waiters is None:
@@ -193,13 +211,13 @@ class InstancePool:
             waiters.append(done)
             await done.wait()
         else:
-            return self._instance
+            return self._instance, False
         self._thawing = waiters = []
         try:
             instance = await self._new_instance()
             self._instance = instance
             self._thaws += 1
-            return instance
+            return instance, True
         finally:
             self._thawing = None
             for done in waiters:

@@ -49,7 +49,7 @@ from thaw.host._identity import stream_event_id
 from thaw.host._provision import dead_letter_stream_config
 from thaw.host._retention import ensure_stream
 from thaw.invocation._budget import RetryBudget
-from thaw.invocation._invoker import Invoker
+from thaw.invocation._shape import CapabilityInvoker
 
 __all__ = ["StreamWorker", "WorkerStatistics", "ensure_dead_letter_stream"]
 
@@ -78,7 +78,7 @@ class StreamWorker:
 
     def __init__(
         self,
-        invoker: Invoker,
+        invoker: CapabilityInvoker,
         backbone: Backbone,
         capability: str,
         *,

@@ -35,6 +35,7 @@ from typing import Any
 
 import msgspec
 
+from thaw._errors import ConfigError
 from thaw.declarations._app import App
 from thaw.declarations._loader import load_app
 from thaw.snapshots._format import (
@@ -231,10 +232,12 @@ class Revision:
         self,
         *,
         payload: SnapshotPayload,
-        namespace: ModuleNamespace,
+        namespace: ModuleNamespace | None,
         app: App,
         timings: LoadTimings,
     ) -> None:
+        """``namespace`` None: an App imported from source (``source_revision``),
+        which has no module bodies to execute again."""
         self.payload = payload
         self.revision_id = payload.revision
         self.manifest: Manifest = payload.manifest
@@ -247,6 +250,12 @@ class Revision:
 
     def execute_fresh(self) -> tuple[App, ModuleNamespace]:
         """Execute every module body again into a new namespace (the ``fresh`` isolation)."""
+        if self.namespace is None:
+            raise ConfigError(
+                f"app {self.manifest.app!r} was imported from source, so its modules cannot "
+                "be executed again for isolation 'fresh': serve it from a snapshot "
+                "(`thaw serve` builds one; in code, load_revision)"
+            )
         namespace = self.namespace.sibling(
             f"_thaw_{self.revision_id[:12]}_i{next(_instance_numbers)}"
         )
@@ -255,7 +264,8 @@ class Revision:
 
     def unload(self) -> None:
         """Forget this revision's modules (instances still referencing them keep working)."""
-        self.namespace.unregister()
+        if self.namespace is not None:
+            self.namespace.unregister()
 
 
 def load_revision(

@@ -1,0 +1,136 @@
+"""What a host's transports call: an app's capabilities, each reaching its revision's pool.
+
+``ServingInvoker`` has the shape of an ``Invoker`` (``app``, ``capabilities``,
+``capability(name)``, ``invoke``, ``clock``, ``idempotency_store``), so the HTTP
+server, the stream workers, the request/reply services and the edge adapter serve
+a host exactly as they would serve one invoker. Each ``ServedCapability`` routes
+an event to a revision (``RevisionRouter.pick``: by weight, sticky by event id)
+and to the pool of the capability's isolation there, which thaws an instance if
+none is live (a cold start) and scales it to zero when idle.
+
+The capabilities and triggers a host serves are those of its primary revision
+(the one it was opened with): a revision added later with other capabilities
+answers the ones the primary declares; its own new ones need a host opened on it.
+
+``source_revision(app)`` wraps an App imported from source (``open_host(app)``)
+as a revision without a snapshot: ``shared`` and ``process`` work, ``fresh``
+needs module bodies to execute again and so a snapshot.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping
+
+import msgspec
+
+from thaw._clock import Clock
+from thaw._errors import UnknownCapability
+from thaw._event import Event, Outcome, Reject
+from thaw.declarations._app import App, CapabilitySpec
+from thaw.host._router import RevisionRouter
+from thaw.invocation._idempotency import IdempotencyStore
+from thaw.snapshots._format import Manifest, SnapshotPayload, current_magic
+from thaw.snapshots._revision import LoadTimings, Revision
+
+__all__ = ["ServedCapability", "ServingInvoker", "ServingStatistics", "source_revision"]
+
+
+class ServingStatistics(msgspec.Struct, frozen=True):
+    calls: dict[str, int]
+    in_flight: dict[str, int]
+
+
+class ServedCapability:
+    """One capability of a host: ``await capability(event) -> Outcome`` through the pools."""
+
+    __slots__ = ("name", "spec", "_router", "_calls", "_in_flight")
+
+    def __init__(self, spec: CapabilitySpec, router: RevisionRouter) -> None:
+        self.name = spec.name
+        self.spec = spec
+        self._router = router
+        self._calls = 0
+        self._in_flight = 0
+
+    @property
+    def calls(self) -> int:
+        return self._calls
+
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    async def __call__(self, event: Event) -> Outcome:
+        self._calls += 1
+        self._in_flight += 1
+        try:
+            return await self._router.invoke(self.name, event)
+        finally:
+            self._in_flight -= 1
+
+    async def peek_settled(self, event: Event) -> Outcome | None:
+        """A finished earlier delivery's answer for ``event`` (see CompiledCapability)."""
+        return await self._router.peek_settled(self.name, event)
+
+
+class ServingInvoker:
+    """An Invoker's shape over a ``RevisionRouter`` (see the module docstring)."""
+
+    def __init__(
+        self,
+        app: App,
+        router: RevisionRouter,
+        *,
+        clock: Clock,
+        idempotency_store: IdempotencyStore,
+    ) -> None:
+        self.app = app
+        self.router = router
+        self.clock = clock
+        self.idempotency_store = idempotency_store
+        self._capabilities: dict[str, ServedCapability] = {
+            name: ServedCapability(spec, router) for name, spec in app.capabilities.items()
+        }
+
+    @property
+    def capabilities(self) -> Mapping[str, ServedCapability]:
+        return self._capabilities
+
+    def capability(self, name: str) -> ServedCapability:
+        try:
+            return self._capabilities[name]
+        except KeyError:
+            raise UnknownCapability.naming(self.app.name, name, self._capabilities) from None
+
+    async def invoke(self, name: str, event: Event) -> Outcome:
+        """Invoke capability ``name``; an unknown name is a ``Reject``, not an exception."""
+        capability = self._capabilities.get(name)
+        if capability is None:
+            error = UnknownCapability.naming(self.app.name, name, self._capabilities)
+            return Reject(error.code, error.message, event.attempt)
+        return await capability(event)
+
+    def statistics(self) -> ServingStatistics:
+        caps = self._capabilities.values()
+        return ServingStatistics(
+            calls={c.name: c.calls for c in caps},
+            in_flight={c.name: c.in_flight for c in caps},
+        )
+
+
+def source_revision(app: App) -> Revision:
+    """An App imported from source, as a revision (no snapshot: no ``fresh`` isolation)."""
+    manifest = Manifest(
+        app=app.name,
+        entry_module="",
+        app_attribute="",
+        python=sys.version.split()[0],
+        implementation=sys.implementation.cache_tag or "unknown",
+        magic=current_magic(),
+    )
+    payload = SnapshotPayload(revision=f"source-{app.name}", manifest=manifest, modules=[])
+    timings = LoadTimings(
+        read=0.0, validate=0.0, unmarshal=0.0, preload=0.0, execute=0.0, modules={}, total=0.0
+    )
+    return Revision(payload=payload, namespace=None, app=app, timings=timings)
