@@ -246,6 +246,17 @@ def _revisions(out: _Writer, revisions: RouterStatistics) -> None:
     out.family("thaw_revision_weight", "gauge", "A loaded revision's share of traffic.")
     for rid, weight in sorted(revisions.weights.items()):
         out.sample("thaw_revision_weight", (("revision", rid[:12]),), weight)
+    out.family("thaw_revision_calls_total", "counter", "Calls a loaded revision ran.")
+    for health in revisions.health:
+        out.sample("thaw_revision_calls_total", (("revision", health.revision[:12]),), health.calls)
+    out.family(
+        "thaw_revision_faults_total",
+        "counter",
+        "Calls of a revision that failed by the function's or the runtime's fault.",
+    )
+    for health in revisions.health:
+        labels = (("revision", health.revision[:12]),)
+        out.sample("thaw_revision_faults_total", labels, health.faults)
     out.family("thaw_instances", "gauge", "Live instances, by revision and isolation.")
     for pool in revisions.pools:
         labels = (("revision", pool.revision[:12]), ("isolation", pool.isolation))

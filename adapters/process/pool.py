@@ -336,6 +336,8 @@ class ProcessPool:
         self._drops = 0
         self._in_flight = 0
         self._last_used = 0.0
+        self._calls = 0
+        self._faults = 0  # answers that are the instance's or the runtime's failures
 
     @property
     def live(self) -> bool:
@@ -380,6 +382,8 @@ class ProcessPool:
                 self._last_used = self._clock.now()
             if hung.cancelled_caught:
                 await self._discard(child, kill=True)
+                self._calls += 1
+                self._faults += 1
                 limit = self._backstop(capability, event) - self.grace
                 return self._failed(
                     capability,
@@ -390,14 +394,18 @@ class ProcessPool:
                 )
             if answer is _Gone.STOPPING:
                 continue  # it was being stopped before our call went out: use the next one
+            self._calls += 1
             if answer is _Gone.LOST:
                 await self._discard(child, kill=True)
+                self._faults += 1
                 return self._failed(
                     capability,
                     event,
                     InstanceCrashed.code,
                     f"the instance process {child.pid} died while serving the event ({child.exit})",
                 )
+            if type(answer) is Retry:  # the child's invoker retries only its own failures
+                self._faults += 1
             return answer
 
     async def peek_settled(self, capability: str, event: Event) -> Outcome | None:
@@ -406,6 +414,10 @@ class ProcessPool:
             return None
         compiled = self._reference.capabilities.get(capability)
         return None if compiled is None else await compiled.peek_settled(event)
+
+    def health(self) -> tuple[int, int]:
+        """Calls answered and faults: crashes, hangs and retries the children answered."""
+        return self._calls, self._faults
 
     def _backstop(self, capability: str, event: Event) -> float:
         policy = self._policies.get(capability)

@@ -15,7 +15,15 @@ The pool keeps at most one live instance per revision (an async function serves
 concurrent events; the invoker enforces per-capability concurrency limits). A
 burst of events for a cold revision thaws once: the first event thaws, the
 others wait for it. ``drop_idle`` stops an instance unused for ``idle_timeout``
-seconds and not serving (scale to zero); the preloaded revision stays.
+seconds and not serving (scale to zero); the preloaded revision stays. Calls that
+bypass ``invoke`` (a host's fast lane calls the live instance's compiled
+capability directly, to save the pool's bookkeeping per call) mark the instance
+``touched``: the reaper counts it as used at its next look (so such an instance
+lives up to one reaper period longer), and a call running on it (counted by the
+capability itself) keeps it. An event still waiting for a busy idempotency claim
+does not hold an instance: if it is stopped meanwhile, the event's call runs after
+``on_stop`` (on a ``shared`` instance, whatever ``on_stop`` closed then fails the
+call, which is retried).
 """
 
 from __future__ import annotations
@@ -71,15 +79,25 @@ class PoolStatistics(msgspec.Struct, frozen=True):
 class Instance:
     """A thawed revision, ready to invoke."""
 
-    __slots__ = ("app", "invoker", "namespace", "last_used", "in_flight", "stopped")
+    __slots__ = ("app", "invoker", "namespace", "last_used", "in_flight", "stopped", "touched")
 
     def __init__(self, app: App, invoker: Invoker, namespace: ModuleNamespace | None) -> None:
         self.app = app
         self.invoker = invoker
         self.namespace = namespace
         self.last_used = 0.0
-        self.in_flight = 0
+        self.in_flight = 0  # calls through InstancePool.invoke
         self.stopped = False
+        # Set by callers that call the instance's compiled capabilities directly (a
+        # host's fast lane, see thaw.host._serving): the reaper then counts it as used
+        # at its next look, and its calls in flight by the capabilities' own counters.
+        self.touched = False
+
+    def busy(self) -> bool:
+        """Whether a call runs on this instance now."""
+        if self.in_flight:
+            return True
+        return any(c.in_flight for c in self.invoker.capabilities.values())
 
     async def start(self) -> None:
         for hook in self.app.start_hooks:
@@ -120,6 +138,7 @@ class InstancePool:
         clock: Clock | None = None,
         rand: Callable[[], float] = random.random,
         cold_starts: ColdStarts | None = None,
+        on_change: Callable[[], None] | None = None,
     ) -> None:
         if isolation not in ("shared", "fresh"):
             raise ConfigError(
@@ -135,6 +154,7 @@ class InstancePool:
         self._backbone = backbone
         self._rand = rand
         self._cold_starts = cold_starts
+        self._on_change = on_change  # told when the live instance comes or goes
         # One store per pool, so idempotency survives instances coming and going.
         self._store = idempotency_store or MemoryIdempotencyStore(clock=self._clock)
         # Compiled once per revision: a shared thaw reuses it (and every isolation asks
@@ -145,6 +165,7 @@ class InstancePool:
         self._thawing: list[anyio.Event] | None = None
         self._thaws = 0
         self._drops = 0
+        self._retired = (0, 0)  # calls and faults of stopped fresh instances
 
     def _invoker_for(self, app: App) -> Invoker:
         return Invoker(
@@ -159,6 +180,23 @@ class InstancePool:
     def live(self) -> bool:
         return self._instance is not None
 
+    def health(self) -> tuple[int, int]:
+        """Calls and faults of this pool's instances so far (see CompiledCapability.faults)."""
+        calls, faults = self._retired
+        invokers = {id(self._reference_invoker): self._reference_invoker}
+        if self._instance is not None:
+            invokers[id(self._instance.invoker)] = self._instance.invoker
+        for invoker in invokers.values():
+            for compiled in invoker.capabilities.values():
+                calls += compiled.calls
+                faults += compiled.faults
+        return calls, faults
+
+    @property
+    def instance(self) -> Instance | None:
+        """The live instance, if any (it may be stopped by the next ``drop_idle``)."""
+        return self._instance
+
     def statistics(self) -> PoolStatistics:
         instance = self._instance
         return PoolStatistics(
@@ -167,7 +205,7 @@ class InstancePool:
             live=instance is not None,
             thaws=self._thaws,
             drops=self._drops,
-            in_flight=instance.in_flight if instance else 0,
+            in_flight=_in_flight(instance) if instance else 0,
         )
 
     async def invoke(self, capability: str, event: Event) -> Outcome:
@@ -217,6 +255,8 @@ class InstancePool:
             instance = await self._new_instance()
             self._instance = instance
             self._thaws += 1
+            if self._on_change is not None:
+                self._on_change()
             return instance, True
         finally:
             self._thawing = None
@@ -246,9 +286,13 @@ class InstancePool:
     async def drop_idle(self) -> bool:
         """Stop the instance if idle for ``idle_timeout`` and not serving; True if dropped."""
         instance = self._instance
-        if instance is None or instance.in_flight:
+        if instance is None:
             return False
-        if self._clock.now() - instance.last_used < self.idle_timeout:
+        if instance.touched:  # used through a fast lane since the last look: used now
+            instance.touched = False
+            instance.last_used = self._clock.now()
+            return False
+        if instance.busy() or self._clock.now() - instance.last_used < self.idle_timeout:
             return False
         await self.scale_to_zero()
         return True
@@ -258,6 +302,14 @@ class InstancePool:
         instance, self._instance = self._instance, None
         if instance is not None:
             self._drops += 1
+            if instance.invoker is not self._reference_invoker:  # a fresh one: keep its counts
+                calls, faults = self._retired
+                for compiled in instance.invoker.capabilities.values():
+                    calls += compiled.calls
+                    faults += compiled.faults
+                self._retired = (calls, faults)
+            if self._on_change is not None:
+                self._on_change()
             with anyio.CancelScope(shield=True):
                 await instance.stop()
 
@@ -270,3 +322,8 @@ class InstancePool:
 
     async def aclose(self) -> None:
         await self.scale_to_zero()
+
+
+def _in_flight(instance: Instance) -> int:
+    """Calls running on the instance's capabilities (an idempotency wait is not one)."""
+    return sum(c.in_flight for c in instance.invoker.capabilities.values())

@@ -43,6 +43,7 @@ __all__ = [
     "LoadedRevision",
     "Pool",
     "ProcessPools",
+    "RevisionHealth",
     "RevisionRouter",
     "RouterStatistics",
     "run_inline",
@@ -69,6 +70,8 @@ class Pool(Protocol):
 
     async def thaw(self) -> object: ...
 
+    def health(self) -> tuple[int, int]: ...
+
     async def peek_settled(self, capability: str, event: Event) -> Outcome | None: ...
 
     async def drop_idle(self) -> bool: ...
@@ -90,11 +93,20 @@ async def run_inline(work: Callable[[], T]) -> T:
     return work()
 
 
+class RevisionHealth(msgspec.Struct, frozen=True):
+    """A loaded revision's calls and faults so far (a canary's error rate)."""
+
+    revision: str
+    calls: int
+    faults: int
+
+
 class RouterStatistics(msgspec.Struct, frozen=True):
     weights: dict[str, int]
     live_instances: dict[str, bool]
     pools: list[PoolStatistics] = []
     cold_starts: list[ColdStartSeries] = []
+    health: list[RevisionHealth] = []
 
 
 class LoadedRevision:
@@ -109,6 +121,7 @@ class LoadedRevision:
         idle_timeout: float | None,
         process_pools: ProcessPools | None,
         idempotency_bucket: str | None = None,
+        on_change: Callable[[], None] | None = None,
         **pool_options: Any,
     ) -> None:
         self.revision = revision
@@ -154,6 +167,7 @@ class LoadedRevision:
                     isolation=isolation,  # type: ignore[arg-type]
                     idle_timeout=idle[isolation],
                     cold_starts=self.cold_starts,
+                    on_change=on_change,
                     **pool_options,
                 )
         self._default = self.pools["shared"]
@@ -169,6 +183,14 @@ class LoadedRevision:
     @property
     def live(self) -> bool:
         return any(pool.live for pool in self.pools.values())
+
+    def health(self) -> RevisionHealth:
+        calls = faults = 0
+        for pool in self.pools.values():
+            pool_calls, pool_faults = pool.health()
+            calls += pool_calls
+            faults += pool_faults
+        return RevisionHealth(self.revision.revision_id, calls, faults)
 
     def pool_for(self, capability: str) -> Pool:
         return self._by_capability.get(capability, self._default)
@@ -234,6 +256,9 @@ class RevisionRouter:
         self._table: list[tuple[int, LoadedRevision]] = []
         self._total = 0
         self._only: LoadedRevision | None = None
+        # Changes whenever a lane found by ``lane`` may no longer be right: weights,
+        # revisions, or a live instance coming or going.
+        self.epoch = 0
 
     @property
     def revisions(self) -> Mapping[str, Revision]:
@@ -265,6 +290,7 @@ class RevisionRouter:
             idle_timeout=self._idle_timeout,
             process_pools=self._process_pools,
             idempotency_bucket=self._idempotency_bucket,
+            on_change=self._changed,
             **self._pool_options,
         )
         self._weights[revision.revision_id] = 0
@@ -288,6 +314,27 @@ class RevisionRouter:
         self._table = table
         self._total = cumulative
         self._only = table[0][1] if len(table) == 1 else None
+        self._changed()
+
+    def _changed(self) -> None:
+        self.epoch += 1
+
+    def lane(self, capability: str) -> tuple[Callable[[Event], Awaitable[Outcome]], Any] | None:
+        """The live compiled capability every event of ``capability`` reaches now, and its
+        instance, when there is one: one revision has all the traffic and the
+        capability's pool (``shared`` or ``fresh``) has a live instance. Valid while
+        ``epoch`` stays the same; the caller marks the instance ``touched``."""
+        only = self._only
+        if only is None:
+            return None
+        pool = only.pool_for(capability)
+        if not isinstance(pool, InstancePool):
+            return None
+        instance = pool.instance
+        if instance is None:
+            return None
+        compiled = instance.invoker.capabilities.get(capability)
+        return None if compiled is None else (compiled, instance)
 
     def _resolve(self, key: str) -> str:
         matches = [rid for rid in self._loaded if rid.startswith(key)]
@@ -366,6 +413,7 @@ class RevisionRouter:
             cold_starts=[
                 s for loaded in self._loaded.values() for s in loaded.cold_starts.series()
             ],
+            health=[loaded.health() for loaded in self._loaded.values()],
         )
 
     async def warm(self) -> None:

@@ -20,7 +20,8 @@ needs module bodies to execute again and so a snapshot.
 from __future__ import annotations
 
 import sys
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
 
 import msgspec
 
@@ -42,32 +43,40 @@ class ServingStatistics(msgspec.Struct, frozen=True):
 
 
 class ServedCapability:
-    """One capability of a host: ``await capability(event) -> Outcome`` through the pools."""
+    """One capability of a host: ``await capability(event) -> Outcome`` through the pools.
 
-    __slots__ = ("name", "spec", "_router", "_calls", "_in_flight")
+    While one revision has all the traffic and the capability's instance is live,
+    calls go straight to that instance's compiled capability (the lane, found once
+    per ``RevisionRouter.epoch``); otherwise through the router, which thaws.
+    """
+
+    __slots__ = ("name", "spec", "_router", "_epoch", "_lane", "_instance")
 
     def __init__(self, spec: CapabilitySpec, router: RevisionRouter) -> None:
         self.name = spec.name
         self.spec = spec
         self._router = router
-        self._calls = 0
-        self._in_flight = 0
-
-    @property
-    def calls(self) -> int:
-        return self._calls
-
-    @property
-    def in_flight(self) -> int:
-        return self._in_flight
+        self._epoch = -1
+        self._lane: Callable[[Event], Awaitable[Outcome]] | None = None
+        self._instance: Any = None
 
     async def __call__(self, event: Event) -> Outcome:
-        self._calls += 1
-        self._in_flight += 1
-        try:
-            return await self._router.invoke(self.name, event)
-        finally:
-            self._in_flight -= 1
+        if self._epoch == self._router.epoch:
+            self._instance.touched = True
+            return await self._lane(event)  # type: ignore[misc]
+        return await self._route(event)
+
+    async def _route(self, event: Event) -> Outcome:
+        router = self._router
+        epoch = router.epoch
+        found = router.lane(self.name)
+        if found is None:
+            self._epoch = -1
+            return await router.invoke(self.name, event)  # may thaw: the next call finds it
+        self._lane, self._instance = found
+        self._epoch = epoch
+        self._instance.touched = True
+        return await self._lane(event)
 
     async def peek_settled(self, event: Event) -> Outcome | None:
         """A finished earlier delivery's answer for ``event`` (see CompiledCapability)."""
@@ -112,11 +121,20 @@ class ServingInvoker:
         return await capability(event)
 
     def statistics(self) -> ServingStatistics:
-        caps = self._capabilities.values()
-        return ServingStatistics(
-            calls={c.name: c.calls for c in caps},
-            in_flight={c.name: c.in_flight for c in caps},
-        )
+        """Calls and calls running per capability, over the live ``shared``/``fresh``
+        instances (a ``process`` instance counts in its own process)."""
+        calls = dict.fromkeys(self._capabilities, 0)
+        in_flight = dict.fromkeys(self._capabilities, 0)
+        for loaded in self.router.loaded.values():
+            for pool in loaded.pools.values():
+                instance = getattr(pool, "instance", None)
+                if instance is None:
+                    continue
+                for name, compiled in instance.invoker.capabilities.items():
+                    if name in calls:
+                        calls[name] += compiled.calls
+                        in_flight[name] += compiled.in_flight
+        return ServingStatistics(calls=calls, in_flight=in_flight)
 
 
 def source_revision(app: App) -> Revision:

@@ -94,6 +94,7 @@ class CompiledCapability:
         "_decode",
         "_encode",
         "_env",
+        "_faults",
         "_handler",
         "_idempotency",
         "_in_flight",
@@ -135,6 +136,7 @@ class CompiledCapability:
         self._limit = policy.concurrency or 0
         self._in_flight = 0
         self._calls = 0
+        self._faults = 0  # calls that failed through no fault of the caller (see _failed)
         self._max_attempts = policy.retry.max_attempts
         self._backoff = policy.retry.backoff
         self._idempotency = policy.idempotency
@@ -151,6 +153,13 @@ class CompiledCapability:
     @property
     def calls(self) -> int:
         return self._calls
+
+    @property
+    def faults(self) -> int:
+        """Calls that failed by the function's or the runtime's fault: raised errors,
+        timeouts (a ``Rejected`` is the function's answer, not a fault). A canary's
+        error rate is faults over calls."""
+        return self._faults
 
     async def __call__(self, event: Event) -> Outcome:
         data = event.data
@@ -424,6 +433,8 @@ class CompiledCapability:
     def _failed(self, event: Event, exc: Exception) -> Outcome:
         """Classify an exception into Retry or Reject (the one place that does)."""
         attempt = event.attempt
+        if not isinstance(exc, Rejected):
+            self._faults += 1
         if type(exc) is TypeError and str(exc) == _NOT_AN_EXCEPTION:
             # ``raise Reject(...)``: the same mistake on every attempt, so never retried.
             self._logger.error(
