@@ -255,8 +255,9 @@ def _revisions(out: _Writer, revisions: RouterStatistics) -> None:
         "Calls of a revision that failed by the function's or the runtime's fault.",
     )
     for health in revisions.health:
-        labels = (("revision", health.revision[:12]),)
-        out.sample("thaw_revision_faults_total", labels, health.faults)
+        out.sample(
+            "thaw_revision_faults_total", (("revision", health.revision[:12]),), health.faults
+        )
     out.family("thaw_instances", "gauge", "Live instances, by revision and isolation.")
     for pool in revisions.pools:
         labels = (("revision", pool.revision[:12]), ("isolation", pool.isolation))
