@@ -118,6 +118,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "test_requests.py": ("core",),
     "test_revisions.py": ("process",),
     "test_schedule.py": ("core",),
+    "test_serve_apps.py": ("http", "process"),
     "test_serving.py": ("core",),
     "test_serving_process.py": ("process",),
     "test_snapshot.py": ("process",),

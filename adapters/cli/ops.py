@@ -16,10 +16,8 @@ import argparse
 import logging
 import os
 import re
-import signal
 import sys
 from collections.abc import Callable
-from contextlib import AsyncExitStack
 from typing import Any
 
 import anyio
@@ -34,12 +32,11 @@ from thaw.adapters.cli.nats_options import (
 )
 from thaw.adapters.cli.supervise import (
     MAX_WORKERS,
-    backbone_url,
     become_worker,
     serve_workers,
     worker_count,
 )
-from thaw.backbone._registry import available_backbones, load_server, open_backbone
+from thaw.backbone._registry import available_backbones, open_backbone
 from thaw.decisions._redaction import (
     EXTRA_REDACTED,
     REDACT_HEADERS_ENV,
@@ -47,7 +44,6 @@ from thaw.decisions._redaction import (
     redact_headers,
     scrub_secrets,
 )
-from thaw.declarations._triggers import HttpTrigger, SubjectTrigger
 from thaw.host._dead_letters import (
     DeadLetterRecord,
     list_dead_letters,
@@ -55,7 +51,6 @@ from thaw.host._dead_letters import (
     replay_dead_letter,
     show_dead_letter,
 )
-from thaw.host._host import open_host
 from thaw.host._provision import apply_plan, plan_for
 from thaw.host._retention import (
     DLQ_MAX_AGE_ENV,
@@ -104,7 +99,7 @@ def add_commands(commands: Any, positive_int: Any) -> None:
         description="Provision what the app needs, run its stream consumers and schedules, "
         "and drain gracefully on SIGTERM or SIGINT.",
     )
-    _serve_options(serve)
+    _serve_options(serve, several=True)
     serve.add_argument(
         "--workers",
         type=worker_count,
@@ -176,12 +171,18 @@ def add_commands(commands: Any, positive_int: Any) -> None:
             )
 
 
-def _serve_options(parser: argparse.ArgumentParser) -> None:
-    """What ``serve`` and ``dev`` share: the app, HTTP, draining, the backbone."""
+def _serve_options(parser: argparse.ArgumentParser, *, several: bool = False) -> None:
+    """What ``serve`` and ``dev`` share: the app(s), HTTP, draining, the backbone."""
     parser.add_argument(
         "app",
         metavar="APP",
-        help="app or snapshot (source is built into a snapshot under --state-dir first)",
+        nargs="+" if several else None,
+        help="app or snapshot (source is built into a snapshot under --state-dir first)"
+        + (
+            "; several apps share the host, each with its own consumers and routes"
+            if several
+            else ""
+        ),
     )
     parser.add_argument("--drain-timeout", type=float, default=10.0, help="seconds (10)")
     parser.add_argument(
@@ -335,83 +336,34 @@ def _load(target: str) -> Any:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from thaw.adapters.cli.serving import process_pools_for, revision_to_serve
+    from thaw.adapters.cli.serving import apps_to_serve, serve_apps
 
     # Operators see where the embedded server is, warnings and dead letters, on stderr.
     logging.basicConfig(level=logging.INFO, format="thaw: %(name)s: %(message)s")
     _export_host_settings(args)
-    revision, args.app = revision_to_serve(args.app, args.state_dir)  # workers get the file
-    app = revision.app
+    targets = args.app if isinstance(args.app, list) else [args.app]
+    apps = apps_to_serve(targets, args.state_dir)
+    failed = {a.target: a.error for a in apps if a.revision is None}
+    for target, error in failed.items():
+        print(f"thaw: error: app {target} is not served: {error}", file=sys.stderr)
+    revisions = [a.revision for a in apps if a.revision is not None]
+    if not revisions:
+        return EXIT_FAILED
+    args.app = [a.path for a in apps if a.revision is not None]  # workers get the files
     kind, url = _target(args)
-    wants_http = not args.no_http and any(
-        isinstance(t, HttpTrigger) for spec in app.capabilities.values() for t in spec.triggers
-    )
-    http_server = load_server("http") if wants_http else None
-    wants_subjects = any(
-        isinstance(t, SubjectTrigger) for spec in app.capabilities.values() for t in spec.triggers
-    )
-    if wants_http and http_server is None:
-        print("thaw: http triggers not served: install the 'fast' extra", file=sys.stderr)
     if args.workers > 1:
-        return serve_workers(args, app, kind=kind, url=url)
+        return serve_workers(args, [r.app for r in revisions], kind=kind, url=url)
     if args.worker_of:
         become_worker(args.worker_of)
 
-    async def main() -> None:
+    async def main() -> int:
         # The workers open_host starts inherit it: their dead letters honour the list.
         EXTRA_REDACTED.set(parse_header_names(os.environ.get(REDACT_HEADERS_ENV, "")))
-        async with AsyncExitStack() as stack:
-            backbone = await stack.enter_async_context(
-                open_backbone(kind, url, state_dir=args.state_dir, **_connection(args))
-            )
-            pools = process_pools_for(
-                kind,
-                url or backbone_url(backbone),
-                state_dir=args.state_dir,
-                connection=_connection(args),
-            )
-            host = await stack.enter_async_context(
-                open_host(
-                    revision,
-                    backbone,
-                    drain_timeout=args.drain_timeout,
-                    ack_wait=args.ack_wait,
-                    idle_timeout=args.idle_timeout,
-                    process_pools=pools,
-                )
-            )
-            where = ""
-            subjects = load_server("subjects") if wants_subjects else None
-            if subjects is not None and await stack.enter_async_context(subjects(host)):
-                where += "; answering NATS requests on subject triggers"
-            if http_server is not None:
-                server = await stack.enter_async_context(
-                    http_server(
-                        host,
-                        host=args.http_host,
-                        port=args.http,
-                        reuse_port=bool(args.worker_of),
-                        access_log=args.access_log,
-                        access_log_stream="stderr",  # buffered, beside the other log lines
-                        max_body=args.max_body,
-                    )
-                )
-                where += f"; http on http://{server.host}:{server.port}"
-            with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-                workers = ", ".join(host.workers) or "none"
-                print(
-                    f"thaw: serving app {app.name} on the {kind} backbone (revision "
-                    f"{revision.revision_id[:12]}; stream consumers: {workers}){where}; "
-                    "SIGTERM or Ctrl-C drains and stops",
-                    flush=True,
-                )
-                async for received in signals:
-                    print(f"thaw: {signal.Signals(received).name}: draining", flush=True)
-                    break
-        print("thaw: stopped", flush=True)
+        return await serve_apps(
+            args, revisions, kind=kind, url=url, connection=_connection(args), not_served=failed
+        )
 
-    anyio.run(main, backend_options={"use_uvloop": _uvloop_available()})
-    return EXIT_OK
+    return int(anyio.run(main, backend_options={"use_uvloop": _uvloop_available()}))
 
 
 def _uvloop_available() -> bool:

@@ -95,3 +95,205 @@ def process_pools_for(
 
 
 _kept: list[AsyncExitStack] = []  # in an instance process: its backbone's context, kept open
+
+
+class AppToServe:
+    """One app of ``thaw serve``: its loaded revision, or why it could not be loaded."""
+
+    def __init__(self, target: str, revision: Revision | None, path: str, error: str = "") -> None:
+        self.target = target
+        self.revision = revision
+        self.path = path  # the snapshot file (what --workers children are given)
+        self.error = error
+
+
+def apps_to_serve(targets: list[str], state_dir: str, **load_options: Any) -> list[AppToServe]:
+    """Build (if source) and load every app; one failing is reported, never fatal here."""
+    from thaw._errors import ThawError
+
+    apps: list[AppToServe] = []
+    for target in targets:
+        try:
+            revision, path = revision_to_serve(target, state_dir, **load_options)
+        except ThawError as exc:
+            apps.append(AppToServe(target, None, target, f"[{exc.code}] {exc.message}"))
+            continue
+        apps.append(AppToServe(target, revision, path))
+    names: dict[str, str] = {}
+    for app in apps:
+        if app.revision is None:
+            continue
+        name = app.revision.app.name
+        if name in names:
+            app.error = f"[app_name_taken] app {name!r} is already served here (from {names[name]})"
+            app.revision = None
+        else:
+            names[name] = app.target
+    return apps
+
+
+async def serve_apps(
+    args: Any,
+    revisions: list[Revision],
+    *,
+    kind: str,
+    url: str | None,
+    connection: dict[str, Any],
+    not_served: dict[str, str] | None = None,
+) -> int:
+    """Serve ``revisions`` on one backbone and one HTTP server until SIGTERM/SIGINT.
+
+    Each app runs in its own task with its own host (consumers, routes, limits): an
+    app whose host fails to start or stops with an error is logged and its routes
+    answer 503 ``app_unavailable``; the others keep serving. On a signal the HTTP
+    server drains first, then every host. Exit code 0 after a signal; 1 when no app
+    started or every app has stopped. ``not_served``: apps that could not be loaded
+    (target -> why), reported beside the others.
+    """
+    import signal
+
+    import anyio
+
+    from thaw.adapters.cli.supervise import backbone_url
+    from thaw.backbone._registry import load_server
+    from thaw.declarations._triggers import HttpTrigger, SubjectTrigger
+    from thaw.host._host import Host, open_host
+
+    stop = anyio.Event()  # a signal, or no app left
+    release = anyio.Event()  # the hosts may drain (the HTTP server has)
+    hosts: dict[str, Host] = {}
+    down: dict[str, str] = dict(not_served or {})
+    failed: list[tuple[Any, str]] = []  # (App, why) of hosts that did not start
+    front: dict[str, Any] = {}  # "apps": the ServiceSet, once the HTTP server is up
+    by_signal = False
+
+    async with AsyncExitStack() as stack:
+        backbone = await stack.enter_async_context(
+            open_backbone(kind, url, state_dir=args.state_dir, **connection)
+        )
+        pools = process_pools_for(
+            kind, url or backbone_url(backbone), state_dir=args.state_dir, connection=connection
+        )
+        subjects = load_server("subjects")
+
+        async def run_app(revision: Revision, started: anyio.Event) -> None:
+            name = revision.app.name
+            try:
+                async with AsyncExitStack() as app_stack:
+                    host = await app_stack.enter_async_context(
+                        open_host(
+                            revision,
+                            backbone,
+                            drain_timeout=args.drain_timeout,
+                            ack_wait=args.ack_wait,
+                            idle_timeout=args.idle_timeout,
+                            process_pools=pools,
+                        )
+                    )
+                    if subjects is not None and _has(host, SubjectTrigger):
+                        await app_stack.enter_async_context(subjects(host))
+                    hosts[name] = host
+                    started.set()
+                    await release.wait()
+            except Exception as exc:
+                reason = f"{type(exc).__name__}: {exc}"
+                log.exception("app %s stopped: %s", name, reason)
+                down[name] = reason
+                if name not in hosts:  # it never started: its routes answer 503
+                    failed.append((revision.app, reason))
+                if "apps" in front:
+                    front["apps"].down[name] = reason
+                if not any(other != name for other in hosts):
+                    log.critical("no app is serving any more: stopping")
+                    stop.set()
+            finally:
+                hosts.pop(name, None)
+                started.set()
+
+        async with anyio.create_task_group() as group:
+            for revision in revisions:
+                started = anyio.Event()
+                group.start_soon(run_app, revision, started)
+                await started.wait()
+            if hosts:
+                with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                    async with AsyncExitStack() as http:
+                        where = ""
+                        served = [h for h in hosts.values() if _has(h, HttpTrigger)]
+                        unavailable = [(a, why) for a, why in failed if _has_app(a, HttpTrigger)]
+                        if served and not args.no_http and not _http_available():
+                            print(
+                                "thaw: http triggers not served: install the 'fast' extra",
+                                file=sys.stderr,
+                            )
+                        elif served and not args.no_http:
+                            server, apps, refused = await http.enter_async_context(
+                                _open_http(args, served, unavailable)
+                            )
+                            front["apps"] = apps
+                            for name, reason in refused:
+                                log.error(
+                                    "app %s: its HTTP routes are not served: %s", name, reason
+                                )
+                            for name, reason in down.items():
+                                apps.down[name] = reason
+                            where = f"; http on http://{server.host}:{server.port}"
+                        for host in list(hosts.values()):
+                            print(_ready_line(host, kind, where), flush=True)
+                        for name, reason in down.items():
+                            print(f"thaw: app {name} is not serving: {reason}", flush=True)
+                        async with anyio.create_task_group() as waiting:
+
+                            async def on_signal() -> None:
+                                nonlocal by_signal
+                                async for received in signals:
+                                    name = signal.Signals(received).name
+                                    print(f"thaw: {name}: draining", flush=True)
+                                    by_signal = True
+                                    stop.set()
+                                    return
+
+                            waiting.start_soon(on_signal)
+                            await stop.wait()
+                            waiting.cancel_scope.cancel()
+            release.set()
+    print("thaw: stopped", flush=True)
+    return 0 if by_signal else 1
+
+
+def _ready_line(host: Any, kind: str, where: str) -> str:
+    revision = next(iter(host.router.revisions), "")
+    workers = ", ".join(host.workers) or "none"
+    return (
+        f"thaw: serving app {host.app.name} on the {kind} backbone (revision {revision[:12]}; "
+        f"stream consumers: {workers}){where}; SIGTERM or Ctrl-C drains and stops"
+    )
+
+
+def _http_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("httptools") is not None
+
+
+def _has(host: Any, kind: type) -> bool:
+    return _has_app(host.app, kind)
+
+
+def _has_app(app: Any, kind: type) -> bool:
+    return any(isinstance(t, kind) for s in app.capabilities.values() for t in s.triggers)
+
+
+def _open_http(args: Any, hosts: list[Any], unavailable: list[tuple[Any, str]]) -> Any:
+    from thaw.adapters.http.server import open_apps_http_server
+
+    return open_apps_http_server(
+        hosts,
+        host=args.http_host,
+        port=args.http,
+        reuse_port=bool(args.worker_of),
+        access_log=args.access_log,
+        access_log_stream="stderr",  # buffered, beside the other log lines
+        max_body=args.max_body,
+        unavailable=unavailable,
+    )

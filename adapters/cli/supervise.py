@@ -270,7 +270,8 @@ def worker_command(args: argparse.Namespace, *, kind: str, url: str | None, port
     ``url`` must be free of credentials: the worker's NATS settings, secrets included,
     are in its environment (``child_environment``), which only its user can read.
     """
-    command = [sys.executable, "-m", "thaw.adapters.cli", "serve", args.app]
+    targets = args.app if isinstance(args.app, list) else [args.app]
+    command = [sys.executable, "-m", "thaw.adapters.cli", "serve", *targets]
     command += ["--backbone", kind, "--state-dir", args.state_dir]
     if url is not None:
         command += ["--url", url]
@@ -289,8 +290,11 @@ def worker_command(args: argparse.Namespace, *, kind: str, url: str | None, port
     return command
 
 
-def serve_workers(args: argparse.Namespace, app: App, *, kind: str, url: str | None) -> int:
+def serve_workers(
+    args: argparse.Namespace, apps: App | list[App], *, kind: str, url: str | None
+) -> int:
     """``thaw serve --workers N`` in the parent: reserve, provision once, supervise."""
+    apps = apps if isinstance(apps, list) else [apps]
     reserved: socket.socket | None = None
     port = args.http
     if not args.no_http:
@@ -318,12 +322,13 @@ def serve_workers(args: argparse.Namespace, app: App, *, kind: str, url: str | N
                 backbone = await stack.enter_async_context(
                     open_backbone(kind, url, state_dir=args.state_dir, **connection_options(args))
                 )
-                await apply_plan(
-                    plan_for(app)
-                    if args.ack_wait is None
-                    else plan_for(app, ack_wait=args.ack_wait),
-                    backbone,
-                )
+                for app in apps:
+                    await apply_plan(
+                        plan_for(app)
+                        if args.ack_wait is None
+                        else plan_for(app, ack_wait=args.ack_wait),
+                        backbone,
+                    )
                 if worker_url is None:  # the embedded server: workers connect to it
                     worker_url = backbone_url(backbone)
                     if worker_url is None:
@@ -342,7 +347,8 @@ def serve_workers(args: argparse.Namespace, app: App, *, kind: str, url: str | N
             )
             where = "" if args.no_http else f"; http on http://{args.http_host}:{port}"
             ready = (
-                f"thaw: serving app {app.name} with {args.workers} workers on the {kind} "
+                f"thaw: serving app {', '.join(a.name for a in apps)} with {args.workers} "
+                f"workers on the {kind} "
                 f"backbone{where}; SIGTERM or Ctrl-C drains and stops"
             )
             return await supervise(plan, on_ready=ready)

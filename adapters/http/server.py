@@ -17,8 +17,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
+from typing import Any
 
 import anyio
 import msgspec
@@ -29,10 +30,18 @@ from thaw.adapters.http.config import HttpConfig
 from thaw.adapters.http.metrics import ServerCounters
 from thaw.adapters.http.protocol import HttpConnection
 from thaw.adapters.http.service import HttpService
+from thaw.adapters.http.service_set import RouteClash, ServiceSet
 from thaw.adapters.http.state import ServerState, ServerStatistics
-from thaw.lowlevel import Backbone, CapabilityInvoker, Host, MemoryBackbone, open_host
+from thaw.lowlevel import Backbone, CapabilityInvoker, Host, Invoker, MemoryBackbone, open_host
 
-__all__ = ["HttpServer", "open_http_server", "open_service_server", "serve_http", "run_app"]
+__all__ = [
+    "HttpServer",
+    "open_apps_http_server",
+    "open_http_server",
+    "open_service_server",
+    "serve_http",
+    "run_app",
+]
 
 log = logging.getLogger("thaw.http")
 _ABORT_GRACE = 5.0  # after the drain deadline: how long cancelled tasks get to unwind
@@ -167,20 +176,13 @@ async def open_http_server(
     ``/readyz`` answers 503 with that reason, as it does while draining or while the
     backbone is disconnected.
     """
-    config = config or HttpConfig()
-    overrides = {
-        name: value
-        for name, value in (
-            ("reuse_port", reuse_port),
-            ("access_log", access_log),
-            ("access_log_stream", access_log_stream),
-            ("max_body", max_body),
-        )
-        if value is not None
-    }
-    if overrides:
-        config = msgspec.structs.replace(config, **overrides)
-    invoker = target.invoker if isinstance(target, Host) else target
+    config = _with_overrides(
+        config or HttpConfig(),
+        reuse_port=reuse_port,
+        access_log=access_log,
+        access_log_stream=access_log_stream,
+        max_body=max_body,
+    )
     holder: list[ServerState] = []
 
     def not_ready() -> str | None:
@@ -188,11 +190,7 @@ async def open_http_server(
             return "the server is draining"
         return readiness() if readiness is not None else None
 
-    backbone = target.backbone if isinstance(target, Host) else None
-    service = HttpService(invoker, config=config, not_ready=not_ready, backbone=backbone)
-    if isinstance(target, Host):
-        service.workers = lambda: target.statistics().workers
-        service.revisions = lambda: target.statistics().revisions
+    service = _service_for(target, config, not_ready)
 
     def bind(state: ServerState) -> None:
         holder.append(state)
@@ -203,6 +201,79 @@ async def open_http_server(
         service, host=host, port=port, config=config, counters=ServerCounters(), state_hook=bind
     ) as server:
         yield server
+
+
+def _with_overrides(config: HttpConfig, **overrides: Any) -> HttpConfig:
+    given = {name: value for name, value in overrides.items() if value is not None}
+    return msgspec.structs.replace(config, **given) if given else config
+
+
+def _service_for(
+    target: CapabilityInvoker | Host, config: HttpConfig, not_ready: Callable[[], str | None]
+) -> HttpService:
+    invoker = target.invoker if isinstance(target, Host) else target
+    backbone = target.backbone if isinstance(target, Host) else None
+    service = HttpService(invoker, config=config, not_ready=not_ready, backbone=backbone)
+    if isinstance(target, Host):
+        service.workers = lambda: target.statistics().workers
+        service.revisions = lambda: target.statistics().revisions
+    return service
+
+
+@asynccontextmanager
+async def open_apps_http_server(
+    hosts: Sequence[Host],
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    config: HttpConfig | None = None,
+    reuse_port: bool | None = None,
+    access_log: bool | None = None,
+    access_log_stream: str | None = None,
+    max_body: int | None = None,
+    unavailable: Sequence[tuple[App, str]] = (),
+) -> AsyncIterator[tuple[HttpServer, ServiceSet, list[tuple[str, str]]]]:
+    """Serve several hosts' apps on one server (see ``service_set``); yields the server,
+    the set (mark an app ``down`` there) and the apps refused, with why (a route clash).
+    ``unavailable``: apps whose host did not start, and why: their routes answer 503."""
+    config = _with_overrides(
+        config or HttpConfig(),
+        reuse_port=reuse_port,
+        access_log=access_log,
+        access_log_stream=access_log_stream,
+        max_body=max_body,
+    )
+    holder: list[ServerState] = []
+
+    def not_ready() -> str | None:
+        return "the server is draining" if holder and holder[0].draining else None
+
+    services: list[tuple[str, HttpService]] = []
+    refused: list[tuple[str, str]] = []
+    # A down app's routes still have a service (never called): they answer 503, not 404.
+    targets: list[CapabilityInvoker | Host] = [*hosts, *(Invoker(app) for app, _ in unavailable)]
+    for served in targets:
+        candidate = (served.app.name, _service_for(served, config, not_ready))
+        try:
+            ServiceSet.check_clashes(services, candidate)
+        except RouteClash as exc:
+            refused.append((served.app.name, exc.message))
+            continue
+        services.append(candidate)
+    apps = ServiceSet(services, config=config)
+    apps.down.update((app.name, reason) for app, reason in unavailable)
+
+    # One app and nothing down: its service itself, without the set's dispatch per request.
+    front: Service = services[0][1] if len(services) == 1 and not unavailable else apps
+
+    def bind(state: ServerState) -> None:
+        holder.append(state)
+        apps.bind(state)
+
+    async with open_service_server(
+        front, host=host, port=port, config=config, counters=ServerCounters(), state_hook=bind
+    ) as server:
+        yield server, apps, refused
 
 
 async def serve_http(

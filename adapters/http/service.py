@@ -128,6 +128,11 @@ class HttpService:
                 "collides with an operational path; move it or change HttpConfig"
             )
 
+    def operational(self, path: str) -> Response | None:
+        """The answer of an operational path (``/healthz``, ``/metrics``...), or None."""
+        op = self._ops.get(path)
+        return op() if op is not None else None
+
     def not_ready(self) -> str | None:
         """Why the server should get no traffic now, or None when it is ready."""
         reason = self._not_ready()

@@ -90,6 +90,7 @@ PROTOCOL_ERRORS: dict[str, tuple[int, bool]] = {
     "pipeline_full": (503, True),
     "draining": (503, True),
     "not_ready": (503, False),
+    "app_unavailable": (503, False),
     "http_version_unsupported": (505, True),
     "internal_error": (500, False),
 }
@@ -104,6 +105,7 @@ _SAFE_SERVER_REASONS = frozenset(
         "pipeline_full",
         "draining",
         "not_ready",
+        "app_unavailable",
         "not_implemented",
         "http_version_unsupported",
     }
