@@ -117,6 +117,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "test_purity.py": ("process",),
     "test_requests.py": ("core",),
     "test_revisions.py": ("process",),
+    "test_rollout.py": ("process",),
     "test_schedule.py": ("core",),
     "test_serve_apps.py": ("http", "process"),
     "test_serving.py": ("core",),

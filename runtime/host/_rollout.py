@@ -1,0 +1,136 @@
+"""Keeping a host's revisions in step with what is deployed: preload, shift, retire.
+
+``Rollout.apply(weights)`` takes the desired traffic of one app (revision id ->
+weight, from its deployment record) and moves the host's ``RevisionRouter`` there:
+
+1. every revision with a weight that is not loaded yet is fetched (its snapshot
+   bytes, through ``fetch``) and loaded through ``run_blocking`` (a thread on
+   CPython, so the current revision keeps serving), with weight 0;
+2. only when every revision with a weight is loaded are the weights applied, all
+   at once: a host never routes to a revision it could not load, and a revision
+   that fails to load here leaves the previous weights in place (logged; the next
+   ``apply`` tries again);
+3. loaded revisions the record no longer names are retired: their instances stop
+   after the calls they hold, their modules are forgotten.
+
+Routing stays sticky by event id (``RevisionRouter.pick``), so a redelivery reaches
+the revision its first delivery reached while the weights are unchanged.
+``preloading`` names the revision being loaded (readiness reports it); ``state``
+is what the last ``apply`` achieved, for ``thaw revisions`` and the host's reports.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from functools import partial
+from typing import Any
+
+import msgspec
+
+from thaw._errors import ThawError
+from thaw.host._router import BlockingRunner, RevisionRouter, run_inline
+from thaw.snapshots._revision import Revision, load_revision
+
+__all__ = ["Rollout", "RolloutState"]
+
+log = logging.getLogger("thaw.rollout")
+
+
+class RolloutState(msgspec.Struct, frozen=True):
+    """What a host serves of one app after the last ``apply``."""
+
+    weights: dict[str, int]  # loaded revision -> weight
+    pending: dict[str, str] = {}  # revision wanted but not loadable here -> why
+    generation: int = 0  # how many times weights were applied
+
+
+class Rollout:
+    """Moves one app's ``RevisionRouter`` to the deployed weights (see the module doc)."""
+
+    def __init__(
+        self,
+        router: RevisionRouter,
+        fetch: Callable[[str], Awaitable[bytes]],
+        *,
+        run_blocking: BlockingRunner = run_inline,
+        load: Callable[..., Revision] = load_revision,
+        app: str = "",
+    ) -> None:
+        self.router = router
+        self._fetch = fetch
+        self._run_blocking = run_blocking
+        self._load = load
+        self.app = app
+        self.preloading: str | None = None
+        self.state = RolloutState(weights=dict(router.weights))
+
+    async def apply(self, weights: Mapping[str, int]) -> RolloutState:
+        """Load what ``weights`` names, then shift traffic to it, then retire the rest."""
+        wanted = {rid: weight for rid, weight in weights.items() if weight > 0}
+        pending: dict[str, str] = {}
+        for rid in weights:
+            if rid in self.router.loaded:
+                continue
+            try:
+                await self._preload(rid)
+            except ThawError as exc:
+                pending[rid] = f"[{exc.code}] {exc.message}"
+                log.error("app %s: revision %s cannot be loaded here: %s", self.app, rid, exc)
+        if not wanted:
+            pending.setdefault("", "the deployment gives no revision any traffic")
+        if any(rid in pending for rid in wanted) or not wanted:
+            self.state = RolloutState(
+                weights=dict(self.router.weights),
+                pending=pending,
+                generation=self.state.generation,
+            )
+            return self.state  # the previous weights stay: nothing routes to a missing revision
+        before = dict(self.router.weights)
+        self.router.set_weights({rid: wanted.get(rid, 0) for rid in self.router.loaded})
+        for rid in [rid for rid in self.router.loaded if rid not in weights]:
+            await self.router.retire(rid)
+        after = dict(self.router.weights)
+        if after != before:
+            log.info("app %s: traffic %s (was %s)", self.app, _describe(after), _describe(before))
+        self.state = RolloutState(
+            weights=after, pending=pending, generation=self.state.generation + 1
+        )
+        return self.state
+
+    async def _preload(self, rid: str) -> None:
+        self.preloading = rid
+        try:
+            blob = await self._fetch(rid)
+            revision: Revision = await self._run_blocking(partial(self._load, blob))
+        finally:
+            self.preloading = None
+        if revision.revision_id != rid:
+            revision.unload()
+            raise _Mismatch(
+                f"the snapshot stored for revision {rid} holds revision {revision.revision_id}"
+            )
+        self.router.add(revision, weight=0)
+        log.info("app %s: revision %s loaded (no traffic yet)", self.app, rid[:12])
+
+    def not_ready(self) -> str | None:
+        """A reason while no loaded revision has traffic, else None (a preload is not one:
+        the current revision serves meanwhile)."""
+        if any(self.router.weights.values()):
+            return None
+        return f"app {self.app!r} has no revision with traffic yet"
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "weights": dict(self.state.weights),
+            "pending": dict(self.state.pending),
+            "preloading": self.preloading,
+        }
+
+
+class _Mismatch(ThawError):
+    code = "revision_mismatch"
+
+
+def _describe(weights: Mapping[str, int]) -> str:
+    return ", ".join(f"{rid[:12]}={weight}" for rid, weight in sorted(weights.items())) or "none"
