@@ -32,7 +32,7 @@ from thaw._event import Event, Ok, Outcome, Reject, Retry
 from thaw.declarations._app import App
 from thaw.declarations._changes import KvChange, ObjectChange
 from thaw.declarations._context import Context
-from thaw.declarations._policy import Access, Backoff, Idempotency, RetryPolicy
+from thaw.declarations._policy import Access, Backoff, CanaryPolicy, Idempotency, RetryPolicy
 from thaw.declarations._triggers import Cors, Webhook, http, kv, objects, schedule, stream, subject
 from thaw.invocation._fanout import Gathered, fan_out
 
@@ -49,6 +49,7 @@ __all__ = [
     "App",
     "Backoff",
     "CallerError",
+    "CanaryPolicy",
     "ConfigError",
     "Context",
     "ContractError",

@@ -14,6 +14,7 @@ def test_function_author_surface() -> None:
             "App",
             "Backoff",
             "CallerError",
+            "CanaryPolicy",
             "ConfigError",
             "Context",
             "ContractError",

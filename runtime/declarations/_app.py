@@ -35,7 +35,14 @@ import msgspec
 from thaw._errors import ConfigError
 from thaw._event import Ok, Reject, Retry
 from thaw.declarations._context import Context
-from thaw.declarations._policy import Access, Idempotency, Policy, RetryPolicy, _positive
+from thaw.declarations._policy import (
+    Access,
+    CanaryPolicy,
+    Idempotency,
+    Policy,
+    RetryPolicy,
+    _positive,
+)
 from thaw.declarations._triggers import HttpTrigger, Trigger
 
 __all__ = ["App", "CapabilitySpec", "Hook"]
@@ -66,14 +73,20 @@ class CapabilitySpec(msgspec.Struct, frozen=True, kw_only=True):
 class App:
     """A named set of capabilities: ``app = App("payments")``."""
 
-    def __init__(self, name: str, *, idle_timeout: float = 300.0) -> None:
+    def __init__(
+        self, name: str, *, idle_timeout: float = 300.0, canary: CanaryPolicy | None = None
+    ) -> None:
         """``idle_timeout``: seconds without events after which a host stops an
         instance (scale to zero; the loaded revision stays); capabilities may
-        override it."""
+        override it. ``canary``: when a host rolls a failing canary back on its own
+        (None: the default ``CanaryPolicy()``)."""
         _check_name("app", name)
         _positive("idle_timeout", idle_timeout)
+        if canary is not None and not isinstance(canary, CanaryPolicy):
+            raise ConfigError(f"canary must be a CanaryPolicy, got {canary!r}")
         self.name = name
         self.idle_timeout = float(idle_timeout)
+        self.canary = canary or CanaryPolicy()
         self._capabilities: dict[str, CapabilitySpec] = {}
         self._on_start: list[Hook] = []
         self._on_stop: list[Hook] = []

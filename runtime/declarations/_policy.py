@@ -113,6 +113,34 @@ class Idempotency(msgspec.Struct, frozen=True, kw_only=True):
             raise ConfigError("Idempotency.key must be a callable (event, payload) -> str")
 
 
+class CanaryPolicy(msgspec.Struct, frozen=True, kw_only=True):
+    """When a host rolls a canary back on its own (``App(canary=...)``).
+
+    A canary is a revision deployed with a weight below 100 beside the stable one.
+    Each host serving it looks at the last ``window`` seconds of its own calls: once
+    the canary has at least ``min_calls`` there and more than ``max_error_rate`` of
+    them failed by a fault (not a ``Rejected`` answer), and its rate is above the
+    stable revision's, the host rolls the deployment back to the stable revision and
+    logs the decision with its numbers.
+    """
+
+    max_error_rate: float = 0.05
+    window: float = 60.0
+    min_calls: int = 20
+
+    def __post_init__(self) -> None:
+        _positive("CanaryPolicy.window", self.window)
+        if not (_is_number(self.max_error_rate) and 0 <= self.max_error_rate < 1):
+            raise ConfigError(
+                "CanaryPolicy.max_error_rate must be from 0 to below 1, "
+                f"got {self.max_error_rate!r}"
+            )
+        if not (_is_int(self.min_calls) and self.min_calls >= 1):
+            raise ConfigError(
+                f"CanaryPolicy.min_calls must be a positive int, got {self.min_calls!r}"
+            )
+
+
 class Access(msgspec.Struct, frozen=True, kw_only=True):
     """What a function may touch: subjects it publishes to or sends requests to, KV
     buckets and object stores.
