@@ -4,6 +4,7 @@ verdict, and a host following its deployment on MemoryBackbone, automatic rollba
 from __future__ import annotations
 
 import textwrap
+from collections.abc import Callable
 
 import anyio
 import msgspec
@@ -61,6 +62,13 @@ def versions(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
         build_snapshot(str(folder / "app.py"), str(output))
         built[version] = output.read_bytes()
     return built
+
+
+async def wait_until(condition: Callable[[], bool]) -> None:
+    """Bounded: the router's weights have no event to await, so look every few ms."""
+    with anyio.fail_after(WAIT):
+        while not condition():  # noqa: ASYNC110 - nothing to await but the condition
+            await anyio.sleep(0.01)
 
 
 def rid(blob: bytes) -> str:
@@ -190,9 +198,7 @@ async def test_a_host_follows_its_deployment_and_rolls_a_failing_canary_back(
                 )
             )
             await deploy(backbone, versions["bad"], weight=50)
-            with anyio.fail_after(WAIT):
-                while bad not in host.router.loaded or host.router.weights[bad] != 50:
-                    await anyio.sleep(0.01)
+            await wait_until(lambda: host.router.weights.get(bad) == 50)
             answers = [await host.invoke("work", Event(id=f"e{n}", data=b"")) for n in range(60)]
             assert {type(a).__name__ for a in answers} == {"Ok", "Retry"}  # both serve
             with anyio.fail_after(WAIT):
@@ -204,13 +210,11 @@ async def test_a_host_follows_its_deployment_and_rolls_a_failing_canary_back(
                     await anyio.sleep(0.01)
             assert record.weights() == {one: 100, bad: 0}
             assert "over budget" in record.history[-1].note
-            with anyio.fail_after(WAIT):
-                while host.router.weights.get(bad) != 0:
-                    await anyio.sleep(0.01)
+            await wait_until(lambda: host.router.weights.get(bad) == 0)
             after = await host.invoke("work", Event(id="after", data=b""))
             assert msgspec.json.decode(after.data) == "one"  # type: ignore[union-attr]
             with anyio.fail_after(WAIT):  # the report of a later round has the faults
-                while not any(
+                while not any(  # noqa: ASYNC110 - the bucket has no event to await
                     r.counts.get(bad) and r.counts[bad].faults
                     for r in await revision_report(backbone, "canaried")
                 ):
