@@ -19,8 +19,10 @@ from thaw.lowlevel import Invoker
 from thaw.snapshots._format import (
     MAGIC,
     SnapshotError,
+    SnapshotPayload,
     decode_snapshot,
     encode_snapshot,
+    revision_id,
 )
 from thaw.snapshots._revision import RevisionLoadError, load_revision
 
@@ -181,7 +183,7 @@ def test_module_failing_at_load_leaves_nothing_behind(tmp_path: Path, snapshot: 
 def test_missing_preload_package_is_a_clear_error(snapshot: Path) -> None:
     payload = decode_snapshot(snapshot.read_bytes())
     manifest = msgspec.structs.replace(payload.manifest, preload=["no_such_package_xyz"])
-    blob = encode_snapshot(msgspec.structs.replace(payload, manifest=manifest))
+    blob = encode_snapshot(_sealed(msgspec.structs.replace(payload, manifest=manifest)))
     with pytest.raises(RevisionLoadError, match="no_such_package_xyz"):
         load_revision(blob)
 
@@ -190,8 +192,15 @@ def test_data_file_paths_cannot_escape(tmp_path: Path, snapshot: Path) -> None:
     payload = decode_snapshot(snapshot.read_bytes())
     evil = msgspec.structs.replace(payload, data={"../../escape.txt": b"x"})
     with pytest.raises(SnapshotError, match="escapes"):
-        load_revision(encode_snapshot(evil), data_dir=tmp_path / "data")
+        load_revision(encode_snapshot(_sealed(evil)), data_dir=tmp_path / "data")
     assert not (tmp_path / "escape.txt").exists()
+
+
+def _sealed(payload: SnapshotPayload) -> SnapshotPayload:
+    """``payload`` under the revision id of its content (as a builder would record it)."""
+    return msgspec.structs.replace(
+        payload, revision=revision_id(payload.manifest, payload.modules, payload.data)
+    )
 
 
 def test_unreadable_path() -> None:

@@ -42,6 +42,7 @@ from thaw.snapshots._format import (
     MAGIC,
     Manifest,
     ModuleBlob,
+    SignatureVerifier,
     SnapshotError,
     SnapshotPayload,
     decode_snapshot,
@@ -273,8 +274,11 @@ def load_revision(
     *,
     data_dir: str | os.PathLike[str] | None = None,
     clock: Callable[[], float] = time.perf_counter,
+    verifier: SignatureVerifier | None = None,
 ) -> Revision:
-    """Validate a snapshot (a path or its bytes), preload its imports, execute its modules once."""
+    """Validate a snapshot (a path or its bytes), preload its imports, execute its modules once.
+
+    ``verifier``: require a signature it accepts (see ``decode_snapshot``)."""
     started = clock()
     if isinstance(source, bytes):
         blob, label = source, "snapshot"
@@ -286,7 +290,7 @@ def load_revision(
         except OSError as exc:
             raise SnapshotError(f"cannot read snapshot {label!r}: {exc.strerror}") from None
     read_done = clock()
-    payload = decode_snapshot(blob, source=label)
+    payload = decode_snapshot(blob, source=label, verifier=verifier)
     validated = clock()
     codes: dict[str, types.CodeType] = {}
     for blob_module in payload.modules:
