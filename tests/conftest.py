@@ -61,6 +61,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "test_deep_nesting.py": ("core",),
     "test_delivery_fencing.py": ("core",),
     "test_deployments.py": ("process",),
+    "test_deployments_nats.py": ("nats", "http", "process"),
     "test_dev.py": ("http", "process"),
     "test_edge.py": ("edge", "process"),  # the snapshot build is a child Python
     "test_edge_cli.py": ("edge", "nats", "process"),

@@ -36,13 +36,13 @@ pytestmark = pytest.mark.anyio
 WAIT = 20.0
 
 APP = """
-from thaw import App, CanaryPolicy
+from thaw import App, CanaryPolicy, http
 
 VERSION = "{version}"
 app = App("canaried", canary=CanaryPolicy(max_error_rate=0.2, window=60, min_calls=5))
 
 
-@app.capability()
+@app.capability(http("GET", "/work"))
 async def work() -> str:
     if VERSION == "bad":
         raise RuntimeError("this version is broken")

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import msgspec
 import pytest
+from snapshot_apps import build, write_app
 
-from tests.snapshot_apps import build, write_app
 from thaw import Event, Ok
 from thaw.adapters.threads import run_in_thread
 from thaw.host._host import Host, open_host

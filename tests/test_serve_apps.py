@@ -16,7 +16,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from tests.nats_fixtures import wait_line
+from nats_fixtures import wait_line
+
 from thaw.adapters.http.service_set import merge_expositions
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -101,6 +101,15 @@ def add_commands(commands: Any, positive_int: Any) -> None:
     )
     _serve_options(serve, several=True)
     serve.add_argument(
+        "--deployed",
+        action="append",
+        default=[],
+        type=_app_name,
+        metavar="APP_NAME",
+        help="serve the revisions `thaw deploy` recorded for this app and follow its "
+        "deployment (canary, rollback); repeatable",
+    )
+    serve.add_argument(
         "--workers",
         type=worker_count,
         default=1,
@@ -176,7 +185,7 @@ def _serve_options(parser: argparse.ArgumentParser, *, several: bool = False) ->
     parser.add_argument(
         "app",
         metavar="APP",
-        nargs="+" if several else None,
+        nargs="*" if several else None,
         help="app or snapshot (source is built into a snapshot under --state-dir first)"
         + (
             "; several apps share the host, each with its own consumers and routes"
@@ -233,6 +242,12 @@ def _serve_options(parser: argparse.ArgumentParser, *, several: bool = False) ->
     )
     _retention_options(parser)
     _backbone_options(parser)
+
+
+def _app_name(text: str) -> str:
+    if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]{0,63}", text):
+        raise argparse.ArgumentTypeError(f"{text[:40]!r} is not an app name")
+    return text
 
 
 def _seconds_between(low: float, high: float) -> Callable[[str], float]:
@@ -342,16 +357,22 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="thaw: %(name)s: %(message)s")
     _export_host_settings(args)
     targets = args.app if isinstance(args.app, list) else [args.app]
+    if not targets and not args.deployed:
+        print("thaw serve: give an APP, or --deployed APP_NAME", file=sys.stderr)
+        return EXIT_USAGE
     apps = apps_to_serve(targets, args.state_dir)
     failed = {a.target: a.error for a in apps if a.revision is None}
     for target, error in failed.items():
         print(f"thaw: error: app {target} is not served: {error}", file=sys.stderr)
     revisions = [a.revision for a in apps if a.revision is not None]
-    if not revisions:
+    if not revisions and not args.deployed:
         return EXIT_FAILED
     args.app = [a.path for a in apps if a.revision is not None]  # workers get the files
     kind, url = _target(args)
     if args.workers > 1:
+        if args.deployed:  # each worker follows the deployments itself
+            print("thaw serve: --deployed with --workers is not supported yet", file=sys.stderr)
+            return EXIT_USAGE
         return serve_workers(args, [r.app for r in revisions], kind=kind, url=url)
     if args.worker_of:
         become_worker(args.worker_of)
@@ -360,7 +381,13 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         # The workers open_host starts inherit it: their dead letters honour the list.
         EXTRA_REDACTED.set(parse_header_names(os.environ.get(REDACT_HEADERS_ENV, "")))
         return await serve_apps(
-            args, revisions, kind=kind, url=url, connection=_connection(args), not_served=failed
+            args,
+            revisions,
+            kind=kind,
+            url=url,
+            connection=_connection(args),
+            not_served=failed,
+            deployed=args.deployed,
         )
 
     return int(anyio.run(main, backend_options={"use_uvloop": _uvloop_available()}))

@@ -23,9 +23,11 @@ import os
 import re
 import sys
 from contextlib import AsyncExitStack
+from functools import partial
 from pathlib import Path
 from typing import Any
 
+from thaw._errors import ThawError
 from thaw.backbone._contract import Backbone
 from thaw.backbone._registry import open_backbone
 from thaw.host._router import ProcessPools
@@ -140,6 +142,7 @@ async def serve_apps(
     url: str | None,
     connection: dict[str, Any],
     not_served: dict[str, str] | None = None,
+    deployed: list[str] | None = None,
 ) -> int:
     """Serve ``revisions`` on one backbone and one HTTP server until SIGTERM/SIGINT.
 
@@ -148,7 +151,9 @@ async def serve_apps(
     answer 503 ``app_unavailable``; the others keep serving. On a signal the HTTP
     server drains first, then every host. Exit code 0 after a signal; 1 when no app
     started or every app has stopped. ``not_served``: apps that could not be loaded
-    (target -> why), reported beside the others.
+    (target -> why), reported beside the others. ``deployed``: names of apps whose
+    revisions come from ``thaw deploy``: the host loads the one with most traffic,
+    then follows the deployment record (``follow_deployment``).
     """
     import signal
 
@@ -175,6 +180,14 @@ async def serve_apps(
             kind, url or backbone_url(backbone), state_dir=args.state_dir, connection=connection
         )
         subjects = load_server("subjects")
+        following: dict[str, Revision] = {}
+        for name in deployed or []:
+            try:
+                following[name] = await _deployed_revision(backbone, name)
+            except ThawError as exc:
+                down[name] = f"[{exc.code}] {exc.message}"
+                print(f"thaw: error: app {name} is not served: {down[name]}", file=sys.stderr)
+        revisions = [*revisions, *following.values()]
 
         async def run_app(revision: Revision, started: anyio.Event) -> None:
             name = revision.app.name
@@ -194,7 +207,11 @@ async def serve_apps(
                         await app_stack.enter_async_context(subjects(host))
                     hosts[name] = host
                     started.set()
-                    await release.wait()
+                    async with anyio.create_task_group() as follower:
+                        if following.get(name) is revision:
+                            follower.start_soon(_follow, host, backbone, revision)
+                        await release.wait()
+                        follower.cancel_scope.cancel()
             except Exception as exc:
                 reason = f"{type(exc).__name__}: {exc}"
                 log.exception("app %s stopped: %s", name, reason)
@@ -259,6 +276,49 @@ async def serve_apps(
             release.set()
     print("thaw: stopped", flush=True)
     return 0 if by_signal else 1
+
+
+async def _deployed_revision(backbone: Any, name: str) -> Revision:
+    """The revision with most traffic in ``name``'s deployment, fetched and loaded."""
+    import anyio.to_thread
+
+    from thaw.host._deployments import (
+        DeploymentError,
+        ensure_deployment_stores,
+        fetch_snapshot,
+        read_deployment,
+    )
+
+    await ensure_deployment_stores(backbone)
+    record, _ = await read_deployment(backbone, name)
+    if record is None or not any(record.weights().values()):
+        raise DeploymentError(f"app {name!r} is not deployed: run `thaw deploy` first")
+    weights = record.weights()
+    primary = max(weights, key=lambda rid: weights[rid])
+    blob = await fetch_snapshot(backbone, name, primary)
+    revision: Revision = await anyio.to_thread.run_sync(partial(load_revision, blob))
+    return revision
+
+
+async def _follow(host: Any, backbone: Any, revision: Revision) -> None:
+    import socket
+
+    from thaw._clock import SystemClock
+    from thaw.adapters.threads import run_in_thread
+    from thaw.host._deployments import fetch_snapshot
+    from thaw.host._rollout import Rollout, follow_deployment
+
+    name = revision.app.name
+    rollout = Rollout(
+        host.router, partial(fetch_snapshot, backbone, name), run_blocking=run_in_thread, app=name
+    )
+    await follow_deployment(
+        rollout,
+        backbone,
+        revision.app,
+        host_id=f"{socket.gethostname()}-{os.getpid()}",
+        clock=SystemClock(),
+    )
 
 
 def _ready_line(host: Any, kind: str, where: str) -> str:

@@ -12,8 +12,9 @@ Weights: ``deploy(..., weight=100)`` gives the new revision all traffic and make
 it the ``stable`` one; the earlier revisions stay in the record at weight 0 (hosts
 keep them loaded, for a fast rollback). A lower weight makes a canary: the new
 revision gets that share and the stable revision the rest (one canary at a time:
-an earlier canary goes to 0). ``rollback`` gives the stable (or a named) revision
-everything. A record names at most ``MAX_REVISIONS`` revisions;
+an earlier canary goes to 0). ``rollback`` gives everything to the stable revision
+while a canary runs, else to the revision before the last full rollout (``previous``),
+or to a named one. A record names at most ``MAX_REVISIONS`` revisions;
 deploying past that drops the oldest without traffic.
 
 Hosts poll the record (``watch_deployment``; the backbone contract has no KV
@@ -94,7 +95,8 @@ class DeploymentChange(msgspec.Struct, frozen=True, kw_only=True):
 class Deployment(msgspec.Struct, frozen=True, kw_only=True):
     app: str
     revisions: list[DeployedRevision] = []
-    stable: str = ""  # the revision a rollback returns to
+    stable: str = ""  # the revision that has (or shares with a canary) the traffic
+    previous: str = ""  # the stable revision before the last full rollout
     generation: int = 0
     history: list[DeploymentChange] = []
 
@@ -233,7 +235,10 @@ async def deploy(
                 at=_now(), action="deploy", weights={r.revision: r.weight for r in kept}, note=note
             ),
         ]
-        return Deployment(app=app, revisions=kept, stable=new_stable, history=history)
+        previous = stable if weight == 100 and stable else (current.previous if current else "")
+        return Deployment(
+            app=app, revisions=kept, stable=new_stable, previous=previous, history=history
+        )
 
     return await _change(backbone, app, change)
 
@@ -281,7 +286,8 @@ async def rollback(
     action: str = "rollback",
     only_if_canary: str | None = None,
 ) -> Deployment:
-    """All traffic to ``revision`` (default: the stable one). ``only_if_canary``: do it
+    """All traffic to ``revision``; by default, with a canary running, to the stable
+    revision, else to the one before the last full rollout. ``only_if_canary``: do it
     only while that revision is still the canary (an automatic rollback that lost a race
     with an operator changes nothing)."""
 
@@ -290,9 +296,17 @@ async def rollback(
             raise DeploymentError(f"app {app!r} is not deployed")
         if only_if_canary is not None and current.canary() != only_if_canary:
             return current
-        target = _resolve(current, revision) if revision else current.stable
-        if not target:
-            raise DeploymentError(f"app {app!r} has no stable revision to roll back to")
+        if revision:
+            target = _resolve(current, revision)
+        elif current.canary() is not None:
+            target = current.stable
+        else:
+            target = current.previous
+        if not target or target not in current.weights():
+            raise DeploymentError(
+                f"app {app!r} has no earlier revision to roll back to: name one "
+                f"(it has: {', '.join(r.revision[:12] for r in current.revisions)})"
+            )
         weights = {r.revision: (100 if r.revision == target else 0) for r in current.revisions}
         history = [
             *current.history,
@@ -302,6 +316,7 @@ async def rollback(
             current,
             revisions=_normalised(current.revisions, weights),
             stable=target,
+            previous=current.stable if target != current.stable else current.previous,
             history=history,
         )
 
