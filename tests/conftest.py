@@ -60,6 +60,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "test_decisions.py": ("core",),
     "test_deep_nesting.py": ("core",),
     "test_delivery_fencing.py": ("core",),
+    "test_deploy_cli.py": ("nats", "process"),  # deploy builds source in a child Python
     "test_deployments.py": ("process",),
     "test_deployments_nats.py": ("nats", "http", "process"),
     "test_dev.py": ("http", "process"),
@@ -122,6 +123,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "test_rollout.py": ("process",),
     "test_schedule.py": ("core",),
     "test_serve_apps.py": ("http", "process"),
+    "test_serve_process_nats.py": ("nats", "http", "process"),
     "test_serving.py": ("core",),
     "test_serving_process.py": ("process",),
     "test_snapshot.py": ("process",),

@@ -10,7 +10,8 @@ are given the built file, never the source, so every worker serves one revision.
 
 ``process_pools_for`` gives the host its ``process`` isolation on Linux: each
 forked instance opens its own connection to the backbone (a connection inherited
-across fork would be shared with the parent), with the command's NATS settings;
+across fork would be shared with the parent), with the command's NATS settings, and
+closes it when it stops;
 on the memory backbone a forked instance has none (it cannot reach the parent's
 memory) and its ``ctx.publish``/``ctx.kv`` fail with a clear error.
 """
@@ -80,23 +81,20 @@ def process_pools_for(
         return None
     from thaw.adapters.process.pool import process_pool_factory
 
-    if kind == "memory" or url is None:
+    if kind != "nats" or url is None:  # a forked instance cannot reach in-process state
         return process_pool_factory(backbone_factory=None)
 
     async def connect() -> Backbone:
-        # Entered for the instance's whole life and never left: the instance process
-        # ends with os._exit, and the server drops its connection then.
-        stack = AsyncExitStack()
-        backbone: Backbone = await stack.enter_async_context(
-            open_backbone(kind, url, state_dir=state_dir, **connection)
-        )
-        _kept.append(stack)
-        return backbone
+        # In the instance process: its own connection, closed when the instance stops.
+        import msgspec
+
+        from thaw.adapters.nats.backbone import JetStreamBackbone
+        from thaw.adapters.nats.connection import JetStreamOptions
+
+        options = msgspec.convert(connection, JetStreamOptions)
+        return await JetStreamBackbone.connect(url, options=options)
 
     return process_pool_factory(backbone_factory=connect)
-
-
-_kept: list[AsyncExitStack] = []  # in an instance process: its backbone's context, kept open
 
 
 class AppToServe:

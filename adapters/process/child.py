@@ -12,7 +12,7 @@ import socket
 import sys
 import traceback
 from collections.abc import Callable
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import anyio
 import anyio.abc
@@ -130,6 +130,7 @@ async def _serve(
     idempotency_bucket: str | None = None,
 ) -> int:
     channel = _Channel(await anyio.abc.UNIXSocketStream.from_socket(sock))
+    backbone: Any = None
     try:
         backbone = backbone_factory() if backbone_factory is not None else None
         if inspect.isawaitable(backbone):
@@ -147,6 +148,8 @@ async def _serve(
     except Exception as exc:
         log.exception("on_start of app %s failed in instance process %d", app.name, os.getpid())
         await _send_quietly(channel, _frame(_StartFailed(f"{type(exc).__name__}: {exc}")))
+        with anyio.CancelScope(shield=True):
+            await _close(backbone)
         return 0
     send_lock = anyio.Lock()
     scopes: dict[int, anyio.CancelScope] = {}
@@ -169,7 +172,19 @@ async def _serve(
     finally:
         with anyio.CancelScope(shield=True):
             await run_stop_hooks(app, log)
+            await _close(backbone)
     return 0
+
+
+async def _close(backbone: Any) -> None:
+    """Close the instance's own backbone connection (the factory made it for this child)."""
+    close = getattr(backbone, "aclose", None)
+    if close is None:
+        return
+    try:
+        await close()
+    except Exception:
+        log.exception("closing the backbone of instance process %d failed", os.getpid())
 
 
 async def _respond(
