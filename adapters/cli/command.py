@@ -139,6 +139,9 @@ def _parser() -> argparse.ArgumentParser:
     from thaw.adapters.cli.ops import add_commands
 
     add_commands(commands, _positive_int)
+    from thaw.adapters.cli.deploy import add_deploy_commands
+
+    add_deploy_commands(commands)
     from thaw.adapters.cli.policy import add_policy_command
 
     add_policy_command(commands)
