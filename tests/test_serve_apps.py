@@ -180,3 +180,23 @@ def test_merged_expositions_label_every_sample_and_keep_one_header_per_family() 
         "# TYPE thaw_up gauge",
         'thaw_up{app="alpha"} 1',
     ]
+
+
+def test_a_build_is_reused_while_the_app_folder_is_unchanged(tmp_path: Path) -> None:
+    from thaw.adapters.cli.serving import build_if_needed
+    from thaw.snapshots._revision import load_revision
+
+    target = write(tmp_path, "alpha", ALPHA)
+    state = str(tmp_path / "alpha" / ".thaw")  # the usual place: inside the app folder
+    path = build_if_needed(target, state)
+    built_at = os.stat(path).st_mtime_ns
+    revision = load_revision(path).revision_id
+    assert build_if_needed(target, state) == path
+    assert os.stat(path).st_mtime_ns == built_at  # not built again
+    source = (tmp_path / "alpha" / "app.py").read_text()
+    (tmp_path / "alpha" / "app.py").write_text(source.replace('return "alpha"', 'return "a2"'))
+    assert build_if_needed(target, state) == path
+    assert load_revision(path).revision_id != revision  # built again: the new source
+    (tmp_path / "alpha" / "notes.txt").write_text("a new data file is a new revision")
+    build_if_needed(target, state)
+    assert "notes.txt" in load_revision(path).manifest.data_files

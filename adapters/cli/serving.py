@@ -40,7 +40,12 @@ log = logging.getLogger("thaw.serve")
 
 
 def build_if_needed(target: str, state_dir: str) -> str:
-    """The snapshot file to serve for ``target``: itself, or one built from its source."""
+    """The snapshot file to serve for ``target``: itself, or one built from its source.
+
+    A build is reused while its source tree is unchanged: the fingerprint of every
+    file under the app's folder (path, size, modification time), the Python and the
+    thaw version are stored beside it; any difference builds again.
+    """
     if is_snapshot(target):
         return target
     from thaw.adapters.process.build import build_snapshot
@@ -51,7 +56,14 @@ def build_if_needed(target: str, state_dir: str) -> str:
     stem = re.sub(r"[^A-Za-z0-9_.-]", "_", Path(where).stem or "app")[:40]
     digest = hashlib.sha256(f"{where}|{target}".encode("utf-8", "surrogateescape")).hexdigest()
     output = folder / f"{stem}-{digest[:10]}.snap"
+    stamp = output.with_suffix(".fingerprint")
+    fingerprint = _fingerprint(where, exclude=Path(state_dir))
+    if fingerprint is not None and output.is_file() and _read(stamp) == fingerprint:
+        log.info("using %s, built from %s (its files are unchanged)", output, target)
+        return str(output)
     result = build_snapshot(target, str(output))
+    if fingerprint is not None:
+        stamp.write_text(fingerprint)
     log.info(
         "built %s from %s: revision %s, %d modules, %d data files",
         output,
@@ -61,6 +73,46 @@ def build_if_needed(target: str, state_dir: str) -> str:
         len(result.data_files),
     )
     return str(output)
+
+
+_MAX_FINGERPRINT_FILES = 5000
+
+
+def _fingerprint(where: str, *, exclude: Path) -> str | None:
+    """A digest of the app folder's files (None: no folder, or too many files to look)."""
+    root = Path(where)
+    if root.is_file():
+        root = root.parent
+    elif not root.is_dir():
+        return None
+    from thaw import __version__
+
+    skip = exclude.resolve()
+    digest = hashlib.sha256(f"{sys.version}|{__version__}".encode())
+    count = 0
+    for folder, dirs, files in os.walk(root):
+        here = Path(folder)
+        dirs[:] = sorted(d for d in dirs if d != "__pycache__" and (here / d).resolve() != skip)
+        for name in sorted(files):
+            try:
+                info = (here / name).lstat()
+            except OSError:
+                continue
+            count += 1
+            if count > _MAX_FINGERPRINT_FILES:
+                return None
+            relative = (here / name).relative_to(root).as_posix()
+            digest.update(
+                f"{relative}|{info.st_size}|{info.st_mtime_ns}\n".encode("utf-8", "surrogateescape")
+            )
+    return digest.hexdigest()
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text()
+    except OSError:
+        return None
 
 
 def _is_module_form(target: str) -> bool:
