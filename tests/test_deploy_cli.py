@@ -151,6 +151,7 @@ def test_deploy_revisions_and_rollback_through_the_command_line(
     assert code == 0, err
     assert "stable" in out and "canary" in out and "10.0%" in out
     assert "not loaded on h4: [snapshot_invalid]" in out and "try two" in out
+    assert f"`thaw rollback {name}` goes to: {one[:12]}" in out
 
     code, out, err = thaw(capsys, "rollback", name, "--note", "two is slow", *url)
     assert code == 0, err

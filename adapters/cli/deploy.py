@@ -186,6 +186,8 @@ def _cmd_revisions(args: argparse.Namespace) -> int:
         )
         for host, reason in row["pending"].items():
             print(f"      not loaded on {host}: {reason}")
+    target = record.stable if record.canary() is not None else record.previous
+    print(f"`thaw rollback {record.app}` goes to: {target[:SHORT] or '- (name a revision)'}")
     print("recent changes:")
     for change in record.history[-5:]:
         note = f"  ({change.note})" if change.note else ""
@@ -228,6 +230,7 @@ def _record_document(record: Deployment, reports: list[HostReport]) -> dict[str,
         "generation": record.generation,
         "stable": record.stable,
         "canary": record.canary(),
+        "previous": record.previous,
         "revisions": _revision_rows(record, reports),
         "hosts": msgspec.to_builtins(reports),
         "history": msgspec.to_builtins(record.history),
