@@ -116,6 +116,9 @@ def _parser() -> argparse.ArgumentParser:
     inspect.add_argument("file", metavar="FILE", help="the snapshot file")
     inspect.add_argument("--json", action="store_true", help="print the manifest as JSON")
     inspect.set_defaults(handler=_cmd_snapshot_inspect)
+    from thaw.adapters.cli.snapshot_trust import register as register_trust
+
+    register_trust(snapshot_commands)  # keygen, sign, verify
 
     bench = commands.add_parser("bench", help="benchmarks you can run on your own app")
     bench_commands = bench.add_subparsers(dest="bench_command", metavar="BENCHMARK")
@@ -192,9 +195,14 @@ def _cmd_snapshot_inspect(args: argparse.Namespace) -> int:
         raise SnapshotError(f"cannot read snapshot {args.file!r}: {exc.strerror}") from None
     payload = decode_snapshot(blob, source=args.file)
     manifest = payload.manifest
+    from thaw.adapters.cli.snapshot_trust import signature_summary
+    from thaw.snapshots._format import read_header
+
+    header = read_header(blob, source=args.file)
     if args.json:
         document = msgspec.to_builtins(manifest)
         document["revision"] = payload.revision
+        document["signature"] = {"key_id": header.key_id} if header.signed else None
         print(msgspec.json.format(msgspec.json.encode(document), indent=2).decode())
         return EXIT_OK
     print(f"snapshot {args.file}")
@@ -203,6 +211,7 @@ def _cmd_snapshot_inspect(args: argparse.Namespace) -> int:
     print(f"  python       {manifest.python} ({manifest.implementation}, magic {manifest.magic})")
     print(f"  built        {manifest.built_at} with thaw {manifest.thaw_version or '?'}")
     print(f"  size         {len(blob)} bytes")
+    print(f"  signature    {signature_summary(header)}")
     print(f"  modules      {', '.join(manifest.modules)}")
     print(f"  preload      {', '.join(manifest.preload) or '-'}")
     deps = ", ".join(f"{k} {v}" for k, v in manifest.dependencies.items())
