@@ -347,11 +347,15 @@ async def watch_deployment(
     if not poll > 0:
         raise ConfigError(f"poll must be positive, got {poll!r}")
     seen = -1
+    failing = ""  # the last error logged: each different one once, not at every poll
     while True:
         try:
             record, revision = await read_deployment(backbone, app)
+            failing = ""
         except ThawError as exc:
-            log.error("app %s: cannot read its deployment: %s", app, exc)
+            if exc.message != failing:
+                log.error("app %s: cannot read its deployment: %s", app, exc)
+                failing = exc.message
             record, revision = None, seen
         if record is not None and revision != seen:
             seen = revision
