@@ -127,6 +127,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "test_serving.py": ("core",),
     "test_serving_process.py": ("process",),
     "test_snapshot.py": ("process",),
+    "test_snapshot_signing.py": ("process",),  # builds a snapshot in a child; cryptography
     "test_subjects.py": ("core",),
     "test_trace.py": ("core",),
     "test_triggers.py": ("core",),
