@@ -12,7 +12,7 @@ import pytest
 
 from thaw import App, CanaryPolicy, ConfigError, Event
 from thaw.adapters.process.build import build_snapshot
-from thaw.decisions._canary import WindowCounts, canary_verdict
+from thaw.host._canary import WindowCounts, canary_verdict
 from thaw.host._deployments import (
     DEPLOYMENT_BUCKET,
     SNAPSHOT_STORE,

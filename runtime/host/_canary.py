@@ -1,4 +1,5 @@
-"""Whether a canary is rolled back: a pure decision over one host's window of calls.
+"""Whether a canary is rolled back: a pure decision over one host's window of calls (in
+host/, beside the rollout that acts on it: decisions/ stays below declarations/).
 
 ``canary_verdict(policy, canary, stable)`` takes the canary's and the stable
 revision's calls and faults over the policy's window and answers ``keep`` or
