@@ -40,9 +40,9 @@ import msgspec
 from thaw._clock import Clock
 from thaw._errors import ThawError
 from thaw.backbone._contract import Backbone
-from thaw.host._canary import WindowCounts, canary_verdict
 from thaw.declarations._app import App
 from thaw.declarations._policy import CanaryPolicy
+from thaw.host._canary import WindowCounts, canary_verdict
 from thaw.host._deployments import (
     Deployment,
     HostReport,
