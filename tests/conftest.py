@@ -124,6 +124,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "test_schedule.py": ("core",),
     "test_serve_apps.py": ("http", "process"),
     "test_serve_process_nats.py": ("nats", "http", "process"),
+    "test_serve_trust.py": ("process",),
     "test_serving.py": ("core",),
     "test_serving_process.py": ("process",),
     "test_snapshot.py": ("process",),

@@ -100,6 +100,9 @@ def add_commands(commands: Any, positive_int: Any) -> None:
         "and drain gracefully on SIGTERM or SIGINT.",
     )
     _serve_options(serve, several=True)
+    from thaw.adapters.cli.snapshot_trust import add_trust_options
+
+    add_trust_options(serve)
     serve.add_argument(
         "--deployed",
         action="append",
@@ -360,7 +363,10 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     if not targets and not args.deployed:
         print("thaw serve: give an APP, or --deployed APP_NAME", file=sys.stderr)
         return EXIT_USAGE
-    apps = apps_to_serve(targets, args.state_dir)
+    from thaw.adapters.cli.snapshot_trust import verifier_from
+
+    verifier = verifier_from(args)  # None: signatures not required
+    apps = apps_to_serve(targets, args.state_dir, verifier=verifier)
     failed = {a.target: a.error for a in apps if a.revision is None}
     for target, error in failed.items():
         print(f"thaw: error: app {target} is not served: {error}", file=sys.stderr)
@@ -388,6 +394,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             connection=_connection(args),
             not_served=failed,
             deployed=args.deployed,
+            verifier=verifier,
         )
 
     return int(anyio.run(main, backend_options={"use_uvloop": _uvloop_available()}))

@@ -193,6 +193,7 @@ async def serve_apps(
     connection: dict[str, Any],
     not_served: dict[str, str] | None = None,
     deployed: list[str] | None = None,
+    verifier: Any = None,
 ) -> int:
     """Serve ``revisions`` on one backbone and one HTTP server until SIGTERM/SIGINT.
 
@@ -203,7 +204,8 @@ async def serve_apps(
     started or every app has stopped. ``not_served``: apps that could not be loaded
     (target -> why), reported beside the others. ``deployed``: names of apps whose
     revisions come from ``thaw deploy``: the host loads the one with most traffic,
-    then follows the deployment record (``follow_deployment``).
+    then follows the deployment record (``follow_deployment``). ``verifier``: every
+    snapshot loaded (deployed revisions included) must be signed by a trusted key.
     """
     import signal
 
@@ -233,7 +235,7 @@ async def serve_apps(
         following: dict[str, Revision] = {}
         for name in deployed or []:
             try:
-                following[name] = await _deployed_revision(backbone, name)
+                following[name] = await _deployed_revision(backbone, name, verifier)
             except ThawError as exc:
                 down[name] = f"[{exc.code}] {exc.message}"
                 print(f"thaw: error: app {name} is not served: {down[name]}", file=sys.stderr)
@@ -259,7 +261,7 @@ async def serve_apps(
                     started.set()
                     async with anyio.create_task_group() as follower:
                         if following.get(name) is revision:
-                            follower.start_soon(_follow, host, backbone, revision)
+                            follower.start_soon(_follow, host, backbone, revision, verifier)
                         await release.wait()
                         follower.cancel_scope.cancel()
             except Exception as exc:
@@ -328,7 +330,7 @@ async def serve_apps(
     return 0 if by_signal else 1
 
 
-async def _deployed_revision(backbone: Any, name: str) -> Revision:
+async def _deployed_revision(backbone: Any, name: str, verifier: Any) -> Revision:
     """The revision with most traffic in ``name``'s deployment, fetched and loaded."""
     import anyio.to_thread
 
@@ -346,11 +348,12 @@ async def _deployed_revision(backbone: Any, name: str) -> Revision:
     weights = record.weights()
     primary = max(weights, key=lambda rid: weights[rid])
     blob = await fetch_snapshot(backbone, name, primary)
-    revision: Revision = await anyio.to_thread.run_sync(partial(load_revision, blob))
+    load = partial(load_revision, blob, verifier=verifier)
+    revision: Revision = await anyio.to_thread.run_sync(load)
     return revision
 
 
-async def _follow(host: Any, backbone: Any, revision: Revision) -> None:
+async def _follow(host: Any, backbone: Any, revision: Revision, verifier: Any) -> None:
     import socket
 
     from thaw._clock import SystemClock
@@ -360,7 +363,11 @@ async def _follow(host: Any, backbone: Any, revision: Revision) -> None:
 
     name = revision.app.name
     rollout = Rollout(
-        host.router, partial(fetch_snapshot, backbone, name), run_blocking=run_in_thread, app=name
+        host.router,
+        partial(fetch_snapshot, backbone, name),
+        run_blocking=run_in_thread,
+        load=partial(load_revision, verifier=verifier),
+        app=name,
     )
     await follow_deployment(
         rollout,
