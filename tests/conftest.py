@@ -74,6 +74,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "test_example_uploads.py": ("core",),
     "test_examples.py": ("process",),
     "test_exports.py": ("core",),
+    "test_fleet.py": ("nats", "http", "process"),  # 3 nodes, 3 thaw serve --deployed hosts
     "test_exports_children.py": ("process",),  # fresh child Pythons, the adapters' sources
     "test_host.py": ("core",),
     "test_http_access_log.py": ("http",),
@@ -128,6 +129,8 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "test_serving.py": ("core",),
     "test_serving_process.py": ("process",),
     "test_snapshot.py": ("process",),
+    "test_snapshot_data_dir.py": ("process",),  # builds snapshots in a child Python
+    "test_snapshot_resources.py": ("process",),  # builds snapshots in a child Python
     "test_snapshot_signing.py": ("process",),  # builds a snapshot in a child; cryptography
     "test_subjects.py": ("core",),
     "test_trace.py": ("core",),
