@@ -7,7 +7,9 @@ modules' ``__builtins__``) that maps the app's own module names to the
 revision's modules and everything else to the normal import system. So two
 revisions whose modules share names live side by side in one process, each
 importing its own. Relative imports, packages and module-level state work as
-usual; data files shipped in the snapshot are extracted under ``data_dir`` and
+usual. Resources (``importlib.resources``, ``pkgutil.get_data``) are served from
+the snapshot's bytes in memory by the loader's resource reader (``_resources``);
+data files are also extracted into a private, verified folder (``_data_dir``) and
 each module's ``__file__`` points beside them, so ``Path(__file__).parent / ...``
 reads them.
 
@@ -25,8 +27,8 @@ import importlib.util
 import itertools
 import marshal
 import os
+import posixpath
 import sys
-import tempfile
 import time
 import types
 from collections.abc import Callable
@@ -38,6 +40,7 @@ import msgspec
 from thaw._errors import ConfigError
 from thaw.declarations._app import App
 from thaw.declarations._loader import load_app
+from thaw.snapshots._data_dir import extract
 from thaw.snapshots._format import (
     MAGIC,
     Manifest,
@@ -47,6 +50,7 @@ from thaw.snapshots._format import (
     SnapshotPayload,
     decode_snapshot,
 )
+from thaw.snapshots._resources import SnapshotResources, SnapshotTree
 
 __all__ = [
     "LoadTimings",
@@ -81,25 +85,32 @@ class LoadTimings(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class _SnapshotLoader(importlib.abc.Loader):
-    """The ``__loader__`` of snapshot modules: serves sources (for tracebacks) and data files."""
+    """The ``__loader__`` of snapshot modules: serves sources (for tracebacks), files
+    (``get_data``) and resources (``get_resource_reader``), all from the snapshot."""
 
-    def __init__(self, data: dict[str, bytes], base: Path, sources: dict[str, bytes]) -> None:
-        self._data = data
-        self._base = base
-        self._sources = sources  # by plain module name
+    def __init__(self, tree: SnapshotTree, blobs: dict[str, ModuleBlob]) -> None:
+        self._tree = tree
+        self._blobs = blobs  # by plain module name
 
     def get_source(self, fullname: str) -> str | None:
         """Source of a module, by its prefixed or plain name (linecache asks lazily)."""
-        plain = fullname.partition(".")[2] if fullname.startswith("_thaw_") else fullname
-        source = self._sources.get(plain)
-        return None if source is None else source.decode("utf-8", "replace")
+        blob = self._blobs.get(_plain(fullname))
+        return None if blob is None else blob.source.decode("utf-8", "replace")
 
     def get_data(self, path: str) -> bytes:
-        relative = Path(path).resolve().relative_to(self._base.resolve()).as_posix()
-        try:
-            return self._data[relative]
-        except KeyError:
-            raise FileNotFoundError(path) from None
+        return self._tree.get_data(path)
+
+    def get_resource_reader(self, fullname: str) -> SnapshotResources | None:
+        """The reader of the folder holding the module (a package: its own folder)."""
+        plain = _plain(fullname)
+        if not plain:  # the namespace root: the app tree's top
+            return self._tree.reader("")
+        blob = self._blobs.get(plain)
+        return None if blob is None else self._tree.reader(posixpath.dirname(blob.path))
+
+
+def _plain(fullname: str) -> str:
+    return fullname.partition(".")[2] if fullname.startswith("_thaw_") else fullname
 
 
 class ModuleNamespace:
@@ -126,6 +137,8 @@ class ModuleNamespace:
         self._builtins["__import__"] = self._import
         self._root = types.ModuleType(prefix, "Thaw revision namespace")
         self._root.__path__ = []
+        # A spec, so files(__package__) in a top-level module reaches the resource reader.
+        self._root.__spec__ = importlib.machinery.ModuleSpec(prefix, loader, is_package=True)
 
     def sibling(self, prefix: str) -> ModuleNamespace:
         """A new, empty namespace over the same modules (a ``fresh`` instance's)."""
@@ -311,8 +324,14 @@ def load_revision(
                 f"{label} needs the package {name!r}, which does not import here: {exc}"
             ) from exc
     preloaded = clock()
-    base = _extract(payload, data_dir)
-    loader = _SnapshotLoader(payload.data, base, {m.name: m.source for m in payload.modules})
+    base = extract(payload.revision, payload.data, data_dir=data_dir)
+    tree = SnapshotTree(
+        revision=payload.revision,
+        data=payload.data,
+        sources={m.path: m.source for m in payload.modules},
+        base=base,
+    )
+    loader = _SnapshotLoader(tree, {m.name: m for m in payload.modules})
     namespace = ModuleNamespace(
         prefix=f"_thaw_{payload.revision[:12]}_{next(_instance_numbers)}",
         blobs={b.name: b for b in payload.modules},
@@ -347,36 +366,6 @@ def _app_in(module: types.ModuleType, manifest: Manifest) -> App:
             f"module {manifest.entry_module!r} has no App named {manifest.app_attribute!r}"
         )
     return app
-
-
-def _extract(payload: SnapshotPayload, data_dir: str | os.PathLike[str] | None) -> Path:
-    """Where this revision's files live; data files are written there once."""
-    root = Path(data_dir) if data_dir is not None else Path(tempfile.gettempdir()) / "thaw"
-    base = root / f"rev-{payload.revision}"
-    marker = base / ".thaw-extracted"
-    if not payload.data or marker.is_file():
-        return base  # the revision id covers the data: same id, same files
-    inside = str(base.resolve()) + os.sep
-    for relative, content in payload.data.items():
-        target = (base / relative).resolve()
-        if not str(target).startswith(inside):
-            raise SnapshotError(f"data file path {relative!r} escapes the revision folder")
-        if target.is_file() and _same(target, content):
-            continue
-        target.parent.mkdir(parents=True, exist_ok=True)
-        temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-        temporary.write_bytes(content)
-        os.replace(temporary, target)
-    marker.write_text(payload.revision)
-    return base
-
-
-def _same(path: Path, content: bytes) -> bool:
-    try:
-        existing = path.read_bytes()
-    except OSError:
-        return False
-    return existing == content
 
 
 def load_target(target: str) -> App:
