@@ -30,7 +30,6 @@ import os
 import re
 import shutil
 import stat
-import sys
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -40,9 +39,7 @@ from thaw.snapshots._format import SnapshotError
 __all__ = ["DataDirError", "default_root", "ensure_file", "extract", "split_relative"]
 
 _REVISION = re.compile(r"[0-9a-f]{8,64}")
-# Modes mean nothing on Windows; inside Pyodide (one user, one in-memory sandbox) they
-# are not kept faithfully either.
-_CHECK_MODES = os.name != "nt" and sys.platform != "emscripten"
+_CHECK_MODES = os.name != "nt"  # Pyodide's file system keeps modes (and has uid 0)
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _BINARY = getattr(os, "O_BINARY", 0)
 
