@@ -14,11 +14,14 @@ from pathlib import Path
 
 import msgspec
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from snapshot_apps import build
 
 from thaw import Event, Ok
 from thaw.adapters.process.build import build_snapshot
 from thaw.lowlevel import Invoker
+from thaw.snapshots._resources import SnapshotTree
 from thaw.snapshots._revision import Revision, load_revision
 
 INIT = """
@@ -281,3 +284,24 @@ async def test_a_plain_module_app_reads_the_files_beside_it(tmp_path: Path) -> N
         assert sorted(p.name for p in top.iterdir()) == ["solo.json", "solo.py"]
     finally:
         revision.unload()
+
+
+_TREE = SnapshotTree(
+    revision="ab" * 16,
+    data={"pkg/data/x.json": b"{}", "pkg/rules/limits.toml": b"max = 1\n"},
+    sources={"pkg/__init__.py": b"", "pkg/app.py": b"app = None\n"},
+    base=Path("/nonexistent/thaw/rev-" + "ab" * 16),
+)
+_SEGMENT = st.sampled_from(["..", ".", "", "/", "pkg", "data", "x.json", "rules", "a/../..", "//"])
+
+
+@given(st.lists(st.one_of(_SEGMENT, st.text(max_size=8)), max_size=6))
+def test_any_joined_path_names_a_snapshot_file_or_nothing(segments: list[str]) -> None:
+    path = _TREE.path("pkg").joinpath(*segments) if segments else _TREE.path("pkg")
+    try:
+        content = path.read_bytes()
+    except (FileNotFoundError, IsADirectoryError):
+        assert not path.is_file()
+        return
+    assert content in _TREE.files.values()
+    assert path.is_file()
