@@ -20,17 +20,17 @@ needs module bodies to execute again and so a snapshot.
 from __future__ import annotations
 
 import sys
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
 
 from thaw._clock import Clock
-from thaw._errors import UnknownCapability
-from thaw._event import Event, Outcome, Reject
+from thaw._event import Event, Outcome
 from thaw.declarations._app import App, CapabilitySpec
 from thaw.host._router import RevisionRouter
 from thaw.invocation._idempotency import IdempotencyStore
+from thaw.invocation._shape import CapabilitiesByName
 from thaw.snapshots._format import Manifest, SnapshotPayload, current_magic
 from thaw.snapshots._revision import LoadTimings, Revision
 
@@ -83,7 +83,7 @@ class ServedCapability:
         return await self._router.peek_settled(self.name, event)
 
 
-class ServingInvoker:
+class ServingInvoker(CapabilitiesByName[ServedCapability]):
     """An Invoker's shape over a ``RevisionRouter`` (see the module docstring)."""
 
     def __init__(
@@ -101,24 +101,6 @@ class ServingInvoker:
         self._capabilities: dict[str, ServedCapability] = {
             name: ServedCapability(spec, router) for name, spec in app.capabilities.items()
         }
-
-    @property
-    def capabilities(self) -> Mapping[str, ServedCapability]:
-        return self._capabilities
-
-    def capability(self, name: str) -> ServedCapability:
-        try:
-            return self._capabilities[name]
-        except KeyError:
-            raise UnknownCapability.naming(self.app.name, name, self._capabilities) from None
-
-    async def invoke(self, name: str, event: Event) -> Outcome:
-        """Invoke capability ``name``; an unknown name is a ``Reject``, not an exception."""
-        capability = self._capabilities.get(name)
-        if capability is None:
-            error = UnknownCapability.naming(self.app.name, name, self._capabilities)
-            return Reject(error.code, error.message, event.attempt)
-        return await capability(event)
 
     def statistics(self) -> ServingStatistics:
         """Calls and calls running per capability, over the live ``shared``/``fresh``

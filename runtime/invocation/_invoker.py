@@ -26,7 +26,7 @@ import hashlib
 import logging
 import random
 import sys
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import anyio
@@ -48,7 +48,6 @@ from thaw._errors import (
     ResultNotReplayable,
     RetryLater,
     ThawError,
-    UnknownCapability,
 )
 from thaw._event import Event, Ok, Outcome, Reject, Retry
 from thaw.backbone._contract import Backbone
@@ -56,6 +55,7 @@ from thaw.declarations._app import App, CapabilitySpec
 from thaw.declarations._context import CapabilityEnv, Context
 from thaw.invocation._deadlines import AsyncioWatchdog, resume
 from thaw.invocation._idempotency import Claim, IdempotencyStore, MemoryIdempotencyStore
+from thaw.invocation._shape import CapabilitiesByName
 
 __all__ = ["Invoker", "CompiledCapability", "InvokerStatistics"]
 
@@ -467,7 +467,7 @@ class CompiledCapability:
         return Retry(delay, _clip(message), code)
 
 
-class Invoker:
+class Invoker(CapabilitiesByName[CompiledCapability]):
     """Compiles an App's capabilities and invokes them by name.
 
     ``backbone`` serves ``ctx.publish``/``ctx.kv``; ``idempotency_store`` defaults
@@ -509,25 +509,6 @@ class Invoker:
         }
         for compiled in self._capabilities.values():
             compiled._env.siblings = self._capabilities
-
-    @property
-    def capabilities(self) -> Mapping[str, CompiledCapability]:
-        return self._capabilities
-
-    def capability(self, name: str) -> CompiledCapability:
-        """The compiled capability ``name`` (adapters keep it and call it per event)."""
-        try:
-            return self._capabilities[name]
-        except KeyError:
-            raise UnknownCapability.naming(self.app.name, name, self._capabilities) from None
-
-    async def invoke(self, name: str, event: Event) -> Outcome:
-        """Invoke capability ``name``; an unknown name is a ``Reject``, not an exception."""
-        capability = self._capabilities.get(name)
-        if capability is None:
-            error = UnknownCapability.naming(self.app.name, name, self._capabilities)
-            return Reject(error.code, error.message, event.attempt)
-        return await capability(event)
 
     def statistics(self) -> InvokerStatistics:
         caps = self._capabilities.values()
