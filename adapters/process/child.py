@@ -132,9 +132,9 @@ async def _serve(
     channel = _Channel(await anyio.abc.UNIXSocketStream.from_socket(sock))
     backbone: Any = None
     try:
-        backbone = backbone_factory() if backbone_factory is not None else None
-        if inspect.isawaitable(backbone):
-            backbone = await backbone
+        # Connected on first use, not before the instance reports ready: a fork answers
+        # in about a millisecond, a NATS connection takes several.
+        backbone = _LazyBackbone(backbone_factory) if backbone_factory is not None else None
         # With a backbone and the host's bucket, claims are shared with every other
         # instance of the app (in-memory otherwise: good for this child's life only).
         store = (
@@ -174,6 +174,43 @@ async def _serve(
             await run_stop_hooks(app, log)
             await _close(backbone)
     return 0
+
+
+class _LazyBackbone:
+    """A backbone that calls its factory on the first call of any of its methods.
+
+    Every method of the Backbone contract is a coroutine, so each attribute is a
+    coroutine function that connects (once; concurrent first calls share it) and
+    then calls the real backbone's method of that name.
+    """
+
+    def __init__(self, factory: BackboneFactory) -> None:
+        self._factory = factory
+        self._real: Any = None
+        self._connecting = anyio.Lock()
+
+    async def _backbone(self) -> Any:
+        if self._real is None:
+            async with self._connecting:
+                if self._real is None:
+                    made = self._factory()
+                    self._real = await made if inspect.isawaitable(made) else made
+        return self._real
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            return await getattr(await self._backbone(), name)(*args, **kwargs)
+
+        return call
+
+    async def aclose(self) -> None:
+        if self._real is not None:
+            close = getattr(self._real, "aclose", None)
+            if close is not None:
+                await close()
 
 
 async def _close(backbone: Any) -> None:
