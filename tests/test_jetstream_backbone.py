@@ -298,6 +298,22 @@ async def test_on_a_cluster_streams_and_buckets_are_replicated_and_usable_at_onc
                 assert (await jsm.stream_info(name)).config.num_replicas == 3
 
 
+@pytest.mark.anyio
+async def test_on_a_cluster_listing_keys_rides_out_a_consumer_not_yet_led() -> None:
+    """keys() makes a fresh consumer per call; on a cluster its first pull can meet
+    "503 no responders" before the consumer has a leader. That is waited out, not an
+    error (it failed `thaw revisions` about once in a hundred calls)."""
+    async with open_embedded_cluster(3) as cluster:
+        options = JetStreamOptions(replicas=3)
+        async with open_jetstream_backbone(cluster.urls[0], options=options) as backbone:
+            bucket = await backbone.add_kv(KvConfig(bucket="hosts", ttl=30.0))
+            for i in range(5):
+                await bucket.put(f"h{i}", b"x")
+            for n in range(300):
+                assert await bucket.keys() == [f"h{i}" for i in range(5)]
+                await bucket.put(f"h{n % 5}", b"y")
+
+
 def test_the_package_exports_what_it_documents() -> None:
     import thaw.adapters.nats
 
@@ -335,6 +351,46 @@ async def test_buckets_use_the_standard_kv_layout_other_clients_read(
     ours = await backbone.kv(f"{p}_kv")
     assert await ours.keys() == ["order.1", "order.3"]
     assert (await backbone.add_kv(KvConfig(bucket=f"{p}_kv", ttl=60.0))).bucket == f"{p}_kv"
+
+
+@pytest.mark.anyio
+async def test_listing_keys_while_they_expire_and_change_never_fails(
+    jetstream_harness: JetStreamHarness,  # noqa: F811
+) -> None:
+    """keys() ends on what the server still holds, not on the count it saw at the start.
+
+    Records that expire (a TTL) while the listing runs used to leave it waiting for
+    deliveries that never came ("stopped delivering keys"). A writer adds a key every
+    millisecond or so, each living one second, so some expire during every listing.
+    """
+    backbone, p = jetstream_harness.backbone, jetstream_harness.prefix
+    bucket = await backbone.add_kv(KvConfig(bucket=f"{p}_ttl", ttl=1.0))
+    written: set[str] = set()
+    listings = 0
+
+    async def write(stop: anyio.Event) -> None:
+        for i in range(100_000):
+            if stop.is_set():
+                return
+            key = f"k{i:06}"
+            written.add(key)
+            await bucket.put(key, b"v")
+            if i % 4 == 0:
+                await anyio.sleep(0.001)
+
+    stop = anyio.Event()
+    async with anyio.create_task_group() as group:
+        group.start_soon(write, stop)
+        with anyio.fail_after(30):
+            expiring = 0  # listings since the first key expired
+            while expiring < 60:
+                listed = await bucket.keys()
+                listings += 1
+                assert listed == sorted(listed) and set(listed) <= written
+                if listed and listed[0] != "k000000":
+                    expiring += 1
+        stop.set()
+    assert listings > 60
 
 
 @pytest.mark.anyio

@@ -31,6 +31,7 @@ from thaw.adapters.nats._errors import (
     api_error,
     translated,
 )
+from thaw.adapters.nats._pull import pending_after
 from thaw.adapters.nats._request_mux import header_block
 from thaw.adapters.nats._wire import (
     API,
@@ -63,6 +64,8 @@ _EXPECTED_LAST = "Nats-Expected-Last-Subject-Sequence"
 _ACTUAL = re.compile(r"wrong last sequence: (\d+)")
 _CREATE_ATTEMPTS = 5  # tombstones appearing and expiring under our feet
 _KEYS_BATCH = 256
+_KEYS_EMPTY_PULLS = 5  # empty pulls while the consumer still holds keys, before giving up
+_KEYS_RETRY_PAUSE = 0.01  # seconds, doubled on each empty pull (0.6 s in all)
 _KEYS_CONSUMER_IDLE = 10.0  # seconds before the server drops a forgotten keys() consumer
 _NO_VALUE = header_block({_EXPECTED_LAST: "0"})
 _DELETE = header_block({_OPERATION: "DEL"})
@@ -192,21 +195,36 @@ class JetStreamKeyValue:
                 raise self._gone(doing)
             raise api_error(created.error, doing)
         keys: list[str] = []
-        remaining = created.num_pending
         try:
-            while remaining > 0:
+            pending = created.num_pending
+            empty = 0
+            while pending > 0:
+                # The count at creation can overstate what is delivered: a record may
+                # expire (a bucket with a TTL) or be replaced before its turn. So the
+                # last delivery's own pending count ends the listing, and an empty pull
+                # asks the consumer how much it still holds.
                 pulled = await session.puller.pull(
                     self._stream,
                     name,
-                    batch=min(remaining, _KEYS_BATCH),
+                    batch=min(pending, _KEYS_BATCH),
                     timeout=session.request_timeout,
                 )
                 if not pulled.messages:
-                    break
+                    # On a cluster a fresh consumer can answer "503 no responders" until
+                    # its leader is up; give it a moment, then see what it still holds.
+                    empty += 1
+                    if empty > _KEYS_EMPTY_PULLS:
+                        raise BackboneError(
+                            f"{doing}: JetStream stopped delivering keys "
+                            f"({pulled.status or 'no answer'}); retry"
+                        )
+                    await anyio.sleep(_KEYS_RETRY_PAUSE * 2**empty)
+                    pending = await self._keys_pending(name, doing)
+                    continue
                 for message in pulled.messages:
-                    remaining -= 1
                     if _operation(message.headers or {}) == "PUT":
                         keys.append(message.subject[len(self._prefix) :])
+                pending = pending_after(pulled.messages[-1])
         finally:
             with anyio.CancelScope(shield=True):
                 try:
@@ -215,9 +233,15 @@ class JetStreamKeyValue:
                     )
                 except BackboneError:
                     pass  # the server drops it after _KEYS_CONSUMER_IDLE anyway
-        if remaining > 0:
-            raise BackboneError(f"{doing}: JetStream stopped delivering keys; retry")
         return sorted(keys)
+
+    async def _keys_pending(self, name: str, doing: str) -> int:
+        info = await self._session.api(
+            f"CONSUMER.INFO.{self._stream}.{name}", b"", ConsumerInfoReply, doing
+        )
+        if info.error is not None:
+            raise api_error(info.error, doing)
+        return info.num_pending
 
     # -- writing ------------------------------------------------------------------------
 
