@@ -186,14 +186,12 @@ def _cmd_snapshot_build(args: argparse.Namespace) -> int:
 
 
 def _cmd_snapshot_inspect(args: argparse.Namespace) -> int:
-    from thaw.snapshots._format import SnapshotError, decode_snapshot
+    from thaw.snapshots._files import read_snapshot_file, unmarshal_modules
+    from thaw.snapshots._format import decode_snapshot
 
-    try:
-        with open(args.file, "rb") as handle:
-            blob = handle.read()
-    except OSError as exc:
-        raise SnapshotError(f"cannot read snapshot {args.file!r}: {exc.strerror}") from None
+    blob = read_snapshot_file(args.file, label=args.file)  # a FIFO or 2 GB file: refused
     payload = decode_snapshot(blob, source=args.file)
+    unmarshal_modules(payload, label=args.file)  # code that cannot load is no valid snapshot
     manifest = payload.manifest
     from thaw.adapters.cli.snapshot_trust import signature_summary
     from thaw.snapshots._format import read_header

@@ -8,7 +8,8 @@ Accepted forms:
 - ``module.name:attribute``: an importable module and the App's variable name.
 
 The App is the module's ``app`` variable, or its only ``App`` instance. Every
-failure is an ``AppLoadError`` that says what was looked for and where.
+failure is an ``AppLoadError`` that says what was looked for and where, including
+an app that calls ``sys.exit()`` (or raises ``KeyboardInterrupt``) while imported.
 """
 
 from __future__ import annotations
@@ -82,6 +83,17 @@ def _import(module_name: str, target: str, *, search: str | None = None) -> Modu
         raise AppLoadError(f"importing {target!r} failed: {exc}") from exc
     except Exception as exc:
         raise AppLoadError(f"importing {target!r} failed: {type(exc).__name__}: {exc}") from exc
+    except SystemExit as exc:
+        # Left alone, sys.exit() at import would end `thaw run` (exit 0, no output) or a
+        # build child as if the app had been dealt with.
+        raise AppLoadError(
+            f"importing {target!r} failed: the app called sys.exit({exc.code!r}) while it "
+            "was being imported; an app module must not exit at import"
+        ) from exc
+    except KeyboardInterrupt as exc:
+        raise AppLoadError(
+            f"importing {target!r} failed: KeyboardInterrupt raised while it was being imported"
+        ) from exc
 
 
 def _find_apps(module: ModuleType) -> list[tuple[str, App]]:

@@ -25,7 +25,6 @@ import importlib.abc
 import importlib.machinery
 import importlib.util
 import itertools
-import marshal
 import os
 import posixpath
 import sys
@@ -41,6 +40,7 @@ from thaw._errors import ConfigError
 from thaw.declarations._app import App
 from thaw.declarations._loader import load_app
 from thaw.snapshots._data_dir import extract
+from thaw.snapshots._files import read_snapshot_file, starts_with, unmarshal_modules
 from thaw.snapshots._format import (
     MAGIC,
     Manifest,
@@ -297,24 +297,11 @@ def load_revision(
         blob, label = source, "snapshot"
     else:
         label = os.fspath(source)
-        try:
-            with open(label, "rb") as handle:
-                blob = handle.read()
-        except OSError as exc:
-            raise SnapshotError(f"cannot read snapshot {label!r}: {exc.strerror}") from None
+        blob = read_snapshot_file(label, label=label)  # never blocks on a FIFO; size first
     read_done = clock()
     payload = decode_snapshot(blob, source=label, verifier=verifier)
     validated = clock()
-    codes: dict[str, types.CodeType] = {}
-    for blob_module in payload.modules:
-        name = blob_module.name
-        try:
-            code = marshal.loads(blob_module.code)
-        except (EOFError, ValueError, TypeError) as exc:
-            raise SnapshotError(f"{label}: module {name!r} has unreadable code") from exc
-        if not isinstance(code, types.CodeType):
-            raise SnapshotError(f"{label}: module {name!r} does not hold code")
-        codes[name] = code
+    codes = unmarshal_modules(payload, label=label)
     unmarshalled = clock()
     for name in payload.manifest.preload:
         try:
@@ -379,8 +366,4 @@ def is_snapshot(target: str) -> bool:
     """Whether ``target`` names a snapshot file (by suffix or by its magic bytes)."""
     if target.endswith(".snap"):
         return True
-    try:
-        with open(target, "rb") as handle:
-            return handle.read(len(MAGIC)) == MAGIC
-    except OSError:
-        return False
+    return starts_with(target, MAGIC)  # a FIFO or device is no snapshot, and never blocks
