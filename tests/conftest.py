@@ -74,8 +74,8 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "test_example_uploads.py": ("core",),
     "test_examples.py": ("process",),
     "test_exports.py": ("core",),
-    "test_fleet.py": ("nats", "http", "process"),  # 3 nodes, 3 thaw serve --deployed hosts
     "test_exports_children.py": ("process",),  # fresh child Pythons, the adapters' sources
+    "test_fleet.py": ("nats", "http", "process"),  # 3 nodes, 3 thaw serve --deployed hosts
     "test_host.py": ("core",),
     "test_http_access_log.py": ("http",),
     "test_http_cors.py": ("http",),
@@ -121,7 +121,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "test_purity.py": ("process",),
     "test_requests.py": ("core",),
     "test_revisions.py": ("process",),
-    "test_rollout.py": ("process",),
+    "test_rollout.py": ("http", "process"),  # one test reads /readyz
     "test_schedule.py": ("core",),
     "test_serve_apps.py": ("http", "process"),
     "test_serve_process_nats.py": ("nats", "http", "process"),
@@ -129,6 +129,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "test_serving.py": ("core",),
     "test_serving_process.py": ("process",),
     "test_snapshot.py": ("process",),
+    "test_snapshot_build.py": ("process",),  # builds snapshots in child Pythons, thaw CLI
     "test_snapshot_data_dir.py": ("process",),  # builds snapshots in a child Python
     "test_snapshot_resources.py": ("process",),  # builds snapshots in a child Python
     "test_snapshot_signing.py": ("process",),  # builds a snapshot in a child; cryptography

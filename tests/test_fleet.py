@@ -102,9 +102,10 @@ class Host:
         )
         try:
             line = wait_line(self.process, "thaw: serving app", limit=WAIT)
-        except BaseException:
+        except Exception as exc:  # it exited, or said nothing in time (queue.Empty)
             self.end()
-            raise
+            tail = self.log_path.read_text(errors="replace")[-2000:]
+            pytest.fail(f"a host did not start ({type(exc).__name__}: {exc}); its log: {tail}")
         self.port = int(re.search(r"http://127\.0\.0\.1:(\d+)", line).group(1))  # type: ignore[union-attr]
 
     def get(self, path: str) -> tuple[int, bytes]:

@@ -3,11 +3,16 @@ retire; a revision that cannot be loaded here never gets traffic."""
 
 from __future__ import annotations
 
+import http.client
+
+import anyio
+import anyio.to_thread
 import msgspec
 import pytest
 from snapshot_apps import build, write_app
 
 from thaw import Event, Ok
+from thaw.adapters.http import open_http_server
 from thaw.adapters.threads import run_in_thread
 from thaw.host._host import Host, open_host
 from thaw.host._rollout import Rollout
@@ -102,3 +107,44 @@ async def test_weights_may_keep_a_standby_revision_loaded(snapshots: dict[str, b
         assert await greeting(host, "a") == "BONJOUR"
         await rollout.apply({v1: 100, v2: 0})
         assert await greeting(host, "a") == "HELLO"
+
+
+async def test_readiness_names_the_revision_loading_beside_the_serving_one(
+    snapshots: dict[str, bytes],
+) -> None:
+    v1, v2, _ = ids(snapshots)
+    asked, release = anyio.Event(), anyio.Event()
+
+    async def fetch(rid: str) -> bytes:
+        asked.set()
+        await release.wait()  # the preload holds here until the test has looked
+        return snapshots[rid]
+
+    def ready(port: int) -> tuple[int, dict[str, str]]:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        try:
+            connection.request("GET", "/readyz")
+            response = connection.getresponse()
+            return response.status, msgspec.json.decode(response.read())
+        finally:
+            connection.close()
+
+    async with (
+        open_host(load_revision(snapshots[v1]), MemoryBackbone()) as host,
+        open_http_server(host) as server,
+    ):
+        rollout = Rollout(host.router, fetch, run_blocking=run_in_thread, app="greeter")
+        async with anyio.create_task_group() as group:
+            group.start_soon(rollout.apply, {v1: 50, v2: 50})
+            with anyio.fail_after(10):
+                await asked.wait()
+            assert host.router.preloading == v2
+            status, body = await anyio.to_thread.run_sync(ready, server.port)
+            assert (status, body) == (200, {"status": "ready", "preloading": v2})
+            assert await greeting(host, "during") == "HELLO"  # v1 serves meanwhile
+            release.set()
+        assert host.router.preloading is None
+        assert await anyio.to_thread.run_sync(ready, server.port) == (
+            200,
+            {"status": "ready"},
+        )

@@ -217,6 +217,7 @@ def _service_for(
     if isinstance(target, Host):
         service.workers = lambda: target.statistics().workers
         service.revisions = lambda: target.statistics().revisions
+        service.preloading = lambda: target.router.preloading
     return service
 
 

@@ -17,6 +17,8 @@ from functools import partial
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
+import msgspec
+
 from thaw import Event, Ok, Reject
 from thaw.adapters.http._wire import Request, Response, response_from_answer
 from thaw.adapters.http.config import HttpConfig
@@ -106,6 +108,8 @@ class HttpService:
         self.workers: Callable[[], Mapping[str, WorkerStatistics]] | None = None
         # A host's revisions, instances and cold starts, for /metrics (likewise).
         self.revisions: Callable[[], RouterStatistics | None] | None = None
+        # The revision being loaded beside the serving ones, for /readyz (likewise).
+        self.preloading: Callable[[], str | None] | None = None
         self.metrics: dict[str, CapabilityMetrics] = {}
         for route in self.router.routes:  # one set of counters per capability
             route.metrics = self.metrics.setdefault(route.name, route.metrics)
@@ -148,11 +152,19 @@ class HttpService:
         reason = "the backbone's connection is gone for good (see the log); restart the process"
         return response_from_answer(problem_answer("not_ready", reason))
 
+    def preloading_now(self) -> str | None:
+        """The revision loading in the background while the current one serves, or None."""
+        return self.preloading() if self.preloading is not None else None
+
     def _readiness(self) -> Response:
         reason = self.not_ready()
-        if reason is None:
+        if reason is not None:
+            return response_from_answer(problem_answer("not_ready", reason))
+        loading = self.preloading_now()
+        if loading is None:
             return _READY
-        return response_from_answer(problem_answer("not_ready", reason))
+        body = msgspec.json.encode({"status": "ready", "preloading": loading})
+        return Response(200, body, "application/json")
 
     def _exposition(self) -> Response:
         state = self.state

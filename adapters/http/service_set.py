@@ -23,6 +23,8 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 
+import msgspec
+
 from thaw import ConfigError
 from thaw.adapters.http._wire import Request, Response, response_from_answer
 from thaw.adapters.http.config import HttpConfig
@@ -127,7 +129,15 @@ class ServiceSet:
             if name not in self.down and (reason := service.not_ready()) is not None
         ]
         if not reasons and len(self.down) < len(self._services):
-            return Response(200, b'{"status":"ready"}', "application/json")
+            loading = {
+                name: rid
+                for name, service in self._services
+                if name not in self.down and (rid := service.preloading_now()) is not None
+            }
+            if not loading:
+                return Response(200, b'{"status":"ready"}', "application/json")
+            body = msgspec.json.encode({"status": "ready", "preloading": loading})
+            return Response(200, body, "application/json")
         if not reasons:
             reasons = ["no app is serving"]
         return response_from_answer(problem_answer("not_ready", "; ".join(reasons)))

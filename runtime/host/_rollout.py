@@ -122,12 +122,12 @@ class Rollout:
         return self.state
 
     async def _preload(self, rid: str) -> None:
-        self.preloading = rid
+        self.preloading = self.router.preloading = rid
         try:
             blob = await self._fetch(rid)
             revision: Revision = await self._run_blocking(partial(self._load, blob))
         finally:
-            self.preloading = None
+            self.preloading = self.router.preloading = None
         if revision.revision_id != rid:
             revision.unload()
             raise _Mismatch(

@@ -254,6 +254,8 @@ class RevisionRouter:
         self._loaded: dict[str, LoadedRevision] = {}
         self._weights: dict[str, int] = {}
         self._table: list[tuple[int, LoadedRevision]] = []
+        # The revision a Rollout is loading beside the ones that serve (/readyz shows it).
+        self.preloading: str | None = None
         self._total = 0
         self._only: LoadedRevision | None = None
         # Changes whenever a lane found by ``lane`` may no longer be right: weights,
