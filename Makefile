@@ -56,6 +56,7 @@ bench: $(STAMP) edge
 	$(PY) benchmarks/http_bench.py --json benchmarks/results/http.json
 	$(PY) benchmarks/edge.py --json benchmarks/results/edge.json
 	$(PY) benchmarks/jetstream.py --json benchmarks/results/jetstream.json
+	$(PY) benchmarks/rollout.py --json benchmarks/results/rollout.json
 
 lock: $(STAMP)
 	{ echo '# Every package in the dev environment, pinned: a fresh machine gets what CI got.'; \
