@@ -236,3 +236,26 @@ def test_deployment_records_are_plain_json() -> None:
         ],
     )
     assert msgspec.json.decode(msgspec.json.encode(record), type=Deployment) == record
+
+
+async def test_a_revision_dropped_from_the_record_loses_its_stored_snapshot(
+    versions: dict[str, bytes],
+) -> None:
+    from thaw.host._deployments import MAX_REVISIONS
+    from thaw.snapshots._format import decode_snapshot, encode_snapshot, revision_id
+
+    base = decode_snapshot(versions["one"])
+    blobs = []
+    for n in range(MAX_REVISIONS + 3):  # distinct revisions: other data, other ids
+        data = {"n.txt": str(n).encode()}
+        rid = revision_id(base.manifest, base.modules, data)
+        blobs.append(encode_snapshot(msgspec.structs.replace(base, data=data, revision=rid)))
+    backbone = MemoryBackbone()
+    for blob in blobs:
+        record = await deploy(backbone, blob)
+    assert len(record.revisions) == MAX_REVISIONS
+    store = await backbone.object_store(SNAPSHOT_STORE)
+    stored = {info.name for info in await store.list()}
+    assert stored == {r.snapshot for r in record.revisions}  # the 3 oldest are gone
+    for revision in record.revisions:  # and what is named still fetches and verifies
+        assert await fetch_snapshot(backbone, "canaried", revision.revision)

@@ -15,7 +15,7 @@ revision gets that share and the stable revision the rest (one canary at a time:
 an earlier canary goes to 0). ``rollback`` gives everything to the stable revision
 while a canary runs, else to the revision before the last full rollout (``previous``),
 or to a named one. A record names at most ``MAX_REVISIONS`` revisions;
-deploying past that drops the oldest without traffic.
+deploying past that drops the oldest without traffic, and deletes its snapshot.
 
 Hosts poll the record (``watch_deployment``; the backbone contract has no KV
 watch): a change reaches every host within ``poll`` seconds. Hosts write what
@@ -215,7 +215,10 @@ async def deploy(
         note=note,
     )
 
+    seen: list[Deployment | None] = []
+
     def change(current: Deployment | None) -> Deployment:
+        seen.append(current)
         old = [r for r in (current.revisions if current else []) if r.revision != rid]
         known = {r.revision for r in old}
         stable = current.stable if current is not None and current.stable in known else ""
@@ -240,7 +243,20 @@ async def deploy(
             app=app, revisions=kept, stable=new_stable, previous=previous, history=history
         )
 
-    return await _change(backbone, app, change)
+    updated = await _change(backbone, app, change)
+    before = seen[-1]  # the record the successful change was computed from
+    named = {r.snapshot for r in updated.revisions}
+    for dropped in [r for r in (before.revisions if before else []) if r.snapshot not in named]:
+        try:  # no record names it any more: no host will fetch it again
+            await store.delete(dropped.snapshot)
+        except ThawError as exc:  # the deploy stands; a later deploy's pruning is no retry
+            log.warning(
+                "app %s: could not delete the snapshot of dropped revision %s: %s",
+                app,
+                dropped.revision[:12],
+                exc,
+            )
+    return updated
 
 
 def _resolve(record: Deployment, key: str) -> str:
