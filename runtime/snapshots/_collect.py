@@ -99,14 +99,6 @@ def _ignore_warning(message: str) -> None:
     """The default ``on_warning``: callers that show warnings pass their own."""
 
 
-def _inside(path: Path, root: Path) -> bool:
-    try:
-        path.relative_to(root)
-    except ValueError:
-        return False
-    return True
-
-
 def collect_snapshot(
     target: str, *, on_warning: Callable[[str], None] | None = None
 ) -> SnapshotPayload:
@@ -362,7 +354,7 @@ def _regular_file(
     source = path
     if stat.S_ISLNK(info.st_mode):
         source = path.resolve()
-        if not _inside(source, root) or source == root:
+        if not source.is_relative_to(root) or source == root:
             warn(f"{relative}: a symbolic link out of the app's tree; not followed, left out")
             return None
         if _left_out(_rel(source, root), rules):

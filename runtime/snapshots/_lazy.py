@@ -162,14 +162,6 @@ def find_references(source: bytes, *, module_name: str, package: str) -> list[Re
     return finder.found
 
 
-def _inside(path: Path, root: Path) -> bool:
-    try:
-        path.relative_to(root)
-    except ValueError:
-        return False
-    return True
-
-
 def _module_file(module: types.ModuleType) -> Path | None:
     file = getattr(module, "__file__", None)
     if not isinstance(file, str) or not file.endswith(".py"):
@@ -184,7 +176,7 @@ def own_modules(root: Path, loaded_before: set[str]) -> list[tuple[str, types.Mo
         if name in loaded_before or module is None:
             continue
         path = _module_file(module)
-        if path is not None and _inside(path, root):
+        if path is not None and path.is_relative_to(root):
             found.append((name, module, path))
     return found
 
@@ -216,7 +208,7 @@ class _Resolver:
             if spec is None:
                 return "missing"
             locations = [spec.origin or "", *(spec.submodule_search_locations or [])]
-        inside = any(loc and _inside(Path(loc).resolve(), self._root) for loc in locations)
+        inside = any(loc and Path(loc).resolve().is_relative_to(self._root) for loc in locations)
         return "own" if inside else "foreign"
 
     def follow(self, module_name: str, module: types.ModuleType, path: Path) -> None:
@@ -225,7 +217,7 @@ class _Resolver:
         except OSError:
             return
         package = module.__package__ or ""
-        inside = _inside(path, self._base)
+        inside = path.is_relative_to(self._base)
         where_path = path.relative_to(self._base).as_posix() if inside else str(path)
         for ref in find_references(source, module_name=module_name, package=package):
             where = f"{where_path}:{ref.line}"
