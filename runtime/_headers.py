@@ -27,10 +27,18 @@ __all__ = [
     "ROLLUP_HEADER",
     "STATUS_HEADER",
     "TRACEPARENT_HEADER",
+    "URL_PATH_HEADER",
+    "URL_QUERY_HEADER",
 ]
 
 # W3C trace context, carried on every hop (HTTP headers, NATS headers, object metadata).
 TRACEPARENT_HEADER = "traceparent"
+
+# An HTTP request's path parameters (form-encoded) and query string, set by Thaw (a
+# client's own are dropped) when the payload is bytes or absent, so they reach
+# ``ctx.params`` / ``ctx.query``, across an ``enqueue`` hop too.
+URL_PATH_HEADER = "thaw-path"
+URL_QUERY_HEADER = "thaw-query"
 
 # JetStream: de-duplication id of a publish; a KV change's operation; a rollup.
 MSG_ID_HEADER = "Nats-Msg-Id"

@@ -87,6 +87,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "test_http_protocol.py": ("http",),
     "test_http_readiness.py": ("http", "nats"),
     "test_http_routing.py": ("http",),  # no socket, but httptools (native) underneath
+    "test_http_params_and_limits.py": ("http",),
     "test_http_server.py": ("http", "process"),
     "test_http_support.py": ("http",),
     "test_http_webhooks.py": ("http",),

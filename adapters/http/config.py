@@ -34,6 +34,9 @@ class HttpConfig(msgspec.Struct, frozen=True, kw_only=True):
     beyond: 400 and close. Trailer fields count against the head limits too."""
     max_body: int = 1024 * 1024
     """Body bytes; a route accepts at most min(this, the capability's max_payload). 413."""
+    max_body_cap: int = 64 * 1024 * 1024
+    """The most a route's own ``http(..., max_body=)`` may declare; above it the server
+    does not start (a ConfigError naming the route)."""
     max_pipeline: int = 32
     """Unanswered requests per connection; reading pauses there, and a burst past it
     in one read gets 503 and close."""
@@ -83,6 +86,7 @@ class HttpConfig(msgspec.Struct, frozen=True, kw_only=True):
             "max_target",
             "max_chunk_line",
             "max_body",
+            "max_body_cap",
             "max_pipeline",
             "max_in_flight",
             "max_connections",

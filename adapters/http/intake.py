@@ -33,6 +33,7 @@ import msgspec
 
 from thaw import ConfigError, Event, ThawError
 from thaw._errors import PayloadTooLarge
+from thaw._headers import URL_PATH_HEADER, URL_QUERY_HEADER
 from thaw.adapters.http._wire import Response, response_from_answer
 from thaw.adapters.http.routing import JSON, Route
 from thaw.host._identity import load_event_key
@@ -112,6 +113,12 @@ class Intake:
         if refused is not None:
             return refused
         headers = {TRACEPARENT_HEADER: event.traceparent} if event.traceparent else {}
+        for name in (
+            URL_PATH_HEADER,
+            URL_QUERY_HEADER,
+        ):  # path and query parameters of a bytes payload
+            if name in event.headers:
+                headers[name] = event.headers[name]
         try:
             token = await self._token(event.id)
             await self._backbone.publish(subject, event.data, headers=headers, msg_id=event.id)

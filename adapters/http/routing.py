@@ -36,11 +36,12 @@ import uuid
 import weakref
 from collections.abc import Callable, Mapping
 from typing import Any
-from urllib.parse import parse_qsl, unquote
+from urllib.parse import parse_qsl, unquote, urlencode
 
 import msgspec
 
-from thaw import Event, Ok, Outcome
+from thaw import ConfigError, Event, Ok, Outcome
+from thaw._headers import URL_PATH_HEADER, URL_QUERY_HEADER
 from thaw.adapters.http._wire import Response, response_from_answer
 from thaw.lowlevel import (
     Capability,
@@ -195,7 +196,14 @@ class Route:
         "webhook",
     )
 
-    def __init__(self, trigger: HttpTrigger, capability: Capability, *, max_body: int) -> None:
+    def __init__(
+        self,
+        trigger: HttpTrigger,
+        capability: Capability,
+        *,
+        max_body: int,
+        max_body_cap: int = 64 * 1024 * 1024,
+    ) -> None:
         spec = capability.spec
         self.method = trigger.method
         self.template = trigger.path
@@ -207,7 +215,16 @@ class Route:
         self.cors = CorsPolicy(trigger.cors, trigger.method) if trigger.cors is not None else None
         self.verifier: SignatureVerifier | None = None  # set by HttpService for webhook routes
         self.metrics = CapabilityMetrics(capability.name)  # HttpService shares one per capability
-        self.max_body = min(max_body, spec.policy.max_payload)
+        if trigger.max_body is None:
+            self.max_body = min(max_body, spec.policy.max_payload)
+        elif trigger.max_body > max_body_cap:
+            raise ConfigError(
+                f"route {trigger.method} {trigger.path} of capability {capability.name!r} "
+                f"declares max_body={trigger.max_body}, above the server's max_body_cap of "
+                f"{max_body_cap} bytes: lower it, or raise HttpConfig.max_body_cap"
+            )
+        else:  # the route's own limit; a smaller max_payload of its capability still wins
+            self.max_body = min(trigger.max_body, spec.policy.max_payload)
         self.max_result = spec.policy.max_result
         self.content_type = "application/octet-stream" if spec.output_type is bytes else JSON
         if not spec.takes_payload:
@@ -243,10 +260,9 @@ class Route:
         mode = self.mode
         if mode == _JSON:
             data = self._json(body, query, params)
-        elif mode == _RAW:
-            data = body
         else:
-            data = b""
+            data = body if mode == _RAW else b""
+            headers = _with_url(headers, params, query)
         return Event(
             id=event_id, data=data, headers=headers, traceparent=headers.get("traceparent", "")
         )
@@ -309,6 +325,19 @@ class Route:
             trace_id=trace.trace_id if trace is not None else "",
         )
         return response_from_answer(answer)
+
+
+def _with_url(headers: dict[str, str], params: dict[str, Any], query: str) -> dict[str, str]:
+    """``headers`` carrying the URL's parameters for ``ctx.params`` / ``ctx.query``.
+
+    A client's own headers of those names are dropped: only Thaw sets them."""
+    if URL_PATH_HEADER in headers or URL_QUERY_HEADER in headers:
+        headers = {k: v for k, v in headers.items() if k not in (URL_PATH_HEADER, URL_QUERY_HEADER)}
+    if params:
+        headers[URL_PATH_HEADER] = urlencode({k: str(v) for k, v in params.items()})
+    if query:
+        headers[URL_QUERY_HEADER] = query
+    return headers
 
 
 class Router:
@@ -379,10 +408,12 @@ class Router:
         return response_from_answer(answer)
 
 
-def compile_router(invoker: CapabilityInvoker, *, max_body: int) -> Router:
+def compile_router(
+    invoker: CapabilityInvoker, *, max_body: int, max_body_cap: int = 64 * 1024 * 1024
+) -> Router:
     """Every http trigger of every capability of the invoker's app, compiled."""
     routes = [
-        Route(trigger, capability, max_body=max_body)
+        Route(trigger, capability, max_body=max_body, max_body_cap=max_body_cap)
         for capability in invoker.capabilities.values()
         for trigger in capability.spec.triggers
         if isinstance(trigger, HttpTrigger)

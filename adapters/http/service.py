@@ -78,7 +78,9 @@ class HttpService:
         not_ready: Callable[[], str | None] = lambda: None,
         backbone: Backbone | None = None,
     ) -> None:
-        self.router: Router = compile_router(invoker, max_body=config.max_body)
+        self.router: Router = compile_router(
+            invoker, max_body=config.max_body, max_body_cap=config.max_body_cap
+        )
         replays = replay_store_for(invoker, backbone)  # its own bucket, not idempotency's
         for route in self.router.routes:
             if route.webhook is not None:
@@ -206,8 +208,7 @@ class HttpService:
                 )
             )
         request.route = found
-        if route.max_body < request.max_body:
-            request.max_body = route.max_body
+        request.max_body = route.max_body  # a route may declare more than the server default
         return None
 
     def _status_check(self, request: Request) -> Response | None:

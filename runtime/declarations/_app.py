@@ -34,6 +34,7 @@ import msgspec
 
 from thaw._errors import ConfigError
 from thaw._event import Ok, Reject, Retry
+from thaw.declarations._batches import JoinMark, OnTimeout, join_subject, join_wrapper
 from thaw.declarations._context import Context
 from thaw.declarations._policy import (
     Access,
@@ -43,7 +44,9 @@ from thaw.declarations._policy import (
     RetryPolicy,
     _positive,
 )
-from thaw.declarations._triggers import HttpTrigger, Trigger
+from thaw.declarations._triggers import HttpTrigger, Trigger, stream
+
+DEFAULT_MAX_PAYLOAD = 1024 * 1024  # bytes of input a capability takes unless it says more
 
 __all__ = ["App", "CapabilitySpec", "Hook"]
 
@@ -114,7 +117,7 @@ class App:
         retry: RetryPolicy | None = None,
         idempotency: Idempotency | None = None,
         concurrency: int | None = None,
-        max_payload: int = 1024 * 1024,
+        max_payload: int | None = None,
         max_result: int = 8 * 1024 * 1024,
         access: Access | None = None,
         isolation: str = "shared",
@@ -125,7 +128,8 @@ class App:
         ``timeout`` (seconds) bounds every call; ``retry`` bounds attempts and sets
         the backoff; ``idempotency`` makes duplicates return the first result;
         ``concurrency`` caps calls in flight (beyond it: ``Retry`` with code
-        ``overloaded``); ``max_payload`` caps input bytes, ``max_result`` the bytes
+        ``overloaded``); ``max_payload`` caps input bytes (default 1 MiB, or the
+        largest ``max_body`` of its http routes), ``max_result`` the bytes
         of an answer (larger: ``result_too_large``); ``access`` lists the
         subjects and KV buckets the function may touch (None: anything);
         ``isolation`` is how a host runs its instances (``shared``, ``fresh`` or
@@ -137,6 +141,9 @@ class App:
                     f"{trigger!r} is not a trigger; use thaw.http(...), stream(...), "
                     "subject(...), schedule(...), objects(...) or kv(...)"
                 )
+        if max_payload is None:  # a route that takes large bodies makes its capability take them
+            bodies = [t.max_body for t in triggers if isinstance(t, HttpTrigger) and t.max_body]
+            max_payload = max([DEFAULT_MAX_PAYLOAD, *bodies])
         policy = Policy(
             timeout=timeout,
             retry=retry if retry is not None else RetryPolicy(),
@@ -153,6 +160,56 @@ class App:
             chosen = function.__name__ if name is None else name
             spec = _build_spec(function, chosen, tuple(triggers), policy)
             self._add(spec)
+            return function
+
+        return register
+
+    def join(
+        self,
+        *,
+        name: str | None = None,
+        timeout: float = 3600.0,
+        on_timeout: OnTimeout = "run",
+        call_timeout: float = 10.0,
+        retry: RetryPolicy | None = None,
+        idempotency: Idempotency | None = None,
+        concurrency: int | None = None,
+        access: Access | None = None,
+    ) -> Callable[[F], F]:
+        """Declare the join of a fan-out: ``async def report(batch: Batch[T][, ctx])``.
+
+        It runs once when every child of a ``ctx.fan_out(..., join=report)`` batch has
+        reported, or ``timeout`` seconds after the fan-out with what has reported:
+        ``on_timeout="run"`` calls it with ``timed_out=True`` and ``missing`` filled,
+        ``"dead_letter"`` dead-letters the batch (code ``batch_timed_out``). It is a
+        capability with a stream trigger on ``thaw.join.<app>.<name>``; the other
+        options are ``capability``'s (``call_timeout`` is its ``timeout``). Like
+        every capability it is at-least-once: key ``idempotency`` by the batch id.
+        """
+        _positive("timeout", timeout)
+        if on_timeout not in ("run", "dead_letter"):
+            raise ConfigError(f"on_timeout must be 'run' or 'dead_letter', got {on_timeout!r}")
+
+        def register(function: F) -> F:
+            chosen = function.__name__ if name is None else name
+            _check_name("capability", chosen)
+            if not inspect.iscoroutinefunction(function):
+                raise ConfigError(f"join {chosen!r} must be an 'async def' function")
+            arity = len(inspect.signature(function).parameters)
+            if arity not in (1, 2):
+                raise ConfigError(f"join {chosen!r} takes (batch: Batch[T]) or (batch, ctx)")
+            wrapper = join_wrapper(function, app=self.name, name=chosen, takes_context=arity == 2)
+            self.capability(
+                stream(join_subject(self.name, chosen)),
+                name=chosen,
+                timeout=call_timeout,
+                retry=retry,
+                idempotency=idempotency,
+                concurrency=concurrency,
+                access=access,
+            )(wrapper)
+            mark = JoinMark(self.name, chosen, float(timeout), on_timeout)
+            function.__thaw_join__ = mark  # type: ignore[attr-defined]  # for ctx.fan_out
             return function
 
         return register

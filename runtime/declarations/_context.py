@@ -10,8 +10,10 @@ Everything costly (trace parsing, logger adapters) is computed on first use.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal
+from urllib.parse import parse_qsl
 
 import msgspec
 
@@ -23,7 +25,7 @@ from thaw._errors import (
     UnknownCapability,
 )
 from thaw._event import Event, Outcome, Reject, Retry
-from thaw._headers import MSG_ID_HEADER, TRACEPARENT_HEADER
+from thaw._headers import MSG_ID_HEADER, TRACEPARENT_HEADER, URL_PATH_HEADER, URL_QUERY_HEADER
 from thaw._trace import TraceContext, parse_traceparent, start_trace
 from thaw.backbone._subjects import subject_matches
 from thaw.decisions._reply import Requester, outcome_of_reply
@@ -31,6 +33,7 @@ from thaw.decisions._reply import Requester, outcome_of_reply
 if TYPE_CHECKING:
     from thaw._clock import Clock
     from thaw.backbone._contract import Backbone, KeyValue, ObjectStore, PubAck
+    from thaw.declarations._batches import BatchRef
     from thaw.declarations._policy import Access
 
 __all__ = ["Context", "CapabilityEnv"]
@@ -63,6 +66,18 @@ class CapabilityEnv:
         self.siblings: Mapping[str, Callable[[Event], Awaitable[Outcome]]] = {}
 
 
+_NO_VALUES: Mapping[str, str] = MappingProxyType({})
+
+
+def _url_values(text: str) -> Mapping[str, str]:
+    if not text:
+        return _NO_VALUES
+    values: dict[str, str] = {}
+    for name, value in parse_qsl(text, keep_blank_values=True, max_num_fields=1000):
+        values.setdefault(name, value)
+    return MappingProxyType(values)
+
+
 class _TraceLogger(logging.LoggerAdapter[logging.Logger]):
     def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, Any]:
         extra = self.extra or {}
@@ -89,6 +104,19 @@ class Context:
     @property
     def capability(self) -> str:
         return self._env.capability
+
+    @property
+    def params(self) -> Mapping[str, str]:
+        """The HTTP path parameters, as text, when the payload is ``bytes`` or absent.
+
+        With a Struct or dict payload they join the payload instead (and this is empty).
+        """
+        return _url_values(self.event.headers.get(URL_PATH_HEADER, ""))
+
+    @property
+    def query(self) -> Mapping[str, str]:
+        """The HTTP query parameters (the first of a repeated name), likewise."""
+        return _url_values(self.event.headers.get(URL_QUERY_HEADER, ""))
 
     @property
     def attempt(self) -> int:
@@ -209,6 +237,16 @@ class Context:
         except (DeadlineExceeded, NoResponders) as exc:
             return Retry(0.0, exc.message, exc.code)
         return outcome_of_reply(reply.data, reply.headers)
+
+    async def fan_out(
+        self, subject: str, items: Iterable[Any], *, join: Callable[..., Any]
+    ) -> BatchRef:
+        """Publish one child message per item to ``subject`` as a batch that ``join`` (a
+        function declared with ``@app.join``) collects; see ``thaw.declarations._batches``.
+        A redelivered call recreates the same batch and message ids (no second batch)."""
+        from thaw.declarations._batches import fan_out  # noqa: PLC0415  (it imports Context)
+
+        return await fan_out(self, subject, items, join=join)
 
     async def kv(self, bucket: str) -> KeyValue:
         """The KV bucket ``bucket`` (it must exist; hosts provision declared buckets)."""

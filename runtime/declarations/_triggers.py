@@ -158,6 +158,9 @@ class Cors(msgspec.Struct, frozen=True, kw_only=True):
             raise ConfigError(f"Cors credentials must be a bool, got {self.credentials!r}")
 
 
+MAX_ROUTE_BODY = 1024 * 1024 * 1024  # no route takes more than 1 GiB in one body
+
+
 class HttpTrigger(msgspec.Struct, frozen=True, tag="http"):
     method: str
     path: str
@@ -165,6 +168,7 @@ class HttpTrigger(msgspec.Struct, frozen=True, tag="http"):
     enqueue: str | None = None  # async intake: publish to this subject, answer 202
     webhook: Webhook | None = None  # verify the request's signature first
     cors: Cors | None = None  # answer browsers' cross-origin preflights and requests
+    max_body: int | None = None  # this route's body limit; None: the server's and max_payload
 
 
 class SubjectTrigger(msgspec.Struct, frozen=True, tag="subject"):
@@ -206,8 +210,13 @@ def http(
     enqueue: str | None = None,
     webhook: Webhook | None = None,
     cors: Cors | None = None,
+    max_body: int | None = None,
 ) -> HttpTrigger:
     """Serve the capability at ``METHOD path``; ``{name}`` or ``{name:int}`` are path parameters.
+
+    ``max_body=BYTES`` is this route's body limit (413 beyond), instead of the smaller
+    of the server's ``max_body`` and the capability's ``max_payload``; the server
+    refuses to start a route above its ``max_body_cap`` (64 MiB by default).
 
     With ``enqueue=SUBJECT`` the request is validated, published to that subject
     and answered ``202 Accepted``; the capability then runs from the stream.
@@ -249,7 +258,13 @@ def http(
                 f"http {method.upper()} {path}: cors methods {cors.methods} must include "
                 "the route's own method"
             )
-    return HttpTrigger(method.upper(), path, tuple(params), enqueue, webhook, cors)
+    whole = isinstance(max_body, int) and not isinstance(max_body, bool)
+    if max_body is not None and not (whole and 1 <= max_body <= MAX_ROUTE_BODY):
+        raise ConfigError(
+            f"http {method.upper()} {path}: max_body={max_body!r} must be a whole number of "
+            f"bytes from 1 to {MAX_ROUTE_BODY}"
+        )
+    return HttpTrigger(method.upper(), path, tuple(params), enqueue, webhook, cors, max_body)
 
 
 def subject(name: str, *, queue: str = "") -> SubjectTrigger:
