@@ -34,7 +34,6 @@ import msgspec
 
 from thaw._errors import ConfigError
 from thaw._event import Ok, Reject, Retry
-from thaw.declarations._batches import JoinMark, OnTimeout, join_subject, join_wrapper
 from thaw.declarations._context import Context
 from thaw.declarations._policy import (
     Access,
@@ -44,7 +43,7 @@ from thaw.declarations._policy import (
     RetryPolicy,
     _positive,
 )
-from thaw.declarations._triggers import HttpTrigger, Trigger, stream
+from thaw.declarations._triggers import HttpTrigger, Trigger
 
 DEFAULT_MAX_PAYLOAD = 1024 * 1024  # bytes of input a capability takes unless it says more
 
@@ -160,56 +159,6 @@ class App:
             chosen = function.__name__ if name is None else name
             spec = _build_spec(function, chosen, tuple(triggers), policy)
             self._add(spec)
-            return function
-
-        return register
-
-    def join(
-        self,
-        *,
-        name: str | None = None,
-        timeout: float = 3600.0,
-        on_timeout: OnTimeout = "run",
-        call_timeout: float = 10.0,
-        retry: RetryPolicy | None = None,
-        idempotency: Idempotency | None = None,
-        concurrency: int | None = None,
-        access: Access | None = None,
-    ) -> Callable[[F], F]:
-        """Declare the join of a fan-out: ``async def report(batch: Batch[T][, ctx])``.
-
-        It runs once when every child of a ``ctx.fan_out(..., join=report)`` batch has
-        reported, or ``timeout`` seconds after the fan-out with what has reported:
-        ``on_timeout="run"`` calls it with ``timed_out=True`` and ``missing`` filled,
-        ``"dead_letter"`` dead-letters the batch (code ``batch_timed_out``). It is a
-        capability with a stream trigger on ``thaw.join.<app>.<name>``; the other
-        options are ``capability``'s (``call_timeout`` is its ``timeout``). Like
-        every capability it is at-least-once: key ``idempotency`` by the batch id.
-        """
-        _positive("timeout", timeout)
-        if on_timeout not in ("run", "dead_letter"):
-            raise ConfigError(f"on_timeout must be 'run' or 'dead_letter', got {on_timeout!r}")
-
-        def register(function: F) -> F:
-            chosen = function.__name__ if name is None else name
-            _check_name("capability", chosen)
-            if not inspect.iscoroutinefunction(function):
-                raise ConfigError(f"join {chosen!r} must be an 'async def' function")
-            arity = len(inspect.signature(function).parameters)
-            if arity not in (1, 2):
-                raise ConfigError(f"join {chosen!r} takes (batch: Batch[T]) or (batch, ctx)")
-            wrapper = join_wrapper(function, app=self.name, name=chosen, takes_context=arity == 2)
-            self.capability(
-                stream(join_subject(self.name, chosen)),
-                name=chosen,
-                timeout=call_timeout,
-                retry=retry,
-                idempotency=idempotency,
-                concurrency=concurrency,
-                access=access,
-            )(wrapper)
-            mark = JoinMark(self.name, chosen, float(timeout), on_timeout)
-            function.__thaw_join__ = mark  # type: ignore[attr-defined]  # for ctx.fan_out
             return function
 
         return register

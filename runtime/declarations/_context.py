@@ -10,7 +10,7 @@ Everything costly (trace parsing, logger adapters) is computed on first use.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import parse_qsl
@@ -33,7 +33,6 @@ from thaw.decisions._reply import Requester, outcome_of_reply
 if TYPE_CHECKING:
     from thaw._clock import Clock
     from thaw.backbone._contract import Backbone, KeyValue, ObjectStore, PubAck
-    from thaw.declarations._batches import BatchRef
     from thaw.declarations._policy import Access
 
 __all__ = ["Context", "CapabilityEnv"]
@@ -237,16 +236,6 @@ class Context:
         except (DeadlineExceeded, NoResponders) as exc:
             return Retry(0.0, exc.message, exc.code)
         return outcome_of_reply(reply.data, reply.headers)
-
-    async def fan_out(
-        self, subject: str, items: Iterable[Any], *, join: Callable[..., Any]
-    ) -> BatchRef:
-        """Publish one child message per item to ``subject`` as a batch that ``join`` (a
-        function declared with ``@app.join``) collects; see ``thaw.declarations._batches``.
-        A redelivered call recreates the same batch and message ids (no second batch)."""
-        from thaw.declarations._batches import fan_out  # noqa: PLC0415  (it imports Context)
-
-        return await fan_out(self, subject, items, join=join)
 
     async def kv(self, bucket: str) -> KeyValue:
         """The KV bucket ``bucket`` (it must exist; hosts provision declared buckets)."""
