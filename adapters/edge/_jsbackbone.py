@@ -18,13 +18,14 @@ from the edge: provision the app first (``thaw provision APP --nats URL``);
 from __future__ import annotations
 
 import importlib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import anyio
 import msgspec
 
 from thaw import App, DeadlineExceeded
+from thaw.backbone._contract import kv_keys_wanted, kv_prefix
 from thaw.lowlevel import (
     BackboneError,
     BucketNotFound,
@@ -156,9 +157,18 @@ class JsKeyValue:
         reply = await self._bridge.kvDelete(self._bucket, key, last or 0)
         self._check(reply, self._doing("delete", key))
 
-    async def keys(self) -> list[str]:
+    async def keys(self, prefix: str | None = None) -> list[str]:
+        start = "" if prefix is None else kv_prefix(prefix) + "."
         reply = self._check(await self._bridge.kvKeys(self._bucket), f"list {self._bucket!r}")
-        return _keys(reply.keys)
+        return [key for key in _keys(reply.keys) if key.startswith(start)]
+
+    async def get_many(self, keys: Iterable[str]) -> dict[str, KvEntry]:
+        found = {}
+        for key in kv_keys_wanted(keys):  # one bridge call per key (the JS side has no batch)
+            entry = await self.get(key)
+            if entry is not None:
+                found[key] = entry
+        return found
 
 
 class JsBackbone:

@@ -11,16 +11,33 @@ against; ``create`` and ``update`` are publishes with
 ``Nats-Expected-Last-Subject-Sequence`` (0 for "no value"), which JetStream
 applies atomically; a key whose last record expired (bucket ``ttl``) has no record
 at all and so revision 0.
+
+``keys(prefix)`` filters on the server: the keys consumer's ``filter_subject`` is
+``$KV.<bucket>.<prefix>.>``, so only the keys under the prefix travel.
+``get_many`` asks for the last record of up to 1024 keys in one batch direct get
+(ADR-31, nats-server 2.11+; the project installs 2.15): one request with
+``multi_last``, answered by one message per key that has a record and a ``204
+EOB`` status, all from one point of the stream (``Nats-UpTo-Sequence``). The
+server refuses more than 1024 results per request (``413``), hence the chunks.
+Measured for 100 keys of 100 bytes on one local server (a 2-core VM,
+benchmarks/kv_get_many.py, 5 alternating rounds of 300 calls): one batch request
+took a median 1.43 ms against 1.92 ms for 100 direct gets pipelined on the request
+muxer (1.34x; the batch pays a SUB and UNSUB of its own inbox per call, the
+pipelined gets 100 replies through the muxer's callbacks). A bucket without
+direct gets (an older stream) falls back to the pipelined per-key gets.
 """
 
 from __future__ import annotations
 
+import asyncio
 import re
+from collections.abc import Iterable
 from typing import Literal
 
 import anyio
 import msgspec
 import nats.errors
+from nats.aio.msg import Msg
 
 from thaw.adapters.nats._errors import (
     MESSAGE_TOO_LARGE,
@@ -47,6 +64,7 @@ from thaw.adapters.nats._wire import (
     parse_headers,
 )
 from thaw.adapters.nats.session import JetStreamSession
+from thaw.backbone._contract import kv_keys_wanted, kv_prefix
 from thaw.lowlevel import (
     BackboneError,
     BucketNotFound,
@@ -67,6 +85,7 @@ _KEYS_BATCH = 256
 _KEYS_EMPTY_PULLS = 5  # empty pulls while the consumer still holds keys, before giving up
 _KEYS_RETRY_PAUSE = 0.01  # seconds, doubled on each empty pull (0.6 s in all)
 _KEYS_CONSUMER_IDLE = 10.0  # seconds before the server drops a forgotten keys() consumer
+_MULTI_LAST = 1024  # results nats-server gives one batch direct get (more: 413)
 _NO_VALUE = header_block({_EXPECTED_LAST: "0"})
 _DELETE = header_block({_OPERATION: "DEL"})
 _decode_ack = msgspec.json.Decoder(PubAckReply).decode
@@ -171,8 +190,81 @@ class JetStreamKeyValue:
             return None
         return entry
 
-    async def keys(self) -> list[str]:
+    async def get_many(self, keys: Iterable[str]) -> dict[str, KvEntry]:
+        wanted = kv_keys_wanted(keys)
+        doing = f"get {len(wanted)} keys from bucket {self._bucket!r}"
+        self._session.check_open(doing)
+        found: dict[str, KvEntry] = {}
+        if not self._direct:
+            entries = await asyncio.gather(*(self._latest(key) for key in wanted))
+            for key, entry in zip(wanted, entries, strict=True):
+                if entry is not None and entry.operation == "PUT":
+                    found[key] = entry
+            return found
+        # Chunks by count (the server's limit) and by request size (max_payload).
+        budget = max(1024, self._session.client.max_payload // 2)
+        chunk: list[str] = []
+        size = 0
+        for key in wanted:
+            subject = self._prefix + key
+            if chunk and (len(chunk) == _MULTI_LAST or size + len(subject) + 3 > budget):
+                await self._multi_last(chunk, found, doing)
+                chunk, size = [], 0
+            chunk.append(subject)
+            size += len(subject) + 3
+        if chunk:
+            await self._multi_last(chunk, found, doing)
+        return found
+
+    async def _multi_last(self, subjects: list[str], found: dict[str, KvEntry], doing: str) -> None:
+        """One batch direct get of the last records on ``subjects`` into ``found``."""
+        client = self._session.client
+        inbox = client.new_inbox()
+        replies: list[Msg] = []
+        finished = asyncio.Event()
+
+        async def collect(msg: Msg) -> None:
+            replies.append(msg)
+            if msg.headers and "Status" in msg.headers:
+                finished.set()
+
+        body = encode({"multi_last": subjects})
+        try:
+            subscription = await client.subscribe(inbox, cb=collect)
+            try:
+                await client.publish(f"{API}.DIRECT.GET.{self._stream}", body, reply=inbox)
+                with anyio.fail_after(self._session.request_timeout):
+                    await finished.wait()
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await subscription.unsubscribe()
+        except TimeoutError:
+            raise BackboneError(
+                f"{doing}: no answer within {self._session.request_timeout:g}s; retry"
+            ) from None
+        except nats.errors.Error as error:
+            raise translated(error, doing) from error
+        status = replies[-1].headers or {}
+        code = status.get("Status")
+        if code == "503":
+            raise self._gone(doing)
+        if code not in ("204", "404"):  # 404: none of the keys has a record
+            raise BackboneError(f"{doing}: JetStream answered {code} {status.get('Description')!r}")
+        for message in replies[:-1]:
+            headers = message.headers or {}
+            if _operation(headers) != "PUT":
+                continue
+            key = headers.get("Nats-Subject", "")[len(self._prefix) :]
+            found[key] = KvEntry(
+                bucket=self._bucket,
+                key=key,
+                value=message.data,
+                revision=int(headers.get("Nats-Sequence", "0")),
+            )
+
+    async def keys(self, prefix: str | None = None) -> list[str]:
         """Live keys, sorted: the last record per key through a short-lived consumer."""
+        under = "" if prefix is None else kv_prefix(prefix) + "."
         doing = f"list keys of bucket {self._bucket!r}"
         session = self._session
         name = f"thaw_keys_{session.client.new_inbox().rsplit('.', 1)[-1]}"
@@ -180,7 +272,7 @@ class JetStreamKeyValue:
             name=name,
             deliver_policy="last_per_subject",
             ack_policy="none",
-            filter_subject=f"{self._prefix}>",
+            filter_subject=f"{self._prefix}{under}>",
             headers_only=True,
             mem_storage=True,
             num_replicas=1,

@@ -24,6 +24,9 @@ JetStream backbone in ``adapters/nats``. The semantics are JetStream's:
   stream ``KV_<bucket>`` (subject ``$KV.<bucket>.<key>``, header
   ``KV-Operation: DEL`` on deletes, stream sequence = revision, one message kept
   per key), so a durable consumer on that stream sees key changes (``kv`` triggers).
+  ``keys(prefix)`` lists the live keys under a token prefix (``"done.b1"`` lists
+  ``done.b1.<more tokens>``, as the filter ``$KV.<bucket>.done.b1.>`` does) and
+  ``get_many`` reads many keys at once (missing, deleted and expired ones absent).
 - Object stores keep named blobs of any size; every put and delete writes the
   object's JSON info to ``$O.<bucket>.M.<base64url name>`` on the stream
   ``OBJ_<bucket>`` (the layout every NATS client uses), so a durable consumer on
@@ -35,14 +38,15 @@ provisioning can compare them.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from types import MappingProxyType
 from typing import Literal, Protocol, runtime_checkable
 
 import msgspec
 
+from thaw._errors import ConfigError
 from thaw._headers import MSG_ID_HEADER
-from thaw.backbone._subjects import parse_ack_subject
+from thaw.backbone._subjects import parse_ack_subject, validate_kv_key
 
 __all__ = [
     "StreamConfig",
@@ -56,6 +60,10 @@ __all__ = [
     "KvConfig",
     "KvEntry",
     "KeyValue",
+    "MAX_GET_MANY",
+    "MAX_KV_PREFIX",
+    "kv_prefix",
+    "kv_keys_wanted",
     "ObjectStoreConfig",
     "ObjectInfo",
     "ObjectStore",
@@ -86,6 +94,7 @@ class ConsumerConfig(msgspec.Struct, frozen=True, kw_only=True):
     max_deliver: int = -1  # -1: unlimited
     backoff: tuple[float, ...] = ()
     max_ack_pending: int = 1000
+    deliver: str = "all"  # "all": from the stream's first message; "new": only later ones
 
 
 class ConsumerInfo(msgspec.Struct, frozen=True, kw_only=True):
@@ -234,6 +243,61 @@ class KvEntry(msgspec.Struct, frozen=True, kw_only=True):
     operation: Literal["PUT", "DEL", "PURGE"] = "PUT"
 
 
+MAX_KV_PREFIX = 1024  # characters of a keys(prefix=...) prefix
+MAX_GET_MANY = 10_000  # keys in one get_many call
+
+
+def kv_prefix(prefix: str) -> str:
+    """``prefix`` checked as a KV key prefix of whole tokens, without a trailing ``.``.
+
+    A prefix follows the key rules (no wildcards, whitespace, non-ASCII, empty
+    tokens); one trailing dot is allowed (``"done."`` is ``"done"``). ``ConfigError``
+    says what is wrong.
+    """
+    if not isinstance(prefix, str) or not prefix:
+        raise ConfigError(
+            f"invalid KV key prefix {prefix!r}: a prefix must be a non-empty string "
+            "(pass prefix=None to list every key)"
+        )
+    if len(prefix) > MAX_KV_PREFIX:
+        raise ConfigError(
+            f"invalid KV key prefix {prefix[:40]!r}...: it has {len(prefix)} characters; "
+            f"the limit is {MAX_KV_PREFIX}"
+        )
+    stripped = prefix[:-1] if prefix.endswith(".") else prefix
+    try:
+        validate_kv_key(stripped)
+    except ConfigError as error:
+        raise ConfigError(
+            f"invalid KV key prefix {prefix!r}: {error.message.split(': ', 1)[-1]} "
+            "(a prefix is whole key tokens, without wildcards)"
+        ) from None
+    return stripped
+
+
+def kv_keys_wanted(keys: Iterable[str]) -> list[str]:
+    """The distinct keys of a ``get_many`` call, in first-seen order, each checked."""
+    if isinstance(keys, str | bytes | bytearray | memoryview):
+        raise ConfigError(
+            f"get_many takes a collection of keys, not one {type(keys).__name__} ({keys!r:.40}); "
+            "for one key use get()"
+        )
+    try:
+        wanted = list(dict.fromkeys(keys))
+    except TypeError:
+        raise ConfigError(
+            f"get_many takes a collection of key strings, got {type(keys).__name__}"
+        ) from None
+    if len(wanted) > MAX_GET_MANY:
+        raise ConfigError(
+            f"get_many got {len(wanted)} keys; the limit is {MAX_GET_MANY} per call "
+            "(split the list, or list a prefix with keys(prefix=...))"
+        )
+    for key in wanted:
+        validate_kv_key(key)
+    return wanted
+
+
 class KeyValue(Protocol):
     @property
     def bucket(self) -> str: ...
@@ -258,8 +322,14 @@ class KeyValue(Protocol):
         """Delete (leave a tombstone); with ``last``, only at that revision."""
         ...
 
-    async def keys(self) -> list[str]:
-        """Keys with a live value, sorted."""
+    async def keys(self, prefix: str | None = None) -> list[str]:
+        """Keys with a live value, sorted; with ``prefix``, only those under it
+        (``prefix.`` then one or more tokens; see ``kv_prefix``)."""
+        ...
+
+    async def get_many(self, keys: Iterable[str]) -> dict[str, KvEntry]:
+        """The live values of ``keys`` (at most ``MAX_GET_MANY``); keys without one
+        (absent, deleted, expired) are not in the answer."""
         ...
 
 

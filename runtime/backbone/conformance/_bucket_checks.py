@@ -26,6 +26,10 @@ __all__ = [
     "check_kv_create_update_and_compare_and_set",
     "check_kv_delete_leaves_a_tombstone_and_create_works_again",
     "check_kv_limits_and_key_rules",
+    "check_kv_keys_under_a_prefix",
+    "check_kv_keys_refuses_hostile_prefixes",
+    "check_kv_get_many_returns_live_values_only",
+    "check_kv_get_many_refuses_hostile_input",
     "check_kv_revisions_increase_across_keys_and_keys_are_sorted",
     "check_kv_values_expire_after_the_ttl",
     "check_object_puts_are_meta_messages_on_the_store_stream",
@@ -142,6 +146,88 @@ async def check_kv_limits_and_key_rules(harness: BackboneHarness) -> None:
     for key in ("", "with space", ".leading", "trailing.", "a..b", "star*"):
         with expect_raises(ConfigError):
             await bucket.put(key, b"x")
+
+
+async def check_kv_keys_under_a_prefix(harness: BackboneHarness) -> None:
+    bucket = await harness.backbone.add_kv(KvConfig(bucket=f"{harness.prefix}_kv"))
+    for key in ("done.b1.c1", "done.b1.c2.x", "done.b1", "done.b10.c1", "done.b2.c1", "other"):
+        await bucket.put(key, b"1")
+    await bucket.put("done.b1.gone", b"1")
+    await bucket.delete("done.b1.gone")
+    assert await bucket.keys(prefix="done.b1") == ["done.b1.c1", "done.b1.c2.x"]
+    assert await bucket.keys(prefix="done.b1.") == ["done.b1.c1", "done.b1.c2.x"]
+    assert await bucket.keys(prefix="done") == [
+        "done.b1",
+        "done.b1.c1",
+        "done.b1.c2.x",
+        "done.b10.c1",
+        "done.b2.c1",
+    ]
+    assert await bucket.keys(prefix="nothing.here") == []
+    assert await bucket.keys(prefix="other") == []  # the key itself is not under itself
+    assert len(await bucket.keys()) == 6
+
+
+async def check_kv_keys_refuses_hostile_prefixes(harness: BackboneHarness) -> None:
+    bucket = await harness.backbone.add_kv(KvConfig(bucket=f"{harness.prefix}_kv"))
+    await bucket.put("a.b", b"1")
+    hostile: tuple[object, ...] = (
+        "",
+        "*",
+        ">",
+        "a.*",
+        "a.>",
+        "a b",
+        ".a",
+        "a..b",
+        "ä",
+        "a\x00",
+        "x" * 1025,
+        7,
+        b"a",
+    )
+    for bad in hostile:
+        with expect_raises(ConfigError, match="prefix"):
+            await bucket.keys(prefix=bad)  # type: ignore[arg-type]
+    assert await bucket.keys(prefix="a") == ["a.b"]
+
+
+async def check_kv_get_many_returns_live_values_only(harness: BackboneHarness) -> None:
+    bucket = await harness.backbone.add_kv(KvConfig(bucket=f"{harness.prefix}_kv"))
+    revisions = {
+        f"part.{index}": await bucket.put(f"part.{index}", b"v%d" % index) for index in range(150)
+    }
+    await bucket.delete("part.7")
+    wanted = [f"part.{index}" for index in range(150)] + ["part.7", "missing", "part.3"]
+    got = await bucket.get_many(wanted)
+    assert sorted(got) == sorted(key for key in revisions if key != "part.7")
+    entry = got["part.42"]
+    assert (entry.bucket, entry.key, entry.value, entry.revision, entry.operation) == (
+        bucket.bucket,
+        "part.42",
+        b"v42",
+        revisions["part.42"],
+        "PUT",
+    )
+    assert await bucket.get_many([]) == {}
+    assert await bucket.get_many(iter(["missing"])) == {}
+    many = [f"k.{index}" for index in range(1100)]  # past JetStream's 1024 per batch get
+    for key in many[::100] + many[-3:]:
+        await bucket.put(key, key.encode())
+    got = await bucket.get_many(many)
+    assert sorted(got) == sorted(many[::100] + many[-3:])
+    assert all(entry.value == key.encode() for key, entry in got.items())
+
+
+async def check_kv_get_many_refuses_hostile_input(harness: BackboneHarness) -> None:
+    bucket = await harness.backbone.add_kv(KvConfig(bucket=f"{harness.prefix}_kv"))
+    await bucket.put("a", b"1")
+    for bad in ("a", b"a", 7, ["a", None], ["a", ""], ["a*"], ["ä"], [["a"]]):
+        with expect_raises(ConfigError):
+            await bucket.get_many(bad)  # type: ignore[arg-type]
+    with expect_raises(ConfigError, match="limit"):
+        await bucket.get_many(f"k{index}" for index in range(10_001))
+    assert list(await bucket.get_many(["a"])) == ["a"]
 
 
 # -- kv change streams ----------------------------------------------------------

@@ -19,7 +19,7 @@ Invariants:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Literal
 
 import anyio
@@ -28,7 +28,14 @@ from thaw._clock import Clock
 from thaw._errors import BackboneError, KeyExists, WrongRevision
 from thaw._headers import KV_OPERATION_HEADER
 from thaw.backbone._buckets import kv_stream_name, kv_subject_prefix
-from thaw.backbone._contract import KvConfig, KvEntry, PubAck, StreamConfig
+from thaw.backbone._contract import (
+    KvConfig,
+    KvEntry,
+    PubAck,
+    StreamConfig,
+    kv_keys_wanted,
+    kv_prefix,
+)
 from thaw.backbone._rules import check_message_size, header_block_size
 from thaw.backbone._subjects import validate_kv_key
 from thaw.backbone.memory._streams import StreamState
@@ -171,11 +178,15 @@ class BucketState:
             self._check_revision(key, last, now)
         self._write(key, b"", "DEL", now)
 
-    def keys(self, now: float) -> list[str]:
+    def keys(self, now: float, under: str = "") -> list[str]:
+        """Live keys, sorted; with ``under`` (a checked prefix), those starting ``under.``."""
+        start = under + "." if under else ""
         return sorted(
             key
             for key in list(self._records)
-            if (record := self._latest(key, now)) is not None and record.operation == "PUT"
+            if key.startswith(start)
+            and (record := self._latest(key, now)) is not None
+            and record.operation == "PUT"
         )
 
 
@@ -239,7 +250,20 @@ class MemoryKeyValue:
         now = await self._enter(key)
         self._state.delete(key, last, now)
 
-    async def keys(self) -> list[str]:
+    async def keys(self, prefix: str | None = None) -> list[str]:
+        under = "" if prefix is None else kv_prefix(prefix)
         await anyio.lowlevel.checkpoint()
         self._check_open()
-        return self._state.keys(self._clock.now())
+        return self._state.keys(self._clock.now(), under)
+
+    async def get_many(self, keys: Iterable[str]) -> dict[str, KvEntry]:
+        wanted = kv_keys_wanted(keys)
+        await anyio.lowlevel.checkpoint()
+        self._check_open()
+        now = self._clock.now()
+        found = {}
+        for key in wanted:
+            entry = self._state.get(key, now)
+            if entry is not None:
+                found[key] = entry
+        return found
