@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from thaw._errors import (
     CallerError,
+    ClaimCheckFailed,
     ConfigError,
     ContractError,
     DeadlineExceeded,
@@ -29,6 +30,7 @@ from thaw._errors import (
     WrongRevision,
 )
 from thaw._event import Event, Ok, Outcome, Reject, Retry
+from thaw.backbone._claims import ClaimCheck, decode_claim, delete_claim, get_claim, put_claim
 from thaw.declarations._app import App
 from thaw.declarations._changes import KvChange, ObjectChange
 from thaw.declarations._context import Context
@@ -50,6 +52,8 @@ __all__ = [
     "Backoff",
     "CallerError",
     "CanaryPolicy",
+    "ClaimCheck",
+    "ClaimCheckFailed",
     "ConfigError",
     "Context",
     "ContractError",
@@ -76,10 +80,14 @@ __all__ = [
     "Tick",
     "Webhook",
     "WrongRevision",
+    "decode_claim",
+    "delete_claim",
     "fan_out",
+    "get_claim",
     "http",
     "kv",
     "objects",
+    "put_claim",
     "schedule",
     "stream",
     "subject",

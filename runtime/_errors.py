@@ -20,6 +20,7 @@ __all__ = [
     "PayloadTooLarge",
     "UnknownCapability",
     "Rejected",
+    "ClaimCheckFailed",
     "FunctionError",
     "AccessDenied",
     "HandlerFailed",
@@ -143,6 +144,20 @@ class Rejected(CallerError):
         super().__init__(message)
         self.code = code  # type: ignore[misc]  # per-instance code chosen by the function
         self.http_status = http_status  # type: ignore[misc]
+
+
+class ClaimCheckFailed(CallerError):
+    """A claim check's object is missing, changed (size or SHA-256 differ) or the claim
+    expired: retrying the same reference cannot succeed. ``reason`` is ``"missing"``,
+    ``"changed"`` or ``"expired"``."""
+
+    code = "claim_check_failed"
+    http_status = 422
+    retryable = False
+
+    def __init__(self, message: str, *, reason: str = "changed") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 # -- the function's fault: may succeed on retry ------------------------------------

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, settings
 
-pytest.register_assert_rewrite("backbone_contract")
+pytest.register_assert_rewrite("backbone_contract", "claims_contract")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
@@ -45,6 +45,8 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "test_app.py": ("core",),
     "test_asgi.py": ("http", "process"),  # one test runs uvicorn as a child
     "test_budget.py": ("core",),
+    "test_claims.py": ("core",),
+    "test_claims_nats.py": ("nats",),
     "test_change_triggers.py": ("core",),
     "test_chaos.py": ("nats", "process"),
     "test_cli.py": ("process",),
