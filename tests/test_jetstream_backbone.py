@@ -427,3 +427,19 @@ async def test_after_a_server_crash_waiting_fetches_return_and_consuming_resumes
         first.stop()
         if second is not None:
             await anyio.to_thread.run_sync(second.stop)
+
+
+@pytest.mark.anyio
+async def test_get_many_refuses_a_key_too_long_for_a_subject_as_get_does(
+    jetstream_harness: JetStreamHarness,  # noqa: F811
+) -> None:
+    bucket = await jetstream_harness.backbone.add_kv(
+        KvConfig(bucket=f"{jetstream_harness.prefix}_kv")
+    )
+    await bucket.put("short", b"1")
+    long_key = "k" * 4000
+    with pytest.raises(ConfigError, match="characters"):
+        await bucket.get(long_key)
+    with pytest.raises(ConfigError, match="characters"):
+        await bucket.get_many(["short", long_key])
+    assert list(await bucket.get_many(["short"])) == ["short"]

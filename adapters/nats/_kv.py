@@ -49,7 +49,7 @@ from thaw.adapters.nats._errors import (
     translated,
 )
 from thaw.adapters.nats._pull import pending_after
-from thaw.adapters.nats._request_mux import header_block
+from thaw.adapters.nats._request_mux import MAX_SUBJECT, header_block, subject_too_long
 from thaw.adapters.nats._wire import (
     API,
     ConsumerConfigWire,
@@ -207,6 +207,8 @@ class JetStreamKeyValue:
         size = 0
         for key in wanted:
             subject = self._prefix + key
+            if len(subject) > MAX_SUBJECT:
+                raise subject_too_long(subject)  # as get() would: the same keys work in both
             if chunk and (len(chunk) == _MULTI_LAST or size + len(subject) + 3 > budget):
                 await self._multi_last(chunk, found, doing)
                 chunk, size = [], 0
