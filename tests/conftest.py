@@ -100,6 +100,8 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "test_in_pyodide.py": ("edge",),  # copied in by the edge host; runs only there
     "test_instances.py": ("process",),  # snapshots are built by a child Python
     "test_invoker.py": ("core",),
+    "test_run_sync.py": ("core",),
+    "test_run_sync_pool.py": ("process",),  # real threads and a forkserver pool
     "test_invoker_properties.py": ("core",),
     "test_jetstream_backbone.py": ("nats",),
     "test_kv_idempotency.py": ("core",),

@@ -198,6 +198,20 @@ def _serve_options(parser: argparse.ArgumentParser, *, several: bool = False) ->
     )
     parser.add_argument("--drain-timeout", type=float, default=10.0, help="seconds (10)")
     parser.add_argument(
+        "--sync-threads",
+        type=int,
+        default=8,
+        metavar="N",
+        help="threads for ctx.run_sync (8); more calls wait for one",
+    )
+    parser.add_argument(
+        "--sync-processes",
+        type=int,
+        default=0,
+        metavar="N",
+        help="forkserver processes for ctx.run_sync(..., process=True) (0: none)",
+    )
+    parser.add_argument(
         "--idle-timeout",
         type=_idle_timeout,
         default=None,

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from thaw._errors import ThawError
+from thaw.adapters.threads import SyncPool
 from thaw.backbone._contract import Backbone
 from thaw.backbone._registry import open_backbone
 from thaw.host._router import ProcessPools
@@ -228,6 +229,10 @@ async def serve_apps(
         backbone = await stack.enter_async_context(
             open_backbone(kind, url, state_dir=args.state_dir, **connection)
         )
+        sync = SyncPool(  # ctx.run_sync: threads, and processes when asked for
+            threads=getattr(args, "sync_threads", 8), processes=getattr(args, "sync_processes", 0)
+        )
+        stack.callback(sync.close)
         pools = process_pools_for(
             kind, url or backbone_url(backbone), state_dir=args.state_dir, connection=connection
         )
@@ -253,6 +258,7 @@ async def serve_apps(
                             ack_wait=args.ack_wait,
                             idle_timeout=args.idle_timeout,
                             process_pools=pools,
+                            run_sync=sync,
                         )
                     )
                     if subjects is not None and _has(host, SubjectTrigger):

@@ -3,7 +3,10 @@
 A Context is created per call only for functions that ask for one. It exposes
 the event's attempt, deadline and trace, a logger that stamps the trace id, and
 the backbone (publish with a message id derived from the input, KV buckets,
-object stores).
+object stores), and ``run_sync`` for blocking code: the core starts no threads (it
+runs in Pyodide), so it asks the ``SyncRunner`` the host was given (default
+``run_sync_inline``: on the loop); ``thaw serve`` passes
+``thaw.adapters.threads.SyncPool`` (threads, optionally processes).
 Everything costly (trace parsing, logger adapters) is computed on first use.
 """
 
@@ -12,9 +15,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 from urllib.parse import parse_qsl
 
+import anyio
 import msgspec
 
 from thaw._errors import (
@@ -35,7 +39,23 @@ if TYPE_CHECKING:
     from thaw.backbone._contract import Backbone, KeyValue, ObjectStore, PubAck
     from thaw.declarations._policy import Access
 
-__all__ = ["Context", "CapabilityEnv"]
+__all__ = ["Context", "CapabilityEnv", "SyncRunner", "run_sync_inline"]
+
+T = TypeVar("T")
+
+
+class SyncRunner(Protocol):
+    """Runs ``function(*args)`` for ``ctx.run_sync`` (``process``: in a process, if it can)."""
+
+    async def __call__(
+        self, function: Callable[..., T], args: tuple[Any, ...], *, process: bool
+    ) -> T: ...
+
+
+async def run_sync_inline(function: Callable[..., T], args: tuple[Any, ...], *, process: bool) -> T:
+    """Run on the event loop (all Pyodide can do): the loop waits for it, deadline too."""
+    return function(*args)
+
 
 _encode = msgspec.json.Encoder().encode
 
@@ -43,7 +63,16 @@ _encode = msgspec.json.Encoder().encode
 class CapabilityEnv:
     """Per-capability, per-invoker values shared by every Context of that capability."""
 
-    __slots__ = ("access", "app", "backbone", "capability", "clock", "logger", "siblings")
+    __slots__ = (
+        "access",
+        "app",
+        "backbone",
+        "capability",
+        "clock",
+        "logger",
+        "run_sync",
+        "siblings",
+    )
 
     def __init__(
         self,
@@ -54,8 +83,10 @@ class CapabilityEnv:
         clock: Clock,
         logger: logging.Logger,
         access: Access | None = None,
+        run_sync: SyncRunner = run_sync_inline,
     ) -> None:
         self.access = access
+        self.run_sync = run_sync
         self.app = app
         self.capability = capability
         self.backbone = backbone
@@ -236,6 +267,29 @@ class Context:
         except (DeadlineExceeded, NoResponders) as exc:
             return Retry(0.0, exc.message, exc.code)
         return outcome_of_reply(reply.data, reply.headers)
+
+    async def run_sync(self, function: Callable[..., T], *args: Any, process: bool = False) -> T:
+        """``function(*args)`` off the event loop, within this call's deadline.
+
+        Where it runs is the host's choice: under ``thaw serve`` a worker thread
+        (``process=True``: a worker process, when the server has a process pool;
+        ``function`` and ``args`` must pickle), in Pyodide and a plain ``Invoker``
+        on the loop itself. At the deadline the await ends with ``DeadlineExceeded``;
+        a thread cannot be stopped, so it runs on and its result is dropped (a
+        process task not yet started is cancelled).
+        """
+        remaining = self.deadline - self._env.clock.now()
+        name = getattr(function, "__qualname__", repr(function))
+        if remaining <= 0:
+            raise DeadlineExceeded(f"no time left to run {name} (ctx.run_sync)")
+        try:
+            with anyio.fail_after(remaining):
+                return await self._env.run_sync(function, args, process=process)
+        except TimeoutError:
+            raise DeadlineExceeded(
+                f"{name} (ctx.run_sync) ran past the capability's deadline; "
+                "its thread runs on and its result is dropped"
+            ) from None
 
     async def kv(self, bucket: str) -> KeyValue:
         """The KV bucket ``bucket`` (it must exist; hosts provision declared buckets)."""

@@ -37,6 +37,7 @@ from thaw.backbone.memory._requests import Responding
 from thaw.decisions._reply import Reply, Responder, service_reply
 from thaw.declarations._app import App
 from thaw.declarations._changes import shaper_for
+from thaw.declarations._context import SyncRunner, run_sync_inline
 from thaw.declarations._triggers import SubjectTrigger
 from thaw.host._identity import EVENT_KEY, load_event_key
 from thaw.host._provision import ProvisionPlan, apply_plan, idempotency_bucket_for, plan_for
@@ -103,6 +104,7 @@ async def open_host(
     process_pools: ProcessPools | None = None,
     clock: Clock | None = None,
     warm: bool = False,
+    run_sync: SyncRunner = run_sync_inline,
 ) -> AsyncIterator[Host]:
     """Provision (unless ``provision=False``), start the workers, yield the host, drain.
 
@@ -114,7 +116,8 @@ async def open_host(
     ``clock`` drives idle times (a test's FakeClock). ``warm``: thaw the instances
     now (``on_start`` runs before this yields, and a failing one raises
     ``InstanceStartFailed``, as an ASGI lifespan expects) instead of on the first
-    events; they still scale to zero when idle.
+    events; they still scale to zero when idle. ``run_sync`` serves ``ctx.run_sync``
+    (default: on the loop, as Pyodide must; ``thaw.adapters.threads.SyncPool`` on CPython).
     """
     revision = app if isinstance(app, Revision) else source_revision(app)
     app = revision.app
@@ -131,6 +134,7 @@ async def open_host(
         backbone=backbone,
         idempotency_store=store,
         clock=clock,
+        run_sync=run_sync,
     )
     router.add(revision, weight=100)
     invoker = ServingInvoker(app, router, clock=clock, idempotency_store=store)
@@ -170,8 +174,11 @@ async def open_host(
             finally:
                 for responding in responders:
                     responding.close()
+                # A MemoryBackbone fetch is safe to cancel; on a FakeClock it parks until
+                # a time that never comes, so leaving would take the whole drain_timeout.
+                interrupt = isinstance(backbone, MemoryBackbone)
                 for worker in workers.values():
-                    worker.stop()
+                    worker.stop(interrupt_fetch=interrupt)
                 with anyio.move_on_after(drain_timeout, shield=True):
                     for worker in workers.values():
                         await worker.wait_stopped()

@@ -42,6 +42,7 @@ from thaw._errors import ConfigError, RuntimeFault
 from thaw._event import Event, Outcome, Retry
 from thaw.backbone._contract import Backbone
 from thaw.declarations._app import App
+from thaw.declarations._context import SyncRunner, run_sync_inline
 from thaw.host._cold_starts import ColdStarts
 from thaw.invocation._idempotency import IdempotencyStore, MemoryIdempotencyStore
 from thaw.invocation._invoker import Invoker
@@ -139,6 +140,7 @@ class InstancePool:
         rand: Callable[[], float] = random.random,
         cold_starts: ColdStarts | None = None,
         on_change: Callable[[], None] | None = None,
+        run_sync: SyncRunner = run_sync_inline,
     ) -> None:
         if isolation not in ("shared", "fresh"):
             raise ConfigError(
@@ -153,6 +155,7 @@ class InstancePool:
         self._clock: Clock = clock or SystemClock()
         self._backbone = backbone
         self._rand = rand
+        self._run_sync = run_sync
         self._cold_starts = cold_starts
         self._on_change = on_change  # told when the live instance comes or goes
         # One store per pool, so idempotency survives instances coming and going.
@@ -174,6 +177,7 @@ class InstancePool:
             idempotency_store=self._store,
             clock=self._clock,
             rand=self._rand,
+            run_sync=self._run_sync,
         )
 
     @property

@@ -52,7 +52,7 @@ from thaw._errors import (
 from thaw._event import Event, Ok, Outcome, Reject, Retry
 from thaw.backbone._contract import Backbone
 from thaw.declarations._app import App, CapabilitySpec
-from thaw.declarations._context import CapabilityEnv, Context
+from thaw.declarations._context import CapabilityEnv, Context, SyncRunner, run_sync_inline
 from thaw.invocation._deadlines import AsyncioWatchdog, resume
 from thaw.invocation._idempotency import Claim, IdempotencyStore, MemoryIdempotencyStore
 from thaw.invocation._shape import CapabilitiesByName
@@ -472,7 +472,8 @@ class Invoker(CapabilitiesByName[CompiledCapability]):
 
     ``backbone`` serves ``ctx.publish``/``ctx.kv``; ``idempotency_store`` defaults
     to an in-memory store; ``clock`` defaults to the monotonic clock; ``rand``
-    draws the retry jitter (inject a constant in tests).
+    draws the retry jitter (inject a constant in tests); ``run_sync`` serves
+    ``ctx.run_sync`` (default: on the loop; hosts on CPython pass a thread pool).
     """
 
     def __init__(
@@ -484,6 +485,7 @@ class Invoker(CapabilitiesByName[CompiledCapability]):
         clock: Clock | None = None,
         rand: Callable[[], float] = random.random,
         logger: logging.Logger | None = None,
+        run_sync: SyncRunner = run_sync_inline,
     ) -> None:
         self.app = app
         self.clock: Clock = clock or SystemClock()
@@ -501,6 +503,7 @@ class Invoker(CapabilitiesByName[CompiledCapability]):
                     clock=self.clock,
                     logger=log,
                     access=spec.policy.access,
+                    run_sync=run_sync,
                 ),
                 store=self.idempotency_store,
                 rand=rand,
