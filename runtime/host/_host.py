@@ -174,11 +174,8 @@ async def open_host(
             finally:
                 for responding in responders:
                     responding.close()
-                # A MemoryBackbone fetch is safe to cancel; on a FakeClock it parks until
-                # a time that never comes, so leaving would take the whole drain_timeout.
-                interrupt = isinstance(backbone, MemoryBackbone)
                 for worker in workers.values():
-                    worker.stop(interrupt_fetch=interrupt)
+                    worker.stop()
                 with anyio.move_on_after(drain_timeout, shield=True):
                     for worker in workers.values():
                         await worker.wait_stopped()
