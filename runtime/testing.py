@@ -1,7 +1,9 @@
 """For tests of apps, adapters and backbones: in-memory parts, a one-call invoker, conformance.
 
 ``FakeClock`` moves only when told; ``MemoryBackbone`` has JetStream's
-semantics on that clock; ``invoke`` runs one capability of an app in process.
+semantics on that clock; ``invoke`` runs one capability of an app in process (on a
+MemoryBackbone holding what the app declares, unless given a backbone); ``TestHost``
+serves a whole app on both (publish, advance time, settle, look at dead letters).
 
 The backbone conformance suite ships here, so a third-party backbone can show
 it behaves like JetStream. It is plain async functions with ``assert``: this
@@ -39,11 +41,13 @@ import msgspec
 
 from thaw._clock import FakeClock
 from thaw._event import Event, Outcome
+from thaw._test_host import TestHost
 from thaw.backbone._contract import Backbone
 from thaw.backbone.conformance._harness import BackboneHarness
 from thaw.backbone.conformance._suite import BACKBONE_CHECKS, check_backbone
 from thaw.backbone.memory._backbone import MemoryBackbone
 from thaw.declarations._app import App
+from thaw.host._provision import apply_plan, plan_for
 from thaw.host._trigger_checks import CHANGE_TRIGGER_CHECKS, ChangeEnv, check_change_triggers
 from thaw.invocation._idempotency import MemoryIdempotencyStore
 from thaw.invocation._invoker import Invoker
@@ -56,6 +60,7 @@ __all__ = [
     "FakeClock",
     "MemoryBackbone",
     "MemoryIdempotencyStore",
+    "TestHost",
     "check_backbone",
     "check_change_triggers",
     "invoke",
@@ -73,8 +78,24 @@ def make_event(data: Any = b"", *, id: str | None = None, **fields: Any) -> Even
 
 
 async def invoke(
-    app: App, capability: str, data: Any = b"", *, backbone: Backbone | None = None, **fields: Any
+    app: App,
+    capability: str,
+    data: Any = b"",
+    *,
+    backbone: Backbone | None = None,
+    provision: bool | None = None,
+    **fields: Any,
 ) -> Outcome:
-    """Invoke one capability once, in process, and return its Outcome."""
+    """Invoke one capability once, in process, and return its Outcome.
+
+    Without a ``backbone`` it runs on a fresh MemoryBackbone provisioned with what the
+    app declares (streams, KV and object buckets); ``provision=True`` provisions a given
+    backbone too, ``False`` never.
+    """
+    if backbone is None:
+        backbone = MemoryBackbone()
+        provision = provision is not False
+    if provision:
+        await apply_plan(plan_for(app), backbone)
     invoker = Invoker(app, backbone=backbone)
     return await invoker.invoke(capability, make_event(data, **fields))

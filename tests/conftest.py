@@ -128,6 +128,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "test_revisions.py": ("process",),
     "test_rollout.py": ("http", "process"),  # one test reads /readyz
     "test_schedule.py": ("core",),
+    "test_test_host.py": ("core",),
     "test_serve_apps.py": ("http", "process"),
     "test_serve_process_nats.py": ("nats", "http", "process"),
     "test_serve_trust.py": ("process",),

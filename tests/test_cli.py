@@ -29,6 +29,22 @@ def test_run_prints_ok_and_exits_zero(capsys: pytest.CaptureFixture[str]) -> Non
     assert "Hello, Ada!" in out
 
 
+def test_run_provisions_the_buckets_the_app_declares(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    source = tmp_path / "ledger_app.py"
+    source.write_text(
+        "from thaw import Access, App, Context\n"
+        "app = App('ledgerapp')\n"
+        "@app.capability(access=Access(buckets=('ledger',)))\n"
+        "async def write(ctx: Context) -> str:\n"
+        "    await (await ctx.kv('ledger')).put('k', b'v')\n"
+        "    return 'done'\n"
+    )
+    code, out, err = run(capsys, "run", str(source), "--capability", "write")
+    assert (code, out.strip()) == (cli.EXIT_OK, 'ok "done"'), err
+
+
 def test_run_json_output(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run(
         capsys, "run", HELLO, "-c", "greet", "-d", '{"name":"Ada","language":"es"}', "--json"

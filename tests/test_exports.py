@@ -67,6 +67,7 @@ def test_testing_surface() -> None:
         "FakeClock",
         "MemoryBackbone",
         "MemoryIdempotencyStore",
+        "TestHost",
         "check_backbone",
         "check_change_triggers",
         "invoke",

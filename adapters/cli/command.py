@@ -28,6 +28,7 @@ from thaw.declarations._triggers import (
     SubjectTrigger,
     Trigger,
 )
+from thaw.host._provision import apply_plan, plan_for
 from thaw.invocation._invoker import Invoker
 from thaw.snapshots._revision import load_target
 
@@ -291,11 +292,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print(f"thaw run: {exc.message}", file=sys.stderr)
         return EXIT_USAGE
     app = load_target(args.app)
-    invoker = Invoker(app, backbone=MemoryBackbone())
+    backbone = MemoryBackbone()
+    invoker = Invoker(app, backbone=backbone)
     capability = invoker.capability(args.capability)
     event = Event(id=args.id, data=data, attempt=args.attempt)
 
     async def call() -> Outcome:
+        await apply_plan(plan_for(app), backbone)  # the buckets and streams the app declares
         # An instance's life in miniature: on_start, one invocation, on_stop.
         for hook in app.start_hooks:
             await hook()

@@ -21,8 +21,9 @@ instance stops (``on_stop``).
 from __future__ import annotations
 
 import contextlib
+import time
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 
 import anyio
@@ -105,6 +106,7 @@ async def open_host(
     clock: Clock | None = None,
     warm: bool = False,
     run_sync: SyncRunner = run_sync_inline,
+    wall_clock: Callable[[], float] | None = None,
 ) -> AsyncIterator[Host]:
     """Provision (unless ``provision=False``), start the workers, yield the host, drain.
 
@@ -118,6 +120,7 @@ async def open_host(
     ``InstanceStartFailed``, as an ASGI lifespan expects) instead of on the first
     events; they still scale to zero when idle. ``run_sync`` serves ``ctx.run_sync``
     (default: on the loop, as Pyodide must; ``thaw.adapters.threads.SyncPool`` on CPython).
+    ``wall_clock`` (seconds since the epoch, default ``time.time``) says when schedules fire.
     """
     revision = app if isinstance(app, Revision) else source_revision(app)
     app = revision.app
@@ -157,7 +160,9 @@ async def open_host(
         )
     # The workers honour a Thaw-Event-Id only when it is signed with this key (_identity).
     event_key = await load_event_key(backbone) if workers else b""
-    schedules = ScheduleRunner(app, backbone)  # its ticks run on the workers above
+    # Its ticks run on the workers above; a test's FakeClock (with a wall clock read from
+    # it, ``wall_clock``) drives them too.
+    schedules = ScheduleRunner(app, backbone, clock=clock, wall_clock=wall_clock or time.time)
     responders = _answer_subjects(invoker, backbone) if isinstance(backbone, MemoryBackbone) else []
     key_in_context = EVENT_KEY.set(event_key)  # the worker tasks started below inherit it
     try:
@@ -174,8 +179,11 @@ async def open_host(
             finally:
                 for responding in responders:
                     responding.close()
+                # A MemoryBackbone fetch is safe to cancel; on a FakeClock it parks until
+                # a time that never comes, so leaving would take the whole drain_timeout.
+                interrupt = isinstance(backbone, MemoryBackbone)
                 for worker in workers.values():
-                    worker.stop()
+                    worker.stop(interrupt_fetch=interrupt)
                 with anyio.move_on_after(drain_timeout, shield=True):
                     for worker in workers.values():
                         await worker.wait_stopped()

@@ -120,10 +120,18 @@ class StreamWorker:
         self._pending_at = -PENDING_EVERY
         self._stopping = False
         self._stopped = anyio.Event()
+        self._fetching = anyio.CancelScope()  # around the parked fetch (stop interrupts it)
 
-    def stop(self) -> None:
-        """Stop fetching; calls in flight finish (see ``wait_stopped``)."""
+    def stop(self, *, interrupt_fetch: bool = False) -> None:
+        """Stop fetching; calls in flight finish (see ``wait_stopped``).
+
+        ``interrupt_fetch`` also ends a parked fetch at once, for a backbone whose fetch
+        loses nothing when cancelled (MemoryBackbone: on a FakeClock it would otherwise
+        wait for a time that never comes); a JetStream pull is left to time out.
+        """
         self._stopping = True
+        if interrupt_fetch:
+            self._fetching.cancel()
 
     async def wait_stopped(self) -> None:
         """Return once the worker has stopped fetching and its calls have finished."""
@@ -161,12 +169,17 @@ class StreamWorker:
                 continue
             wanted = lanes.free  # never more than can start at once
             try:
-                messages = await self._backbone.fetch(
-                    self._stream,
-                    self._consumer.durable,
-                    batch=wanted,
-                    timeout=0.0 if stop_when_idle else self._fetch_timeout,
-                )
+                messages: Sequence[Message] = []
+                with self._fetching:
+                    messages = await self._backbone.fetch(
+                        self._stream,
+                        self._consumer.durable,
+                        batch=wanted,
+                        timeout=0.0 if stop_when_idle else self._fetch_timeout,
+                    )
+                if self._fetching.cancel_called:  # stop(interrupt_fetch=True)
+                    break
+                self._fetching = anyio.CancelScope()  # a scope is entered only once
             except BackboneError as exc:
                 # A node down, a leader election, a consumer being re-created: the worker
                 # outlives it and keeps trying, loudly, instead of stopping the host.
