@@ -45,6 +45,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "test_app.py": ("core",),
     "test_asgi.py": ("http", "process"),  # one test runs uvicorn as a child
     "test_budget.py": ("core",),
+    "test_bound_streams.py": ("nats",),  # both backbones; needs the nats-server
     "test_claims.py": ("core",),
     "test_claims_nats.py": ("nats",),
     "test_change_triggers.py": ("core",),

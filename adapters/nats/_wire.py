@@ -246,6 +246,7 @@ def consumer_wire(config: ConsumerConfig) -> ConsumerConfigWire:
         backoff=[nanoseconds(delay) for delay in config.backoff],
         filter_subject=config.filter_subject,
         max_ack_pending=config.max_ack_pending,
+        deliver_policy=config.deliver,
     )
 
 
@@ -257,6 +258,7 @@ def consumer_config_of(wire: ConsumerConfigWire) -> ConsumerConfig:
         max_deliver=wire.max_deliver,
         backoff=tuple(seconds(delay) for delay in wire.backoff),
         max_ack_pending=wire.max_ack_pending,
+        deliver=wire.deliver_policy,
     )
 
 

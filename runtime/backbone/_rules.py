@@ -184,6 +184,8 @@ def validate_consumer_config(stream: StreamConfig, config: ConsumerConfig) -> No
             f"{where}: max_deliver ({config.max_deliver}) must be greater than the number of "
             f"backoff delays ({len(config.backoff)}), as JetStream requires"
         )
+    if config.deliver not in ("all", "new"):
+        raise ConfigError(f"{where}: deliver must be 'all' or 'new', not {config.deliver!r}")
     if config.max_ack_pending != -1 and config.max_ack_pending < 1:
         raise ConfigError(
             f"{where}: max_ack_pending must be -1 (unlimited) or >= 1, not {config.max_ack_pending}"

@@ -42,6 +42,7 @@ _PARAM = re.compile(r"\{([^{}]*)\}")
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _PATH_CHARS = re.compile(r"[A-Za-z0-9\-._~!$&'()*+,;=:@/%]*\Z")
 MissedTicks = Literal["skip", "run_once"]
+DeliverPolicy = Literal["all", "new"]
 
 
 _HEADER_NAME = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]{1,64}\Z")
@@ -180,6 +181,11 @@ class StreamTrigger(msgspec.Struct, frozen=True, tag="stream"):
     subject: str
     stream: str | None = None  # None: the stream that captures the subject
     durable: str | None = None  # None: "<app>-<capability>"
+    # New fields keep defaults so manifests of older snapshots decode (msgspec evolution).
+    bind: bool = False  # True: ``stream`` exists and is someone else's: checked, never changed
+    ack_wait: float | None = None  # None: the host's default (30 s)
+    max_ack_pending: int | None = None  # None: twice the capability's concurrency, or 1000
+    deliver: DeliverPolicy = "all"  # "new": only messages stored after the consumer exists
 
 
 class ScheduleTrigger(msgspec.Struct, frozen=True, tag="schedule"):
@@ -275,14 +281,71 @@ def subject(name: str, *, queue: str = "") -> SubjectTrigger:
     return SubjectTrigger(name, queue)
 
 
-def stream(name: str, *, stream: str | None = None, durable: str | None = None) -> StreamTrigger:
-    """Consume JetStream messages on subject ``name`` through a durable pull consumer."""
+def stream(
+    name: str,
+    *,
+    stream: str | None = None,
+    durable: str | None = None,
+    bind: bool = False,
+    ack_wait: float | None = None,
+    max_ack_pending: int | None = None,
+    deliver: DeliverPolicy = "all",
+) -> StreamTrigger:
+    """Consume JetStream messages on subject ``name`` through a durable pull consumer.
+
+    With ``bind=True`` (``stream`` required) the stream belongs to someone else: the
+    host never creates or changes it, only checks that it exists and captures
+    ``name``. ``ack_wait`` (seconds), ``max_ack_pending`` and ``deliver`` (``"all"``
+    or ``"new"``: skip what was stored before the consumer was created) set the
+    durable consumer; operators override them per environment (``thaw serve --consumer``).
+    """
     validate_subject(name, wildcards=True)
     if stream is not None:
         validate_name("stream", stream)
     if durable is not None:
         validate_name("durable consumer", durable)
-    return StreamTrigger(name, stream, durable)
+    if not isinstance(bind, bool):
+        raise ConfigError(f"stream bind={bind!r} must be True or False")
+    if bind and stream is None:
+        raise ConfigError(f"stream {name!r}: bind=True needs the stream's name (stream='...')")
+    check_consumer_options(
+        f"stream {name!r}", ack_wait=ack_wait, max_ack_pending=max_ack_pending, deliver=deliver
+    )
+    return StreamTrigger(name, stream, durable, bind, ack_wait, max_ack_pending, deliver)
+
+
+MAX_ACK_WAIT = 86400.0  # a day: in-progress heartbeats keep longer work alive
+MAX_ACK_PENDING = 1_000_000
+
+
+def check_consumer_options(
+    where: str,
+    *,
+    ack_wait: object = None,
+    max_ack_pending: object = None,
+    deliver: object = "all",
+) -> None:
+    """``ConfigError`` unless these are settings a durable consumer can take (None: default)."""
+    if ack_wait is not None and (
+        isinstance(ack_wait, bool)
+        or not isinstance(ack_wait, int | float)
+        or not math.isfinite(ack_wait)
+        or not 0 < ack_wait <= MAX_ACK_WAIT
+    ):
+        raise ConfigError(
+            f"{where}: ack_wait={ack_wait!r} must be seconds above 0, at most {MAX_ACK_WAIT:g}"
+        )
+    if max_ack_pending is not None and (
+        isinstance(max_ack_pending, bool)
+        or not isinstance(max_ack_pending, int)
+        or not 1 <= max_ack_pending <= MAX_ACK_PENDING
+    ):
+        raise ConfigError(
+            f"{where}: max_ack_pending={max_ack_pending!r} must be a whole number "
+            f"from 1 to {MAX_ACK_PENDING}"
+        )
+    if deliver not in ("all", "new") or not isinstance(deliver, str):
+        raise ConfigError(f"{where}: deliver={deliver!r} must be 'all' or 'new'")
 
 
 def schedule(cron: str, *, timezone: str = "UTC", missed: MissedTicks = "skip") -> ScheduleTrigger:

@@ -24,12 +24,21 @@ app-stream age is configured. A ``schedule`` trigger adds a durable consumer on
 the app's tick stream ``<APP>-TICKS`` (``thaw.tick.<app>.>``, kept a week) filtered
 to ``thaw.tick.<app>.<capability>``, where the scheduler publishes its ticks, and
 the ``thaw_schedules`` bucket (see ``thaw.host._schedule``).
+
+A ``stream`` trigger with ``bind=True`` names a stream someone else owns: the plan
+requests no definition for it (nor adds subjects the app publishes to it) and only
+lists it in ``bound``; ``apply_plan`` checks it exists and captures each bound
+subject (``ConfigError`` naming the stream and what is missing) before creating the
+consumers. A trigger's ``ack_wait``, ``max_ack_pending`` and ``deliver`` set its
+consumer; ``consumer_settings`` (what an operator passes to ``thaw serve --consumer``)
+override them per capability.
 """
 
 from __future__ import annotations
 
 import msgspec
 
+from thaw._errors import ConfigError, StreamNotFound
 from thaw.backbone._buckets import (
     kv_stream_name,
     kv_subject_prefix,
@@ -46,6 +55,7 @@ from thaw.backbone._contract import (
 from thaw.backbone._subjects import subject_is_subset
 from thaw.decisions._delivery import DEAD_LETTER_STREAM, DEAD_LETTER_SUBJECTS
 from thaw.declarations._app import App
+from thaw.declarations._batches import BATCH_BUCKET_TTL, app_has_join, batch_bucket_for
 from thaw.declarations._triggers import (
     HttpTrigger,
     KvTrigger,
@@ -54,6 +64,7 @@ from thaw.declarations._triggers import (
     StreamTrigger,
     Trigger,
     Webhook,
+    check_consumer_options,
 )
 from thaw.host._retention import (
     Retention,
@@ -75,6 +86,8 @@ from thaw.invocation._kv_idempotency import IDEMPOTENCY_BUCKET
 __all__ = [
     "ProvisionPlan",
     "ConsumerPlan",
+    "BoundStream",
+    "ConsumerSettings",
     "plan_for",
     "apply_plan",
     "stream_name_for",
@@ -106,6 +119,30 @@ class ConsumerPlan(msgspec.Struct, frozen=True):
     trigger: Trigger | None = None  # what the consumer serves (kv/objects shape the input)
 
 
+class BoundStream(msgspec.Struct, frozen=True):
+    """A stream a trigger binds to: checked for ``subject``, never defined or changed."""
+
+    stream: str
+    subject: str
+    capability: str
+
+
+class ConsumerSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Per-capability overrides of its stream consumers (None: what the trigger says)."""
+
+    ack_wait: float | None = None
+    max_ack_pending: int | None = None
+    deliver: str | None = None
+
+    def __post_init__(self) -> None:
+        check_consumer_options(
+            "consumer settings",
+            ack_wait=self.ack_wait,
+            max_ack_pending=self.max_ack_pending,
+            deliver="all" if self.deliver is None else self.deliver,
+        )
+
+
 class ProvisionPlan(msgspec.Struct, frozen=True):
     streams: list[StreamConfig]
     consumers: list[ConsumerPlan]
@@ -114,9 +151,11 @@ class ProvisionPlan(msgspec.Struct, frozen=True):
     # Streams whose existing age limit provisioning leaves alone (app streams when no
     # app-stream age is configured; see thaw.host._retention).
     kept_ages: tuple[str, ...] = ()
+    bound: tuple[BoundStream, ...] = ()  # someone else's streams, checked by apply_plan
 
     def describe(self) -> list[str]:
-        lines = [
+        lines = [f"bound stream {b.stream}: needs {b.subject}" for b in self.bound]
+        lines += [
             f"stream {s.name}: {', '.join(s.subjects)}"
             + (f" (max age {format_duration(s.max_age)})" if s.max_age else "")
             for s in self.streams
@@ -175,10 +214,27 @@ def max_ack_pending_for(concurrency: int | None) -> int:
 
 
 def plan_for(
-    app: App, *, ack_wait: float = DEFAULT_ACK_WAIT, retention: Retention | None = None
+    app: App,
+    *,
+    ack_wait: float = DEFAULT_ACK_WAIT,
+    retention: Retention | None = None,
+    consumer_settings: dict[str, ConsumerSettings] | None = None,
 ) -> ProvisionPlan:
-    """The plan; ``retention`` None: the ages the environment sets (``_retention``)."""
+    """The plan; ``retention`` None: the ages the environment sets (``_retention``).
+
+    ``consumer_settings`` maps a capability to overrides of its stream consumers;
+    naming a capability without a ``stream`` trigger is a ``ConfigError``.
+    """
     ages = retention if retention is not None else retention_from_environment()
+    overrides = consumer_settings or {}
+    for name in overrides:
+        spec_of = app.capabilities.get(name)
+        if spec_of is None or not any(isinstance(t, StreamTrigger) for t in spec_of.triggers):
+            raise ConfigError(
+                f"consumer settings for {name!r}: app {app.name!r} has no capability of that "
+                "name with a stream trigger"
+            )
+    bound: list[BoundStream] = []
     default_stream = stream_name_for(app)
     subjects: dict[str, list[str]] = {}
     consumers: list[ConsumerPlan] = []
@@ -191,11 +247,20 @@ def plan_for(
         policy = spec.policy
         for trigger in spec.triggers:
             durable = f"{app.name}-{spec.name}"
+            consumer_wait, pending_limit = ack_wait, max_ack_pending_for(policy.concurrency)
+            deliver = "all"
             if isinstance(trigger, StreamTrigger):
                 stream = trigger.stream or default_stream
-                subjects.setdefault(stream, []).append(trigger.subject)
+                if trigger.bind:
+                    bound.append(BoundStream(stream, trigger.subject, spec.name))
+                else:
+                    subjects.setdefault(stream, []).append(trigger.subject)
                 durable = trigger.durable or durable
                 filter_subject = trigger.subject
+                override = overrides.get(spec.name, ConsumerSettings())
+                consumer_wait = override.ack_wait or trigger.ack_wait or ack_wait
+                pending_limit = override.max_ack_pending or trigger.max_ack_pending or pending_limit
+                deliver = override.deliver or trigger.deliver
             elif isinstance(trigger, KvTrigger):
                 buckets.setdefault(trigger.bucket, KvConfig(bucket=trigger.bucket))
                 stream = kv_stream_name(trigger.bucket)
@@ -222,21 +287,30 @@ def plan_for(
                     config=ConsumerConfig(
                         durable=durable,
                         filter_subject=filter_subject,
-                        ack_wait=ack_wait,
+                        ack_wait=consumer_wait,
                         # Attempts are counted by the worker (see StreamWorker): at the
                         # server a message is never given up, so one whose last delivery
                         # died with its host is still there to be dead-lettered.
                         max_deliver=-1,
                         # Room for a killed predecessor's unacked messages, so a restarted
                         # host gets new work at once instead of after their AckWait.
-                        max_ack_pending=max_ack_pending_for(policy.concurrency),
+                        max_ack_pending=pending_limit,
+                        deliver=deliver,
                     ),
                     trigger=trigger,
                 )
             )
+    bound_names = {b.stream for b in bound}
+    for name in bound_names & set(subjects):
+        raise ConfigError(
+            f"stream {name!r} is bound (bind=True) by one trigger and owned by another; "
+            "bind every trigger on it, or none"
+        )
     replays = _replay_consumers(app, consumers)
     consumers += replays
     consumed = {name: list(held) for name, held in subjects.items()}
+    for b in bound:
+        consumed.setdefault(b.stream, []).append(b.subject)
     for spec in app.capabilities.values():  # then what they publish and the state they use
         policy = spec.policy
         if policy.access is not None:
@@ -249,7 +323,8 @@ def plan_for(
                     ),
                     default_stream,
                 )
-                subjects.setdefault(owner, []).append(subject)
+                if owner not in bound_names:  # a bound stream captures it already
+                    subjects.setdefault(owner, []).append(subject)
             for bucket in policy.access.buckets:
                 buckets.setdefault(bucket, KvConfig(bucket=bucket))
             for bucket in policy.access.objects:
@@ -289,12 +364,16 @@ def plan_for(
     if webhook_ttl:
         name = webhook_bucket_for(app)
         buckets[name] = KvConfig(bucket=name, ttl=webhook_ttl)
+    if app_has_join(c.config.filter_subject for c in consumers):  # fan-out batches
+        name = batch_bucket_for(app.name)
+        buckets[name] = KvConfig(bucket=name, ttl=BATCH_BUCKET_TTL)
     return ProvisionPlan(
         streams=streams,
         consumers=consumers,
         buckets=list(buckets.values()),
         object_stores=list(object_stores.values()),
         kept_ages=kept_ages,
+        bound=tuple(bound),
     )
 
 
@@ -341,7 +420,25 @@ def _replay_consumers(app: App, consumers: list[ConsumerPlan]) -> list[ConsumerP
     return list(replays.values())
 
 
+async def check_bound(plan: ProvisionPlan, backbone: Backbone) -> None:
+    """``ConfigError`` unless each bound stream exists and captures its trigger's subject."""
+    for b in plan.bound:
+        where = f"bound stream {b.stream!r} (capability {b.capability!r})"
+        try:
+            info = await backbone.stream_info(b.stream)
+        except StreamNotFound:
+            raise ConfigError(
+                f"{where} does not exist; create it, or drop bind=True to let the host own it"
+            ) from None
+        if not any(subject_is_subset(b.subject, held) for held in info.config.subjects):
+            raise ConfigError(
+                f"{where} does not capture subject {b.subject!r}: its subjects are "
+                f"{list(info.config.subjects)}"
+            )
+
+
 async def apply_plan(plan: ProvisionPlan, backbone: Backbone) -> None:
+    await check_bound(plan, backbone)
     for stream in plan.streams:  # an age that differs is changed (or kept), not a conflict
         await ensure_stream(backbone, stream, keep_age=stream.name in plan.kept_ages)
     for bucket in plan.buckets:  # before the consumers: kv triggers consume their streams

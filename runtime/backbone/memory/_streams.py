@@ -241,7 +241,8 @@ class ConsumerState:
     def __init__(self, stream: StreamState, config: ConsumerConfig) -> None:
         self.stream = stream
         self.config = config
-        self.cursor = 0  # highest stream seq already considered for a first delivery
+        # highest stream seq already considered for a first delivery ("new": none before)
+        self.cursor = stream.last_seq if config.deliver == "new" else 0
         self.pending: dict[int, _Pending] = {}
 
     def _wait_after(self, num_delivered: int) -> float:
