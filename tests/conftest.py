@@ -71,6 +71,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "test_edge_cli.py": ("edge", "nats", "process"),
     "test_edge_nats.py": ("edge", "nats"),
     "test_example_bff.py": ("core",),
+    "test_example_image_pipeline.py": ("core",),
     "test_example_notification_fanout.py": ("core",),
     "test_example_payment_webhook.py": ("core",),
     "test_example_payment_webhook_nats.py": ("nats", "http"),
@@ -150,6 +151,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
 # Core files Pyodide cannot import, and why (each would fail its collection there).
 NOT_AT_THE_EDGE: dict[str, str] = {
     "test_deep_nesting.py": "Pyodide's JS stack overflows before CPython's recursion limit",
+    "test_example_image_pipeline.py": "example_loader imports thaw.adapters.process; Pillow",
     "test_example_payment_webhook.py": "example_loader imports thaw.adapters.process",
     "test_example_uploads.py": "example_loader imports thaw.adapters.process",
 }
