@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import itertools
 from collections.abc import Mapping
 from contextlib import AsyncExitStack
 from types import TracebackType
@@ -42,6 +43,13 @@ __all__ = ["TestHost"]
 # 2026-01-01T00:00:00Z: a fixed wall time, so schedule ticks in a test are reproducible.
 DEFAULT_WALL_START = dt.datetime(2026, 1, 1, tzinfo=dt.UTC).timestamp()
 _encode = msgspec.json.Encoder().encode
+_ids = itertools.count(1)
+
+
+def make_event(data: Any = b"", *, id: str | None = None, **fields: Any) -> Event:
+    """An Event for tests; non-bytes ``data`` is JSON-encoded, ``id`` defaults to a counter."""
+    payload = data if isinstance(data, bytes) else _encode(data)
+    return Event(id=id or f"test-{next(_ids)}", data=payload, **fields)
 
 
 class TestHost:
@@ -111,8 +119,6 @@ class TestHost:
 
     async def invoke(self, capability: str, data: Any = b"", **fields: Any) -> Outcome:
         """Invoke one capability directly, through the host (as a request would)."""
-        from thaw.testing import make_event  # thaw.testing imports this module
-
         event: Event = make_event(data, **fields)
         return await self.host.invoke(capability, event)
 

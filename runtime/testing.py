@@ -34,14 +34,11 @@ passes for real: ``elapse`` sleeps and ``grace`` is how late the server may act.
 
 from __future__ import annotations
 
-import itertools
 from typing import Any
 
-import msgspec
-
 from thaw._clock import FakeClock
-from thaw._event import Event, Outcome
-from thaw._test_host import TestHost
+from thaw._event import Outcome
+from thaw._test_host import TestHost, make_event
 from thaw.backbone._contract import Backbone
 from thaw.backbone.conformance._harness import BackboneHarness
 from thaw.backbone.conformance._suite import BACKBONE_CHECKS, check_backbone
@@ -66,15 +63,6 @@ __all__ = [
     "invoke",
     "make_event",
 ]
-
-_ids = itertools.count(1)
-_encode = msgspec.json.Encoder().encode
-
-
-def make_event(data: Any = b"", *, id: str | None = None, **fields: Any) -> Event:
-    """An Event for tests; non-bytes ``data`` is JSON-encoded, ``id`` defaults to a counter."""
-    payload = data if isinstance(data, bytes) else _encode(data)
-    return Event(id=id or f"test-{next(_ids)}", data=payload, **fields)
 
 
 async def invoke(
