@@ -14,6 +14,7 @@ from importlib import metadata as _metadata
 from typing import TYPE_CHECKING
 
 from thaw._errors import (
+    BatchInvalid,
     CallerError,
     ClaimCheckFailed,
     ConfigError,
@@ -32,6 +33,7 @@ from thaw._errors import (
 from thaw._event import Event, Ok, Outcome, Reject, Retry
 from thaw.backbone._claims import ClaimCheck, decode_claim, delete_claim, get_claim, put_claim
 from thaw.declarations._app import App
+from thaw.declarations._batch_types import Batch, BatchRef
 from thaw.declarations._changes import KvChange, ObjectChange
 from thaw.declarations._context import Context
 from thaw.declarations._policy import Access, Backoff, CanaryPolicy, Idempotency, RetryPolicy
@@ -50,6 +52,9 @@ __all__ = [
     "Access",
     "App",
     "Backoff",
+    "Batch",
+    "BatchInvalid",
+    "BatchRef",
     "CallerError",
     "CanaryPolicy",
     "ClaimCheck",

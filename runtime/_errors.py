@@ -16,6 +16,7 @@ __all__ = [
     "ThawError",
     "CallerError",
     "MalformedPayload",
+    "BatchInvalid",
     "ContractError",
     "PayloadTooLarge",
     "UnknownCapability",
@@ -144,6 +145,14 @@ class Rejected(CallerError):
         super().__init__(message)
         self.code = code  # type: ignore[misc]  # per-instance code chosen by the function
         self.http_status = http_status  # type: ignore[misc]
+
+
+class BatchInvalid(CallerError):
+    """A fan-out child or join signal whose batch headers are malformed, out of range,
+    or name a batch that does not exist: dead-lettered without running the capability."""
+
+    code = "batch_invalid"
+    retryable = False
 
 
 class ClaimCheckFailed(CallerError):

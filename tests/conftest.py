@@ -78,6 +78,8 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "test_example_uploads.py": ("core",),
     "test_examples.py": ("process",),
     "test_exports.py": ("core",),
+    "test_fan_out.py": ("nats",),  # both backbones; needs the nats-server
+    "test_fan_out_declarations.py": ("core",),
     "test_exports_children.py": ("process",),  # fresh child Pythons, the adapters' sources
     "test_fleet.py": ("nats", "http", "process"),  # 3 nodes, 3 thaw serve --deployed hosts
     "test_host.py": ("core",),

@@ -24,6 +24,7 @@ modules may have no source to read.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import re
 import typing
@@ -34,6 +35,14 @@ import msgspec
 
 from thaw._errors import ConfigError
 from thaw._event import Ok, Reject, Retry
+from thaw.declarations._batches import (
+    MAX_JOIN_TIMEOUT,
+    JoinMark,
+    OnTimeout,
+    fan_out,
+    join_subject,
+    join_wrapper,
+)
 from thaw.declarations._context import Context
 from thaw.declarations._policy import (
     Access,
@@ -43,7 +52,7 @@ from thaw.declarations._policy import (
     RetryPolicy,
     _positive,
 )
-from thaw.declarations._triggers import HttpTrigger, Trigger
+from thaw.declarations._triggers import HttpTrigger, Trigger, stream
 
 DEFAULT_MAX_PAYLOAD = 1024 * 1024  # bytes of input a capability takes unless it says more
 
@@ -159,6 +168,62 @@ class App:
             chosen = function.__name__ if name is None else name
             spec = _build_spec(function, chosen, tuple(triggers), policy)
             self._add(spec)
+            return function
+
+        return register
+
+    def join(
+        self,
+        *,
+        name: str | None = None,
+        timeout: float = 3600.0,
+        on_timeout: OnTimeout = "run",
+        call_timeout: float = 10.0,
+        retry: RetryPolicy | None = None,
+        idempotency: Idempotency | None = None,
+        concurrency: int | None = None,
+        access: Access | None = None,
+    ) -> Callable[[F], F]:
+        """Declare the join of a fan-out: ``async def report(batch: Batch[T][, ctx])``.
+
+        It runs once when every child of a ``ctx.fan_out(..., join=report)`` batch has
+        reported, or ``timeout`` seconds after the fan-out with what has reported:
+        ``on_timeout="run"`` calls it with ``timed_out=True`` and ``missing`` filled,
+        ``"dead_letter"`` dead-letters the batch (code ``batch_timed_out``). It is a
+        capability with a stream trigger on ``thaw.join.<app>.<name>``; the other
+        options are ``capability``'s (``call_timeout`` is its ``timeout``). Like
+        every capability it is at-least-once: key ``idempotency`` by the batch id.
+        """
+        _positive("timeout", timeout)
+        if timeout > MAX_JOIN_TIMEOUT:
+            raise ConfigError(f"join timeout {timeout!r} is above {MAX_JOIN_TIMEOUT:g} s (a week)")
+        if on_timeout not in ("run", "dead_letter"):
+            raise ConfigError(f"on_timeout must be 'run' or 'dead_letter', got {on_timeout!r}")
+
+        if retry is not None and retry.max_attempts < 2:
+            raise ConfigError("a join needs retry max_attempts >= 2: its deadline is a redelivery")
+
+        def register(function: F) -> F:
+            chosen = function.__name__ if name is None else name
+            _check_name("capability", chosen)
+            if not inspect.iscoroutinefunction(function):
+                raise ConfigError(f"join {chosen!r} must be an 'async def' function")
+            arity = len(inspect.signature(function).parameters)
+            if arity not in (1, 2):
+                raise ConfigError(f"join {chosen!r} takes (batch: Batch[T]) or (batch, ctx)")
+            wrapper = join_wrapper(function, app=self.name, name=chosen, takes_context=arity == 2)
+            self.capability(
+                stream(join_subject(self.name, chosen)),
+                name=chosen,
+                timeout=call_timeout,
+                retry=retry,
+                idempotency=idempotency,
+                concurrency=concurrency,
+                access=access,
+            )(wrapper)
+            mark = JoinMark(self.name, chosen, float(timeout), on_timeout)
+            # ctx.fan_out(..., join=function) starts a batch through this
+            function.__thaw_fan_out__ = functools.partial(fan_out, mark=mark)  # type: ignore[attr-defined]
             return function
 
         return register

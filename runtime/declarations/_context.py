@@ -13,7 +13,7 @@ Everything costly (trace parsing, logger adapters) is computed on first use.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 from urllib.parse import parse_qsl
@@ -37,6 +37,7 @@ from thaw.decisions._reply import Requester, outcome_of_reply
 if TYPE_CHECKING:
     from thaw._clock import Clock
     from thaw.backbone._contract import Backbone, KeyValue, ObjectStore, PubAck
+    from thaw.declarations._batch_types import BatchRef
     from thaw.declarations._policy import Access
 
 __all__ = ["Context", "CapabilityEnv", "SyncRunner", "run_sync_inline"]
@@ -267,6 +268,20 @@ class Context:
         except (DeadlineExceeded, NoResponders) as exc:
             return Retry(0.0, exc.message, exc.code)
         return outcome_of_reply(reply.data, reply.headers)
+
+    async def fan_out(
+        self, subject: str, items: Iterable[Any], *, join: Callable[..., Any]
+    ) -> BatchRef:
+        """Publish one child message per item to ``subject`` as a batch that ``join`` (a
+        function declared with ``@app.join``) collects once every child has reported
+        (see docs/fan-out.md). A redelivered call makes the same batch and message ids
+        again, so the children are not sent twice. Items that are not bytes are JSON."""
+        start = getattr(join, "__thaw_fan_out__", None)
+        if start is None:
+            name = getattr(join, "__name__", type(join).__name__)
+            raise ConfigError(f"fan_out join={name!r} is not a function declared with @app.join")
+        ref: BatchRef = await start(self, subject, items)
+        return ref
 
     async def run_sync(self, function: Callable[..., T], *args: Any, process: bool = False) -> T:
         """``function(*args)`` off the event loop, within this call's deadline.

@@ -55,6 +55,7 @@ from thaw.backbone._contract import (
 from thaw.backbone._subjects import subject_is_subset
 from thaw.decisions._delivery import DEAD_LETTER_STREAM, DEAD_LETTER_SUBJECTS
 from thaw.declarations._app import App
+from thaw.declarations._batches import BATCH_BUCKET_TTL, app_has_join, batch_bucket_for
 from thaw.declarations._triggers import (
     HttpTrigger,
     KvTrigger,
@@ -363,6 +364,9 @@ def plan_for(
     if webhook_ttl:
         name = webhook_bucket_for(app)
         buckets[name] = KvConfig(bucket=name, ttl=webhook_ttl)
+    if app_has_join(c.config.filter_subject for c in consumers):  # fan-out batches
+        name = batch_bucket_for(app.name)
+        buckets[name] = KvConfig(bucket=name, ttl=BATCH_BUCKET_TTL)
     return ProvisionPlan(
         streams=streams,
         consumers=consumers,

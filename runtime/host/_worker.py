@@ -30,8 +30,8 @@ from collections.abc import Awaitable, Callable, Sequence
 import anyio
 import msgspec
 
-from thaw._errors import BackboneError, DeliveriesExhausted
-from thaw._event import Event, Ok, Reject
+from thaw._errors import BackboneError, BatchInvalid, DeliveriesExhausted
+from thaw._event import Event, Ok, Outcome, Reject
 from thaw._headers import DEAD_LETTER_BODY_OMITTED, TRACEPARENT_HEADER
 from thaw.backbone._contract import Backbone, ConsumerConfig, Message
 from thaw.backbone._rules import MessageTooLarge
@@ -43,6 +43,13 @@ from thaw.decisions._delivery import (
     dead_letter_headers,
     dead_letter_subject,
     decide_stream,
+)
+from thaw.declarations._batches import (
+    BATCH_HEADER,
+    ChildRef,
+    check_child,
+    parse_child,
+    record_child,
 )
 from thaw.declarations._changes import Shaper
 from thaw.host._identity import stream_event_id
@@ -57,6 +64,7 @@ log = logging.getLogger("thaw.worker")
 DEFAULT_SLOTS = 256
 FETCH_PAUSE_MIN = 0.1  # seconds before the first retry of a failed fetch
 FETCH_PAUSE_MAX = 5.0
+CHILD_RECORD_RETRY = 0.5  # seconds before a child whose outcome could not be recorded reruns
 PENDING_EVERY = 1.0  # seconds between looks at the consumer's lag while it is busy
 
 
@@ -239,6 +247,21 @@ class StreamWorker:
         )
         if self._budget is not None and message.num_delivered == 1:
             self._budget.record_first_attempt()
+        child = None
+        if BATCH_HEADER in headers:  # a fan-out child (one lookup for every other message)
+            try:
+                child = parse_child(headers)
+                await check_child(self._backbone, child)
+            except BatchInvalid as exc:  # hostile batch headers: dead-lettered unrun
+                refused: StreamAction = DeadLetter(exc.code, exc.message)
+                await self._perform(message, refused, event)
+                return refused
+            except BackboneError as exc:  # the batch could not be read: try again later
+                log.warning("could not read batch of %s: %s", event.id, exc)
+                refused = Nak(CHILD_RECORD_RETRY)
+                await self._perform(message, refused, event)
+                return refused
+        outcome = None
         if message.num_delivered > self._max_attempts:
             action = await self._exhausted(message, event)
         else:
@@ -254,7 +277,28 @@ class StreamWorker:
             action = decide_stream(
                 outcome, delivery_count=message.num_delivered, max_deliver=self._max_attempts
             )
+        if child is not None and type(action) is not Nak:
+            action = await self._record_child(child, action, outcome, event)
         await self._perform(message, action, event)
+        return action
+
+    async def _record_child(
+        self, child: ChildRef, action: StreamAction, outcome: Outcome | None, event: Event
+    ) -> StreamAction:
+        """Record a fan-out child's final outcome in its batch before the ack or dead
+        letter (``thaw.declarations._batches``); a failed record is retried, never lost."""
+        if outcome is None:  # a delivery after the last attempt: the stored answer
+            outcome = await self._capability.peek_settled(event)
+        ok = type(action) is Ack
+        result = outcome.data if ok and type(outcome) is Ok else b""
+        code = action.code if type(action) is DeadLetter else ""
+        try:
+            await record_child(self._backbone, child, ok=ok, data=result, code=code)
+        except BatchInvalid as exc:
+            return DeadLetter(exc.code, exc.message)
+        except BackboneError as exc:  # not recorded yet: the redelivery records it
+            log.warning("could not record %s in batch %s: %s", event.id, child.batch, exc)
+            return Nak(CHILD_RECORD_RETRY)
         return action
 
     async def _exhausted(self, message: Message, event: Event) -> StreamAction:
