@@ -98,7 +98,8 @@ def batch_app(
     async def run(raw: bytes, ctx: Context) -> None:
         seen.parents.append(ctx.attempt)
         parts = [Part(i, i * 10) for i in range(items)]
-        seen.refs.append(await ctx.fan_out(f"{prefix}.parts", parts, join=report))
+        ref = await ctx.fan_out(f"{prefix}.parts", parts, join=report, context={"day": "d1"})
+        seen.refs.append(ref)
         if fail_parent_once and ctx.attempt == 1:
             raise RetryLater("the parent dies after its fan-out", delay=0.01)
 
@@ -153,7 +154,7 @@ async def test_the_join_runs_once_with_every_childs_result(backbone: Backbone) -
     batch = seen.joins[0]
     assert (batch.size, batch.complete, batch.timed_out) == (5, True, False)
     assert batch.results == {i: i * 20 for i in range(5)}
-    assert (batch.failed, batch.missing) == ({}, [])
+    assert (batch.failed, batch.missing, batch.context) == ({}, [], {"day": "d1"})
     assert batch.id == seen.refs[0].id and batch.id.startswith(app.name + ".")
     assert sorted(i for i, _ in seen.children) == list(range(5))
 

@@ -112,6 +112,26 @@ async def test_fan_out_needs_a_declared_join_and_a_bounded_batch() -> None:
     assert f"a batch holds at most {MAX_BATCH}" in outcome.reason  # type: ignore[union-attr]
 
 
+@pytest.mark.parametrize(
+    ("context", "message"),
+    [({"blob": "x" * 20_000}, "at most 16384"), ({"when": object()}, "not JSON-encodable")],
+)
+async def test_fan_out_context_must_be_small_json(context: object, message: str) -> None:
+    app = App("shop")
+
+    @app.join()
+    async def report(batch: Batch[int]) -> None:
+        return None
+
+    @app.capability(stream("shop.orders"), retry=RetryPolicy(max_attempts=1))
+    async def start(raw: bytes, ctx: Context) -> None:
+        await ctx.fan_out("shop.parts", [1], join=report, context=context)
+
+    outcome = await invoke(app, "start", b"", backbone=MemoryBackbone())
+    assert outcome.code == "config_invalid"  # type: ignore[union-attr]
+    assert message in outcome.reason  # type: ignore[union-attr]
+
+
 def test_well_formed_batch_headers_parse() -> None:
     child = parse_child(
         {BATCH_HEADER: "shop." + "a1" * 12, BATCH_INDEX_HEADER: "3", BATCH_SIZE_HEADER: "4"}

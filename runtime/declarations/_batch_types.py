@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import msgspec
 
@@ -18,6 +18,7 @@ class Batch(msgspec.Struct, Generic[T], frozen=True, kw_only=True):
     ``complete``: every child reported (succeeded or failed); ``timed_out``: the
     deadline closed the batch first, and ``missing`` lists the children that had
     not reported. ``failed`` maps a dead-lettered child to its error code.
+    ``context`` is what ``ctx.fan_out(..., context=)`` was given (decoded JSON).
     """
 
     id: str
@@ -27,6 +28,7 @@ class Batch(msgspec.Struct, Generic[T], frozen=True, kw_only=True):
     results: dict[int, T]
     failed: dict[int, str] = {}
     missing: list[int] = []
+    context: Any = None
 
 
 class BatchRef(msgspec.Struct, frozen=True):

@@ -85,6 +85,7 @@ BATCH_HEADER = "Thaw-Batch"
 BATCH_INDEX_HEADER = "Thaw-Batch-Index"
 BATCH_SIZE_HEADER = "Thaw-Batch-Size"
 MAX_BATCH = 10_000
+MAX_CONTEXT = 16 * 1024  # bytes of JSON a fan_out may hand its join
 MAX_CHILD_RESULT = 64 * 1024  # bytes of a child's result kept for the join (a claim check, else)
 CAS_TRIES = 1000  # compare-and-set rounds on a batch record before the child is retried
 JOIN_PREFIX = "thaw.join."
@@ -112,6 +113,7 @@ class _Record(msgspec.Struct, kw_only=True):
     done: bytes  # a bitmap: bit i set once child i reported
     count: int = 0
     closed: str = ""  # "", "complete" or "timeout"
+    context: msgspec.Raw = msgspec.Raw(b"null")  # what fan_out was told, for the join
 
 
 class _Signal(msgspec.Struct, frozen=True):
@@ -244,7 +246,9 @@ class JoinMark(msgspec.Struct, frozen=True):
     on_timeout: str
 
 
-async def fan_out(ctx: Context, subject: str, items: Iterable[Any], *, mark: JoinMark) -> BatchRef:
+async def fan_out(
+    ctx: Context, subject: str, items: Iterable[Any], *, mark: JoinMark, context: Any = None
+) -> BatchRef:
     """Publish one child per item to ``subject`` under a new batch joined by ``mark``.
 
     ``Context.fan_out`` calls it through the join function (``__thaw_fan_out__``),
@@ -253,6 +257,14 @@ async def fan_out(ctx: Context, subject: str, items: Iterable[Any], *, mark: Joi
     size = len(payloads)
     if size > MAX_BATCH:
         raise ConfigError(f"fan_out of {size} items: a batch holds at most {MAX_BATCH}")
+    try:
+        context_json = _encode(context)
+    except (TypeError, msgspec.EncodeError) as exc:
+        raise ConfigError(f"fan_out context is not JSON-encodable: {exc}") from None
+    if len(context_json) > MAX_CONTEXT:
+        raise ConfigError(
+            f"fan_out context is {len(context_json)} bytes of JSON; at most {MAX_CONTEXT}"
+        )
     backbone = ctx._require_backbone("fan_out")
     # The n-th publish of the call: children count as publishes, and so does the
     # fan_out itself, so two fan_outs of one call (even empty ones) never share a batch.
@@ -267,6 +279,7 @@ async def fan_out(ctx: Context, subject: str, items: Iterable[Any], *, mark: Joi
         timeout=mark.timeout,
         on_timeout=mark.on_timeout,
         done=bytes((size + 7) // 8),
+        context=msgspec.Raw(context_json),
     )
     bucket = await _bucket(backbone, mark.app)
     created = True
@@ -363,6 +376,7 @@ def join_wrapper(
             results=results,
             failed=failed,
             missing=missing,
+            context=msgspec.json.decode(record.context),
         )
         if takes_context:
             return await function(value, ctx)

@@ -270,17 +270,23 @@ class Context:
         return outcome_of_reply(reply.data, reply.headers)
 
     async def fan_out(
-        self, subject: str, items: Iterable[Any], *, join: Callable[..., Any]
+        self,
+        subject: str,
+        items: Iterable[Any],
+        *,
+        join: Callable[..., Any],
+        context: Any = None,
     ) -> BatchRef:
         """Publish one child message per item to ``subject`` as a batch that ``join`` (a
         function declared with ``@app.join``) collects once every child has reported
         (see docs/fan-out.md). A redelivered call makes the same batch and message ids
-        again, so the children are not sent twice. Items that are not bytes are JSON."""
+        again, so the children are not sent twice. Items that are not bytes are JSON;
+        ``context`` (JSON, at most 16 KiB) reaches the join as ``batch.context``."""
         start = getattr(join, "__thaw_fan_out__", None)
         if start is None:
             name = getattr(join, "__name__", type(join).__name__)
             raise ConfigError(f"fan_out join={name!r} is not a function declared with @app.join")
-        ref: BatchRef = await start(self, subject, items)
+        ref: BatchRef = await start(self, subject, items, context=context)
         return ref
 
     async def run_sync(self, function: Callable[..., T], *args: Any, process: bool = False) -> T:
