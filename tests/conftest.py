@@ -72,6 +72,8 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "test_edge_nats.py": ("edge", "nats"),
     "test_example_bff.py": ("core",),
     "test_example_image_pipeline.py": ("core",),
+    "test_example_nightly_reconciliation.py": ("core",),
+    "test_example_nightly_reconciliation_nats.py": ("nats", "http", "process"),  # 2 thaw serve
     "test_example_notification_fanout.py": ("core",),
     "test_example_payment_webhook.py": ("core",),
     "test_example_payment_webhook_nats.py": ("nats", "http"),
@@ -157,6 +159,7 @@ NOT_AT_THE_EDGE: dict[str, str] = {
     "test_example_image_pipeline.py": "example_loader imports thaw.adapters.process; Pillow",
     "test_example_payment_webhook.py": "example_loader imports thaw.adapters.process",
     "test_example_uploads.py": "example_loader imports thaw.adapters.process",
+    "test_example_nightly_reconciliation.py": "its TestHost settles by asyncio's loop._ready",
 }
 
 # Files the edge host copies into tests/ inside Pyodide, and where they live here.
