@@ -1,6 +1,7 @@
 """App and capability declarations: what registration records and what it refuses."""
 
 import importlib.util
+import re
 import textwrap
 from pathlib import Path
 from typing import Annotated, Any
@@ -574,3 +575,46 @@ def test_booleans_are_not_counts(field: str) -> None:
     app = App("bools")
     with pytest.raises(ConfigError, match=field):
         app.capability(**{field: True})
+
+
+class _Named(msgspec.Struct):
+    name: str
+    size: int = 0
+
+
+class _Unnamed(msgspec.Struct):
+    size: int = 0
+
+
+@pytest.mark.parametrize(
+    ("payload", "message"),
+    [
+        (str, "the payload type <class 'str'> cannot hold it: take a Struct"),
+        (int, "cannot hold it"),
+        (list[int], "cannot hold it"),
+        (_Unnamed, "path parameter 'name', which is not a field of _Unnamed"),
+    ],
+)
+def test_a_path_parameter_the_payload_cannot_hold_is_refused_at_import(
+    payload: Any, message: str
+) -> None:
+    app = App("shop")
+
+    async def put(item: Any) -> None:
+        return None
+
+    put.__annotations__["item"] = payload
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        app.capability(http("PUT", "/items/{name}"))(put)
+
+
+@pytest.mark.parametrize("payload", [bytes, _Named, dict[str, Any], Any])
+def test_a_path_parameter_has_a_home_in_these_payloads(payload: Any) -> None:
+    app = App("shop")
+
+    async def put(item: Any) -> None:
+        return None
+
+    put.__annotations__["item"] = payload
+    app.capability(http("PUT", "/items/{name}"))(put)
+    assert "put" in app.capabilities

@@ -264,6 +264,37 @@ class App:
         self._capabilities[spec.name] = spec
 
 
+def _check_path_params(where: str, triggers: tuple[Trigger, ...], input_type: Any) -> None:
+    """A route's path parameters must have somewhere to go: the fields of a Struct
+    payload, a dict payload, or ``ctx.params`` (bytes or no payload). Refused here,
+    at import, instead of answering 422 to every request (or dropping the value)."""
+    if input_type is bytes or input_type is Any:
+        return
+    info = msgspec.inspect.type_info(input_type)
+    for trigger in triggers:
+        if not isinstance(trigger, HttpTrigger) or not trigger.params:
+            continue
+        route = f"route {trigger.method} {trigger.path}"
+        names = [name for name, _ in trigger.params]
+        if isinstance(info, msgspec.inspect.DictType):
+            continue
+        if isinstance(info, msgspec.inspect.StructType):
+            fields = {f.encode_name for f in info.fields}
+            lost = [name for name in names if name not in fields]
+            if lost:
+                raise ConfigError(
+                    f"{where}: {route} has path parameter {lost[0]!r}, which is not a field of "
+                    f"{getattr(input_type, '__name__', input_type)}: add the field, or take "
+                    "bytes and read ctx.params"
+                )
+            continue
+        raise ConfigError(
+            f"{where}: {route} has path parameter {names[0]!r}, but the payload type "
+            f"{input_type!r} cannot hold it: take a Struct with that field, a dict, or bytes "
+            "(then read ctx.params)"
+        )
+
+
 def _route_shape(trigger: HttpTrigger) -> str:
     """The path with parameter names erased: /items/{id} and /items/{key:int} collide."""
     return _PARAMETER.sub("{}", trigger.path)
@@ -340,6 +371,8 @@ def _build_spec(
             raise ConfigError(
                 f"{where}: its {kind} type {contract!r} is not a supported contract type: {reason}"
             ) from exc
+    if takes_payload:
+        _check_path_params(where, triggers, input_type)
     return CapabilitySpec(
         name=name,
         handler=function,
