@@ -338,3 +338,21 @@ async def test_a_result_too_large_for_the_batch_is_reported_as_failed(
     assert joined[0].results == {0: "ok", 1: "ok"}
     assert joined[0].failed == {2: "result_too_large"}
     assert await (await backbone.kv(batch_bucket_for(app.name))).get("nothing") is None
+
+
+async def test_two_hosts_record_a_wide_batch_without_losing_a_child(backbone: Backbone) -> None:
+    """200 children over two hosts, many at a time on each: the record's compare-and-set
+    races between the hosts (and group commits within each) lose no bit."""
+    seen = Seen()
+    app = batch_app(seen, items=200)
+    async with (
+        open_host(app, backbone, fetch_timeout=0.05, drain_timeout=2.0),
+        open_host(app, backbone, fetch_timeout=0.05, drain_timeout=2.0),
+    ):
+        await backbone.publish(f"{app.name}.runs", b"go")
+        with anyio.fail_after(LIMIT):
+            await seen.joined.wait()
+        await wait_until(lambda: quiet(backbone, app), limit=LIMIT)
+    assert len(seen.joins) == 1
+    assert seen.joins[0].results == {i: i * 20 for i in range(200)}
+    assert sorted(i for i, _ in seen.children) == list(range(200))

@@ -44,13 +44,7 @@ from thaw.decisions._delivery import (
     dead_letter_subject,
     decide_stream,
 )
-from thaw.declarations._batches import (
-    BATCH_HEADER,
-    ChildRef,
-    check_child,
-    parse_child,
-    record_child,
-)
+from thaw.declarations._batches import BATCH_HEADER, BatchRecorder, ChildRef, parse_child
 from thaw.declarations._changes import Shaper
 from thaw.host._identity import stream_event_id
 from thaw.host._provision import dead_letter_stream_config
@@ -100,6 +94,7 @@ class StreamWorker:
         self._shape = shape  # kv/objects triggers: the delivery -> the input (None: skip it)
         self._invoker = invoker
         self._backbone = backbone
+        self._batches = BatchRecorder(backbone)  # fan-out children this worker runs
         self._capability = invoker.capability(capability)
         self._stream = stream
         self._consumer = consumer
@@ -251,7 +246,7 @@ class StreamWorker:
         if BATCH_HEADER in headers:  # a fan-out child (one lookup for every other message)
             try:
                 child = parse_child(headers)
-                await check_child(self._backbone, child)
+                await self._batches.check(child)
             except BatchInvalid as exc:  # hostile batch headers: dead-lettered unrun
                 refused: StreamAction = DeadLetter(exc.code, exc.message)
                 await self._perform(message, refused, event)
@@ -293,7 +288,7 @@ class StreamWorker:
         result = outcome.data if ok and type(outcome) is Ok else b""
         code = action.code if type(action) is DeadLetter else ""
         try:
-            await record_child(self._backbone, child, ok=ok, data=result, code=code)
+            await self._batches.record(child, ok=ok, data=result, code=code)
         except BatchInvalid as exc:
             return DeadLetter(exc.code, exc.message)
         except BackboneError as exc:  # not recorded yet: the redelivery records it
