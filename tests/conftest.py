@@ -52,6 +52,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "test_chaos.py": ("nats", "process"),
     "test_cli.py": ("process",),
     "test_cli_ops.py": ("http", "process"),
+    "test_cli_consumer_options.py": ("nats", "http", "process"),  # thaw serve children
     "test_context.py": ("core",),
     "test_cron.py": ("core",),
     "test_dead_letters.py": ("core",),

@@ -143,6 +143,9 @@ def _parser() -> argparse.ArgumentParser:
     from thaw.adapters.cli.ops import add_commands
 
     add_commands(commands, _positive_int)
+    from thaw.adapters.cli.serve_options import add_serve_options
+
+    add_serve_options(commands.choices["serve"])  # --consumer, --bind-stream, --max-body-cap
     from thaw.adapters.cli.deploy import add_deploy_commands
 
     add_deploy_commands(commands)

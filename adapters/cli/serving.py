@@ -14,6 +14,11 @@ across fork would be shared with the parent), with the command's NATS settings, 
 closes it when it stops;
 on the memory backbone a forked instance has none (it cannot reach the parent's
 memory) and its ``ctx.publish``/``ctx.kv`` fail with a clear error.
+
+What the operator sets per environment (``--consumer``, ``--bind-stream``,
+``--max-body-cap``; ``thaw.adapters.cli.serve_options``) is checked against the
+served apps before any host starts; an app they change is given its adjusted plan
+(``open_host(plan=...)``), which it provisions and its workers follow.
 """
 
 from __future__ import annotations
@@ -29,6 +34,8 @@ from pathlib import Path
 from typing import Any
 
 from thaw._errors import ThawError
+from thaw.adapters.cli.serve_options import ServeOptionError, prepare_apps
+from thaw.adapters.http.config import HttpConfig
 from thaw.adapters.threads import SyncPool
 from thaw.backbone._contract import Backbone
 from thaw.backbone._registry import open_backbone
@@ -162,8 +169,6 @@ class AppToServe:
 
 def apps_to_serve(targets: list[str], state_dir: str, **load_options: Any) -> list[AppToServe]:
     """Build (if source) and load every app; one failing is reported, never fatal here."""
-    from thaw._errors import ThawError
-
     apps: list[AppToServe] = []
     for target in targets:
         try:
@@ -245,6 +250,11 @@ async def serve_apps(
                 down[name] = f"[{exc.code}] {exc.message}"
                 print(f"thaw: error: app {name} is not served: {down[name]}", file=sys.stderr)
         revisions = [*revisions, *following.values()]
+        try:  # what the operator set per environment, against what is served
+            prepared = prepare_apps([r.app for r in revisions], args)
+        except ServeOptionError as exc:
+            print(f"thaw serve: {exc}", file=sys.stderr)
+            return 2
 
         async def run_app(revision: Revision, started: anyio.Event) -> None:
             name = revision.app.name
@@ -254,6 +264,7 @@ async def serve_apps(
                         open_host(
                             revision,
                             backbone,
+                            plan=prepared.get(name),  # None: as the app declares
                             drain_timeout=args.drain_timeout,
                             ack_wait=args.ack_wait,
                             idle_timeout=args.idle_timeout,
@@ -410,6 +421,7 @@ def _has_app(app: Any, kind: type) -> bool:
 def _open_http(args: Any, hosts: list[Any], unavailable: list[tuple[Any, str]]) -> Any:
     from thaw.adapters.http.server import open_apps_http_server
 
+    cap = getattr(args, "max_body_cap", None)  # --max-body-cap, checked against the routes
     return open_apps_http_server(
         hosts,
         host=args.http_host,
@@ -419,4 +431,5 @@ def _open_http(args: Any, hosts: list[Any], unavailable: list[tuple[Any, str]]) 
         access_log_stream="stderr",  # buffered, beside the other log lines
         max_body=args.max_body,
         unavailable=unavailable,
+        config=HttpConfig(max_body_cap=cap) if cap else None,
     )

@@ -46,6 +46,7 @@ from thaw.adapters.cli.nats_options import (
     connection_options,
     strip_credentials,
 )
+from thaw.adapters.cli.serve_options import ServeOptionError, consumer_flags, prepare_apps
 from thaw.backbone._registry import open_backbone
 from thaw.declarations._app import App
 from thaw.host._provision import apply_plan, plan_for
@@ -283,6 +284,11 @@ def worker_command(args: argparse.Namespace, *, kind: str, url: str | None, port
         command += ["--ack-wait", repr(args.ack_wait)]
     if args.max_body is not None:
         command += ["--max-body", str(args.max_body)]
+    command += ["--sync-threads", str(getattr(args, "sync_threads", 8))]
+    command += ["--sync-processes", str(getattr(args, "sync_processes", 0))]
+    command += consumer_flags(args)  # --consumer, --bind-stream, --max-body-cap, resolved
+    for key in getattr(args, "trust_keys", None) or []:  # public keys: workers verify too
+        command += ["--trust-key", os.path.abspath(key)]
     if args.no_http:
         command.append("--no-http")
     command.append("--access-log" if args.access_log else "--no-access-log")
@@ -295,6 +301,11 @@ def serve_workers(
 ) -> int:
     """``thaw serve --workers N`` in the parent: reserve, provision once, supervise."""
     apps = apps if isinstance(apps, list) else [apps]
+    try:  # checked here, before any worker starts; each worker checks them again
+        prepared = prepare_apps(apps, args)
+    except ServeOptionError as exc:
+        print(f"thaw serve: {exc}", file=sys.stderr)
+        return 2
     reserved: socket.socket | None = None
     port = args.http
     if not args.no_http:
@@ -323,12 +334,13 @@ def serve_workers(
                     open_backbone(kind, url, state_dir=args.state_dir, **connection_options(args))
                 )
                 for app in apps:
-                    await apply_plan(
-                        plan_for(app)
-                        if args.ack_wait is None
-                        else plan_for(app, ack_wait=args.ack_wait),
-                        backbone,
-                    )
+                    if app.name in prepared:  # with the operator's consumer settings
+                        provision = prepared[app.name]
+                    elif args.ack_wait is None:
+                        provision = plan_for(app)
+                    else:
+                        provision = plan_for(app, ack_wait=args.ack_wait)
+                    await apply_plan(provision, backbone)
                 if worker_url is None:  # the embedded server: workers connect to it
                     worker_url = backbone_url(backbone)
                     if worker_url is None:

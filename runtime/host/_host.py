@@ -107,6 +107,7 @@ async def open_host(
     warm: bool = False,
     run_sync: SyncRunner = run_sync_inline,
     wall_clock: Callable[[], float] | None = None,
+    plan: ProvisionPlan | None = None,
 ) -> AsyncIterator[Host]:
     """Provision (unless ``provision=False``), start the workers, yield the host, drain.
 
@@ -121,10 +122,13 @@ async def open_host(
     events; they still scale to zero when idle. ``run_sync`` serves ``ctx.run_sync``
     (default: on the loop, as Pyodide must; ``thaw.adapters.threads.SyncPool`` on CPython).
     ``wall_clock`` (seconds since the epoch, default ``time.time``) says when schedules fire.
+    ``plan`` replaces ``plan_for(app, ack_wait=...)``: what an operator adjusted per
+    environment (``thaw serve --consumer``, ``--bind-stream``); the workers follow it.
     """
     revision = app if isinstance(app, Revision) else source_revision(app)
     app = revision.app
-    plan = plan_for(app) if ack_wait is None else plan_for(app, ack_wait=ack_wait)
+    if plan is None:
+        plan = plan_for(app) if ack_wait is None else plan_for(app, ack_wait=ack_wait)
     if provision:
         await apply_plan(plan, backbone)
     bucket = idempotency_bucket_for(app)
