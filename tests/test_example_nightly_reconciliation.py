@@ -79,7 +79,7 @@ async def test_the_nightly_tick_reports_every_difference() -> None:
         for m in r.mismatches
     }
     assert found == made
-    assert report.mismatched == 9 and report.accounts == 300  # some only in the ledger, some only in the export
+    assert report.mismatched == 9 and report.accounts == 300  # each in the ledger or the export
     assert [(n.date, n.run, n.complete, n.mismatched) for n in notices] == [
         (DAY, report.run, True, 9)
     ]
