@@ -3,7 +3,9 @@
 ``FakeClock`` moves only when told; ``MemoryBackbone`` has JetStream's
 semantics on that clock; ``invoke`` runs one capability of an app in process (on a
 MemoryBackbone holding what the app declares, unless given a backbone); ``TestHost``
-serves a whole app on both (publish, advance time, settle, look at dead letters).
+serves a whole app on both, or on a given backbone (drive its HTTP routes with
+``th.http``, publish, request, advance time, settle, look at what was published and
+dead-lettered).
 
 The backbone conformance suite ships here, so a third-party backbone can show
 it behaves like JetStream. It is plain async functions with ``assert``: this

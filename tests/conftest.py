@@ -76,7 +76,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "test_example_nightly_reconciliation.py": ("core",),
     "test_example_nightly_reconciliation_nats.py": ("nats", "http", "process"),  # 2 thaw serve
     "test_example_notification_fanout.py": ("core",),
-    "test_example_payment_webhook.py": ("core",),
+    "test_example_payment_webhook.py": ("core", "http"),  # one test: TestHost.http
     "test_example_payment_webhook_nats.py": ("nats", "http"),
     "test_example_uploads.py": ("core",),
     "test_examples.py": ("process",),
@@ -135,6 +135,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "test_revisions.py": ("process",),
     "test_rollout.py": ("http", "process"),  # one test reads /readyz
     "test_schedule.py": ("core",),
+    "test_host_contract.py": ("nats", "http"),  # both backbones; th.http in process
     "test_test_host.py": ("core",),
     "test_serve_apps.py": ("http", "process"),
     "test_serve_process_nats.py": ("nats", "http", "process"),
@@ -157,6 +158,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
 NOT_AT_THE_EDGE: dict[str, str] = {
     "test_deep_nesting.py": "Pyodide's JS stack overflows before CPython's recursion limit",
     "test_test_host.py": "TestHost.settle reads asyncio's loop._ready; Pyodide's WebLoop lacks it",
+    "test_example_notification_fanout.py": "one test uses TestHost (settle: as above)",
     "test_example_image_pipeline.py": "example_loader imports thaw.adapters.process; Pillow",
     "test_example_payment_webhook.py": "example_loader imports thaw.adapters.process",
     "test_example_uploads.py": "example_loader imports thaw.adapters.process",

@@ -9,7 +9,7 @@ import msgspec
 import pytest
 
 from thaw.lowlevel import list_dead_letters, load_app, open_host, plan_for
-from thaw.testing import MemoryBackbone
+from thaw.testing import MemoryBackbone, TestHost
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "notification_fanout"
 pytestmark = pytest.mark.anyio
@@ -69,3 +69,29 @@ async def test_fan_out_once_per_channel_with_retries_and_dead_letters() -> None:
     assert host.workers["email"].statistics().naked == 1
     codes = sorted(d.code for d in await list_dead_letters(backbone))
     assert codes == ["event_type_unknown", "phone_invalid"]
+
+
+async def test_through_the_test_host_events_in_notices_and_dead_letters_out() -> None:
+    fanout = module()
+    fanout.SENT.clear()
+    fanout.FAIL_NEXT.clear()
+    fanout.FAIL_NEXT["email"] = 1  # the first email fails: RetryLater(delay=0.05)
+    shipped = {"id": "e1", "type": "order.shipped", "user": "u1", "data": {"order": "A-1"}}
+    async with TestHost(fanout.app) as th:
+        await th.publish("domain.events", shipped, msg_id="m1")
+        await th.publish("domain.events", shipped, msg_id="m2")  # the same event, sent twice
+        await th.publish(
+            "domain.events",
+            {"id": "e2", "type": "payment.failed", "user": "u2", "data": {"order": "B-2"}},
+        )
+        await th.publish("domain.events", {"id": "e3", "type": "unknown.thing", "user": "u1"})
+        await th.settle()
+        assert len(fanout.SENT["email"]) == 1  # the other waits out its backoff on the clock
+        await th.advance(1)
+        assert sorted(n.event_id for n in fanout.SENT["email"]) == ["e1", "e2"]
+        assert [n.event_id for n in fanout.SENT["push"]] == ["e1"]
+        assert fanout.SENT["sms"] == []
+        notices = sorted(m.subject for m in await th.published("notify.>"))
+        assert notices == ["notify.email", "notify.email", "notify.push", "notify.sms"]
+        codes = sorted(d.headers["Thaw-Error-Code"] for d in await th.dead_letters())
+        assert codes == ["event_type_unknown", "phone_invalid"]

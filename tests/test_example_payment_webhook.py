@@ -25,7 +25,7 @@ from thaw.lowlevel import (
     StreamConfig,
     StreamWorker,
 )
-from thaw.testing import MemoryBackbone
+from thaw.testing import MemoryBackbone, TestHost
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "payment_webhook"
 SECRET = "whsec_test_secret"
@@ -210,6 +210,37 @@ async def test_bad_bodies_are_rejected_with_clear_codes(
     assert isinstance(outcome, Reject)
     assert outcome.code == code, outcome.reason
     assert (await backbone.stream_info("PAYMENTS")).messages == 0
+
+
+@pytest.mark.anyio
+async def test_through_the_test_host_http_in_ledger_and_dead_letters_out(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The whole app as thaw serve runs it, in process: the route, the stream, the
+    # consumer, the ledger bucket; on_start runs on the first request, on_stop on leaving.
+    monkeypatch.setenv("PAYMENT_WEBHOOK_SECRET", SECRET)
+    async with TestHost(APP) as th:
+        body = msgspec.json.encode(payment())
+        response = await th.http.post("/webhooks/payments", content=body, headers=signed(body))
+        assert response.status == 200, response.text
+        receipt = msgspec.json.decode(response.body, type=contracts.Receipt)
+        assert (receipt.event_id, receipt.duplicate) == ("evt_00000001", False)
+        retried = await th.http.post("/webhooks/payments", content=body, headers=signed(body))
+        assert retried.json()["duplicate"] is True  # the provider's retry: dropped by the stream
+        await th.settle()
+        assert await balance(th.backbone) == 9680  # posted once, 3.20 fee
+        (message,) = await th.published("payments.events")
+        assert message.headers["Payment-Event-Type"] == "payment.succeeded"
+
+        unsigned = await th.http.post("/webhooks/payments", content=body)
+        assert (unsigned.status, unsigned.json()["code"]) == (401, "signature_missing")
+        assert unsigned.headers["Content-Type"] == "application/problem+json"
+        # An event that got onto the stream without the intake's checks is dead-lettered.
+        await th.publish("payments.events", payment(amount=-5))
+        await th.settle()
+        (dead,) = await th.dead_letters()
+        assert dead.headers["Thaw-Error-Code"] == "contract_invalid"
+        assert await balance(th.backbone) == 9680
 
 
 def test_contracts_evolve_old_and_newer_senders_still_decode() -> None:
