@@ -57,6 +57,7 @@ bench: $(STAMP) edge
 	$(PY) benchmarks/edge.py --json benchmarks/results/edge.json
 	$(PY) benchmarks/jetstream.py --json benchmarks/results/jetstream.json
 	$(PY) benchmarks/rollout.py --json benchmarks/results/rollout.json
+	$(PY) benchmarks/image_pipeline.py --json benchmarks/results/image_pipeline.json
 
 lock: $(STAMP)
 	{ echo '# Every package in the dev environment, pinned: a fresh machine gets what CI got.'; \
