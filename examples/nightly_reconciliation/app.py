@@ -21,6 +21,14 @@ back to another host after AckWait, partitions already reported are not compared
 again (their outcome is in the batch), and the report is written once the last one
 reports. ``RECON_HANG_PARTITION=N`` (environment) makes the first attempt at
 partition N hang, as a host that died while holding it: the kill test uses it.
+
+Try it (the embedded nats-server; the first line prints the URLs it uses)::
+
+    thaw serve examples/nightly_reconciliation --http 8000
+    python examples/nightly_reconciliation/seed.py --url nats://127.0.0.1:PORT --date 2026-12-03
+    curl -X POST http://127.0.0.1:8000/runs/2026-12-03     # or wait for 02:00 UTC
+    # the report: object 2026-12-03.json in the store "reports"; the notice on
+    # reconciliation.reports; progress marks in the KV bucket recon_progress
 """
 
 from __future__ import annotations
