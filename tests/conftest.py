@@ -72,7 +72,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "test_edge_cli.py": ("edge", "nats", "process"),
     "test_edge_nats.py": ("edge", "nats"),
     "test_example_bff.py": ("core",),
-    "test_example_image_pipeline.py": ("core",),
+    "test_example_image_pipeline.py": ("core", "http"),  # uploads through TestHost.http
     "test_example_image_pipeline_nats.py": ("nats", "http", "process"),  # thaw serve as a child
     "test_example_nightly_reconciliation.py": ("core",),
     "test_example_nightly_reconciliation_nats.py": ("nats", "http", "process"),  # 2 thaw serve

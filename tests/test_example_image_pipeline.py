@@ -22,8 +22,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from PIL import Image
 
-from thaw import ObjectChange, Ok, Reject, Rejected, get_claim
-from thaw._headers import URL_PATH_HEADER  # until TestHost drives HTTP routes itself
+from thaw import ObjectChange, Rejected, get_claim
 from thaw.lowlevel import list_dead_letters
 from thaw.testing import TestHost
 
@@ -178,10 +177,9 @@ async def test_an_upload_through_the_route_answers_with_a_claim_and_runs_the_pip
     original = photo((1600, 1200), format="PNG")
     assert len(original) > 1024 * 1024  # above the server's default body limit
     async with TestHost(APP) as th:
-        headers = {URL_PATH_HEADER: "name=big.png"}
-        outcome = await th.invoke("upload", original, headers=headers)
-        assert isinstance(outcome, Ok)
-        claim = msgspec.json.decode(outcome.data)
+        response = await th.http.put("/images/big.png", content=original)
+        assert response.status == 200, response.text
+        claim = response.json()
         assert (claim["bucket"], claim["name"], claim["size"]) == (
             "images",
             "big.png",
@@ -198,8 +196,8 @@ async def test_an_upload_through_the_route_answers_with_a_claim_and_runs_the_pip
             (".hidden.png", b"x", "image_name_invalid"),
             ("empty.png", b"", "image_empty"),
         ]:
-            refused = await th.invoke("upload", body, headers={URL_PATH_HEADER: f"name={name}"})
-            assert isinstance(refused, Reject) and refused.code == code, (name, refused)
+            refused = await th.http.put(f"/images/{name}", content=body)
+            assert refused.status >= 400 and refused.json()["code"] == code, (name, refused.text)
 
 
 @pytest.mark.anyio
