@@ -183,3 +183,28 @@ async def test_a_capability_takes_a_claim_as_its_payload_and_refuses_a_changed_o
     outcome = await invoke(app, "size", hostile, backbone=backbone)
     assert isinstance(outcome, Reject)
     assert outcome.code == "contract_invalid"
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("name", "holiday photo.jpg"),
+        ("name", "../etc/passwd"),
+        ("bucket", "has space"),
+        ("size", -1),
+        ("sha256", "not-hex"),
+        ("created", float("nan")),
+    ],
+)
+def test_a_claim_built_directly_is_checked_like_a_decoded_one(field: str, value: object) -> None:
+    fields: dict[str, object] = {
+        "bucket": "b",
+        "name": "claims/x.jpg",
+        "size": 1,
+        "sha256": "0" * 64,
+        "created": 1.0,
+    }
+    ClaimCheck(**fields)  # type: ignore[arg-type]
+    fields[field] = value
+    with pytest.raises(ValueError, match=f"ClaimCheck.{field}"):
+        ClaimCheck(**fields)  # type: ignore[arg-type]

@@ -87,8 +87,25 @@ class ClaimCheck(msgspec.Struct, frozen=True, kw_only=True):
     expires: WallTime | None = None
 
     def __post_init__(self) -> None:
+        # Decoding checks the annotated constraints; building one directly does not, so
+        # check them here too: a bad claim is refused where it is made, not downstream.
+        for field, kind in _FIELD_TYPES:
+            try:
+                msgspec.convert(getattr(self, field), kind)
+            except msgspec.ValidationError as exc:
+                raise ValueError(f"ClaimCheck.{field}: {exc}") from None
         if self.expires is not None and self.expires < self.created:
             raise ValueError("a claim cannot expire before it was created")
+
+
+_FIELD_TYPES = (
+    ("bucket", BucketName),
+    ("name", ObjectName),
+    ("size", Size),
+    ("sha256", Digest),
+    ("created", WallTime),
+    ("expires", WallTime | None),
+)
 
 
 _decoder = msgspec.json.Decoder(ClaimCheck)
