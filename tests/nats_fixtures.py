@@ -59,15 +59,21 @@ WAIT_LIMIT = 10.0  # seconds before wait_fetching gives up
 POLL = 0.01
 
 
-@pytest.fixture(scope="session")
-def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedServer]:
-    store = tmp_path_factory.mktemp("nats-store")
+@contextmanager
+def embedded_server(store: Path) -> Iterator[EmbeddedServer]:
+    """A nats-server of a test's own (JetStream data in ``store``), stopped at the end."""
     server = EmbeddedServer(ServerConfig(store_dir=str(store)))
     server.start(timeout=20.0)
     try:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedServer]:
+    with embedded_server(tmp_path_factory.mktemp("nats-store")) as server:
+        yield server
 
 
 @dataclass

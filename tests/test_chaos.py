@@ -27,17 +27,16 @@ import random
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import anyio
 import msgspec
 import pytest
-from nats_fixtures import end_process, wait_ready, wait_until
+from nats_fixtures import embedded_server, end_process, wait_ready, wait_until
 
 from thaw.adapters.nats import JetStreamBackbone, open_jetstream_backbone
-from thaw.adapters.nats.server import EmbeddedServer, ServerConfig
 from thaw.lowlevel import BackboneError, ConsumerConfig, Message
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
@@ -156,16 +155,6 @@ class Host:
 
     def tail(self) -> str:
         return self._log.read_text()[-3000:]
-
-
-@contextmanager
-def embedded_server(store: Path) -> Iterator[EmbeddedServer]:
-    server = EmbeddedServer(ServerConfig(store_dir=str(store)))
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @asynccontextmanager

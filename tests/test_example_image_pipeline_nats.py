@@ -18,7 +18,6 @@ import http.client
 import io
 import json
 import os
-import random
 import re
 import signal
 import subprocess
@@ -42,6 +41,7 @@ from nats_fixtures import (  # noqa: F401
 )
 from nats_fixtures import wait_until as _wait_until
 from PIL import Image
+from test_example_image_pipeline import bomb, photo
 
 from thaw import get_claim
 from thaw.adapters.nats import EmbeddedServer, JetStreamBackbone
@@ -54,19 +54,6 @@ APP, MODULES = load_example("image_pipeline")
 contracts = MODULES["image_pipeline.contracts"]
 WAIT = 60.0  # seconds: a bound, never a pause; Pillow on a busy 2-core VM
 SMALL_MESSAGE = 1024  # bytes
-
-
-def photo(size: tuple[int, int], *, format: str, seed: int = 1) -> bytes:
-    noise = random.Random(seed).randbytes(size[0] * size[1] * 3)
-    out = io.BytesIO()
-    Image.frombytes("RGB", size, noise).save(out, format=format)
-    return out.getvalue()
-
-
-def bomb() -> bytes:
-    out = io.BytesIO()
-    Image.new("1", (12000, 12000)).save(out, format="PNG")  # 144 Mpixel in a few KB
-    return out.getvalue()
 
 
 def put(port: int, name: str, body: bytes) -> tuple[int, dict[str, Any]]:

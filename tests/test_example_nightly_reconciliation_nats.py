@@ -19,14 +19,13 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import anyio
 import msgspec
 import pytest
-from nats_fixtures import end_process, wait_ready, wait_until
+from nats_fixtures import embedded_server, end_process, wait_ready, wait_until
 
 from examples.nightly_reconciliation import app
 from examples.nightly_reconciliation.app import (
@@ -37,7 +36,7 @@ from examples.nightly_reconciliation.app import (
 )
 from examples.nightly_reconciliation.contracts import PARTITIONS, Report, ReportNotice
 from examples.nightly_reconciliation.seed import seed
-from thaw.adapters.nats import EmbeddedServer, JetStreamBackbone, ServerConfig
+from thaw.adapters.nats import JetStreamBackbone
 from thaw.declarations._batches import batch_bucket_for
 from thaw.host._provision import plan_for
 from thaw.host._schedule import ScheduleRunner, tick_stream_name
@@ -80,16 +79,6 @@ class Host:
             return self.port != 0
 
         wait_ready(self.process, self.log, limit=LIMIT, ready=ready)
-
-
-@contextmanager
-def embedded_server(store: Path) -> Iterator[EmbeddedServer]:
-    server = EmbeddedServer(ServerConfig(store_dir=str(store)))
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture
