@@ -58,6 +58,7 @@ bench: $(STAMP) edge
 	$(PY) benchmarks/jetstream.py --json benchmarks/results/jetstream.json
 	$(PY) benchmarks/rollout.py --json benchmarks/results/rollout.json
 	$(PY) benchmarks/image_pipeline.py --json benchmarks/results/image_pipeline.json
+	$(PY) benchmarks/fan_out.py --json benchmarks/results/fan_out.json
 
 lock: $(STAMP)
 	{ echo '# Every package in the dev environment, pinned: a fresh machine gets what CI got.'; \
