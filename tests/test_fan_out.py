@@ -40,6 +40,7 @@ pytestmark = pytest.mark.anyio
 
 _names = itertools.count()
 LIMIT = 20.0  # seconds any scenario may take before it fails
+WINDOW = 0.5  # seconds: a duplicate window short enough to outlive in a test
 QUICK = RetryPolicy(max_attempts=3, backoff=Backoff(initial=0.01, jitter=0.0))
 
 
@@ -356,3 +357,36 @@ async def test_two_hosts_record_a_wide_batch_without_losing_a_child(backbone: Ba
     assert len(seen.joins) == 1
     assert seen.joins[0].results == {i: i * 20 for i in range(200)}
     assert sorted(i for i, _ in seen.children) == list(range(200))
+
+
+async def test_a_child_replayed_after_the_join_does_not_run_it_again(backbone: Backbone) -> None:
+    seen = Seen()
+    app = batch_app(seen)
+    plan = plan_for(app)  # a short duplicate window: the replay comes after it
+    plan = msgspec.structs.replace(
+        plan,
+        streams=[msgspec.structs.replace(s, duplicate_window=WINDOW) for s in plan.streams],
+    )
+    async with open_host(app, backbone, plan=plan, fetch_timeout=0.05, drain_timeout=2.0):
+        await backbone.publish(f"{app.name}.runs", b"go")
+        with anyio.fail_after(LIMIT):
+            await seen.joined.wait()
+        await anyio.sleep(WINDOW * 2)  # the duplicate window must pass: time is the subject
+        # As `thaw dlq replay` would: the child's own headers, a new message id, so the
+        # join signal it sends again is no longer dropped as a duplicate.
+        headers = {
+            BATCH_HEADER: seen.refs[0].id,
+            BATCH_INDEX_HEADER: "0",
+            BATCH_SIZE_HEADER: "5",
+        }
+        await backbone.publish(
+            f"{app.name}.parts", msgspec.json.encode(Part(0, 0)), headers=headers, msg_id="replay"
+        )
+        await wait_until(lambda: quiet(backbone, app), limit=LIMIT)
+        await wait_until(lambda: _ran_twice(seen), limit=LIMIT)
+    assert len(seen.joins) == 1
+    assert seen.joins[0].results[0] == 0
+
+
+async def _ran_twice(seen: Seen) -> bool:
+    return [i for i, _ in seen.children].count(0) == 2

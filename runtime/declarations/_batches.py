@@ -321,7 +321,7 @@ class BatchRecorder:
                     revision, record = latest.revision, _read_record(latest.value, child.batch)
                     continue
                 group.last = (revision, record)
-            if record.count == record.size:
+            if record.count == record.size and not record.closed:  # not signalled yet, or lost
                 await _signal(self._backbone, child.batch, record, "join")
             return
         raise WrongRevision(f"batch {child.batch!r}: {CAS_TRIES} compare-and-set rounds lost")
