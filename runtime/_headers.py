@@ -27,12 +27,14 @@ __all__ = [
     "ROLLUP_HEADER",
     "STATUS_HEADER",
     "TRACEPARENT_HEADER",
+    "TRACESTATE_HEADER",
     "URL_PATH_HEADER",
     "URL_QUERY_HEADER",
 ]
 
 # W3C trace context, carried on every hop (HTTP headers, NATS headers, object metadata).
 TRACEPARENT_HEADER = "traceparent"
+TRACESTATE_HEADER = "tracestate"
 
 # An HTTP request's path parameters (form-encoded) and query string, set by Thaw (a
 # client's own are dropped) when the payload is bytes or absent, so they reach

@@ -1,4 +1,9 @@
-"""W3C trace context (``traceparent``): parse, start and continue traces.
+"""W3C trace context (``traceparent``, ``tracestate``) and the core's tracing interface.
+
+``Tracer`` is the small interface the core records spans through; hosts are given one
+(as they are given a ``SyncRunner``), ``thaw.adapters.telemetry.tracing`` implements
+it over OpenTelemetry. ``None`` means tracing is off: the core then records nothing
+and pays nothing (the invoker picks its traced variant at construction).
 
 Malformed or hostile headers are ignored and a new trace is started, as the W3C
 spec asks; parsing never raises. Ids come from ``random.getrandbits``, which is
@@ -9,10 +14,32 @@ from __future__ import annotations
 
 import random
 import re
+from collections.abc import Mapping, Sequence
+from typing import Protocol
 
 import msgspec
 
-__all__ = ["TraceContext", "parse_traceparent", "start_trace"]
+__all__ = [
+    "Span",
+    "SpanKind",
+    "TraceContext",
+    "Tracer",
+    "parse_traceparent",
+    "start_trace",
+]
+
+AttributeValue = str | bool | int | float
+
+
+class SpanKind:
+    """Span kinds, named as OpenTelemetry names them (the adapter maps them)."""
+
+    INTERNAL = "internal"
+    SERVER = "server"
+    CLIENT = "client"
+    PRODUCER = "producer"
+    CONSUMER = "consumer"
+
 
 _TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})\Z")
 _ZERO_TRACE = "0" * 32
@@ -23,6 +50,7 @@ class TraceContext(msgspec.Struct, frozen=True):
     trace_id: str
     span_id: str
     sampled: bool = True
+    tracestate: str = ""  # vendor state, carried unchanged on every hop
 
     @property
     def traceparent(self) -> str:
@@ -30,11 +58,49 @@ class TraceContext(msgspec.Struct, frozen=True):
 
     def child(self) -> TraceContext:
         """A new span in the same trace (for an outgoing publish or call)."""
-        return TraceContext(self.trace_id, _new_span_id(), self.sampled)
+        return TraceContext(self.trace_id, _new_span_id(), self.sampled, self.tracestate)
+
+    def write(self, headers: dict[str, str]) -> None:
+        """Set ``traceparent`` (and ``tracestate`` when there is one) in ``headers``."""
+        headers["traceparent"] = self.traceparent
+        if self.tracestate:
+            headers["tracestate"] = self.tracestate
 
 
-def parse_traceparent(header: str) -> TraceContext | None:
-    """The trace context in ``header``, or None if it is absent or invalid."""
+class Span(Protocol):
+    """One recorded operation (what ``Tracer.start_span`` returns)."""
+
+    @property
+    def context(self) -> TraceContext: ...
+
+    def set_attribute(self, key: str, value: AttributeValue) -> None: ...
+
+    def set_error(self, description: str) -> None: ...
+
+    def record_exception(self, exc: BaseException) -> None: ...
+
+    def end(self) -> None: ...
+
+
+class Tracer(Protocol):
+    """Starts spans; a host given none records none."""
+
+    def start_span(
+        self,
+        name: str,
+        *,
+        kind: str = SpanKind.INTERNAL,
+        parent: TraceContext | None = None,
+        links: Sequence[TraceContext] = (),
+        attributes: Mapping[str, AttributeValue] | None = None,
+    ) -> Span: ...
+
+
+def parse_traceparent(header: str, tracestate: str = "") -> TraceContext | None:
+    """The trace context in ``header`` (with ``tracestate``), or None if it is invalid.
+
+    A ``tracestate`` longer than the W3C limit (512 characters) or with a line break is
+    dropped, the traceparent kept, as the spec allows."""
     if not header or len(header) > 128:
         return None
     match = _TRACEPARENT.match(header.strip())
@@ -43,7 +109,9 @@ def parse_traceparent(header: str) -> TraceContext | None:
     version, trace_id, span_id, flags = match.groups()
     if version == "ff" or trace_id == _ZERO_TRACE or span_id == _ZERO_SPAN:
         return None
-    return TraceContext(trace_id, span_id, bool(int(flags, 16) & 1))
+    if tracestate and (len(tracestate) > 512 or "\n" in tracestate or "\r" in tracestate):
+        tracestate = ""
+    return TraceContext(trace_id, span_id, bool(int(flags, 16) & 1), tracestate)
 
 
 def start_trace() -> TraceContext:

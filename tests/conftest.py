@@ -150,6 +150,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "test_snapshot_signing.py": ("process",),  # builds a snapshot in a child; cryptography
     "test_subjects.py": ("core",),
     "test_trace.py": ("core",),
+    "test_tracing.py": ("core", "http"),  # OpenTelemetry SDK; in-process HTTP
     "test_triggers.py": ("core",),
     "test_user_layouts.py": ("http", "process"),
     "test_worker.py": ("core",),
@@ -163,6 +164,7 @@ NOT_AT_THE_EDGE: dict[str, str] = {
     "test_example_image_pipeline.py": "example_loader imports thaw.adapters.process; Pillow",
     "test_example_payment_webhook.py": "example_loader imports thaw.adapters.process",
     "test_example_uploads.py": "example_loader imports thaw.adapters.process",
+    "test_tracing.py": "the OpenTelemetry SDK (the otel extra) is not in the Pyodide bundle",
     "test_example_nightly_reconciliation.py": "its TestHost settles by asyncio's loop._ready",
 }
 

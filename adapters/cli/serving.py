@@ -33,7 +33,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from thaw._errors import ThawError
+from thaw._errors import ConfigError, ThawError
+from thaw._trace import Tracer
 from thaw.adapters.cli.serve_options import ServeOptionError, prepare_apps
 from thaw.adapters.http.config import HttpConfig
 from thaw.adapters.threads import SyncPool
@@ -234,6 +235,8 @@ async def serve_apps(
         backbone = await stack.enter_async_context(
             open_backbone(kind, url, state_dir=args.state_dir, **connection)
         )
+        # Spans only when the OTEL_* variables ask for an exporter (docs/observability.md).
+        tracer = _tracer_from_environment()
         sync = SyncPool(  # ctx.run_sync: threads, and processes when asked for
             threads=getattr(args, "sync_threads", 8), processes=getattr(args, "sync_processes", 0)
         )
@@ -270,6 +273,7 @@ async def serve_apps(
                             idle_timeout=args.idle_timeout,
                             process_pools=pools,
                             run_sync=sync,
+                            tracer=tracer,
                         )
                     )
                     if subjects is not None and _has(host, SubjectTrigger):
@@ -433,3 +437,17 @@ def _open_http(args: Any, hosts: list[Any], unavailable: list[tuple[Any, str]]) 
         unavailable=unavailable,
         config=HttpConfig(max_body_cap=cap) if cap else None,
     )
+
+
+def _tracer_from_environment() -> Tracer | None:
+    """The OpenTelemetry tracer the OTEL_* variables configure, or None (tracing off)."""
+    if not any(name.startswith("OTEL_") for name in os.environ):
+        return None  # the common case: not even the OpenTelemetry API is imported
+    try:
+        from thaw.adapters.telemetry.tracing import tracer_from_environment
+    except ImportError:
+        raise ConfigError(
+            "OTEL_* variables are set but OpenTelemetry is not installed: "
+            "pip install 'thaw-runtime[otel]' (or unset them)"
+        ) from None
+    return tracer_from_environment()

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from thaw import Event, Ok, Reject
+from thaw._trace import SpanKind, Tracer
 from thaw.adapters.http._wire import Request, Response, response_from_answer
 from thaw.adapters.http.config import HttpConfig
 from thaw.adapters.http.cors import actual_headers, is_preflight, preflight, with_headers
@@ -77,7 +78,10 @@ class HttpService:
         config: HttpConfig,
         not_ready: Callable[[], str | None] = lambda: None,
         backbone: Backbone | None = None,
+        tracer: Tracer | None = None,
     ) -> None:
+        # None: no server spans (tracing off); by default the tracer of the host served.
+        self._tracer = tracer if tracer is not None else getattr(invoker, "tracer", None)
         self.router: Router = compile_router(
             invoker, max_body=config.max_body, max_body_cap=config.max_body_cap
         )
@@ -229,8 +233,45 @@ class HttpService:
         if route is None:  # GET /_thaw/status/<id>
             assert self._intake is not None
             return await self._intake.status(params)
+        if self._tracer is not None:
+            return await self._handle_traced(route, request, params)
         if self._assign_trace:
             self._trace(request)
+        return await self._handle(route, request, params)
+
+    async def _handle_traced(self, route: Route, request: Request, params: Any) -> Response:
+        """The request as an HTTP SERVER span; the function's spans are its children."""
+        assert self._tracer is not None
+        headers = request.headers
+        parent = parse_traceparent(headers.get("traceparent", ""), headers.get("tracestate", ""))
+        span = self._tracer.start_span(
+            f"{request.method} {route.template}",
+            kind=SpanKind.SERVER,
+            parent=parent,
+            attributes={
+                "http.request.method": request.method,
+                "http.route": route.template,
+                "url.path": request.path,
+                "thaw.capability": route.name,
+            },
+        )
+        context = span.context
+        context.write(headers)
+        request.trace_id = context.trace_id
+        try:
+            response = await self._handle(route, request, params)
+        except BaseException as exc:
+            span.record_exception(exc)
+            span.end()
+            raise
+        span.set_attribute("http.response.status_code", response.status)
+        if response.status >= 500:
+            span.set_attribute("error.type", str(response.status))
+            span.set_error(f"HTTP {response.status}")
+        span.end()
+        return response
+
+    async def _handle(self, route: Route, request: Request, params: Any) -> Response:
         if route.verifier is not None:  # claimed while answered: kept on a 2xx, else released
             answer = partial(self._answer, route, request, params)
             cors = partial(self._cors, route, request)

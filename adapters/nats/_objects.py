@@ -15,7 +15,7 @@ bad name fails the same way as in memory.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 
 import nats.js.errors
@@ -136,13 +136,20 @@ class JetStreamObjectStore:
         except ValueError as error:  # nats-py's own checks (never reached with valid names)
             raise BackboneError(f"{doing}: {error}") from error
 
-    async def put(self, name: str, data: bytes) -> ObjectInfo:
+    async def put(
+        self, name: str, data: bytes, *, headers: Mapping[str, str] | None = None
+    ) -> ObjectInfo:
         validate_object_name(name)
         payload = object_data(name, data)
         # Chunks carry no headers; they stay within the server's max_payload even when
         # it is below nats-py's 128 KiB default chunk (which it would refuse to send).
         chunk = max(1, min(_CHUNK_SIZE, self._session.client.max_payload))
-        meta = api.ObjectMeta(name=name, options=api.ObjectMetaOptions(max_chunk_size=chunk))
+        meta = api.ObjectMeta(
+            name=name,
+            options=api.ObjectMetaOptions(max_chunk_size=chunk),
+            # The info's headers, as NATS lays them out (Go's nats.Header: name -> values).
+            headers={k: [v] for k, v in headers.items()} if headers else None,
+        )
         async with self._call(f"put object {name!r} in {self._bucket!r}", name):
             info = await self._store.put(name, payload, meta=meta)
         return _info(self._bucket, info)

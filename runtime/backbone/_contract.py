@@ -360,8 +360,11 @@ class ObjectStore(Protocol):
     @property
     def bucket(self) -> str: ...
 
-    async def put(self, name: str, data: bytes) -> ObjectInfo:
-        """Store (or replace) the object; return its info."""
+    async def put(
+        self, name: str, data: bytes, *, headers: Mapping[str, str] | None = None
+    ) -> ObjectInfo:
+        """Store (or replace) the object; return its info. ``headers`` go into the
+        object's info (NATS: its ``headers``), e.g. the writer's ``traceparent``."""
         ...
 
     async def get(self, name: str) -> bytes: ...

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar, cast
 from urllib.parse import parse_qsl
 
 import anyio
@@ -28,9 +28,9 @@ from thaw._errors import (
     NoResponders,
     UnknownCapability,
 )
-from thaw._event import Event, Outcome, Reject, Retry
-from thaw._headers import MSG_ID_HEADER, TRACEPARENT_HEADER, URL_PATH_HEADER, URL_QUERY_HEADER
-from thaw._trace import TraceContext, parse_traceparent, start_trace
+from thaw._event import Event, Ok, Outcome, Reject, Retry
+from thaw._headers import MSG_ID_HEADER, TRACESTATE_HEADER, URL_PATH_HEADER, URL_QUERY_HEADER
+from thaw._trace import SpanKind, TraceContext, Tracer, parse_traceparent, start_trace
 from thaw.backbone._subjects import subject_matches
 from thaw.decisions._reply import Requester, outcome_of_reply
 
@@ -73,6 +73,7 @@ class CapabilityEnv:
         "logger",
         "run_sync",
         "siblings",
+        "tracer",
     )
 
     def __init__(
@@ -85,7 +86,9 @@ class CapabilityEnv:
         logger: logging.Logger,
         access: Access | None = None,
         run_sync: SyncRunner = run_sync_inline,
+        tracer: Tracer | None = None,
     ) -> None:
+        self.tracer = tracer  # None: tracing off (no span is started anywhere)
         self.access = access
         self.run_sync = run_sync
         self.app = app
@@ -162,7 +165,9 @@ class Context:
     def trace(self) -> TraceContext:
         """The incoming trace context, or a new trace when the event carried none."""
         if self._trace is None:
-            self._trace = parse_traceparent(self.event.traceparent) or start_trace()
+            event = self.event
+            state = event.headers.get(TRACESTATE_HEADER, "") if event.headers else ""
+            self._trace = parse_traceparent(event.traceparent, state) or start_trace()
         return self._trace
 
     @property
@@ -196,8 +201,31 @@ class Context:
             msg_id = f"{self.event.id}/{self._env.capability}/{self._published}"
         payload = data if isinstance(data, bytes) else _encode(data)
         out_headers = dict(headers) if headers else {}
-        out_headers[TRACEPARENT_HEADER] = self.trace.child().traceparent
-        return await backbone.publish(subject, payload, headers=out_headers, msg_id=msg_id)
+        tracer = self._env.tracer
+        if tracer is None:
+            self.trace.child().write(out_headers)
+            return await backbone.publish(subject, payload, headers=out_headers, msg_id=msg_id)
+        span = tracer.start_span(
+            f"publish {subject}",
+            kind=SpanKind.PRODUCER,
+            parent=self.trace,
+            attributes={
+                "messaging.system": "nats",
+                "messaging.operation.type": "send",
+                "messaging.operation.name": "publish",
+                "messaging.destination.name": subject,
+                "messaging.message.id": msg_id,
+                "messaging.message.body.size": len(payload),
+            },
+        )
+        span.context.write(out_headers)
+        try:
+            return await backbone.publish(subject, payload, headers=out_headers, msg_id=msg_id)
+        except BaseException as exc:
+            span.record_exception(exc)
+            raise
+        finally:
+            span.end()
 
     async def call(
         self, capability: str, payload: bytes | object = b"", *, timeout: float | None = None
@@ -216,11 +244,14 @@ class Context:
         if timeout is not None:
             deadline = min(deadline, self._env.clock.now() + timeout)
         data = payload if isinstance(payload, bytes) else _encode(payload)
+        # The callee's invoke span (when tracing) is the child; without tracing a new span id.
+        trace = self.trace if self._env.tracer is not None else self.trace.child()
         event = Event(
             id=f"{self.event.id}/{self._env.capability}->{capability}",
             data=data,
+            headers={TRACESTATE_HEADER: trace.tracestate} if trace.tracestate else {},
             deadline=deadline,
-            traceparent=self.trace.child().traceparent,
+            traceparent=trace.traceparent,
         )
         return await target(event)
 
@@ -258,16 +289,37 @@ class Context:
             return Retry(0.0, f"no time left to request {subject!r}", DeadlineExceeded.code)
         self._requested += 1
         out_headers = dict(headers) if headers else {}
-        out_headers[TRACEPARENT_HEADER] = self.trace.child().traceparent
         out_headers[MSG_ID_HEADER] = (
             f"{self.event.id}/{self._env.capability}?{subject}/{self._requested}"
         )
         data = payload if isinstance(payload, bytes) else _encode(payload)
+        tracer = self._env.tracer
+        if tracer is None:
+            self.trace.child().write(out_headers)
+            return await _request(backbone, subject, data, out_headers, wait)
+        span = tracer.start_span(
+            f"send {subject}",
+            kind=SpanKind.CLIENT,
+            parent=self.trace,
+            attributes={
+                "messaging.system": "nats",
+                "messaging.operation.type": "send",
+                "messaging.operation.name": "request",
+                "messaging.destination.name": subject,
+                "messaging.message.body.size": len(data),
+            },
+        )
+        span.context.write(out_headers)
         try:
-            reply = await backbone.request(subject, data, headers=out_headers, timeout=wait)
-        except (DeadlineExceeded, NoResponders) as exc:
-            return Retry(0.0, exc.message, exc.code)
-        return outcome_of_reply(reply.data, reply.headers)
+            outcome = await _request(backbone, subject, data, out_headers, wait)
+            if type(outcome) is not Ok:
+                span.set_error(getattr(outcome, "code", "error"))
+            return outcome
+        except BaseException as exc:
+            span.record_exception(exc)
+            raise
+        finally:
+            span.end()
 
     async def fan_out(
         self,
@@ -316,13 +368,19 @@ class Context:
         """The KV bucket ``bucket`` (it must exist; hosts provision declared buckets)."""
         backbone = self._require_backbone("kv")
         self._check_bucket("use KV bucket", bucket, "buckets")
-        return await backbone.kv(bucket)
+        store = await backbone.kv(bucket)
+        if self._env.tracer is None:
+            return store
+        return cast("KeyValue", _Traced(store, self._env.tracer, self.trace, "kv", bucket))
 
     async def objects(self, bucket: str) -> ObjectStore:
         """The object store ``bucket`` (it must exist; hosts provision declared ones)."""
         backbone = self._require_backbone("objects")
         self._check_bucket("use object store", bucket, "objects")
-        return await backbone.object_store(bucket)
+        store = await backbone.object_store(bucket)
+        # Always wrapped: a put carries this call's trace in the object's info, so what the
+        # object triggers continues this trace (with tracing off too).
+        return cast("ObjectStore", _Traced(store, self._env.tracer, self.trace, "objects", bucket))
 
     def _check_subject(
         self, doing: str, subject: str, field: Literal["publishes", "requests"]
@@ -356,3 +414,72 @@ class Context:
                 "has no backbone; pass backbone=... to the Invoker or run it under a host"
             )
         return backbone
+
+
+async def _request(
+    backbone: Requester, subject: str, data: bytes, headers: dict[str, str], wait: float
+) -> Outcome:
+    try:
+        reply = await backbone.request(subject, data, headers=headers, timeout=wait)
+    except (DeadlineExceeded, NoResponders) as exc:
+        return Retry(0.0, exc.message, exc.code)
+    return outcome_of_reply(reply.data, reply.headers)
+
+
+class _Traced:
+    """A KV bucket or object store whose async calls are CLIENT spans (with a tracer) and
+    whose object puts carry the trace in the object's info."""
+
+    __slots__ = ("_bucket", "_kind", "_parent", "_store", "_tracer")
+
+    def __init__(
+        self, store: Any, tracer: Tracer | None, parent: TraceContext, kind: str, bucket: str
+    ) -> None:
+        self._store = store
+        self._tracer = tracer
+        self._parent = parent
+        self._kind = kind
+        self._bucket = bucket
+
+    def __getattr__(self, name: str) -> Any:
+        attribute = getattr(self._store, name)
+        if name.startswith("_") or not callable(attribute):
+            return attribute
+
+        tracer = self._tracer
+        if self._kind == "objects" and name == "put":
+            attribute = self._put(attribute)
+        if tracer is None:
+            return attribute
+
+        async def traced(*args: Any, **kwargs: Any) -> Any:
+            span = tracer.start_span(
+                f"{self._kind} {name} {self._bucket}",
+                kind=SpanKind.CLIENT,
+                parent=self._parent,
+                attributes={
+                    "db.system.name": "nats" if self._kind == "kv" else "nats_object_store",
+                    "db.operation.name": name,
+                    "db.namespace": self._bucket,
+                },
+            )
+            try:
+                result = attribute(*args, **kwargs)
+                if hasattr(result, "__await__"):
+                    result = await result
+                return result
+            except BaseException as exc:
+                span.record_exception(exc)
+                raise
+            finally:
+                span.end()
+
+        return traced
+
+    def _put(self, put: Callable[..., Any]) -> Callable[..., Any]:
+        async def put_traced(name: str, data: bytes) -> Any:
+            headers: dict[str, str] = {}
+            self._parent.child().write(headers)
+            return await put(name, data, headers=headers)
+
+        return put_traced

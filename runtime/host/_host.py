@@ -32,6 +32,7 @@ import msgspec
 from thaw._clock import Clock, SystemClock
 from thaw._event import Event, Outcome
 from thaw._headers import MSG_ID_HEADER, TRACEPARENT_HEADER
+from thaw._trace import Tracer
 from thaw.backbone._contract import Backbone
 from thaw.backbone.memory._backbone import MemoryBackbone
 from thaw.backbone.memory._requests import Responding
@@ -108,6 +109,7 @@ async def open_host(
     run_sync: SyncRunner = run_sync_inline,
     wall_clock: Callable[[], float] | None = None,
     plan: ProvisionPlan | None = None,
+    tracer: Tracer | None = None,
 ) -> AsyncIterator[Host]:
     """Provision (unless ``provision=False``), start the workers, yield the host, drain.
 
@@ -124,6 +126,7 @@ async def open_host(
     ``wall_clock`` (seconds since the epoch, default ``time.time``) says when schedules fire.
     ``plan`` replaces ``plan_for(app, ack_wait=...)``: what an operator adjusted per
     environment (``thaw serve --consumer``, ``--bind-stream``); the workers follow it.
+    ``tracer`` records spans (``thaw.adapters.telemetry.tracing.OtelTracer``); None: off.
     """
     revision = app if isinstance(app, Revision) else source_revision(app)
     app = revision.app
@@ -142,9 +145,11 @@ async def open_host(
         idempotency_store=store,
         clock=clock,
         run_sync=run_sync,
+        tracer=tracer,
     )
     router.add(revision, weight=100)
     invoker = ServingInvoker(app, router, clock=clock, idempotency_store=store)
+    invoker.tracer = tracer
     budget = budget or RetryBudget()
     workers: dict[str, StreamWorker] = {}
     for consumer in plan.consumers:
@@ -161,12 +166,15 @@ async def open_host(
             fetch_timeout=fetch_timeout,
             budget=budget,
             shape=shaper_for(consumer.trigger),
+            tracer=tracer,
         )
     # The workers honour a Thaw-Event-Id only when it is signed with this key (_identity).
     event_key = await load_event_key(backbone) if workers else b""
     # Its ticks run on the workers above; a test's FakeClock (with a wall clock read from
     # it, ``wall_clock``) drives them too.
-    schedules = ScheduleRunner(app, backbone, clock=clock, wall_clock=wall_clock or time.time)
+    schedules = ScheduleRunner(
+        app, backbone, clock=clock, wall_clock=wall_clock or time.time, tracer=tracer
+    )
     responders = _answer_subjects(invoker, backbone) if isinstance(backbone, MemoryBackbone) else []
     key_in_context = EVENT_KEY.set(event_key)  # the worker tasks started below inherit it
     try:

@@ -40,6 +40,7 @@ import msgspec
 from thaw._clock import Clock, SystemClock
 from thaw._errors import ConfigError, RuntimeFault
 from thaw._event import Event, Outcome, Retry
+from thaw._trace import Tracer
 from thaw.backbone._contract import Backbone
 from thaw.declarations._app import App
 from thaw.declarations._context import SyncRunner, run_sync_inline
@@ -141,6 +142,7 @@ class InstancePool:
         cold_starts: ColdStarts | None = None,
         on_change: Callable[[], None] | None = None,
         run_sync: SyncRunner = run_sync_inline,
+        tracer: Tracer | None = None,
     ) -> None:
         if isolation not in ("shared", "fresh"):
             raise ConfigError(
@@ -156,6 +158,7 @@ class InstancePool:
         self._backbone = backbone
         self._rand = rand
         self._run_sync = run_sync
+        self._tracer = tracer
         self._cold_starts = cold_starts
         self._on_change = on_change  # told when the live instance comes or goes
         # One store per pool, so idempotency survives instances coming and going.
@@ -178,6 +181,7 @@ class InstancePool:
             clock=self._clock,
             rand=self._rand,
             run_sync=self._run_sync,
+            tracer=self._tracer,
         )
 
     @property

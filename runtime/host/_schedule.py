@@ -37,6 +37,7 @@ import msgspec
 
 from thaw._clock import Clock, SystemClock
 from thaw._errors import BackboneError, BucketNotFound, KeyExists, WrongRevision
+from thaw._trace import SpanKind, Tracer
 from thaw.backbone._contract import Backbone, KeyValue, KvConfig, PubAck
 from thaw.declarations._app import App
 from thaw.declarations._cron import next_tick, previous_tick
@@ -114,8 +115,10 @@ class ScheduleRunner:
         *,
         wall_clock: Callable[[], float] = time.time,
         clock: Clock | None = None,
+        tracer: Tracer | None = None,
     ) -> None:
         self.app = app
+        self._tracer = tracer
         self._backbone = backbone
         self._now = wall_clock
         self._clock: Clock = clock or SystemClock()
@@ -145,11 +148,33 @@ class ScheduleRunner:
     ) -> PubAck:
         """Publish ``tick`` (a repeat within the duplicate window is dropped) and record it."""
         payload = msgspec.json.encode(Tick(_stamp(tick), capability, catch_up))
-        ack = await self._backbone.publish(
-            tick_subject(self.app.name, capability),
-            payload,
-            msg_id=tick_msg_id(self.app.name, capability, tick),
-        )
+        subject = tick_subject(self.app.name, capability)
+        msg_id = tick_msg_id(self.app.name, capability, tick)
+        if self._tracer is None:
+            ack = await self._backbone.publish(subject, payload, msg_id=msg_id)
+        else:  # a tick starts a trace: its own root span, the consumer's parent
+            span = self._tracer.start_span(
+                f"publish {subject}",
+                kind=SpanKind.PRODUCER,
+                attributes={
+                    "messaging.system": "nats",
+                    "messaging.operation.type": "send",
+                    "messaging.destination.name": subject,
+                    "messaging.message.id": msg_id,
+                    "faas.cron": capability,
+                    "faas.time": _stamp(tick),
+                    "thaw.catch_up": catch_up,
+                },
+            )
+            headers: dict[str, str] = {}
+            span.context.write(headers)
+            try:
+                ack = await self._backbone.publish(subject, payload, headers=headers, msg_id=msg_id)
+            except BaseException as exc:
+                span.record_exception(exc)
+                raise
+            finally:
+                span.end()
         await self._record(capability, int(tick.timestamp()))
         return ack
 

@@ -27,6 +27,7 @@ import msgspec
 
 from thaw._clock import Clock
 from thaw._event import Event, Outcome
+from thaw._trace import Tracer
 from thaw.declarations._app import App, CapabilitySpec
 from thaw.host._router import RevisionRouter
 from thaw.invocation._idempotency import IdempotencyStore
@@ -98,6 +99,7 @@ class ServingInvoker(CapabilitiesByName[ServedCapability]):
         self.router = router
         self.clock = clock
         self.idempotency_store = idempotency_store
+        self.tracer: Tracer | None = None  # the host's, for its HTTP server spans
         self._capabilities: dict[str, ServedCapability] = {
             name: ServedCapability(spec, router) for name, spec in app.capabilities.items()
         }

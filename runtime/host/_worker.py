@@ -32,7 +32,8 @@ import msgspec
 
 from thaw._errors import BackboneError, BatchInvalid, DeliveriesExhausted
 from thaw._event import Event, Ok, Outcome, Reject
-from thaw._headers import DEAD_LETTER_BODY_OMITTED, TRACEPARENT_HEADER
+from thaw._headers import DEAD_LETTER_BODY_OMITTED, TRACEPARENT_HEADER, TRACESTATE_HEADER
+from thaw._trace import SpanKind, Tracer, parse_traceparent
 from thaw.backbone._contract import Backbone, ConsumerConfig, Message
 from thaw.backbone._rules import MessageTooLarge
 from thaw.decisions._delivery import (
@@ -90,7 +91,9 @@ class StreamWorker:
         fetch_timeout: float = 1.0,
         budget: RetryBudget | None = None,
         shape: Shaper | None = None,
+        tracer: Tracer | None = None,
     ) -> None:
+        self._tracer = tracer  # None: no consume spans (tracing off)
         self._shape = shape  # kv/objects triggers: the delivery -> the input (None: skip it)
         self._invoker = invoker
         self._backbone = backbone
@@ -232,14 +235,64 @@ class StreamWorker:
                 await self._perform(message, skipped, None)
                 return skipped
             data = shaped
+        traceparent = headers.get(TRACEPARENT_HEADER, "")
+        event_headers = dict(headers)
+        if not traceparent and message.subject.startswith("$O."):
+            traceparent = _object_trace(message.data, event_headers)
         event = Event(
             id=stream_event_id(message),
             data=data,
             subject=message.subject,
-            headers=dict(headers),
+            headers=event_headers,
             attempt=message.num_delivered,
-            traceparent=headers.get(TRACEPARENT_HEADER, ""),
+            traceparent=traceparent,
         )
+        if self._tracer is not None:
+            return await self._consume_traced(message, event)
+        return await self._run(message, event)
+
+    async def _consume_traced(self, message: Message, event: Event) -> StreamAction:
+        """The delivery as a CONSUMER span: the producer's context is its parent and its
+        link, so every attempt (a span each) links back to the one publish."""
+        assert self._tracer is not None
+        producer = parse_traceparent(event.traceparent, event.headers.get(TRACESTATE_HEADER, ""))
+        span = self._tracer.start_span(
+            f"process {message.subject}",
+            kind=SpanKind.CONSUMER,
+            parent=producer,
+            links=(producer,) if producer is not None else (),
+            attributes={
+                "messaging.system": "nats",
+                "messaging.operation.type": "process",
+                "messaging.operation.name": "process",
+                "messaging.destination.name": message.subject,
+                "messaging.consumer.group.name": self._consumer.durable or "",
+                "messaging.message.id": event.id,
+                "messaging.message.body.size": len(message.data),
+                "thaw.delivery.attempt": message.num_delivered,
+                "thaw.stream": message.stream,
+                "thaw.stream.seq": message.seq,
+            },
+        )
+        context = span.context
+        headers = dict(event.headers)
+        context.write(headers)
+        traced = msgspec.structs.replace(event, traceparent=context.traceparent, headers=headers)
+        try:
+            action = await self._run(message, traced)
+        except BaseException as exc:
+            span.record_exception(exc)
+            span.end()
+            raise
+        span.set_attribute("thaw.action", type(action).__name__.lower())
+        if type(action) is DeadLetter:
+            span.set_attribute("error.type", action.code)
+            span.set_error(action.reason)
+        span.end()
+        return action
+
+    async def _run(self, message: Message, event: Event) -> StreamAction:
+        headers = message.headers
         if self._budget is not None and message.num_delivered == 1:
             self._budget.record_first_attempt()
         child = None
@@ -478,3 +531,32 @@ class _Lanes:
             wake = anyio.Event()
             self._idle.append(wake)
             await wake.wait()
+
+
+class _MetaHeaders(msgspec.Struct):
+    """The ``headers`` of an object's info (NATS layout: name -> list of values)."""
+
+    headers: dict[str, list[str] | str] | None = None
+
+
+_meta_headers = msgspec.json.Decoder(_MetaHeaders).decode
+
+
+def _object_trace(data: bytes, headers: dict[str, str]) -> str:
+    """The traceparent an object's info carries (its writer's trace); its tracestate goes
+    into ``headers``. "" when there is none or the info is unreadable."""
+    try:
+        found = _meta_headers(data).headers
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return ""
+    if not found:
+        return ""
+
+    def first(name: str) -> str:
+        value = found.get(name) or ""
+        return value if isinstance(value, str) else (value[0] if value else "")
+
+    state = first(TRACESTATE_HEADER)
+    if state:
+        headers.setdefault(TRACESTATE_HEADER, state)
+    return first(TRACEPARENT_HEADER)

@@ -50,6 +50,8 @@ from thaw._errors import (
     ThawError,
 )
 from thaw._event import Event, Ok, Outcome, Reject, Retry
+from thaw._headers import TRACESTATE_HEADER
+from thaw._trace import SpanKind, Tracer, parse_traceparent
 from thaw.backbone._contract import Backbone
 from thaw.declarations._app import App, CapabilitySpec
 from thaw.declarations._context import CapabilityEnv, Context, SyncRunner, run_sync_inline
@@ -57,7 +59,7 @@ from thaw.invocation._deadlines import AsyncioWatchdog, resume
 from thaw.invocation._idempotency import Claim, IdempotencyStore, MemoryIdempotencyStore
 from thaw.invocation._shape import CapabilitiesByName
 
-__all__ = ["Invoker", "CompiledCapability", "InvokerStatistics"]
+__all__ = ["Invoker", "CompiledCapability", "InvokerStatistics", "TracedCapability"]
 
 _get_running_loop = asyncio._get_running_loop
 _modules = sys.modules
@@ -467,6 +469,78 @@ class CompiledCapability:
         return Retry(delay, _clip(message), code)
 
 
+class TracedCapability(CompiledCapability):
+    """A ``CompiledCapability`` that records each call as a span (an Invoker given a
+    tracer compiles these; without one, the plain class runs and tracing costs nothing).
+
+    The span is the FaaS invocation span (semantic conventions: ``faas.*``); the
+    function's context sees it as its trace, so its publishes, calls and storage
+    calls are its children."""
+
+    __slots__ = ("_attributes", "_tracer")
+
+    def __init__(
+        self,
+        spec: CapabilitySpec,
+        env: CapabilityEnv,
+        *,
+        store: IdempotencyStore | None,
+        rand: Callable[[], float],
+        tracer: Tracer,
+    ) -> None:
+        super().__init__(spec, env, store=store, rand=rand)
+        self._tracer = tracer
+        policy = spec.policy
+        self._attributes: dict[str, str | bool | int | float] = {
+            "faas.invoked_name": spec.name,
+            "faas.invoked_provider": "thaw",
+            "thaw.app": env.app,
+            "thaw.isolation": getattr(policy, "isolation", "shared"),
+        }
+
+    async def __call__(self, event: Event) -> Outcome:
+        headers = event.headers
+        parent = parse_traceparent(
+            event.traceparent, headers.get(TRACESTATE_HEADER, "") if headers else ""
+        )
+        attributes = dict(self._attributes)
+        attributes["faas.invocation_id"] = event.id
+        attributes["faas.coldstart"] = self._calls == 0  # this instance's first call
+        attributes["faas.trigger"] = _faas_trigger(event)
+        attributes["thaw.attempt"] = event.attempt
+        span = self._tracer.start_span(
+            f"invoke {self.name}", kind=SpanKind.SERVER, parent=parent, attributes=attributes
+        )
+        traced = msgspec.structs.replace(event, traceparent=span.context.traceparent)
+        try:
+            outcome = await super().__call__(traced)
+        except BaseException as exc:
+            span.record_exception(exc)
+            span.end()
+            raise
+        if type(outcome) is Reject:
+            span.set_attribute("error.type", outcome.code)
+            span.set_error(outcome.reason)
+        elif type(outcome) is Retry:
+            span.set_attribute("error.type", outcome.code)
+            span.set_attribute("thaw.retry_delay", outcome.delay)
+            span.set_error(outcome.reason)
+        span.end()
+        return outcome
+
+
+def _faas_trigger(event: Event) -> str:
+    """FaaS semantic conventions' ``faas.trigger``: http, pubsub, timer, datasource, other."""
+    subject = event.subject
+    if not subject:
+        return "http" if event.headers else "other"
+    if subject.startswith("$KV.") or subject.startswith("$O."):
+        return "datasource"
+    if ".schedule." in subject or subject.startswith("thaw.schedule"):
+        return "timer"
+    return "pubsub"
+
+
 class Invoker(CapabilitiesByName[CompiledCapability]):
     """Compiles an App's capabilities and invokes them by name.
 
@@ -486,15 +560,17 @@ class Invoker(CapabilitiesByName[CompiledCapability]):
         rand: Callable[[], float] = random.random,
         logger: logging.Logger | None = None,
         run_sync: SyncRunner = run_sync_inline,
+        tracer: Tracer | None = None,
     ) -> None:
         self.app = app
+        self.tracer = tracer
         self.clock: Clock = clock or SystemClock()
         self.idempotency_store: IdempotencyStore = idempotency_store or MemoryIdempotencyStore(
             clock=self.clock
         )
         log = logger or logging.getLogger(f"thaw.app.{app.name}")
         self._capabilities: dict[str, CompiledCapability] = {
-            name: CompiledCapability(
+            name: _compile(
                 spec,
                 CapabilityEnv(
                     app=app.name,
@@ -504,9 +580,11 @@ class Invoker(CapabilitiesByName[CompiledCapability]):
                     logger=log,
                     access=spec.policy.access,
                     run_sync=run_sync,
+                    tracer=tracer,
                 ),
                 store=self.idempotency_store,
                 rand=rand,
+                tracer=tracer,
             )
             for name, spec in app.capabilities.items()
         }
@@ -521,6 +599,19 @@ class Invoker(CapabilitiesByName[CompiledCapability]):
             in_flight={c.name: c.in_flight for c in caps},
             deadline_watches=sum(w.pending() for w in watches.values()),
         )
+
+
+def _compile(
+    spec: CapabilitySpec,
+    env: CapabilityEnv,
+    *,
+    store: IdempotencyStore | None,
+    rand: Callable[[], float],
+    tracer: Tracer | None,
+) -> CompiledCapability:
+    if tracer is None:
+        return CompiledCapability(spec, env, store=store, rand=rand)
+    return TracedCapability(spec, env, store=store, rand=rand, tracer=tracer)
 
 
 _WATCHDOGS: dict[int, AsyncioWatchdog] = {}

@@ -18,7 +18,7 @@ from __future__ import annotations
 import datetime
 import itertools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import anyio
 import msgspec
@@ -47,6 +47,12 @@ _nuids = itertools.count(1)
 ObjectInfos = list[ObjectInfo]  # ``list`` is a method name in the classes below
 
 
+class _MetaWithHeaders(ObjectMeta, kw_only=True, omit_defaults=True):
+    """The info with its ``headers`` (NATS layout: name -> values), as nats-py writes it."""
+
+    headers: dict[str, list[str]] | None = None
+
+
 def object_stream_config(config: ObjectStoreConfig) -> StreamConfig:
     return StreamConfig(
         name=object_stream_name(config.bucket), subjects=object_stream_subjects(config.bucket)
@@ -63,8 +69,10 @@ class ObjectBucketState:
         self.stream = stream
         self._objects: dict[str, tuple[ObjectInfo, bytes]] = {}
 
-    def _record(self, info: ObjectInfo, nuid: str, now: float) -> None:
-        meta = ObjectMeta(
+    def _record(
+        self, info: ObjectInfo, nuid: str, now: float, headers: Mapping[str, str] | None = None
+    ) -> None:
+        meta = _MetaWithHeaders(
             name=info.name,
             bucket=info.bucket,
             nuid=nuid,
@@ -74,11 +82,19 @@ class ObjectBucketState:
             digest=info.digest,
             deleted=info.deleted or None,
             options={"max_chunk_size": OBJECT_CHUNK_SIZE},
+            headers={k: [v] for k, v in headers.items()} if headers else None,
         )
         subject = object_meta_subject(self.config.bucket, info.name)
         self.stream.store(subject, _encode(meta), _ROLLUP, None, now)
 
-    def put(self, name: str, data: bytes, now: float, wall: str) -> ObjectInfo:
+    def put(
+        self,
+        name: str,
+        data: bytes,
+        now: float,
+        wall: str,
+        headers: Mapping[str, str] | None = None,
+    ) -> ObjectInfo:
         info = ObjectInfo(
             bucket=self.config.bucket,
             name=name,
@@ -87,7 +103,7 @@ class ObjectBucketState:
             chunks=math.ceil(len(data) / OBJECT_CHUNK_SIZE),
             modified=wall,
         )
-        self._record(info, f"m{next(_nuids)}", now)
+        self._record(info, f"m{next(_nuids)}", now, headers)
         self._objects[name] = (info, data)
         return info
 
@@ -140,11 +156,13 @@ class MemoryObjectStore:
         validate_object_name(name)
         return self._clock.now()
 
-    async def put(self, name: str, data: bytes) -> ObjectInfo:
+    async def put(
+        self, name: str, data: bytes, *, headers: Mapping[str, str] | None = None
+    ) -> ObjectInfo:
         now = await self._enter(name)
         payload = object_data(name, data)
         wall = datetime.datetime.now(datetime.UTC).isoformat()
-        return self._state.put(name, payload, now, wall)
+        return self._state.put(name, payload, now, wall, headers)
 
     async def get(self, name: str) -> bytes:
         await self._enter(name)

@@ -1,0 +1,1 @@
+"""Telemetry adapters: metrics across worker processes, JSON logs (and tracing)."""
