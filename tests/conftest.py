@@ -87,6 +87,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "test_exports_children.py": ("process",),  # fresh child Pythons, the adapters' sources
     "test_fleet.py": ("nats", "http", "process"),  # 3 nodes, 3 thaw serve --deployed hosts
     "test_host.py": ("core",),
+    "test_grafana_dashboard.py": ("http",),
     "test_http_access_log.py": ("http",),
     "test_http_cors.py": ("http",),
     "test_http_hostile.py": ("http",),
@@ -103,6 +104,8 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "test_http_webhooks.py": ("http",),
     "test_http_webhooks_nats.py": ("http", "nats"),
     "test_http_workers.py": ("http", "process"),
+    "test_metrics_workers.py": ("http", "process"),
+    "test_json_logs.py": ("http", "process"),
     "test_idempotency.py": ("core",),
     "test_identity.py": ("core",),
     "test_in_pyodide.py": ("edge",),  # copied in by the edge host; runs only there

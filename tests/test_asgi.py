@@ -525,4 +525,4 @@ async def test_metrics_of_a_served_host_show_its_stream_workers() -> None:
         reply = await asgi_request(service, "GET", "/metrics")
     assert reply is not None and reply.status == 200
     text = reply.body.decode()
-    assert 'thaw_stream_deliveries_total{worker="greet",action="ack"} 0' in text
+    assert 'thaw_stream_deliveries_total{capability="greet",consumer="",action="ack"} 0' in text

@@ -242,8 +242,8 @@ async def test_a_served_host_exposes_its_stream_workers() -> None:
     types, samples = parse(reply.body.decode())
     assert types["thaw_stream_deliveries_total"] == "counter"
     name = "thaw_stream_deliveries_total"
-    assert value(samples, name, worker="run", action="ack") == 2
-    assert value(samples, name, worker="run", action="dead_letter") == 1
-    assert value(samples, name, worker="run", action="nak") == 0
+    assert value(samples, name, capability="run", consumer="", action="ack") == 2
+    assert value(samples, name, capability="run", consumer="", action="dead_letter") == 1
+    assert value(samples, name, capability="run", consumer="", action="nak") == 0
     assert types["thaw_stream_pending"] == "gauge"
-    assert value(samples, "thaw_stream_pending", worker="run") == 0  # caught up
+    assert value(samples, "thaw_stream_pending", capability="run", consumer="") == 0  # caught up

@@ -13,7 +13,6 @@ shown with credentials redacted (``--json``: one JSON document).
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import re
 import sys
@@ -249,6 +248,15 @@ def _serve_options(parser: argparse.ArgumentParser, *, several: bool = False) ->
         default=True,
         help="one INFO line per HTTP request on logger thaw.http.access (on)",
     )
+    if several:  # thaw serve (thaw dev keeps its own text lines)
+        parser.add_argument(
+            "--log-format",
+            choices=("text", "json"),
+            default=None,
+            help="text (thaw: logger: message) or json: one object per line with time, "
+            "level, logger, message, trace_id, span_id, capability, revision, event_id "
+            "(THAW_LOG_FORMAT; text)",
+        )
     parser.add_argument(
         "--redact-header",
         action="append",
@@ -371,7 +379,14 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from thaw.adapters.cli.serving import apps_to_serve, serve_apps
 
     # Operators see where the embedded server is, warnings and dead letters, on stderr.
-    logging.basicConfig(level=logging.INFO, format="thaw: %(name)s: %(message)s")
+    from thaw.adapters.telemetry.logs import configure_logging, log_format
+
+    try:
+        args.log_format = log_format(getattr(args, "log_format", None))
+    except ValueError as exc:
+        print(f"thaw serve: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    configure_logging(args.log_format)
     _export_host_settings(args)
     targets = args.app if isinstance(args.app, list) else [args.app]
     if not targets and not args.deployed:

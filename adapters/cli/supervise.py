@@ -33,6 +33,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from contextlib import AsyncExitStack
@@ -47,6 +48,7 @@ from thaw.adapters.cli.nats_options import (
     strip_credentials,
 )
 from thaw.adapters.cli.serve_options import ServeOptionError, consumer_flags, prepare_apps
+from thaw.adapters.telemetry.metrics_peers import PEERS_ENV
 from thaw.backbone._registry import open_backbone
 from thaw.declarations._app import App
 from thaw.host._provision import apply_plan, plan_for
@@ -292,6 +294,7 @@ def worker_command(args: argparse.Namespace, *, kind: str, url: str | None, port
     if args.no_http:
         command.append("--no-http")
     command.append("--access-log" if args.access_log else "--no-access-log")
+    command += ["--log-format", getattr(args, "log_format", None) or "text"]
     command += ["--workers", "1", "--worker-of", str(os.getpid())]
     return command
 
@@ -322,6 +325,8 @@ def serve_workers(
 
     async def main() -> int:
         async with AsyncExitStack() as stack:
+            # The workers' private metrics sockets (one /metrics for all: metrics_peers).
+            peers = stack.enter_context(tempfile.TemporaryDirectory(prefix="thaw-metrics-"))
             worker_url = url
             if kind == "memory":
                 log.warning(
@@ -355,7 +360,7 @@ def serve_workers(
                 args.workers,
                 drain_timeout=args.drain_timeout,
                 ready_marker="thaw: serving app",
-                env=child_environment(args),
+                env={**child_environment(args), PEERS_ENV: peers},
             )
             where = "" if args.no_http else f"; http on http://{args.http_host}:{port}"
             ready = (

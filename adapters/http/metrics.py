@@ -10,7 +10,8 @@ Families:
   Bounded: Thaw's own codes always get their series; a capability's own codes
   (``Rejected(code=...)``) get at most ``MAX_FUNCTION_CODES`` series, and later
   ones, like any value that is not a code, are counted under ``code="other"``.
-- ``thaw_invocation_duration_seconds{capability}`` histogram of handler time.
+- ``thaw_invocation_duration_seconds{capability}`` histogram of handler time
+  (buckets from 10 µs to 10 s).
 - ``thaw_invocations_in_flight{capability}`` gauge.
 - ``thaw_http_connections_total`` counter, ``thaw_http_connections_open`` gauge,
   ``thaw_http_requests_in_flight`` gauge,
@@ -18,11 +19,14 @@ Families:
   ``thaw_http_refusals_total{status}`` counter: requests the server refused
   itself (limits, timeouts, malformed or smuggling shapes, overload, drain).
 - When the server serves a Host, its stream workers (stream, kv and objects
-  triggers) too: ``thaw_stream_deliveries_total{worker,action}`` counter, action
-  ``ack`` (done), ``nak`` (retried later) or ``dead_letter`` (to the dead-letter
-  stream); ``worker`` is the capability (a capability's further consumers are
-  ``capability/stream/durable``); ``thaw_stream_pending{worker}`` gauge: the
-  consumer's lag (messages not yet delivered) as of the worker's last fetch.
+  triggers) too: ``thaw_stream_deliveries_total{capability,consumer,action}``
+  counter, action ``ack`` (done), ``nak`` (retried later) or ``dead_letter`` (to
+  the dead-letter stream); ``consumer`` is empty for a capability's own consumer
+  and ``stream/durable`` for its further ones; ``thaw_stream_pending{capability,
+  consumer}`` gauge: the consumer's lag (messages not yet delivered) as of the
+  worker's last fetch.
+- Under ``thaw serve --workers N`` whichever worker is scraped answers the sum of
+  every worker's exposition (``thaw.adapters.telemetry.metrics_peers``).
 """
 
 from __future__ import annotations
@@ -51,7 +55,13 @@ __all__ = [
 ]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+# From 10 µs: an in-process invocation of a small function takes tens of microseconds.
 BUCKETS: tuple[float, ...] = (
+    0.00001,
+    0.000025,
+    0.00005,
+    0.0001,
+    0.00025,
     0.0005,
     0.001,
     0.0025,
@@ -222,22 +232,30 @@ def render(
     return "\n".join(out.lines).encode()
 
 
+def _consumer_labels(worker: str) -> tuple[tuple[str, str], tuple[str, str]]:
+    """A host's worker key as labels: the capability, and the consumer (``stream/durable``)
+    of a capability's further consumers (empty for its first): bounded by the app."""
+    capability, _, consumer = worker.partition("/")
+    return ("capability", capability), ("consumer", consumer)
+
+
 def _workers(out: _Writer, workers: Mapping[str, WorkerStatistics]) -> None:
     name = "thaw_stream_deliveries_total"
     out.family(name, "counter", "Stream deliveries handled by a host's workers, by action.")
     for worker in sorted(workers):
         numbers = workers[worker]
+        labels = _consumer_labels(worker)
         for action, count in (
             ("ack", numbers.acked),
             ("nak", numbers.naked),
             ("dead_letter", numbers.dead_lettered),
         ):
-            out.sample(name, (("worker", worker), ("action", action)), count)
+            out.sample(name, (*labels, ("action", action)), count)
     lag = "thaw_stream_pending"
-    out.family(lag, "gauge", "Messages a worker's consumer has not delivered yet (last fetch).")
+    out.family(lag, "gauge", "Messages a consumer has not delivered yet (its last fetch).")
     for worker in sorted(workers):
         if workers[worker].pending >= 0:
-            out.sample(lag, (("worker", worker),), workers[worker].pending)
+            out.sample(lag, _consumer_labels(worker), workers[worker].pending)
 
 
 def _revisions(out: _Writer, revisions: RouterStatistics) -> None:

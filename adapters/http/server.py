@@ -32,6 +32,7 @@ from thaw.adapters.http.protocol import HttpConnection
 from thaw.adapters.http.service import HttpService
 from thaw.adapters.http.service_set import RouteClash, ServiceSet
 from thaw.adapters.http.state import ServerState, ServerStatistics
+from thaw.adapters.telemetry.metrics_peers import peer_metrics
 from thaw.lowlevel import Backbone, CapabilityInvoker, Host, Invoker, MemoryBackbone, open_host
 
 __all__ = [
@@ -271,9 +272,13 @@ async def open_apps_http_server(
         holder.append(state)
         apps.bind(state)
 
-    async with open_service_server(
-        front, host=host, port=port, config=config, counters=ServerCounters(), state_hook=bind
-    ) as server:
+    # Under `thaw serve --workers N`: /metrics answers the sum of every worker's.
+    async with (
+        peer_metrics(front, config.metrics_path) as front,
+        open_service_server(
+            front, host=host, port=port, config=config, counters=ServerCounters(), state_hook=bind
+        ) as server,
+    ):
         yield server, apps, refused
 
 
