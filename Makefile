@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-core lint typecheck pytest bench lock clean edge
+.PHONY: demo test test-core lint typecheck pytest bench compare lock clean edge
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -59,6 +59,10 @@ bench: $(STAMP) edge
 	$(PY) benchmarks/rollout.py --json benchmarks/results/rollout.json
 	$(PY) benchmarks/image_pipeline.py --json benchmarks/results/image_pipeline.json
 	$(PY) benchmarks/fan_out.py --json benchmarks/results/fan_out.json
+
+# Short hot-path benchmarks of two revisions, alternately: make compare A=<rev> B=<rev or .>
+compare: $(STAMP)
+	$(PY) benchmarks/compare.py $(or $(A),HEAD) $(or $(B),.)
 
 lock: $(STAMP)
 	{ echo '# Every package in the dev environment, pinned: a fresh machine gets what CI got.'; \

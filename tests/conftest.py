@@ -44,6 +44,7 @@ settings.load_profile("thaw")
 LAYERS: dict[str, tuple[str, ...]] = {
     "test_app.py": ("core",),
     "test_asgi.py": ("http", "process"),  # one test runs uvicorn as a child
+    "test_bench_compare.py": ("process",),
     "test_budget.py": ("core",),
     "test_bound_streams.py": ("nats",),  # both backbones; needs the nats-server
     "test_claims.py": ("core",),
