@@ -6,6 +6,8 @@ Each ``check_*`` takes a ``BackboneHarness``; buckets are named
 
 from __future__ import annotations
 
+import msgspec
+
 from thaw._errors import (
     BackboneError,
     BucketNotFound,
@@ -33,6 +35,7 @@ __all__ = [
     "check_kv_revisions_increase_across_keys_and_keys_are_sorted",
     "check_kv_values_expire_after_the_ttl",
     "check_object_puts_are_meta_messages_on_the_store_stream",
+    "check_object_put_headers_ride_in_the_meta_message",
     "check_object_store_put_get_info_list_delete",
     "check_object_store_refuses_bad_names_and_missing_buckets",
 ]
@@ -341,5 +344,27 @@ async def check_object_puts_are_meta_messages_on_the_store_stream(harness: Backb
         ("gone", 0, True),
     ]
     assert [m.seq for m in got] == sorted(m.seq for m in got)
+    for message in got:
+        await message.ack()
+
+
+async def check_object_put_headers_ride_in_the_meta_message(harness: BackboneHarness) -> None:
+    """``put(..., headers=)`` (the writer's trace context) lands in the info's ``headers``
+    as NATS lays them out (name -> list of values); a put without them has none."""
+    backbone, name = harness.backbone, f"{harness.prefix}_objh"
+    store = await backbone.add_object_store(ObjectStoreConfig(bucket=name))
+    await backbone.add_consumer(
+        f"OBJ_{name}",
+        ConsumerConfig(durable="metas", filter_subject=f"$O.{name}.M.>", ack_wait=5.0),
+    )
+    parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    await store.put("traced", b"1", headers={"traceparent": parent, "tracestate": "k=v"})
+    await store.put("plain", b"2")
+    got = await fetch_due(harness, f"OBJ_{name}", "metas", 2)
+    infos = [msgspec.json.decode(m.data) for m in got]
+    assert [info["name"] for info in infos] == ["traced", "plain"]
+    assert infos[0]["headers"] == {"traceparent": [parent], "tracestate": ["k=v"]}
+    assert not infos[1].get("headers")
+    assert await store.get("traced") == b"1"  # the headers change nothing of the data
     for message in got:
         await message.ack()
