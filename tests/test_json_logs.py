@@ -139,7 +139,7 @@ def test_serve_json_lines_parse_carry_the_fields_and_hold_no_secret(tmp_path: Pa
     env["THAW_NATS_PASSWORD"] = PASSWORD  # given to the process, never to be logged
     env["THAW_NATS_TOKEN"] = TOKEN
     command = [sys.executable, "-m", "thaw.adapters.cli", "serve", str(tmp_path / "app.py")]
-    command += ["--backbone", "memory", "--http", "0", "--no-access-log"]
+    command += ["--backbone", "memory", "--http", "0", "--access-log"]
     stderr_path = tmp_path / "stderr"
     with open(stderr_path, "w") as stderr:
         process = subprocess.Popen(
@@ -176,5 +176,7 @@ def test_serve_json_lines_parse_carry_the_fields_and_hold_no_secret(tmp_path: Pa
     said = [one for one in lines if one["message"] == "saying hi to Ada"]
     assert said, text
     assert said[0]["trace_id"] == TRACE and said[0]["capability"] == "hi"
+    (access,) = [one for one in lines if one["logger"] == "thaw.http.access"]
+    assert access["status"] == "200" and access["trace_id"] == TRACE, access
     for secret in (PASSWORD, TOKEN, "hunter2", "abc.def"):
         assert secret not in text

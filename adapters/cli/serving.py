@@ -432,7 +432,9 @@ def _open_http(args: Any, hosts: list[Any], unavailable: list[tuple[Any, str]]) 
         port=args.http,
         reuse_port=bool(args.worker_of),
         access_log=args.access_log,
-        access_log_stream="stderr",  # buffered, beside the other log lines
+        # Buffered, beside the other log lines; through logging (one JSON object a line)
+        # with --log-format json.
+        access_log_stream="" if getattr(args, "log_format", None) == "json" else "stderr",
         max_body=args.max_body,
         unavailable=unavailable,
         config=HttpConfig(max_body_cap=cap) if cap else None,
