@@ -15,8 +15,12 @@ Servers: ``thaw`` (the native httptools server), ``thaw-asgi`` (the same app
 through ``thaw.adapters.asgi`` under uvicorn: what the adapter costs over a raw ASGI
 app on the same server), ``uvicorn`` (a raw ASGI app, ``--loop uvloop --http
 httptools``) and ``raw`` (a minimal httptools + uvloop protocol written here,
-the practical Python ceiling). The uvicorn-based ones run when uvicorn is
-installed (it is in the dev extra); ``--servers`` picks a subset.
+the practical Python ceiling), ``granian-asgi`` and ``granian-rsgi`` (Granian, a
+Rust server, one worker with one runtime thread on uvloop, serving the same raw ASGI
+app and an RSGI app doing the same work: what a compiled-core server gets). The
+uvicorn- and Granian-based ones run when those are installed (both are in the dev
+extra); ``--servers`` picks a subset. Server CPU counts the server's child processes
+too (Granian runs its worker in one).
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ import socket  # noqa: E402
 import subprocess  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
+from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
 import msgspec  # noqa: E402
@@ -47,8 +52,10 @@ from benchmarks._common import machine, median, table, write_json  # noqa: E402
 
 ORDER = b'{"order_id":"A-1042","amount":1999,"qty":3}'
 ROUTES = {"get": ("GET", "/ok", b""), "post": ("POST", "/order", ORDER)}
-SERVERS = ("thaw", "thaw-asgi", "uvicorn", "raw")
+SERVERS = ("thaw", "thaw-asgi", "uvicorn", "granian-asgi", "granian-rsgi", "raw")
 NEEDS_UVICORN = frozenset({"thaw-asgi", "uvicorn"})
+NEEDS_GRANIAN = frozenset({"granian-asgi", "granian-rsgi"})
+PEERS = ("uvicorn", "granian-rsgi", "raw")  # the ratio columns
 CONNECTIONS = 64
 SERVER_CORE, LOAD_CORE = "0", "1"
 
@@ -166,12 +173,12 @@ def serve_thaw_asgi(port: int) -> None:
     _run_uvicorn(asgi_app(Invoker(_bench_app())), port)
 
 
-def serve_uvicorn(port: int) -> None:
+def _raw_asgi_app() -> Any:
     decode, encode = msgspec.json.Decoder(Order).decode, msgspec.json.Encoder().encode
     headers = [(b"content-type", b"application/json")]
 
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] == "lifespan":  # lifespan is on for both uvicorn peers: same work
+        if scope["type"] == "lifespan":  # lifespan is on for every ASGI peer: same work
             while (await receive())["type"] != "lifespan.shutdown":
                 await send({"type": "lifespan.startup.complete"})
             await send({"type": "lifespan.shutdown.complete"})
@@ -189,7 +196,52 @@ def serve_uvicorn(port: int) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": payload})
 
-    _run_uvicorn(app, port)
+    return app
+
+
+def serve_uvicorn(port: int) -> None:
+    _run_uvicorn(_raw_asgi_app(), port)
+
+
+def _rsgi_app() -> Any:
+    decode, encode = msgspec.json.Decoder(Order).decode, msgspec.json.Encoder().encode
+    headers = [("content-type", "application/json")]
+
+    async def app(scope: Any, protocol: Any) -> None:
+        if scope.proto != "http":
+            return
+        if scope.path == "/ok":
+            protocol.response_bytes(200, headers, b'{"ok":true}')
+            return
+        order = decode(await protocol())
+        protocol.response_bytes(
+            200, headers, encode(Total(order.order_id, order.amount * order.qty))
+        )
+
+    return app
+
+
+# Granian imports its target by name in its worker process.
+granian_asgi = _raw_asgi_app()
+granian_rsgi = _rsgi_app()
+
+
+def _run_granian(interface: str, port: int) -> None:
+    from granian import Granian  # type: ignore[import-not-found,unused-ignore]
+
+    Granian(
+        f"benchmarks.http_bench:granian_{interface}",
+        address="127.0.0.1",
+        port=port,
+        interface=interface,
+        workers=1,
+        runtime_threads=1,
+        loop="uvloop",
+        http="1",
+        websockets=False,
+        log_enabled=False,
+        working_dir=Path(os.path.dirname(_HERE)),
+    ).serve()
 
 
 # -- load generators ---------------------------------------------------------------------
@@ -296,9 +348,31 @@ def _free_port() -> int:
 
 
 def _cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as handle:
-        fields = handle.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """CPU seconds of ``pid`` and its live descendants (user + system)."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            fields = handle.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    total = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    for child in _children(pid):
+        total += _cpu_seconds(child)
+    return total
+
+
+def _children(pid: int) -> list[int]:
+    found: list[int] = []
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return found
+    for task in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{task}/children") as handle:
+                found += [int(child) for child in handle.read().split()]
+        except OSError:
+            continue
+    return found
 
 
 def _wait_listening(port: int, process: subprocess.Popen[bytes]) -> None:
@@ -362,6 +436,8 @@ def main(argv: list[str] | None = None) -> int:
             "thaw-asgi": serve_thaw_asgi,
             "raw": serve_raw,
             "uvicorn": serve_uvicorn,
+            "granian-asgi": lambda port: _run_granian("asgi", port),
+            "granian-rsgi": lambda port: _run_granian("rsgi", port),
         }
         serve[args.serve](args.port)
         return 0
@@ -379,8 +455,14 @@ def main(argv: list[str] | None = None) -> int:
     if shutil.which("taskset") is None:
         parser.error("taskset (util-linux) is needed to pin server and load generator")
     use_wrk = shutil.which("wrk") is not None
-    has_uvicorn = _installed("uvicorn")
-    servers = [s for s in SERVERS if s in chosen and (has_uvicorn or s not in NEEDS_UVICORN)]
+    has_uvicorn, has_granian = _installed("uvicorn"), _installed("granian")
+    servers = [
+        s
+        for s in SERVERS
+        if s in chosen
+        and (has_uvicorn or s not in NEEDS_UVICORN)
+        and (has_granian or s not in NEEDS_GRANIAN)
+    ]
     notes = []
     if not has_uvicorn and NEEDS_UVICORN & set(chosen):
         notes.append(
@@ -388,6 +470,8 @@ def main(argv: list[str] | None = None) -> int:
             "uvicorn to the dev extra (pyproject.toml) and constraints.txt, then re-run. "
             "Measured here: Thaw and the raw httptools ceiling only."
         )
+    if not has_granian and NEEDS_GRANIAN & set(chosen):
+        notes.append("granian is NOT installed (it is in the dev extra): Granian peers left out.")
     if not use_wrk:
         notes.append(
             "wrk is not installed (apt-get install -y wrk): using the bounded Python load "
@@ -404,7 +488,7 @@ def main(argv: list[str] | None = None) -> int:
                 result = measure(server, route, args, use_wrk)
                 raw[route][server].append(result)
                 print(
-                    f"round {round_number + 1}/{args.rounds} {route:4} {server:9} "
+                    f"round {round_number + 1}/{args.rounds} {route:4} {server:12} "
                     f"{result['rps']:>10,.0f} req/s  p99 {result['p99_ms']:.2f} ms  "
                     f"cpu {result['cpu_us_per_request']:.1f} us/req",
                     file=sys.stderr,
@@ -431,12 +515,13 @@ def main(argv: list[str] | None = None) -> int:
                     r["p99_ms"],
                     r["cpu_us_per_request"],
                     _ratio(r.get("rps_vs_uvicorn")),
+                    _ratio(r.get("rps_vs_granian-rsgi")),
                     _ratio(r.get("rps_vs_raw")),
                     _ratio(r.get("p99_vs_uvicorn")),
                 ]
             )
     headers = ["route", "server", "req/s", "p50 ms", "p99 ms", "cpu us/req"]
-    headers += ["req/s / uvicorn", "req/s / raw", "p99 / uvicorn"]
+    headers += ["req/s / uvicorn", "req/s / granian-rsgi", "req/s / raw", "p99 / uvicorn"]
     print(table(headers, rows))
     for note in notes:
         print(f"NOTE: {note}")
@@ -472,7 +557,7 @@ def report(
                 for key in ("rps", "p50_ms", "p99_ms", "cpu_us_per_request")
             }
             entry["bad_responses"] = sum(run["bad_responses"] for run in runs)
-            for peer in ("uvicorn", "raw"):
+            for peer in PEERS:
                 if peer in servers and peer != server:
                     peers = raw[route][peer]
                     entry[f"rps_vs_{peer}"] = median(
