@@ -155,6 +155,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "test_subjects.py": ("core",),
     "test_trace.py": ("core",),
     "test_tracing.py": ("core", "http"),  # OpenTelemetry SDK; in-process HTTP
+    "test_tracing_otlp.py": ("nats", "http", "process"),  # thaw serve -> a loopback collector
     "test_triggers.py": ("core",),
     "test_user_layouts.py": ("http", "process"),
     "test_worker.py": ("core",),
