@@ -30,7 +30,7 @@ from thaw._errors import (
 )
 from thaw._event import Event, Ok, Outcome, Reject, Retry
 from thaw._headers import MSG_ID_HEADER, TRACESTATE_HEADER, URL_PATH_HEADER, URL_QUERY_HEADER
-from thaw._trace import SpanKind, TraceContext, Tracer, parse_traceparent, start_trace
+from thaw._trace import Span, SpanKind, TraceContext, Tracer, parse_traceparent, start_trace
 from thaw.backbone._subjects import subject_matches
 from thaw.decisions._reply import Requester, outcome_of_reply
 
@@ -205,19 +205,7 @@ class Context:
         if tracer is None:
             self.trace.child().write(out_headers)
             return await backbone.publish(subject, payload, headers=out_headers, msg_id=msg_id)
-        span = tracer.start_span(
-            f"publish {subject}",
-            kind=SpanKind.PRODUCER,
-            parent=self.trace,
-            attributes={
-                "messaging.system": "nats",
-                "messaging.operation.type": "send",
-                "messaging.operation.name": "publish",
-                "messaging.destination.name": subject,
-                "messaging.message.id": msg_id,
-                "messaging.message.body.size": len(payload),
-            },
-        )
+        span = _send_span(tracer, self.trace, "publish", subject, len(payload), msg_id)
         span.context.write(out_headers)
         try:
             return await backbone.publish(subject, payload, headers=out_headers, msg_id=msg_id)
@@ -297,18 +285,7 @@ class Context:
         if tracer is None:
             self.trace.child().write(out_headers)
             return await _request(backbone, subject, data, out_headers, wait)
-        span = tracer.start_span(
-            f"send {subject}",
-            kind=SpanKind.CLIENT,
-            parent=self.trace,
-            attributes={
-                "messaging.system": "nats",
-                "messaging.operation.type": "send",
-                "messaging.operation.name": "request",
-                "messaging.destination.name": subject,
-                "messaging.message.body.size": len(data),
-            },
-        )
+        span = _send_span(tracer, self.trace, "request", subject, len(data))
         span.context.write(out_headers)
         try:
             outcome = await _request(backbone, subject, data, out_headers, wait)
@@ -414,6 +391,34 @@ class Context:
                 "has no backbone; pass backbone=... to the Invoker or run it under a host"
             )
         return backbone
+
+
+def _send_span(
+    tracer: Tracer,
+    parent: TraceContext,
+    operation: Literal["publish", "request"],
+    subject: str,
+    size: int,
+    msg_id: str = "",
+) -> Span:
+    """A ``publish`` (PRODUCER) or ``request`` (CLIENT) span, with the messaging
+    semantic conventions' attributes."""
+    attributes: dict[str, str | int] = {
+        "messaging.system": "nats",
+        "messaging.operation.type": "send",
+        "messaging.operation.name": operation,
+        "messaging.destination.name": subject,
+        "messaging.message.body.size": size,
+    }
+    if msg_id:
+        attributes["messaging.message.id"] = msg_id
+    if operation == "publish":
+        return tracer.start_span(
+            f"publish {subject}", kind=SpanKind.PRODUCER, parent=parent, attributes=attributes
+        )
+    return tracer.start_span(
+        f"send {subject}", kind=SpanKind.CLIENT, parent=parent, attributes=attributes
+    )
 
 
 async def _request(
