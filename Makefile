@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-core lint typecheck pytest bench compare lock clean edge
+.PHONY: demo test test-core lint typecheck pytest bench compare lock clean edge browser
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -36,8 +36,17 @@ typecheck: $(STAMP)
 edge: $(STAMP)
 	$(PY) -m thaw.adapters.edge.prepare
 
-pytest: $(STAMP) edge
+pytest: $(STAMP) edge browser
 	$(VENV)/bin/pytest -q
+
+# Debian's chromium for the cost report's browser test (playwright drives it; it never
+# downloads a browser). Without root the test fails saying how to install it.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get install -y -q chromium || { apt-get update -q && apt-get install -y -q chromium; } || \
+	    echo "browser: could not install chromium: tests/test_cost_report.py will fail"; \
+	  else echo "browser: chromium is missing (apt-get install -y chromium needs root): tests/test_cost_report.py will fail"; fi; }
 
 # The portable core alone (tests/conftest.py says which files): no server, Node or child.
 test-core: $(STAMP)

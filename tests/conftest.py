@@ -48,6 +48,8 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "test_budget.py": ("core",),
     "test_bound_streams.py": ("nats",),  # both backbones; needs the nats-server
     "test_claims.py": ("core",),
+    "test_cost.py": ("http",),  # thaw cost; one test scrapes a /metrics on 127.0.0.1
+    "test_cost_report.py": ("process",),  # drives Debian's chromium (make browser)
     "test_claims_nats.py": ("nats",),
     "test_change_triggers.py": ("core",),
     "test_chaos.py": ("nats", "process"),

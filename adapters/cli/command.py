@@ -152,6 +152,9 @@ def _parser() -> argparse.ArgumentParser:
     from thaw.adapters.cli.policy import add_policy_command
 
     add_policy_command(commands)
+    from thaw.adapters.cli.cost_command import add_cost_command
+
+    add_cost_command(commands)
     _add_plugin_commands(commands)
     return parser
 
