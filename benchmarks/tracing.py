@@ -1,18 +1,27 @@
-"""What tracing costs per invocation: tracing off, tracing on, and the last landed code.
+"""What telemetry costs per invocation: per-invocation accounting, tracing, the last commit.
 
-Three variants of one warm invocation (the 40-byte JSON payload of invoke.py, a
-capability taking a payload and returning a Struct), each in its own child Python so
-each imports its own ``thaw``:
+One warm invocation (the 40-byte JSON payload of invoke.py, a capability taking a
+payload and returning a Struct), in each variant's own child Python so each imports
+its own ``thaw``:
 
-- ``head``: the runtime of the last commit (``git archive HEAD runtime``), no tracing;
-- ``off``:  this working tree, no tracer (the invoker compiles the plain class);
-- ``on``:   this working tree with ``OtelTracer`` over the OpenTelemetry SDK
-  (a ``TracerProvider`` with no processor: spans are made and ended, not exported).
+- ``head``:       the last commit's runtime (``git archive HEAD runtime``), through a
+  host (``open_host`` on a MemoryBackbone: the ``ServedCapability`` every trigger
+  passes), no tracing;
+- ``accounting``: this working tree through a host: per-invocation accounting on
+  (thaw.invocation._accounting; CPU read for one call in about 16), no tracing;
+- ``cpu-every``:  the same with ``Accounting(cpu_sample_every=1)``: CPU time read
+  around every call (what sampling saves);
+- ``tracing``:    this working tree through a host with ``OtelTracer`` over the
+  OpenTelemetry SDK (a ``TracerProvider`` with no processor: spans made and ended,
+  not exported), accounting on too;
+- ``invoker-head`` / ``invoker``: the bare compiled capability (no host, no
+  accounting, no tracer) of the last commit and of this tree: what tracing off costs.
 
-Rounds alternate (head off on, head off on, ...); in a round each child times every
-call on its own with perf_counter_ns after a warm-up, and reports the median and p99.
-Reported: median over rounds of each variant's median, and the median of per-round
-differences against ``head`` (ns per invocation).
+Rounds alternate (every variant once per round, in order); in a round each child
+times every call on its own with perf_counter_ns after a warm-up, and reports the
+median and p99. Reported: median over rounds of each variant's median, and the median
+of per-round differences against its baseline (``head`` for the host variants,
+``invoker-head`` for the invoker ones), in ns per invocation.
 
     python benchmarks/tracing.py [--calls 100000] [--rounds 5] [--json FILE]
 """
@@ -40,7 +49,7 @@ import asyncio, gc, json, sys, time
 variant, calls = sys.argv[1], int(sys.argv[2])
 import msgspec
 from thaw import App, Event
-from thaw.lowlevel import Invoker
+from thaw.lowlevel import Invoker, MemoryBackbone, open_host
 
 class Order(msgspec.Struct, frozen=True):
     order_id: str
@@ -57,18 +66,11 @@ app = App("bench")
 async def handler(order: Order) -> Total:
     return Total(order.order_id, order.amount * order.qty)
 
-options = {}
-if variant == "on":
-    from opentelemetry.sdk.trace import TracerProvider
-    from thaw.adapters.telemetry.tracing import OtelTracer
-    options["tracer"] = OtelTracer(TracerProvider().get_tracer("bench"))
-invoker = Invoker(app, **options)
-capability = invoker.capability("handler")
 event = Event(id="e1", data=b'{"order_id":"A-1042","amount":1999,"qty":3}',
               traceparent="00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")
 now = time.perf_counter_ns
 
-async def main():
+async def timed(capability):
     for _ in range(min(calls, 20000)):
         await capability(event)
     samples = []
@@ -79,8 +81,27 @@ async def main():
         samples.append(now() - start)
     gc.enable()
     samples.sort()
-    print(json.dumps({"median": samples[len(samples) // 2],
-                      "p99": samples[int(len(samples) * 0.99)], "max": samples[-1]}))
+    return {"median": samples[len(samples) // 2],
+            "p99": samples[int(len(samples) * 0.99)], "max": samples[-1]}
+
+async def main():
+    if variant.startswith("invoker"):
+        result = await timed(Invoker(app).capability("handler"))
+    else:
+        options = {}
+        if variant == "tracing":
+            from opentelemetry.sdk.trace import TracerProvider
+            from thaw.adapters.telemetry.tracing import OtelTracer
+            options["tracer"] = OtelTracer(TracerProvider().get_tracer("bench"))
+        if variant == "cpu-every":
+            from thaw.lowlevel import Accounting
+            options["accounting"] = Accounting(cpu_sample_every=1)
+        async with open_host(app, MemoryBackbone(), warm=True, **options) as host:
+            invoker = host.invoker
+            via = getattr(invoker, "capability_via", None)  # HEAD has no trigger handles
+            capability = via("handler", "http") if via else invoker.capability("handler")
+            result = await timed(capability)
+    print(json.dumps(result))
 
 try:
     import uvloop
@@ -130,7 +151,7 @@ def main() -> None:
     parser.add_argument("--json")
     args = parser.parse_args()
     deadline = time.monotonic() + args.max_seconds
-    variants = ("head", "off", "on")
+    variants = ("head", "accounting", "cpu-every", "tracing", "invoker-head", "invoker")
     rounds: list[dict[str, dict[str, int]]] = []
     with tempfile.TemporaryDirectory() as tmp:
         head = head_runtime(Path(tmp))
@@ -139,7 +160,7 @@ def main() -> None:
                 break
             rounds.append(
                 {
-                    v: run_child(v, args.calls, head if v == "head" else None, deadline)
+                    v: run_child(v, args.calls, head if v.endswith("head") else None, deadline)
                     for v in variants
                 }
             )
@@ -147,20 +168,22 @@ def main() -> None:
     for v in variants:
         medians = [r[v]["median"] for r in rounds]
         p99s = [r[v]["p99"] for r in rounds]
-        delta = [r[v]["median"] - r["head"]["median"] for r in rounds]
-        ratio = [r[v]["median"] / r["head"]["median"] for r in rounds]
-        rows.append([v, median(medians), median(p99s), median(delta), f"{median(ratio):.3f}"])
+        base = "invoker-head" if v.startswith("invoker") else "head"
+        delta = [r[v]["median"] - r[base]["median"] for r in rounds]
+        ratio = [r[v]["median"] / r[base]["median"] for r in rounds]
+        rows.append([v, base, median(medians), median(p99s), median(delta), f"{median(ratio):.3f}"])
     print(f"{args.calls} calls per variant per round, {len(rounds)} rounds (ns per invocation)")
-    print(table(["variant", "median ns", "p99 ns", "vs head ns", "ratio vs head"], rows))
+    print(table(["variant", "baseline", "median ns", "p99 ns", "vs baseline ns", "ratio"], rows))
     write_json(
         args.json,
         {
-            "benchmark": "tracing",
+            "benchmark": "telemetry",
             "machine": machine(extra=("opentelemetry-api", "opentelemetry-sdk")),
             "calls": args.calls,
             "rounds": rounds,
             "summary": {
-                r[0]: dict(zip(("median", "p99", "vs_head"), r[1:4], strict=True)) for r in rows
+                r[0]: dict(zip(("baseline", "median", "p99", "vs_baseline"), r[1:5], strict=True))
+                for r in rows
             },
         },
     )

@@ -37,6 +37,7 @@ from thaw.declarations._batch_types import Batch, BatchRef
 from thaw.declarations._changes import KvChange, ObjectChange
 from thaw.declarations._context import Context
 from thaw.declarations._policy import Access, Backoff, CanaryPolicy, Idempotency, RetryPolicy
+from thaw.declarations._slo import Age, Availability, Completion, Latency
 from thaw.declarations._triggers import Cors, Webhook, http, kv, objects, schedule, stream, subject
 from thaw.invocation._fanout import Gathered, fan_out
 
@@ -50,7 +51,9 @@ except _metadata.PackageNotFoundError:  # a copy without its metadata (the edge 
 
 __all__ = [
     "Access",
+    "Age",
     "App",
+    "Availability",
     "Backoff",
     "Batch",
     "BatchInvalid",
@@ -59,6 +62,7 @@ __all__ = [
     "CanaryPolicy",
     "ClaimCheck",
     "ClaimCheckFailed",
+    "Completion",
     "ConfigError",
     "Context",
     "ContractError",
@@ -70,6 +74,7 @@ __all__ = [
     "Idempotency",
     "KeyExists",
     "KvChange",
+    "Latency",
     "MalformedPayload",
     "ObjectChange",
     "ObjectNotFound",

@@ -33,6 +33,7 @@ from thaw._errors import KeyExists as KeyExists
 from thaw._errors import ObjectNotFound as ObjectNotFound
 from thaw._errors import WrongRevision as WrongRevision
 from thaw._headers import ERROR_CODE_HEADER, ERROR_HEADER, MSG_ID_HEADER, TRACEPARENT_HEADER
+from thaw._histogram import AGE_BOUNDS, LATENCY_BOUNDS
 from thaw._trace import TraceContext, parse_traceparent, start_trace
 from thaw.backbone._buckets import (
     object_data,
@@ -104,6 +105,14 @@ from thaw.host._instances import PoolStatistics
 from thaw.host._provision import ConsumerPlan, ProvisionPlan, apply_plan, plan_for
 from thaw.host._router import BlockingRunner, RouterStatistics, run_inline
 from thaw.host._worker import StreamWorker, WorkerStatistics
+from thaw.invocation._accounting import (
+    MAX_FUNCTION_CODES,
+    TRIGGERS,
+    Accounted,
+    Accounting,
+    CapabilityAccount,
+    TriggerSeries,
+)
 from thaw.invocation._budget import BudgetStatistics, RetryBudget
 from thaw.invocation._idempotency import Claim, IdempotencyStore
 from thaw.invocation._invoker import CompiledCapability, Invoker, InvokerStatistics
@@ -216,4 +225,13 @@ __all__ = [
     "open_host",
     "plan_for",
     "run_inline",
+    # accounting: what each invocation costs, rendered by /metrics
+    "AGE_BOUNDS",
+    "Accounted",
+    "Accounting",
+    "CapabilityAccount",
+    "LATENCY_BOUNDS",
+    "MAX_FUNCTION_CODES",
+    "TRIGGERS",
+    "TriggerSeries",
 ]

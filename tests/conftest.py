@@ -108,6 +108,8 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "test_http_webhooks_nats.py": ("http", "nats"),
     "test_http_workers.py": ("http", "process"),
     "test_metrics_workers.py": ("http", "process"),
+    "test_metrics_triggers.py": ("http",),
+    "test_metrics_serve_nats.py": ("nats", "http", "process"),
     "test_json_logs.py": ("http", "process"),
     "test_idempotency.py": ("core",),
     "test_identity.py": ("core",),
@@ -154,6 +156,10 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "test_snapshot_data_dir.py": ("process",),  # builds snapshots in a child Python
     "test_snapshot_resources.py": ("process",),  # builds snapshots in a child Python
     "test_snapshot_signing.py": ("process",),  # builds a snapshot in a child; cryptography
+    "test_slo.py": ("core",),
+    "test_slo_windows.py": ("core",),
+    "test_slo_metrics.py": ("http",),
+    "test_slo_cli.py": ("nats", "http", "process"),  # thaw serve child + canned hosts
     "test_subjects.py": ("core",),
     "test_trace.py": ("core",),
     "test_tracing.py": ("core", "http"),  # OpenTelemetry SDK; in-process HTTP

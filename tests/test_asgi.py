@@ -510,7 +510,8 @@ async def test_metrics_count_invocations_and_refusals() -> None:
     reply = await asgi_request(service, "GET", "/metrics")
     assert reply is not None and reply.status == 200
     text = reply.body.decode()
-    assert 'thaw_invocations_total{capability="greet",outcome="ok",code=""} 1' in text
+    ok = 'thaw_invocations_total{capability="greet",trigger="http",outcome="ok",code=""} 1'
+    assert ok in text
     assert 'thaw_http_refusals_total{status="413"} 1' in text
     assert 'thaw_http_responses_total{class="2xx"} 1' in text
 

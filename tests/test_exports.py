@@ -11,7 +11,9 @@ def test_function_author_surface() -> None:
     assert sorted(thaw.__all__) == sorted(
         [
             "Access",
+            "Age",
             "App",
+            "Availability",
             "Backoff",
             "Batch",
             "BatchInvalid",
@@ -20,6 +22,7 @@ def test_function_author_surface() -> None:
             "CanaryPolicy",
             "ClaimCheck",
             "ClaimCheckFailed",
+            "Completion",
             "ConfigError",
             "Context",
             "ContractError",
@@ -31,6 +34,7 @@ def test_function_author_surface() -> None:
             "Idempotency",
             "KeyExists",
             "KvChange",
+            "Latency",
             "MalformedPayload",
             "ObjectChange",
             "ObjectNotFound",
@@ -87,6 +91,9 @@ def test_every_exported_name_exists() -> None:
 
 def test_adapter_author_surface() -> None:
     assert sorted(thaw.lowlevel.__all__) == [
+        "AGE_BOUNDS",
+        "Accounted",
+        "Accounting",
         "Ack",
         "Backbone",
         "BackboneError",
@@ -95,6 +102,7 @@ def test_adapter_author_surface() -> None:
         "BudgetStatistics",
         "COLD_START_BUCKETS",
         "Capability",
+        "CapabilityAccount",
         "CapabilityInvoker",
         "CapabilitySpec",
         "Claim",
@@ -124,6 +132,8 @@ def test_adapter_author_surface() -> None:
         "KvConfig",
         "KvEntry",
         "KvTrigger",
+        "LATENCY_BOUNDS",
+        "MAX_FUNCTION_CODES",
         "MSG_ID_HEADER",
         "Message",
         "MessageNotFound",
@@ -153,8 +163,10 @@ def test_adapter_author_surface() -> None:
         "StreamWorker",
         "SubjectTrigger",
         "TRACEPARENT_HEADER",
+        "TRIGGERS",
         "TraceContext",
         "Trigger",
+        "TriggerSeries",
         "WorkerStatistics",
         "answer_outcome",
         "apply_plan",

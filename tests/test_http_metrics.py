@@ -10,7 +10,7 @@ import msgspec
 import pytest
 from test_http_support import RawClient, request, serving
 
-from thaw import App, Rejected
+from thaw import App, Reject, Rejected
 from thaw import http as http_trigger
 from thaw.adapters.http import HttpConfig
 from thaw.adapters.http.metrics import (
@@ -121,29 +121,49 @@ async def test_metrics_count_outcomes_latency_and_server_answers() -> None:
     assert types == {
         "thaw_invocations_total": "counter",
         "thaw_invocation_duration_seconds": "histogram",
+        "thaw_invocation_cpu_seconds_total": "counter",
+        "thaw_invocation_bytes_in_total": "counter",
+        "thaw_invocation_bytes_out_total": "counter",
         "thaw_invocations_in_flight": "gauge",
+        "thaw_message_age_seconds": "histogram",
+        "thaw_message_completion_seconds": "histogram",
         "thaw_http_connections_total": "counter",
         "thaw_http_connections_open": "gauge",
         "thaw_http_requests_in_flight": "gauge",
         "thaw_http_responses_total": "counter",
         "thaw_http_refusals_total": "counter",
+        "process_cpu_seconds_total": "counter",
+        "process_resident_memory_bytes": "gauge",
+        "process_max_resident_memory_bytes": "gauge",
+        "process_start_time_seconds": "gauge",
     }
     total = "thaw_invocations_total"
-    assert value(samples, total, capability="place", outcome="ok", code="") == 2
-    reject = value(samples, total, capability="place", outcome="reject", code="amount_negative")
+    http = {"capability": "place", "trigger": "http"}
+    assert value(samples, total, **http, outcome="ok", code="") == 2
+    reject = value(samples, total, **http, outcome="reject", code="amount_negative")
     assert reject == 1
-    invalid = value(samples, total, capability="place", outcome="reject", code="contract_invalid")
+    invalid = value(samples, total, **http, outcome="reject", code="contract_invalid")
     assert invalid == 1
-    count = value(samples, "thaw_invocation_duration_seconds_count", capability="place")
+    count = value(samples, "thaw_invocation_duration_seconds_count", **http)
     assert count == 4
-    inf = value(samples, "thaw_invocation_duration_seconds_bucket", capability="place", le="+Inf")
+    inf = value(samples, "thaw_invocation_duration_seconds_bucket", **http, le="+Inf")
     assert inf == 4
     buckets = [
-        value(samples, "thaw_invocation_duration_seconds_bucket", capability="place", le=repr(b))
+        value(samples, "thaw_invocation_duration_seconds_bucket", **http, le=repr(b))
         for b in BUCKETS
     ]
     assert buckets == sorted(buckets) and buckets[-1] <= 4
-    assert value(samples, "thaw_invocation_duration_seconds_sum", capability="place") >= 0
+    assert value(samples, "thaw_invocation_duration_seconds_sum", **http) >= 0
+    sent = len(b'{"amount": 1}') + len(b'{"amount": 2}') + len(b'{"amount": -1}')
+    assert value(samples, "thaw_invocation_bytes_in_total", capability="place") == sent + len(
+        b'{"amount": "x"}'
+    )
+    out = len(b'{"amount":1}') + len(b'{"amount":2}')
+    assert value(samples, "thaw_invocation_bytes_out_total", capability="place") == out
+    assert value(samples, "thaw_invocation_cpu_seconds_total", capability="place") >= 0
+    assert ("thaw_message_age_seconds_count", frozenset({("capability", "place")})) not in samples
+    assert value(samples, "process_cpu_seconds_total") > 0
+    assert value(samples, "process_start_time_seconds") > 1.5e9
     assert value(samples, "thaw_invocations_in_flight", capability="place") == 0
     assert value(samples, "thaw_http_connections_open") == 1
     assert value(samples, "thaw_http_connections_total") == 1
@@ -191,13 +211,16 @@ async def test_metrics_path_is_configurable_and_can_be_off() -> None:
 def test_label_values_and_help_are_escaped() -> None:
     assert escape_label('a"b\\c\nd') == 'a\\"b\\\\c\\nd'
     metrics = CapabilityMetrics('we"ird\\name\n')
-    metrics.failures[("reject", "odd")] = 2
+    metrics.observe(Reject("odd", "no"), 0.001)
+    metrics.observe(Reject('in"jected\nlabel', "no"), 0.001)
     text = render(
         [metrics], ServerCounters(), connections_open=0, connections_total=0, requests_in_flight=0
     ).decode()
     _, samples = parse(text)
     name = 'we"ird\\name\n'
-    assert value(samples, "thaw_invocations_total", capability=name, outcome="reject", code="odd")
+    labels = {"capability": name, "trigger": "http", "outcome": "reject"}
+    assert value(samples, "thaw_invocations_total", **labels, code="odd") == 1
+    assert value(samples, "thaw_invocations_total", **labels, code="other") == 1
     assert value(samples, "thaw_http_responses_total", **{"class": "5xx"}) == 0
 
 
@@ -206,7 +229,12 @@ def test_the_exposition_needs_no_server() -> None:
     from thaw.adapters.http import HttpService
 
     service = HttpService(Invoker(app), config=HttpConfig())
-    assert service.router.routes[0].metrics is service.metrics["place"]
+    assert service.metrics["place"] is service.accounting.account("place")
+    text = service.operational("/metrics")
+    assert text is not None
+    _, samples = parse(text.body.decode())
+    labels = {"capability": "place", "trigger": "http", "outcome": "ok", "code": ""}
+    assert value(samples, "thaw_invocations_total", **labels) == 0
 
 
 async def test_a_served_host_exposes_its_stream_workers() -> None:

@@ -68,6 +68,30 @@ def test_merge_sums_counters_and_histograms_and_keeps_shared_gauges_at_the_large
     assert 'thaw_d_seconds_bucket{le="+Inf"} 3\n' in text  # integers stay integers
 
 
+def test_merge_sums_process_cpu_and_memory_takes_the_largest_peak_and_the_first_start() -> None:
+    from thaw.adapters.telemetry.process_metrics import process_samples
+
+    def exposition(cpu: float, rss: int, peak: int, start: float) -> bytes:
+        lines = []
+        values = {
+            "process_cpu_seconds_total": cpu,
+            "process_resident_memory_bytes": rss,
+            "process_max_resident_memory_bytes": peak,
+            "process_start_time_seconds": start,
+        }
+        for name, kind, help_text, _ in process_samples():  # the real families' types
+            lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
+            lines.append(f"{name} {values[name]!r}")
+        return ("\n".join(lines) + "\n").encode()
+
+    text = merge([exposition(1.5, 100, 300, 1000.5), exposition(2.0, 50, 200, 999.25)]).decode()
+    got = samples(text)
+    assert got["process_cpu_seconds_total"] == 3.5
+    assert got["process_resident_memory_bytes"] == 150
+    assert got["process_max_resident_memory_bytes"] == 300
+    assert got["process_start_time_seconds"] == 999.25
+
+
 def _get(port: int, method: str, path: str, body: bytes | None = None) -> tuple[int, str]:
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=WAIT)
     try:  # a new connection each time: the kernel spreads them over the workers
@@ -103,7 +127,7 @@ def test_forty_scrapes_under_two_workers_are_monotonic_and_add_up(tmp_path: Path
         drain.start()
 
         sent = 0
-        series = 'thaw_invocations_total{capability="greet",outcome="ok",code=""}'
+        series = 'thaw_invocations_total{capability="greet",trigger="http",outcome="ok",code=""}'
         previous: dict[str, float] = {}
         answered_by: set[str] = set()
         for _ in range(SCRAPES):
@@ -120,8 +144,12 @@ def test_forty_scrapes_under_two_workers_are_monotonic_and_add_up(tmp_path: Path
                     assert value >= previous.get(key, 0), (key, value, previous.get(key))
             previous = got
             assert got[series] == sent
-        assert got['thaw_invocation_duration_seconds_count{capability="greet"}'] == sent
+        duration = 'thaw_invocation_duration_seconds_count{capability="greet",trigger="http"}'
+        assert got[duration] == sent
+        assert got['thaw_invocation_bytes_in_total{capability="greet"}'] == sent * 15
         assert got['thaw_http_responses_total{class="2xx"}'] >= sent
+        assert got["process_cpu_seconds_total"] > 0
+        assert got["process_resident_memory_bytes"] > 0
     finally:
         process.terminate()
         process.wait(WAIT)

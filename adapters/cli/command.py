@@ -152,6 +152,9 @@ def _parser() -> argparse.ArgumentParser:
     from thaw.adapters.cli.policy import add_policy_command
 
     add_policy_command(commands)
+    from thaw.adapters.cli.slo import add_slo_command
+
+    add_slo_command(commands)
     from thaw.adapters.cli.cost_command import add_cost_command
 
     add_cost_command(commands)
@@ -334,7 +337,17 @@ def _cmd_list(args: argparse.Namespace) -> int:
             f"idempotent: {'yes' if policy.idempotency else 'no'}  "
             f"concurrency: {policy.concurrency or 'unlimited'}"
         )
+        if policy.slo:
+            print(f"    slo: {', '.join(_describe_objective(o) for o in policy.slo)}")
     return EXIT_OK
+
+
+def _describe_objective(objective: Any) -> str:
+    """``latency_p99_200ms (99% within 0.2s, 30d budget)``: what ``thaw list`` shows."""
+    within = getattr(objective, "within", None)
+    bound = f" within {within:g}s" if within is not None else ""
+    target = f"{round(objective.target * 100, 4):g}%"
+    return f"{objective.key} ({target}{bound}, {objective.window / 86400:g}d budget)"
 
 
 def describe_trigger(trigger: Trigger) -> str:

@@ -309,11 +309,16 @@ async def serve_apps(
                 with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
                     async with AsyncExitStack() as http:
                         where = ""
-                        served = [h for h in hosts.values() if _has(h, HttpTrigger)]
+                        # Every app gets the HTTP server, http triggers or not: /metrics,
+                        # /healthz and /readyz are how a stream-only consumer is scraped.
+                        served = list(hosts.values())
                         unavailable = [(a, why) for a, why in failed if _has_app(a, HttpTrigger)]
                         if served and not args.no_http and not _http_available():
+                            wanted = any(_has(h, HttpTrigger) for h in served)
                             print(
-                                "thaw: http triggers not served: install the 'fast' extra",
+                                "thaw: "
+                                + ("http triggers and " if wanted else "")
+                                + "/metrics not served: install the 'fast' extra",
                                 file=sys.stderr,
                             )
                         elif served and not args.no_http:

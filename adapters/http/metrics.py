@@ -1,46 +1,61 @@
-"""Metrics of the HTTP server in the Prometheus text exposition format (0.0.4).
+"""Metrics of a host in the Prometheus text exposition format (0.0.4).
 
-Recording is a handful of integer increments per request (no locks: one event
-loop owns a server); rendering happens only when ``/metrics`` is scraped.
+Recording happens elsewhere, as plain increments: invocations in the core's
+accounting (``thaw.invocation._accounting``: a host's ``ServedCapability`` for every
+trigger kind, ``ctx.call`` in the invoker), connections and responses in the HTTP
+server's ``ServerCounters``. Rendering happens only when ``/metrics`` is scraped.
+Every histogram's bounds come from ``thaw._histogram``. Families (docs/observability.md
+says what each one means):
 
-Families:
-
-- ``thaw_invocations_total{capability,outcome,code}`` counter: outcome is
-  ``ok``, ``retry`` or ``reject``; code is the stable error code (empty for ok).
+- ``thaw_invocations_total{capability,trigger,outcome,code}`` counter: trigger is one
+  of ``http``, ``subject``, ``stream``, ``schedule``, ``kv``, ``objects``, ``call``;
+  outcome ``ok``, ``retry`` or ``reject``; code the stable error code (empty for ok).
   Bounded: Thaw's own codes always get their series; a capability's own codes
   (``Rejected(code=...)``) get at most ``MAX_FUNCTION_CODES`` series, and later
   ones, like any value that is not a code, are counted under ``code="other"``.
-- ``thaw_invocation_duration_seconds{capability}`` histogram of handler time
-  (buckets from 10 µs to 10 s).
-- ``thaw_invocations_in_flight{capability}`` gauge.
+- ``thaw_invocation_duration_seconds{capability,trigger}`` histogram (LATENCY_BOUNDS):
+  wall time of the invocation, a cold start's thaw included (the billed duration).
+- ``thaw_invocation_cpu_seconds_total{capability}``, ``thaw_invocation_bytes_in_total``,
+  ``thaw_invocation_bytes_out_total`` counters; ``thaw_invocations_in_flight`` gauge.
+- ``thaw_message_age_seconds{capability}`` and ``thaw_message_completion_seconds``
+  histograms (AGE_BOUNDS): publish -> processing starts (every delivery), publish ->
+  ack or dead letter (once per message), for stream, kv, objects and schedule triggers.
+- ``thaw_retry_budget_refusals_total``: retries the process-wide budget refused (delayed).
 - ``thaw_http_connections_total`` counter, ``thaw_http_connections_open`` gauge,
   ``thaw_http_requests_in_flight`` gauge,
   ``thaw_http_responses_total{class}`` counter (``1xx`` .. ``5xx``),
   ``thaw_http_refusals_total{status}`` counter: requests the server refused
   itself (limits, timeouts, malformed or smuggling shapes, overload, drain).
-- When the server serves a Host, its stream workers (stream, kv and objects
+- When the server serves a Host, its stream workers (stream, kv, objects and schedule
   triggers) too: ``thaw_stream_deliveries_total{capability,consumer,action}``
   counter, action ``ack`` (done), ``nak`` (retried later) or ``dead_letter`` (to
   the dead-letter stream); ``consumer`` is empty for a capability's own consumer
   and ``stream/durable`` for its further ones; ``thaw_stream_pending{capability,
   consumer}`` gauge: the consumer's lag (messages not yet delivered) as of the
-  worker's last fetch.
-- Under ``thaw serve --workers N`` whichever worker is scraped answers the sum of
+  worker's last fetch. Revisions, instances and cold starts (``thaw_cold_starts_total``,
+  ``thaw_cold_start_seconds``).
+- ``process_cpu_seconds_total``, ``process_resident_memory_bytes``,
+  ``process_max_resident_memory_bytes``, ``process_start_time_seconds``
+  (``thaw.adapters.telemetry.process_metrics``).
+- Under ``thaw serve --workers N`` whichever worker is scraped answers the merge of
   every worker's exposition (``thaw.adapters.telemetry.metrics_peers``).
 """
 
 from __future__ import annotations
 
-import re
-from bisect import bisect_left
 from collections.abc import Iterable, Mapping
 
-from thaw import Ok, Outcome, Reject, ThawError
+from thaw import Outcome
 from thaw.lowlevel import (
+    AGE_BOUNDS,
     COLD_START_BUCKETS,
-    PROTOCOL_ERRORS,
+    LATENCY_BOUNDS,
+    MAX_FUNCTION_CODES,
+    Accounting,
+    CapabilityAccount,
     ColdStartSeries,
     RouterStatistics,
+    TriggerSeries,
     WorkerStatistics,
 )
 
@@ -55,90 +70,18 @@ __all__ = [
 ]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-# From 10 µs: an in-process invocation of a small function takes tens of microseconds.
-BUCKETS: tuple[float, ...] = (
-    0.00001,
-    0.000025,
-    0.00005,
-    0.0001,
-    0.00025,
-    0.0005,
-    0.001,
-    0.0025,
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1.0,
-    2.5,
-    5.0,
-    10.0,
-)
+BUCKETS: tuple[float, ...] = LATENCY_BOUNDS  # every invocation latency histogram's bounds
 
 
-MAX_FUNCTION_CODES = 32
-OTHER_CODE = "other"
-_CODE = re.compile(r"[a-z][a-z0-9_]{0,63}\Z")
-
-
-def _built_in_codes() -> frozenset[str]:
-    codes = set(PROTOCOL_ERRORS) | {"result_invalid", "result_too_large", "idempotency_key_invalid"}
-    classes: list[type[ThawError]] = [ThawError]
-    while classes:  # the classes loaded now: Thaw's own (and the few an app defined)
-        cls = classes.pop()
-        codes.add(cls.code)
-        classes.extend(cls.__subclasses__())
-    return frozenset(codes)
-
-
-_BUILT_IN = _built_in_codes()
-
-
-class CapabilityMetrics:
-    """Counters of one capability's HTTP invocations."""
-
-    __slots__ = (
-        "buckets",
-        "failures",
-        "function_codes",
-        "in_flight",
-        "name",
-        "ok",
-        "total_seconds",
-    )
+class CapabilityMetrics(CapabilityAccount):
+    """One capability's account on its own, outside any host (``observe`` records an
+    invocation of one trigger kind; a host records through its accounting instead)."""
 
     def __init__(self, name: str) -> None:
-        self.name = name
-        self.ok = 0
-        self.failures: dict[tuple[str, str], int] = {}  # (outcome, code) -> count
-        self.function_codes: set[str] = set()  # the capability's own codes with a series
-        self.in_flight = 0
-        self.buckets = [0] * (len(BUCKETS) + 1)  # per bucket, not cumulative; last is +Inf
-        self.total_seconds = 0.0
+        super().__init__(Accounting(), name, 1 << 62)
 
-    def observe(self, outcome: Outcome, seconds: float) -> None:
-        if isinstance(outcome, Ok):
-            self.ok += 1
-        else:
-            key = ("reject" if isinstance(outcome, Reject) else "retry", outcome.code)
-            count = self.failures.get(key)
-            if count is None:  # a new series: only here is the label checked and capped
-                key = (key[0], self._label(key[1]))
-                count = self.failures.get(key, 0)
-            self.failures[key] = count + 1
-        self.buckets[bisect_left(BUCKETS, seconds)] += 1
-        self.total_seconds += seconds
-
-    def _label(self, code: str) -> str:
-        if code in _BUILT_IN or code in self.function_codes:
-            return code
-        if len(self.function_codes) >= MAX_FUNCTION_CODES or not _CODE.match(code):
-            return OTHER_CODE
-        self.function_codes.add(code)
-        return code
+    def observe(self, outcome: Outcome, seconds: float, *, trigger: str = "http") -> None:
+        self.series(trigger).record(outcome, seconds, 0)
 
 
 class ServerCounters:
@@ -189,7 +132,7 @@ class _Writer:
 
 
 def render(
-    capabilities: Iterable[CapabilityMetrics],
+    capabilities: Iterable[CapabilityAccount],
     counters: ServerCounters,
     *,
     connections_open: int,
@@ -197,39 +140,121 @@ def render(
     requests_in_flight: int,
     workers: Mapping[str, WorkerStatistics] | None = None,
     revisions: RouterStatistics | None = None,
+    budget_refusals: int | None = None,
+    process: bool = False,
 ) -> bytes:
-    """The whole exposition, one family after the other (each family once)."""
+    """The whole exposition, one family after the other (each family once).
+
+    ``capabilities``: the accounts to show (``Accounting.capabilities()``);
+    ``budget_refusals``: the host's retry budget's refusals (None: no family);
+    ``process``: add the ``process_*`` families (one service per process does)."""
     caps = sorted(capabilities, key=lambda m: m.name)
     out = _Writer()
-    out.family(
-        "thaw_invocations_total", "counter", "Capability invocations over HTTP by outcome and code."
-    )
-    for m in caps:
-        cap = ("capability", m.name)
-        out.sample("thaw_invocations_total", (cap, ("outcome", "ok"), ("code", "")), m.ok)
-        for (kind, code), count in sorted(m.failures.items()):
-            out.sample("thaw_invocations_total", (cap, ("outcome", kind), ("code", code)), count)
-    out.family("thaw_invocation_duration_seconds", "histogram", "Time a capability took to answer.")
-    for m in caps:
-        cumulative = 0
-        for bound, count in zip((*BUCKETS, float("inf")), m.buckets, strict=True):
-            cumulative += count
-            labels = (("capability", m.name), ("le", _number(bound)))
-            out.sample("thaw_invocation_duration_seconds_bucket", labels, cumulative)
-        out.sample(
-            "thaw_invocation_duration_seconds_sum", (("capability", m.name),), m.total_seconds
-        )
-        out.sample("thaw_invocation_duration_seconds_count", (("capability", m.name),), cumulative)
-    out.family("thaw_invocations_in_flight", "gauge", "Capability invocations running now.")
-    for m in caps:
-        out.sample("thaw_invocations_in_flight", (("capability", m.name),), m.in_flight)
+    _invocations(out, caps)
+    if budget_refusals is not None:
+        name = "thaw_retry_budget_refusals_total"
+        out.family(name, "counter", "Retries the process-wide retry budget refused (delayed).")
+        out.sample(name, (), budget_refusals)
     _server(out, counters, connections_open, connections_total, requests_in_flight)
     if workers:
         _workers(out, workers)
     if revisions is not None:
         _revisions(out, revisions)
+    if process:
+        # Imported here: the edge guest (Pyodide) renders this module's families too, and
+        # has neither the telemetry package nor ``resource``.
+        try:
+            from thaw.adapters.telemetry.process_metrics import process_samples
+        except ImportError:
+            process_samples = _no_process_samples
+        for name, kind, help_text, value in process_samples():
+            out.family(name, kind, help_text)
+            out.sample(name, (), value)
     out.lines.append("")
     return "\n".join(out.lines).encode()
+
+
+def _no_process_samples() -> list[tuple[str, str, str, float]]:
+    return []
+
+
+def _shown(account: CapabilityAccount) -> list[tuple[str, TriggerSeries]]:
+    """The trigger series to show: every one with calls, and the declared ones (zeros
+    included, so a rate starts from a series that exists), by trigger name."""
+    return sorted(
+        (trigger, series)
+        for trigger, series in account.triggers.items()
+        if trigger in account.declared or any(series.buckets)
+    )
+
+
+def _invocations(out: _Writer, caps: list[CapabilityAccount]) -> None:
+    shown = [(m, _shown(m)) for m in caps]
+    name = "thaw_invocations_total"
+    out.family(name, "counter", "Capability invocations by trigger, outcome and code.")
+    for m, triggers in shown:
+        for trigger, series in triggers:
+            labels = (("capability", m.name), ("trigger", trigger))
+            out.sample(name, (*labels, ("outcome", "ok"), ("code", "")), series.ok)
+            for (kind, code), count in sorted(series.failures.items()):
+                out.sample(name, (*labels, ("outcome", kind), ("code", code)), count)
+    name = "thaw_invocation_duration_seconds"
+    out.family(name, "histogram", "Wall time of an invocation (the billed duration).")
+    for m, triggers in shown:
+        for trigger, series in triggers:
+            labels = (("capability", m.name), ("trigger", trigger))
+            _histogram(out, name, labels, LATENCY_BOUNDS, series.buckets, series.seconds)
+    for name, kind, help_text, attribute in (
+        (
+            "thaw_invocation_cpu_seconds_total",
+            "counter",
+            "CPU time of invocations (sampled; a suspended call counts what ran meanwhile).",
+            "cpu_seconds",
+        ),
+        ("thaw_invocation_bytes_in_total", "counter", "Payload bytes in.", "bytes_in"),
+        ("thaw_invocation_bytes_out_total", "counter", "Result bytes out.", "bytes_out"),
+        ("thaw_invocations_in_flight", "gauge", "Capability invocations running now.", "in_flight"),
+    ):
+        out.family(name, kind, help_text)
+        for m in caps:
+            out.sample(name, (("capability", m.name),), getattr(m, attribute))
+    for name, help_text, attribute in (
+        (
+            "thaw_message_age_seconds",
+            "From a message's publish to the start of its processing (every delivery).",
+            "age",
+        ),
+        (
+            "thaw_message_completion_seconds",
+            "From a message's publish to its final action: ack or dead letter (once).",
+            "completion",
+        ),
+    ):
+        out.family(name, "histogram", help_text)
+        for m in caps:
+            histogram = getattr(m, attribute)
+            if m.declared & _MESSAGE_TRIGGERS or any(histogram.counts):
+                one = (("capability", m.name),)
+                _histogram(out, name, one, AGE_BOUNDS, histogram.counts, histogram.total)
+
+
+_MESSAGE_TRIGGERS = frozenset(("stream", "schedule", "kv", "objects"))
+
+
+def _histogram(
+    out: _Writer,
+    name: str,
+    labels: tuple[tuple[str, str], ...],
+    bounds: tuple[float, ...],
+    counts: list[int] | tuple[int, ...],
+    total: float,
+) -> None:
+    cumulative = 0
+    for bound, count in zip((*bounds, float("inf")), counts, strict=True):
+        cumulative += count
+        out.sample(f"{name}_bucket", (*labels, ("le", _number(bound))), cumulative)
+    out.sample(f"{name}_sum", labels, total)
+    out.sample(f"{name}_count", labels, cumulative)
 
 
 def _consumer_labels(worker: str) -> tuple[tuple[str, str], tuple[str, str]]:
@@ -294,12 +319,7 @@ def _revisions(out: _Writer, revisions: RouterStatistics) -> None:
     out.family(name, "histogram", "From a cold event's arrival to its instance being ready.")
     for one in series:
         cold = _cold_labels(one)
-        cumulative = 0
-        for bound, count in zip((*COLD_START_BUCKETS, float("inf")), one.buckets, strict=True):
-            cumulative += count
-            out.sample(f"{name}_bucket", (*cold, ("le", _number(bound))), cumulative)
-        out.sample(f"{name}_sum", cold, one.total_seconds)
-        out.sample(f"{name}_count", cold, cumulative)
+        _histogram(out, name, cold, COLD_START_BUCKETS, one.buckets, one.total_seconds)
 
 
 def _cold_labels(series: ColdStartSeries) -> tuple[tuple[str, str], ...]:

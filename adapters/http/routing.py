@@ -55,7 +55,6 @@ from thaw.lowlevel import (
 if typing.TYPE_CHECKING:
     from thaw.adapters.http.webhooks import SignatureVerifier
 from thaw.adapters.http.cors import CorsPolicy
-from thaw.adapters.http.metrics import CapabilityMetrics
 
 JSON = "application/json"
 
@@ -187,7 +186,6 @@ class Route:
         "max_body",
         "max_result",
         "method",
-        "metrics",
         "mode",
         "name",
         "params",
@@ -214,7 +212,6 @@ class Route:
         self.webhook = trigger.webhook
         self.cors = CorsPolicy(trigger.cors, trigger.method) if trigger.cors is not None else None
         self.verifier: SignatureVerifier | None = None  # set by HttpService for webhook routes
-        self.metrics = CapabilityMetrics(capability.name)  # HttpService shares one per capability
         if trigger.max_body is None:
             self.max_body = min(max_body, spec.policy.max_payload)
         elif trigger.max_body > max_body_cap:

@@ -33,6 +33,7 @@ from thaw.adapters.http.service import HttpService
 from thaw.adapters.http.service_set import RouteClash, ServiceSet
 from thaw.adapters.http.state import ServerState, ServerStatistics
 from thaw.adapters.telemetry.metrics_peers import peer_metrics
+from thaw.adapters.telemetry.slo import slo_metrics
 from thaw.lowlevel import Backbone, CapabilityInvoker, Host, Invoker, MemoryBackbone, open_host
 
 __all__ = [
@@ -219,6 +220,7 @@ def _service_for(
         service.workers = lambda: target.statistics().workers
         service.revisions = lambda: target.statistics().revisions
         service.preloading = lambda: target.router.preloading
+        service.budget_refusals = lambda: target.budget.statistics().retries_throttled
     return service
 
 
@@ -262,6 +264,8 @@ async def open_apps_http_server(
             refused.append((served.app.name, exc.message))
             continue
         services.append(candidate)
+    for _, later in services[1:]:  # the process_* families once per process, not per app
+        later.process_metrics = False
     apps = ServiceSet(services, config=config)
     apps.down.update((app.name, reason) for app, reason in unavailable)
 
@@ -272,9 +276,11 @@ async def open_apps_http_server(
         holder.append(state)
         apps.bind(state)
 
-    # Under `thaw serve --workers N`: /metrics answers the sum of every worker's.
+    # Under `thaw serve --workers N`: /metrics answers the sum of every worker's; the
+    # objectives the apps declare are evaluated on that merged view (adapters/telemetry/slo).
     async with (
         peer_metrics(front, config.metrics_path) as front,
+        slo_metrics(front, [served.app for served in hosts], config.metrics_path) as front,
         open_service_server(
             front, host=host, port=port, config=config, counters=ServerCounters(), state_hook=bind
         ) as server,

@@ -3,7 +3,9 @@
 ``check`` runs when a request's head is complete: it answers what needs no
 body (``/healthz``, ``/readyz``, 404, 405, OPTIONS) and lowers the body limit
 to the route's. ``handle`` turns the request into an Event, calls the compiled
-capability and maps its Outcome to an answer. A result larger than the
+capability and maps its Outcome to an answer. Invocations are accounted where
+every trigger's are (a host's ``ServedCapability``, as trigger ``http``); over a bare
+Invoker, the service wraps each route's capability in ``Accounted`` itself. A result larger than the
 capability's ``Policy.max_result`` is never sent: it is the function's fault,
 answered 500 ``result_too_large`` and logged with its size and the event id.
 """
@@ -14,7 +16,6 @@ import logging
 import os
 from collections.abc import Callable, Mapping
 from functools import partial
-from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -25,7 +26,7 @@ from thaw.adapters.http._wire import Request, Response, response_from_answer
 from thaw.adapters.http.config import HttpConfig
 from thaw.adapters.http.cors import actual_headers, is_preflight, preflight, with_headers
 from thaw.adapters.http.intake import STATUS_PREFIX, Intake, compile_intake, status_id
-from thaw.adapters.http.metrics import CONTENT_TYPE, CapabilityMetrics, ServerCounters, render
+from thaw.adapters.http.metrics import CONTENT_TYPE, ServerCounters, render
 from thaw.adapters.http.openapi import openapi_bytes
 from thaw.adapters.http.routing import (
     EventIds,
@@ -37,7 +38,10 @@ from thaw.adapters.http.routing import (
 )
 from thaw.adapters.http.webhooks import SignatureVerifier, load_secret, replay_store_for
 from thaw.lowlevel import (
+    Accounted,
+    Accounting,
     Backbone,
+    CapabilityAccount,
     CapabilityInvoker,
     RouterStatistics,
     WorkerStatistics,
@@ -85,6 +89,17 @@ class HttpService:
         self.router: Router = compile_router(
             invoker, max_body=config.max_body, max_body_cap=config.max_body_cap
         )
+        # A host's accounting (every trigger's invocations), else this service's own.
+        hosted: Accounting | None = getattr(invoker, "accounting", None)
+        self.accounting: Accounting = hosted if hosted is not None else Accounting()
+        via = getattr(invoker, "capability_via", None)
+        for route in self.router.routes:
+            if hosted is not None and via is not None:
+                route.capability = via(route.name, "http")
+            else:
+                spec = route.capability.spec
+                series = self.accounting.series(spec, "http")
+                route.capability = Accounted(route.capability, series, spec=spec)
         replays = replay_store_for(invoker, backbone)  # its own bucket, not idempotency's
         for route in self.router.routes:
             if route.webhook is not None:
@@ -116,9 +131,14 @@ class HttpService:
         self.revisions: Callable[[], RouterStatistics | None] | None = None
         # The revision being loaded beside the serving ones, for /readyz (likewise).
         self.preloading: Callable[[], str | None] | None = None
-        self.metrics: dict[str, CapabilityMetrics] = {}
-        for route in self.router.routes:  # one set of counters per capability
-            route.metrics = self.metrics.setdefault(route.name, route.metrics)
+        # The app's capabilities' accounts, by name (what /metrics shows).
+        self.metrics: dict[str, CapabilityAccount] = {
+            name: self.accounting.account(spec) for name, spec in invoker.app.capabilities.items()
+        }
+        # The host's retry budget's refusals, for /metrics (set by whoever serves a Host).
+        self.budget_refusals: Callable[[], int] | None = None
+        # Whether /metrics shows the process_* families: one service per process does.
+        self.process_metrics = True
         self._ops: dict[str, Callable[[], Response]] = {}
         if config.health_path:
             self._ops[config.health_path] = lambda: self._liveness(healthy)
@@ -184,6 +204,8 @@ class HttpService:
             requests_in_flight=state.in_flight if state is not None else 0,
             workers=workers,
             revisions=revisions,
+            budget_refusals=self.budget_refusals() if self.budget_refusals is not None else None,
+            process=self.process_metrics,
         )
         return Response(200, body, CONTENT_TYPE)
 
@@ -286,16 +308,9 @@ class HttpService:
         if route.enqueue is not None:
             assert self._intake is not None
             return self._cors(route, request, await self._intake.publish(route, event))
-        metrics = route.metrics
-        metrics.in_flight += 1
-        start = perf_counter()
-        try:
-            outcome = await route.capability(event)
-        finally:
-            metrics.in_flight -= 1
+        outcome = await route.capability(event)  # accounted there (see the module docstring)
         if type(outcome) is Ok and len(outcome.data) > route.max_result:
             outcome = _result_too_large(route, event, outcome)
-        metrics.observe(outcome, perf_counter() - start)
         if route.cors is None:
             return route.answer(outcome, event)
         return self._cors(route, request, route.answer(outcome, event))

@@ -8,9 +8,12 @@ parent makes it and hands its path in ``THAW_METRICS_PEERS``). A connection to i
 gets the worker's own exposition and EOF. A scrape of ``/metrics`` on any worker
 reads every sibling's socket and merges the expositions:
 
-- counters, histograms (buckets, ``_sum``, ``_count``) and most gauges are summed;
+- counters, histograms (buckets, ``_sum``, ``_count``) and most gauges are summed
+  (invocations in flight, ``process_cpu_seconds_total``, ``process_resident_memory_bytes``);
 - gauges that every worker reports about one shared thing (``MAX_GAUGES``: the
-  revision's traffic weight, a shared consumer's lag) take the largest value.
+  revision's traffic weight, a shared consumer's lag) take the largest value, as does
+  ``process_max_resident_memory_bytes`` (the largest worker's peak);
+- ``MIN_GAUGES`` take the smallest: ``process_start_time_seconds`` (the oldest worker).
 
 A socket that refuses (a worker that died without removing it) counts as gone; a
 sibling that accepts but does not answer within ``PEER_TIMEOUT`` makes the scrape
@@ -34,6 +37,7 @@ if TYPE_CHECKING:  # thaw.adapters.http imports this module: no import cycle at 
 
 __all__ = [
     "MAX_GAUGES",
+    "MIN_GAUGES",
     "PEERS_ENV",
     "PEER_TIMEOUT",
     "PeerMetricsService",
@@ -45,14 +49,27 @@ log = logging.getLogger("thaw.metrics")
 
 PEERS_ENV = "THAW_METRICS_PEERS"
 PEER_TIMEOUT = 2.0
-MAX_GAUGES = frozenset({"thaw_revision_weight", "thaw_stream_pending"})
+MAX_GAUGES = frozenset(
+    {"thaw_revision_weight", "thaw_stream_pending", "process_max_resident_memory_bytes"}
+)
+MIN_GAUGES = frozenset({"process_start_time_seconds"}) | frozenset(
+    {  # SLO standing: every worker computes it from the same merged view (telemetry/slo.py)
+        "thaw_slo_objective",
+        "thaw_slo_sli",
+        "thaw_slo_events",
+        "thaw_slo_burn_rate",
+        "thaw_slo_error_budget_remaining",
+        "thaw_slo_alert",
+    }
+)
 _LIMIT = 64 * 1024 * 1024  # a sibling's exposition larger than this is refused
 _SCRAPE = object()  # request.route of a /metrics request this wrapper answers
 
 
 def merge(expositions: Iterable[bytes]) -> bytes:
     """Several Prometheus text expositions (0.0.4) as one: same series summed (or the
-    largest value, for ``MAX_GAUGES``); families and series in first-seen order."""
+    largest value for ``MAX_GAUGES``, the smallest for ``MIN_GAUGES``); families and
+    series in first-seen order."""
     headers: dict[str, list[str]] = {}  # family -> its HELP and TYPE lines
     series: dict[str, dict[str, float]] = {}  # family -> sample key -> value
     kinds: dict[str, str] = {}
@@ -80,6 +97,8 @@ def merge(expositions: Iterable[bytes]) -> bytes:
                 samples[key] = number
             elif family in MAX_GAUGES and kinds.get(family) == "gauge":
                 samples[key] = max(old, number)
+            elif family in MIN_GAUGES and kinds.get(family) == "gauge":
+                samples[key] = min(old, number)
             else:
                 samples[key] = old + number
     out: list[str] = []

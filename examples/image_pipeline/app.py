@@ -39,10 +39,13 @@ import msgspec
 
 from thaw import (
     Access,
+    Age,
     App,
     Backoff,
     ClaimCheck,
+    Completion,
     Context,
+    Latency,
     ObjectChange,
     Rejected,
     RetryPolicy,
@@ -112,6 +115,7 @@ def claim_of(change: ObjectChange) -> ClaimCheck:
     http("PUT", "/images/{name}", max_body=RULES.max_upload_bytes),
     timeout=30.0,
     access=Access(objects=(UPLOADS,)),
+    slo=Latency(0.99, within=2.0),  # an 8 MiB body into the object store
 )
 async def upload(body: bytes, ctx: Context) -> ClaimCheck:
     """Store an upload; the pipeline takes it from the bucket."""
@@ -129,6 +133,8 @@ async def upload(body: bytes, ctx: Context) -> ClaimCheck:
     timeout=60.0,
     retry=RetryPolicy(max_attempts=3, backoff=Backoff(initial=0.5, maximum=10.0)),
     access=Access(objects=(UPLOADS, RESIZED), publishes=("images.resized",)),
+    # two at a time, CPU-bound: a burst of uploads waits, but not for long
+    slo=[Age(0.95, within=20.0), Completion(0.99, within=100.0)],
 )
 async def resize(change: ObjectChange, ctx: Context) -> Resized:
     original = claim_of(change)
@@ -168,6 +174,7 @@ async def moderate(item: Resized, ctx: Context) -> Moderated:
     timeout=60.0,
     retry=RetryPolicy(max_attempts=3, backoff=Backoff(initial=0.5, maximum=10.0)),
     access=Access(objects=(RESIZED, THUMBS), publishes=("images.thumbnails",)),
+    slo=Completion(0.99, within=200.0),  # from the verdict to the thumbnail
 )
 async def publish_thumbnail(item: Moderated, ctx: Context) -> ThumbnailReady:
     data = await get_claim(ctx, item.image)

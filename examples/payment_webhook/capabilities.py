@@ -27,11 +27,15 @@ import msgspec
 
 from thaw import (
     Access,
+    Age,
     App,
+    Availability,
     Backoff,
+    Completion,
     Context,
     Idempotency,
     KeyExists,
+    Latency,
     Rejected,
     RetryLater,
     RetryPolicy,
@@ -169,6 +173,8 @@ def _check_version(event: PaymentEvent) -> None:
     concurrency=256,
     max_payload=64 * 1024,
     access=Access(publishes=(EVENTS_SUBJECT,)),
+    # the provider waits on this answer: 99% within 200 ms, and 99.9% not failed by us
+    slo=[Latency(0.99, within=0.2), Availability(0.999)],
 )
 async def ingest(body: bytes, ctx: Context) -> Receipt:
     """Verify a signed payment webhook and queue it on payments.events (async-first intake)."""
@@ -201,6 +207,9 @@ async def ingest(body: bytes, ctx: Context) -> Receipt:
     idempotency=Idempotency(key=lambda event, payment: ledger.apply_key(payment), ttl=7 * 86400),
     concurrency=32,
     access=Access(buckets=(LEDGER_BUCKET,)),
+    # nobody waits on the ledger, but it must keep up: picked up within 5 s, posted
+    # (or dead-lettered) within 20 s of the webhook's arrival
+    slo=[Age(0.99, within=5.0), Completion(0.99, within=20.0)],
 )
 async def apply_payment(payment: PaymentEvent, ctx: Context) -> LedgerEntry:
     """Post a payment event to the customer's ledger account (compare-and-set on KV)."""
@@ -237,6 +246,7 @@ async def apply_payment(payment: PaymentEvent, ctx: Context) -> LedgerEntry:
     timeout=0.5,
     retry=RetryPolicy(max_attempts=1),
     max_payload=8 * 1024,
+    slo=Latency(0.999, within=0.01),
 )
 async def quote_fee(request: FeeQuoteRequest) -> FeeQuote:
     """The fee and net amount for a payment, without I/O."""

@@ -38,6 +38,7 @@ provisioning can compare them.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Mapping
 from types import MappingProxyType
 from typing import Literal, Protocol, runtime_checkable
@@ -120,7 +121,17 @@ class StoredMessage(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class Message(Protocol):
-    """One delivery from a durable consumer."""
+    """One delivery from a durable consumer.
+
+    The backbones' messages also have ``age() -> float | None``: seconds since the
+    stream stored the message (its publish), now; None when unknown. JetStream
+    (``DeliveredMessage``): the server's timestamp on the ack subject against this
+    host's wall clock, so clock skew between server and host shows in it;
+    MemoryBackbone: its own clock. Not a member of this protocol, so that other
+    Message classes (a dead letter's replay, test doubles) need not have it: the
+    stream worker asks for it with ``getattr`` when it records message age and
+    completion (``thaw_message_age_seconds``, ``thaw_message_completion_seconds``).
+    """
 
     @property
     def subject(self) -> str: ...
@@ -227,6 +238,17 @@ class DeliveredMessage:
     @property
     def msg_id(self) -> str | None:
         return self._headers.get(MSG_ID_HEADER)
+
+    def age(self) -> float | None:
+        """Seconds since the server stored the message (the ack subject's timestamp, ns
+        since the epoch), on this host's wall clock; None if the subject has none."""
+        tokens = self._reply.split(".")
+        index = 7 if len(tokens) == 9 else 9
+        try:
+            stamp = int(tokens[index])
+        except (IndexError, ValueError):
+            return None
+        return time.time() - stamp / 1e9 if stamp > 0 else None
 
 
 class KvConfig(msgspec.Struct, frozen=True, kw_only=True):

@@ -28,7 +28,7 @@ import functools
 import inspect
 import re
 import typing
-from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from typing import Any, TypeVar
 
 import msgspec
@@ -52,7 +52,8 @@ from thaw.declarations._policy import (
     RetryPolicy,
     _positive,
 )
-from thaw.declarations._triggers import HttpTrigger, Trigger, stream
+from thaw.declarations._slo import Objective, check_objectives
+from thaw.declarations._triggers import HttpTrigger, SubjectTrigger, Trigger, stream
 
 DEFAULT_MAX_PAYLOAD = 1024 * 1024  # bytes of input a capability takes unless it says more
 
@@ -130,6 +131,7 @@ class App:
         access: Access | None = None,
         isolation: str = "shared",
         idle_timeout: float | None = None,
+        slo: Objective | Sequence[Objective] | None = None,
     ) -> Callable[[F], F]:
         """Declare an async function as a capability of this app.
 
@@ -142,6 +144,9 @@ class App:
         subjects and KV buckets the function may touch (None: anything);
         ``isolation`` is how a host runs its instances (``shared``, ``fresh`` or
         ``process``), ``idle_timeout`` overrides the app's scale-to-zero time.
+        ``slo`` is one objective or a list (``Latency(0.99, within=0.2)`` for sync
+        paths, ``Age``/``Completion`` for async ones, ``Availability``): hosts export
+        where each stands, ``thaw slo APP`` prints it (docs/slo.md).
         """
         for trigger in triggers:
             if not isinstance(trigger, _TRIGGER_TYPES):
@@ -164,9 +169,15 @@ class App:
             idle_timeout=idle_timeout,
         )
 
+        sync, asynchronous = _paths(triggers)
+
         def register(function: F) -> F:
             chosen = function.__name__ if name is None else name
-            spec = _build_spec(function, chosen, tuple(triggers), policy)
+            objectives = check_objectives(
+                f"capability {chosen!r}", slo, sync=sync, asynchronous=asynchronous
+            )
+            declared = msgspec.structs.replace(policy, slo=objectives) if objectives else policy
+            spec = _build_spec(function, chosen, tuple(triggers), declared)
             self._add(spec)
             return function
 
@@ -293,6 +304,21 @@ def _check_path_params(where: str, triggers: tuple[Trigger, ...], input_type: An
             f"{input_type!r} cannot hold it: take a Struct with that field, a dict, or bytes "
             "(then read ctx.params)"
         )
+
+
+def _paths(triggers: tuple[Trigger, ...]) -> tuple[bool, bool]:
+    """Whether a capability has sync paths (routes that answer, subject requests, or
+    no trigger: then it is called with ``ctx.call``) and async ones (messages)."""
+    sync = not triggers or any(
+        isinstance(t, SubjectTrigger) or (isinstance(t, HttpTrigger) and t.enqueue is None)
+        for t in triggers
+    )
+    asynchronous = any(
+        not isinstance(t, SubjectTrigger | HttpTrigger)
+        or (isinstance(t, HttpTrigger) and t.enqueue is not None)
+        for t in triggers
+    )
+    return sync, asynchronous
 
 
 def _route_shape(trigger: HttpTrigger) -> str:

@@ -15,6 +15,7 @@ import msgspec
 
 from thaw._errors import ConfigError
 from thaw.backbone._subjects import subjects_overlap, validate_name, validate_subject
+from thaw.declarations._slo import Objective
 
 __all__ = ["Access", "Backoff", "RetryPolicy", "Idempotency", "Policy"]
 
@@ -201,6 +202,9 @@ class Policy(msgspec.Struct, frozen=True, kw_only=True):
     idle_timeout: float | None = None
     """Seconds without events before the capability's instance is stopped (scale to
     zero); None: the app's ``idle_timeout``."""
+    slo: tuple[Objective, ...] = ()
+    """Service level objectives (``thaw.declarations._slo``), checked against the
+    capability's triggers by ``App.capability``; hosts export where each stands."""
 
     def __post_init__(self) -> None:
         _positive("timeout", self.timeout)
@@ -220,3 +224,5 @@ class Policy(msgspec.Struct, frozen=True, kw_only=True):
             )
         if self.idle_timeout is not None:
             _positive("idle_timeout", self.idle_timeout)
+        if not isinstance(self.slo, tuple):
+            raise ConfigError(f"Policy.slo must be a tuple of objectives, got {self.slo!r}")

@@ -17,30 +17,13 @@ from bisect import bisect_left
 
 import msgspec
 
+from thaw._histogram import LATENCY_BOUNDS
+
 __all__ = ["COLD_START_BUCKETS", "ColdStartSeries", "ColdStarts"]
 
-# Seconds; they start at 10 microseconds (a shared thaw is tens of them) and reach the
-# seconds a slow on_start or a fork of a large host can take.
-COLD_START_BUCKETS: tuple[float, ...] = (
-    0.00001,
-    0.000025,
-    0.00005,
-    0.0001,
-    0.00025,
-    0.0005,
-    0.001,
-    0.0025,
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1.0,
-    2.5,
-    5.0,
-)
+# Seconds: the shared latency bounds (thaw._histogram), from 10 microseconds (a shared
+# thaw is tens of them) to the seconds a slow on_start or a fork of a large host can take.
+COLD_START_BUCKETS: tuple[float, ...] = LATENCY_BOUNDS
 
 
 class ColdStartSeries(msgspec.Struct, frozen=True):

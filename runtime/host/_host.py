@@ -46,7 +46,8 @@ from thaw.host._provision import ProvisionPlan, apply_plan, idempotency_bucket_f
 from thaw.host._router import ProcessPools, RevisionRouter, RouterStatistics
 from thaw.host._schedule import ScheduleRunner
 from thaw.host._serving import ServedCapability, ServingInvoker, source_revision
-from thaw.host._worker import StreamWorker, WorkerStatistics
+from thaw.host._worker import StreamWorker, WorkerStatistics, trigger_kind
+from thaw.invocation._accounting import Accounting
 from thaw.invocation._budget import RetryBudget
 from thaw.invocation._idempotency import IdempotencyStore
 from thaw.invocation._kv_idempotency import KvIdempotencyStore
@@ -71,6 +72,7 @@ class Host:
         invoker: ServingInvoker,
         plan: ProvisionPlan,
         workers: dict[str, StreamWorker],
+        budget: RetryBudget | None = None,
     ) -> None:
         self.app = app
         self.backbone = backbone
@@ -78,6 +80,9 @@ class Host:
         self.router = invoker.router
         self.plan = plan
         self.workers = workers
+        self.budget = budget if budget is not None else RetryBudget()
+        # What every invocation cost, per capability and trigger (/metrics renders it).
+        self.accounting = invoker.accounting
 
     async def invoke(self, capability: str, event: Event) -> Outcome:
         """Invoke directly (what an HTTP or request/reply adapter does)."""
@@ -110,6 +115,7 @@ async def open_host(
     wall_clock: Callable[[], float] | None = None,
     plan: ProvisionPlan | None = None,
     tracer: Tracer | None = None,
+    accounting: Accounting | None = None,
 ) -> AsyncIterator[Host]:
     """Provision (unless ``provision=False``), start the workers, yield the host, drain.
 
@@ -127,6 +133,8 @@ async def open_host(
     ``plan`` replaces ``plan_for(app, ack_wait=...)``: what an operator adjusted per
     environment (``thaw serve --consumer``, ``--bind-stream``); the workers follow it.
     ``tracer`` records spans (``thaw.adapters.telemetry.tracing.OtelTracer``); None: off.
+    ``accounting`` counts every invocation per capability and trigger (``Host.accounting``;
+    default a new ``Accounting()``; pass one to choose its CPU sampling).
     """
     revision = app if isinstance(app, Revision) else source_revision(app)
     app = revision.app
@@ -137,6 +145,7 @@ async def open_host(
     bucket = idempotency_bucket_for(app)
     store = idempotency_store or KvIdempotencyStore(backbone, bucket=bucket)
     clock = clock or SystemClock()
+    accounting = accounting if accounting is not None else Accounting()
     router = RevisionRouter(
         idle_timeout=idle_timeout,
         process_pools=process_pools,
@@ -146,9 +155,12 @@ async def open_host(
         clock=clock,
         run_sync=run_sync,
         tracer=tracer,
+        accounting=accounting,
     )
     router.add(revision, weight=100)
-    invoker = ServingInvoker(app, router, clock=clock, idempotency_store=store)
+    invoker = ServingInvoker(
+        app, router, clock=clock, idempotency_store=store, accounting=accounting
+    )
     invoker.tracer = tracer
     budget = budget or RetryBudget()
     workers: dict[str, StreamWorker] = {}
@@ -167,6 +179,7 @@ async def open_host(
             budget=budget,
             shape=shaper_for(consumer.trigger),
             tracer=tracer,
+            trigger=trigger_kind(consumer.trigger),
         )
     # The workers honour a Thaw-Event-Id only when it is signed with this key (_identity).
     event_key = await load_event_key(backbone) if workers else b""
@@ -187,7 +200,7 @@ async def open_host(
             if schedules.schedules:
                 group.start_soon(schedules.run)
             try:
-                yield Host(app, backbone, invoker, plan, workers)
+                yield Host(app, backbone, invoker, plan, workers, budget)
             finally:
                 for responding in responders:
                     responding.close()
@@ -212,7 +225,7 @@ async def open_host(
 def _answer_subjects(invoker: ServingInvoker, backbone: MemoryBackbone) -> list[Responding]:
     """Serve the app's ``subject`` triggers in process (JetStream: nats/subject_services)."""
     return [
-        backbone.respond(trigger.subject, _responder(capability, invoker.clock))
+        backbone.respond(trigger.subject, _responder(capability.via("subject"), invoker.clock))
         for capability in invoker.capabilities.values()
         for trigger in capability.spec.triggers
         if isinstance(trigger, SubjectTrigger)

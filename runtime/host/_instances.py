@@ -45,6 +45,7 @@ from thaw.backbone._contract import Backbone
 from thaw.declarations._app import App
 from thaw.declarations._context import SyncRunner, run_sync_inline
 from thaw.host._cold_starts import ColdStarts
+from thaw.invocation._accounting import Accounting
 from thaw.invocation._idempotency import IdempotencyStore, MemoryIdempotencyStore
 from thaw.invocation._invoker import Invoker
 from thaw.snapshots._revision import ModuleNamespace, Revision
@@ -143,6 +144,7 @@ class InstancePool:
         on_change: Callable[[], None] | None = None,
         run_sync: SyncRunner = run_sync_inline,
         tracer: Tracer | None = None,
+        accounting: Accounting | None = None,
     ) -> None:
         if isolation not in ("shared", "fresh"):
             raise ConfigError(
@@ -159,6 +161,7 @@ class InstancePool:
         self._rand = rand
         self._run_sync = run_sync
         self._tracer = tracer
+        self._accounting = accounting  # the host's: its instances' ctx.call are counted there
         self._cold_starts = cold_starts
         self._on_change = on_change  # told when the live instance comes or goes
         # One store per pool, so idempotency survives instances coming and going.
@@ -182,6 +185,7 @@ class InstancePool:
             rand=self._rand,
             run_sync=self._run_sync,
             tracer=self._tracer,
+            accounting=self._accounting,
         )
 
     @property

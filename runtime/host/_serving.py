@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Awaitable, Callable
+from time import perf_counter as _perf_counter
 from typing import Any
 
 import msgspec
@@ -30,6 +31,8 @@ from thaw._event import Event, Outcome
 from thaw._trace import Tracer
 from thaw.declarations._app import App, CapabilitySpec
 from thaw.host._router import RevisionRouter
+from thaw.invocation._accounting import Accounting
+from thaw.invocation._accounting import cpu_clock as _thread_time
 from thaw.invocation._idempotency import IdempotencyStore
 from thaw.invocation._shape import CapabilitiesByName
 from thaw.snapshots._format import Manifest, SnapshotPayload, current_magic
@@ -49,23 +52,78 @@ class ServedCapability:
     While one revision has all the traffic and the capability's instance is live,
     calls go straight to that instance's compiled capability (the lane, found once
     per ``RevisionRouter.epoch``); otherwise through the router, which thaws.
+
+    Every call is accounted here (``thaw.invocation._accounting``) under the trigger
+    kind of this handle: ``via(trigger)`` gives the handle of one kind (a stream worker's,
+    an HTTP route's); the plain one (``ServingInvoker.capability``) counts an event with
+    a subject as ``subject`` and one without as ``http``.
     """
 
-    __slots__ = ("name", "spec", "_router", "_epoch", "_lane", "_instance")
+    __slots__ = (
+        "name",
+        "spec",
+        "_account",
+        "_epoch",
+        "_instance",
+        "_lane",
+        "_router",
+        "_series",
+        "_vias",
+    )
 
-    def __init__(self, spec: CapabilitySpec, router: RevisionRouter) -> None:
+    def __init__(
+        self,
+        spec: CapabilitySpec,
+        router: RevisionRouter,
+        accounting: Accounting | None = None,
+        trigger: str | None = None,
+    ) -> None:
         self.name = spec.name
         self.spec = spec
         self._router = router
         self._epoch = -1
         self._lane: Callable[[Event], Awaitable[Outcome]] | None = None
         self._instance: Any = None
+        accounting = accounting if accounting is not None else Accounting()
+        self._account = accounting.account(spec)
+        # None: the plain handle, whose series is looked up per event (see the docstring).
+        self._series = self._account.series(trigger) if trigger else None
+        self._vias: dict[str, ServedCapability] = {}
+
+    def via(self, trigger: str) -> ServedCapability:
+        """This capability as reached by one trigger kind (``TRIGGERS``), for accounting."""
+        found = self._vias.get(trigger)
+        if found is None:
+            found = ServedCapability(self.spec, self._router, self._account.accounting, trigger)
+            self._vias[trigger] = found
+        return found
 
     async def __call__(self, event: Event) -> Outcome:
-        if self._epoch == self._router.epoch:
-            self._instance.touched = True
-            return await self._lane(event)  # type: ignore[misc]
-        return await self._route(event)
+        account = self._account
+        series = self._series or account.series("subject" if event.subject else "http")
+        account.in_flight += 1
+        countdown = account.cpu_countdown - 1
+        if countdown:
+            account.cpu_countdown = countdown
+            weight = 0
+            cpu = 0.0
+        else:
+            weight = account.cpu_sample()
+            cpu = _thread_time()
+        start = _perf_counter()
+        try:
+            if self._epoch == self._router.epoch:
+                self._instance.touched = True
+                outcome = await self._lane(event)  # type: ignore[misc]
+            else:
+                outcome = await self._route(event)
+        finally:
+            account.in_flight -= 1
+        seconds = _perf_counter() - start
+        if weight:
+            account.cpu_seconds += (_thread_time() - cpu) * weight
+        series.record(outcome, seconds, len(event.data))
+        return outcome
 
     async def _route(self, event: Event) -> Outcome:
         router = self._router
@@ -94,15 +152,23 @@ class ServingInvoker(CapabilitiesByName[ServedCapability]):
         *,
         clock: Clock,
         idempotency_store: IdempotencyStore,
+        accounting: Accounting | None = None,
     ) -> None:
         self.app = app
+        # What every invocation through this host cost (thaw.invocation._accounting).
+        self.accounting = accounting if accounting is not None else Accounting()
         self.router = router
         self.clock = clock
         self.idempotency_store = idempotency_store
         self.tracer: Tracer | None = None  # the host's, for its HTTP server spans
         self._capabilities: dict[str, ServedCapability] = {
-            name: ServedCapability(spec, router) for name, spec in app.capabilities.items()
+            name: ServedCapability(spec, router, self.accounting)
+            for name, spec in app.capabilities.items()
         }
+
+    def capability_via(self, name: str, trigger: str) -> ServedCapability:
+        """Capability ``name`` as one trigger kind reaches it (its calls accounted so)."""
+        return self.capability(name).via(trigger)
 
     def statistics(self) -> ServingStatistics:
         """Calls and calls running per capability, over the live ``shared``/``fresh``

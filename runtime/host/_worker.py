@@ -53,7 +53,7 @@ from thaw.host._retention import ensure_stream
 from thaw.invocation._budget import RetryBudget
 from thaw.invocation._shape import CapabilityInvoker
 
-__all__ = ["StreamWorker", "WorkerStatistics", "ensure_dead_letter_stream"]
+__all__ = ["StreamWorker", "WorkerStatistics", "ensure_dead_letter_stream", "trigger_kind"]
 
 log = logging.getLogger("thaw.worker")
 DEFAULT_SLOTS = 256
@@ -69,6 +69,14 @@ class WorkerStatistics(msgspec.Struct, frozen=True):
     dead_lettered: int
     # The consumer's lag: messages not yet delivered, as of the last fetch (-1: none yet).
     pending: int = -1
+
+
+def trigger_kind(trigger: object) -> str:
+    """The accounting's trigger kind of what a consumer serves (``stream`` when unknown):
+    the trigger Struct's tag (``stream``, ``schedule``, ``kv``, ``objects``)."""
+    config = getattr(type(trigger), "__struct_config__", None)
+    tag = getattr(config, "tag", None)
+    return tag if tag in ("stream", "schedule", "kv", "objects") else "stream"
 
 
 async def ensure_dead_letter_stream(backbone: Backbone) -> None:
@@ -92,13 +100,21 @@ class StreamWorker:
         budget: RetryBudget | None = None,
         shape: Shaper | None = None,
         tracer: Tracer | None = None,
+        trigger: str = "stream",
     ) -> None:
         self._tracer = tracer  # None: no consume spans (tracing off)
         self._shape = shape  # kv/objects triggers: the delivery -> the input (None: skip it)
         self._invoker = invoker
         self._backbone = backbone
         self._batches = BatchRecorder(backbone)  # fan-out children this worker runs
-        self._capability = invoker.capability(capability)
+        # A host's capability as this trigger kind reaches it (accounted so), else the plain one.
+        via = getattr(invoker, "capability_via", None)
+        self._capability = (
+            via(capability, trigger) if via is not None else invoker.capability(capability)
+        )
+        # Message age and completion go to the host's account of the capability (if any).
+        accounting = getattr(invoker, "accounting", None)
+        self._account = accounting.account(capability) if accounting is not None else None
         self._stream = stream
         self._consumer = consumer
         limit = self._capability.spec.policy.concurrency
@@ -293,6 +309,10 @@ class StreamWorker:
 
     async def _run(self, message: Message, event: Event) -> StreamAction:
         headers = message.headers
+        if self._account is not None:
+            age = _age(message)
+            if age is not None:
+                self._account.age.observe(age)
         if self._budget is not None and message.num_delivered == 1:
             self._budget.record_first_attempt()
         child = None
@@ -371,6 +391,8 @@ class StreamWorker:
             if type(action) is Ack:
                 await message.ack()
                 self._acked += 1
+                if event is not None:  # None: a delivery not for this capability, skipped
+                    self._completed(message)
             elif type(action) is Nak:
                 delay = action.delay
                 if self._budget is not None:
@@ -380,6 +402,7 @@ class StreamWorker:
             else:
                 assert type(action) is DeadLetter and event is not None
                 await self._dead_letter(message, action, event)
+                self._completed(message)
         except BackboneError as exc:
             # The server may never have seen the action (connection lost, node down): it
             # redelivers after AckWait, where idempotency answers the duplicate. One lost
@@ -392,6 +415,13 @@ class StreamWorker:
                 self._capability.spec.name,
                 exc,
             )
+
+    def _completed(self, message: Message) -> None:
+        """The message's final action (ack, dead letter) is done: publish -> now, once."""
+        if self._account is not None:
+            age = _age(message)
+            if age is not None:
+                self._account.completion.observe(age)
 
     async def _beat(self, interval: float) -> None:
         """Every ``interval``: an in-progress ack for each call running that long."""
@@ -531,6 +561,16 @@ class _Lanes:
             wake = anyio.Event()
             self._idle.append(wake)
             await wake.wait()
+
+
+def _age(message: Message) -> float | None:
+    """Seconds since the message was published, if its backbone knows (``Message.age``;
+    a Message class from elsewhere may not have it)."""
+    age = getattr(message, "age", None)
+    if age is None:
+        return None
+    seconds: float | None = age()
+    return None if seconds is None else max(seconds, 0.0)
 
 
 class _MetaHeaders(msgspec.Struct):

@@ -26,7 +26,7 @@ import hashlib
 import logging
 import random
 import sys
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import anyio
@@ -55,6 +55,7 @@ from thaw._trace import SpanKind, Tracer, parse_traceparent
 from thaw.backbone._contract import Backbone
 from thaw.declarations._app import App, CapabilitySpec
 from thaw.declarations._context import CapabilityEnv, Context, SyncRunner, run_sync_inline
+from thaw.invocation._accounting import Accounted, Accounting
 from thaw.invocation._deadlines import AsyncioWatchdog, resume
 from thaw.invocation._idempotency import Claim, IdempotencyStore, MemoryIdempotencyStore
 from thaw.invocation._shape import CapabilitiesByName
@@ -548,6 +549,8 @@ class Invoker(CapabilitiesByName[CompiledCapability]):
     to an in-memory store; ``clock`` defaults to the monotonic clock; ``rand``
     draws the retry jitter (inject a constant in tests); ``run_sync`` serves
     ``ctx.run_sync`` (default: on the loop; hosts on CPython pass a thread pool).
+    ``accounting`` (a host's): ``ctx.call`` between its capabilities is accounted there
+    as trigger ``call``; None: not accounted.
     """
 
     def __init__(
@@ -561,6 +564,7 @@ class Invoker(CapabilitiesByName[CompiledCapability]):
         logger: logging.Logger | None = None,
         run_sync: SyncRunner = run_sync_inline,
         tracer: Tracer | None = None,
+        accounting: Accounting | None = None,
     ) -> None:
         self.app = app
         self.tracer = tracer
@@ -588,8 +592,14 @@ class Invoker(CapabilitiesByName[CompiledCapability]):
             )
             for name, spec in app.capabilities.items()
         }
+        siblings: dict[str, Callable[[Event], Awaitable[Outcome]]] = dict(self._capabilities)
+        if accounting is not None:  # ctx.call passes no host's capability: account it here
+            siblings = {
+                name: Accounted(compiled, accounting.series(compiled.spec, "call"))
+                for name, compiled in self._capabilities.items()
+            }
         for compiled in self._capabilities.values():
-            compiled._env.siblings = self._capabilities
+            compiled._env.siblings = siblings
 
     def statistics(self) -> InvokerStatistics:
         caps = self._capabilities.values()

@@ -124,6 +124,11 @@ class StreamState:
         # msg id -> (seq, stored_at), oldest first: time only moves forward.
         self._msg_ids: dict[str, tuple[int, float]] = {}
 
+    def stored_at(self, seq: int) -> float | None:
+        """When message ``seq`` was stored (the stream's clock), if it is still held."""
+        stored = self._messages.get(seq)
+        return None if stored is None else stored.stored_at
+
     def captures(self, subject: str) -> bool:
         return any(subject_matches(pattern, subject) for pattern in self.config.subjects)
 
@@ -376,7 +381,7 @@ class MemoryMessage:
     handle acts on the message while it is pending and is a no-op afterwards.
     """
 
-    __slots__ = ("_clock", "_consumer", "_message", "_num_delivered")
+    __slots__ = ("_clock", "_consumer", "_message", "_num_delivered", "_stored_at")
 
     def __init__(
         self, consumer: ConsumerState, message: StoredMessage, num_delivered: int, clock: Clock
@@ -385,6 +390,7 @@ class MemoryMessage:
         self._message = message
         self._num_delivered = num_delivered
         self._clock = clock
+        self._stored_at = consumer.stream.stored_at(message.seq)
 
     def __repr__(self) -> str:
         return (
@@ -424,6 +430,11 @@ class MemoryMessage:
     @property
     def msg_id(self) -> str | None:
         return self._message.headers.get(MSG_ID_HEADER)
+
+    def age(self) -> float | None:
+        """Seconds since the message was stored, on the backbone's clock."""
+        stored_at = self._stored_at
+        return None if stored_at is None else self._clock.now() - stored_at
 
     async def ack(self) -> None:
         await anyio.lowlevel.checkpoint()
