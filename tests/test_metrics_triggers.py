@@ -5,8 +5,10 @@ with the families and labels other tools code against, bounded and escaped."""
 from __future__ import annotations
 
 import re
+import time
 
 import anyio
+import anyio.lowlevel
 import msgspec
 import pytest
 from hypothesis import given, settings
@@ -16,6 +18,7 @@ from test_http_metrics import Samples, parse, value
 from thaw import (
     App,
     Context,
+    Event,
     Ok,
     Reject,
     Rejected,
@@ -305,3 +308,38 @@ def test_a_jetstream_delivery_knows_its_age_from_the_ack_subject() -> None:
     for stamp_token in ("0", "x1", "-5"):
         bad = f"$JS.ACK.ORDERS.work.1.7.7.{stamp_token}.0"
         assert DeliveredMessage("orders.x", bad, b"", None).age() is None
+
+
+waiting = App("waiting")
+
+
+@waiting.capability(subject("svc.wait"))
+async def wait_a_while(payload: bytes) -> bytes:
+    await anyio.sleep(0.05)  # waits: the CPU the loop spends meanwhile is not its own
+    return payload
+
+
+@pytest.mark.anyio
+async def test_a_waiting_invocation_does_not_count_the_cpu_of_what_runs_meanwhile() -> None:
+    """CPU is read around an invocation's own steps, so a concurrent busy task's CPU is
+    not counted in a capability that only waits (it was, with a clock read around the
+    whole call: thaw cost found 436 s of invocation CPU in 15.8 s of process CPU)."""
+    accounting = Accounting(cpu_sample_every=1)  # every call measured
+    burnt: list[float] = []
+
+    async def burn() -> None:
+        start = time.thread_time()
+        until = time.monotonic() + 0.04
+        while time.monotonic() < until:  # CPU on the loop while the capability waits
+            pass
+        burnt.append(time.thread_time() - start)
+
+    async with open_host(waiting, MemoryBackbone(), accounting=accounting) as host:
+        async with anyio.create_task_group() as tasks:
+            event = Event(id="w1", data=b"x", subject="svc.wait")
+            tasks.start_soon(host.invoke, "wait_a_while", event)
+            await anyio.lowlevel.checkpoint()  # the invocation is waiting now
+            tasks.start_soon(burn)
+        account = accounting.account("wait_a_while")
+    assert burnt and burnt[0] > 0
+    assert account.cpu_seconds < burnt[0] / 2, (account.cpu_seconds, burnt)

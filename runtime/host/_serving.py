@@ -31,8 +31,7 @@ from thaw._event import Event, Outcome
 from thaw._trace import Tracer
 from thaw.declarations._app import App, CapabilitySpec
 from thaw.host._router import RevisionRouter
-from thaw.invocation._accounting import Accounting
-from thaw.invocation._accounting import cpu_clock as _thread_time
+from thaw.invocation._accounting import Accounting, cpu_of_steps
 from thaw.invocation._idempotency import IdempotencyStore
 from thaw.invocation._shape import CapabilitiesByName
 from thaw.snapshots._format import Manifest, SnapshotPayload, current_magic
@@ -106,22 +105,22 @@ class ServedCapability:
         if countdown:
             account.cpu_countdown = countdown
             weight = 0
-            cpu = 0.0
         else:
             weight = account.cpu_sample()
-            cpu = _thread_time()
         start = _perf_counter()
         try:
             if self._epoch == self._router.epoch:
                 self._instance.touched = True
-                outcome = await self._lane(event)  # type: ignore[misc]
+                call = self._lane(event)  # type: ignore[misc]
             else:
-                outcome = await self._route(event)
+                call = self._route(event)
+            if weight:  # this call's own steps, not what runs while it waits
+                outcome = await cpu_of_steps(call, account, weight)
+            else:
+                outcome = await call
         finally:
             account.in_flight -= 1
         seconds = _perf_counter() - start
-        if weight:
-            account.cpu_seconds += (_thread_time() - cpu) * weight
         series.record(outcome, seconds, len(event.data))
         return outcome
 

@@ -22,10 +22,12 @@ What is counted (invariants):
   about ``cpu_sample_every`` (a random stride, mean ``cpu_sample_every``), that sample
   weighted by its stride: reading the thread's CPU clock is a system call (0.5-0.8 us
   on the machines we measure on), twice per invocation would be most of the budget.
-  The estimate is unbiased; ``cpu_sample_every=1`` measures every call. A call that
-  suspends counts the CPU of whatever else ran on the loop meanwhile (one thread, one
-  clock): CPU of concurrent invocations overlaps, and the total over-counts under
-  concurrency. A ``process`` instance's CPU is its child's and is not counted here;
+  The estimate is unbiased; ``cpu_sample_every=1`` measures every call. A sampled
+  call is driven step by step (``cpu_of_steps``): the clock is read around each of
+  its own steps, from one suspension to the next, so what the loop runs while it
+  waits (other invocations, the server's I/O) is not counted in it: concurrent
+  invocations do not count each other's CPU. A ``process`` instance's CPU is its
+  child's and is not counted here;
 - bytes in are the payload's, bytes out an ``Ok`` result's (a replayed one too);
 - an ``Ok`` larger than the capability's ``max_result`` counts as
   ``reject``/``result_too_large`` (what HTTP answers for it);
@@ -39,9 +41,11 @@ from __future__ import annotations
 import random
 import re
 import time
+import types
 from bisect import bisect_left
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Generator, Iterator
 from time import perf_counter
+from typing import Any
 
 from thaw._errors import ConfigError, ThawError
 from thaw._event import Event, Ok, Outcome, Reject
@@ -59,6 +63,7 @@ __all__ = [
     "Histogram",
     "TriggerSeries",
     "cpu_clock",
+    "cpu_of_steps",
 ]
 
 TRIGGERS: tuple[str, ...] = ("http", "subject", "stream", "schedule", "kv", "objects", "call")
@@ -87,6 +92,43 @@ def _cpu_clock() -> Callable[[], float]:
 
 cpu_clock = _cpu_clock()  # what every recorder reads (see the module docstring)
 thread_time = cpu_clock
+
+
+@types.coroutine
+def cpu_of_steps(
+    awaitable: Awaitable[Outcome], account: CapabilityAccount, weight: int
+) -> Generator[Any, Any, Outcome]:
+    """Await ``awaitable``, adding the CPU time of its own steps (times ``weight``) to
+    ``account.cpu_seconds``: the clock is read around each step, and not while it is
+    suspended. What it waits on passes through unchanged (the loop's futures,
+    cancellation thrown in, close)."""
+    steps = awaitable.__await__()
+    send, throw, clock = steps.send, steps.throw, thread_time
+    value: Any = None
+    error: BaseException | None = None
+    cpu = 0.0
+    try:
+        while True:
+            start = clock()
+            try:
+                yielded = send(value) if error is None else throw(error)
+            except StopIteration as stop:
+                result: Outcome = stop.value
+                return result
+            finally:
+                cpu += clock() - start
+            error = value = None
+            try:
+                value = yield yielded
+            except GeneratorExit:
+                close = getattr(steps, "close", None)
+                if close is not None:
+                    close()
+                raise
+            except BaseException as exc:  # cancellation included: the step receives it
+                error = exc
+    finally:
+        account.cpu_seconds += cpu * weight
 
 
 def _built_in_codes() -> frozenset[str]:
@@ -331,18 +373,17 @@ class Accounted:
         if countdown:
             account.cpu_countdown = countdown
             weight = 0
-            cpu = 0.0
         else:
             weight = account.cpu_sample()
-            cpu = thread_time()
         start = perf_counter()
         try:
-            outcome = await self._call(event)
+            if weight:
+                outcome = await cpu_of_steps(self._call(event), account, weight)
+            else:
+                outcome = await self._call(event)
         finally:
             account.in_flight -= 1
         seconds = perf_counter() - start
-        if weight:
-            account.cpu_seconds += (thread_time() - cpu) * weight
         series.record(outcome, seconds, len(event.data))
         return outcome
 
