@@ -283,7 +283,7 @@ h1 { font-size: 1.6em; } h2 { font-size: 1.2em; margin-top: 2em; }
 table { border-collapse: collapse; margin: 0.8em 0; font-size: 0.85em; }
 th, td { border-bottom: 1px solid #ddd; padding: 0.3em 0.6em; text-align: right; }
 th:first-child, td:first-child { text-align: left; }
-td:last-child { max-width: 18em; text-align: left; }
+td:last-child { max-width: 18em; text-align: left; overflow-wrap: anywhere; }
 figure { margin: 1em 0; } figure svg { max-width: 100%; height: auto; }
 .summary { font-size: 1.05em; background: #f5f7fa; padding: 0.8em 1em; }
 """

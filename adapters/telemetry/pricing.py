@@ -279,9 +279,9 @@ def _memory_mb(model: Serverless, run: Run) -> float:
 
 
 def invocation_cpu_seconds(run: Run) -> float:
-    """The invocations' CPU seconds, at most the host process's: CPU counted per
-    invocation on one event loop can include what concurrent invocations ran meanwhile,
-    and no invocation runs outside the process."""
+    """The invocations' CPU seconds, at most the host process's: the per-invocation
+    figure is sampled (and a host from before step timing counted what concurrent
+    invocations ran meanwhile), and no invocation runs outside the process."""
     cpu = sum(c.cpu_seconds for c in run.capabilities)
     if run.host.cpu_seconds is not None and cpu > run.host.cpu_seconds:
         return run.host.cpu_seconds
@@ -389,9 +389,9 @@ def cost_report(run: Run, prices: Prices) -> CostReport:
     if run.host.cpu_seconds is not None and cpu > run.host.cpu_seconds:
         capped.append(
             f"the invocations' CPU ({cpu:.2f} s) is more than the process's "
-            f"({run.host.cpu_seconds:.2f} s): CPU counted per invocation includes what "
-            "concurrent invocations ran meanwhile; CPU prices use the process's CPU, split "
-            "by the invocations' shares"
+            f"({run.host.cpu_seconds:.2f} s): the per-invocation CPU is sampled (or the host "
+            "counted what concurrent invocations ran meanwhile); CPU prices use the "
+            "process's CPU, split by the invocations' shares"
         )
     notes = [
         *run.notes,
