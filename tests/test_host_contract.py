@@ -191,6 +191,11 @@ class HostContract:
             done = await th.http.get(accepted["status_url"])
             assert (done.status, done.json()) == (200, {"doubled": 42})
             assert [m.subject for m in await th.published(f"{name}.q")] == [f"{name}.q"]
+            reused = await th.http.post(
+                "/queued", json={"order_id": "q-2", "amount": 5}, headers={"Idempotency-Key": "k1"}
+            )  # another body under the key: refused, not dropped by the duplicate window
+            assert (reused.status, reused.json()["code"]) == (422, "idempotency_key_reused")
+            assert [m.subject for m in await th.published(f"{name}.q")] == [f"{name}.q"]
 
     async def test_webhook_signatures_are_verified_before_the_capability(
         self, opened: Opened, name: str

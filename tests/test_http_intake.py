@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import anyio
 import msgspec
@@ -87,6 +90,32 @@ async def test_enqueue_answers_202_and_the_status_url_serves_the_result() -> Non
             done = await _poll(client, document["status_url"])
         assert done.status == 200
         assert json.loads(done.body) == {"sku": "A-1", "total": 15}
+
+
+async def test_another_body_under_a_used_key_is_422_and_nothing_is_dropped() -> None:
+    """A client's Idempotency-Key names one request: a second, different body under it
+    is refused (the stream's duplicate window would have dropped it unseen, and its
+    status URL would have shown the first body's result); the same body again is 202."""
+    release = anyio.Event()
+    release.set()
+    backbone = MemoryBackbone()
+    async with (
+        open_host(intake_app(release), backbone) as host,
+        open_http_server(host) as server,
+        RawClient.connect(server.port) as client,
+    ):
+        headers = {"Idempotency-Key": "k1"}
+        first = b'{"sku": "A-1", "quantity": 1}'
+        await client.send(request("POST", "/orders", first, headers))
+        assert (await client.response()).status == 202
+        await client.send(request("POST", "/orders", b'{"sku": "B-2", "quantity": 2}', headers))
+        reused = await client.response()
+        assert reused.status == 422, reused.body
+        assert json.loads(reused.body)["code"] == "idempotency_key_reused"
+        await client.send(request("POST", "/orders", first, headers))  # a retry: fine
+        assert (await client.response()).status == 202
+        await client.send(request("POST", "/orders", b'{"sku": "B-2", "quantity": 2}'))
+        assert (await client.response()).status == 202  # no key: a new request each time
 
 
 async def test_enqueue_validates_against_the_contract_before_publishing() -> None:
@@ -217,3 +246,28 @@ async def test_a_status_url_is_served_only_with_its_own_token() -> None:
     # A wrong token on an unknown id reads exactly as on a known one: no existence leak.
     assert (unknown.status, unknown.body) == (404, answers[2].body)
     assert answers[0].body == answers[2].body  # no token reads as a wrong one
+
+
+def test_thaw_serve_refuses_an_enqueue_route_without_an_idempotent_consumer_in_one_line(
+    tmp_path: Path,
+) -> None:
+    """The host's refusal is raised inside a task group; the command line still says it
+    in one `thaw: error [code]: ...` line and exits 1, with no traceback."""
+    (tmp_path / "app.py").write_text(
+        "import msgspec\n"
+        "from thaw import App, http, stream\n"
+        "app = App('enq')\n"
+        "class Job(msgspec.Struct):\n"
+        "    n: int\n"
+        "@app.capability(http('POST', '/jobs', enqueue='enq.jobs'), stream('enq.jobs'))\n"
+        "async def work(job: Job) -> None:\n"
+        "    return None\n"
+    )
+    command = [sys.executable, "-m", "thaw.adapters.cli", "serve", str(tmp_path / "app.py")]
+    command += ["--backbone", "memory", "--http", "0", "--state-dir", str(tmp_path / "state")]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=WAIT, cwd=tmp_path)
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr and "ExceptionGroup" not in done.stderr, done.stderr
+    (line,) = [one for one in done.stderr.splitlines() if "error [" in one]
+    assert line.startswith("thaw: error [config_invalid]: route POST /jobs")
+    assert "idempotency=Idempotency()" in line

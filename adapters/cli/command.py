@@ -49,6 +49,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ThawError as exc:
         print(f"thaw: error [{exc.code}]: {exc.message}", file=sys.stderr)
         return EXIT_FAILED
+    except BaseExceptionGroup as group:
+        # A ThawError raised inside a task group (a host refusing its app as it starts)
+        # is the same one line, not a traceback of the group around it.
+        errors = group.subgroup(ThawError)
+        if errors is None:
+            raise
+        for error in _leaves(errors):
+            print(f"thaw: error [{error.code}]: {error.message}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+def _leaves(group: BaseExceptionGroup[ThawError]) -> list[ThawError]:
+    found: list[ThawError] = []
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            found += _leaves(exc)
+        else:
+            found.append(exc)
+    return found
 
 
 _OPTION_VALUE = re.compile(r"(--?[A-Za-z0-9][A-Za-z0-9-]*)=[^\s',]+")

@@ -4,7 +4,11 @@ An enqueue route validates the request against its capability's input
 contract, publishes the payload to SUBJECT with ``Nats-Msg-Id`` = the event id
 (the ``Idempotency-Key`` header, or a generated id) and the ``traceparent``,
 and answers ``202 Accepted`` with ``{"id", "status_url"}`` and a ``Location``.
-A repeated key is deduplicated by the stream and answered 202 again.
+A repeated key with the same body is deduplicated by the stream and answered 202
+again; a client's ``Idempotency-Key`` is bound to the first body sent under it (its
+SHA-256, kept in the app's idempotency store for the consumer's ``Idempotency.ttl``),
+so another body under the same key is refused with 422 ``idempotency_key_reused``
+instead of being dropped by the stream's duplicate window unseen.
 
 The capability that consumes SUBJECT from the stream (``stream(SUBJECT)``) runs
 with that id as its event id. When it declares ``idempotency=Idempotency()``
@@ -32,10 +36,10 @@ from urllib.parse import quote, unquote
 import msgspec
 
 from thaw import ConfigError, Event, ThawError
-from thaw._errors import PayloadTooLarge
+from thaw._errors import IdempotencyKeyReused, PayloadTooLarge
 from thaw._headers import URL_PATH_HEADER, URL_QUERY_HEADER
 from thaw.adapters.http._wire import Response, response_from_answer
-from thaw.adapters.http.routing import JSON, Route
+from thaw.adapters.http.routing import GENERATED_ID_PREFIX, JSON, Route
 from thaw.host._identity import load_event_key
 from thaw.lowlevel import (
     TRACEPARENT_HEADER,
@@ -54,6 +58,7 @@ STATUS_PREFIX = "/_thaw/status/"
 _PENDING = Response(202, b'{"status":"pending"}', JSON)
 NO_STATUS = "the status URL has no valid id"  # for every URL that is not one we issued
 _TOKEN_CHARS = 32  # hex digits: 128 bits
+_KEY_TTL = 24 * 3600.0  # a key's binding to its body, when the consumer declares no ttl
 _HEX = frozenset("0123456789abcdef")
 _encode = msgspec.json.Encoder().encode
 
@@ -112,6 +117,16 @@ class Intake:
         refused = self._validate(route, event.data)
         if refused is not None:
             return refused
+        try:
+            refused = await self._bind_key(subject, event)
+        except ThawError as exc:
+            log.warning("enqueue to %r: could not check key %s: %s", subject, event.id, exc)
+            answer = problem_answer(
+                exc.code, str(exc), status=503, retry_after=1, event_id=event.id
+            )
+            return response_from_answer(answer)
+        if refused is not None:
+            return refused
         headers = {TRACEPARENT_HEADER: event.traceparent} if event.traceparent else {}
         for name in (
             URL_PATH_HEADER,
@@ -134,6 +149,28 @@ class Intake:
         status_url = f"{STATUS_PREFIX}{quote(event.id, safe='')}/{token}"
         body = _encode(_Accepted(event.id, status_url))
         return Response(202, body, JSON, (("location", status_url),))
+
+    async def _bind_key(self, subject: str, event: Event) -> Response | None:
+        """None when ``event`` may be published: a generated id, the first body under a
+        client's key, or the same body again; the 422 answer for another body."""
+        if event.id.startswith(GENERATED_ID_PREFIX):
+            return None  # ours: unique, never reused
+        consumer = self._consumers[subject]
+        policy = consumer.spec.policy.idempotency
+        ttl = policy.ttl if policy is not None else _KEY_TTL
+        key = f"{self._app}.{consumer.name}.{event.id}/intake"
+        digest = hashlib.sha256(event.data).digest()[:16]
+        claim = await self._store.claim(key, hold=ttl, ttl=ttl, digest=digest)
+        if claim.state == "conflict":
+            error = IdempotencyKeyReused(
+                f"Idempotency-Key {event.id!r} was sent before with another body; "
+                "use a new key for a new request"
+            )
+            answer = problem_answer(error.code, error.message, status=422, event_id=event.id)
+            return response_from_answer(answer)
+        if claim.state == "claimed":  # the first body under this key: kept with its digest
+            await self._store.complete(key, claim.token, b"", ttl=ttl, digest=digest)
+        return None
 
     async def status(self, reference: str) -> Response:
         """200 with the stored result, or 202 pending (for any consumer of this app);

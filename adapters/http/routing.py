@@ -58,7 +58,9 @@ from thaw.adapters.http.cors import CorsPolicy
 
 JSON = "application/json"
 
-__all__ = ["Route", "Router", "compile_router", "EventIds"]
+__all__ = ["GENERATED_ID_PREFIX", "Route", "Router", "compile_router", "EventIds"]
+
+GENERATED_ID_PREFIX = "~"  # of the ids Thaw makes; a client's Idempotency-Key never has it
 
 _PARAM = re.compile(r"\{([^{}:]+)(?::([a-z]+))?\}")
 _PATTERNS = {
@@ -110,7 +112,7 @@ class EventIds:
             self._drawn = os.urandom(_ID_BYTES * _IDS_PER_DRAW).hex()
             at = 0
         self._next = at + 2 * _ID_BYTES
-        return "~" + self._drawn[at : at + 2 * _ID_BYTES]
+        return GENERATED_ID_PREFIX + self._drawn[at : at + 2 * _ID_BYTES]
 
     def _forget(self) -> None:
         self._drawn, self._next = "", 0
