@@ -225,3 +225,96 @@ def test_a_record_of_a_dead_server_is_ignored(tmp_path: Path) -> None:
     (store / RECORD_NAME).write_bytes(msgspec.json.encode(alive))
     assert read_server_record(store) == alive
     assert find_running_server(store) is None  # nothing answers and nothing holds the store
+
+
+LAUNCHER = """
+import sys, anyio
+from thaw.adapters.nats.server import open_embedded_server
+
+async def main():
+    async with open_embedded_server(data_dir=sys.argv[1]) as server:
+        print(server.url, flush=True)
+        await anyio.sleep_forever()
+
+anyio.run(main)
+"""
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+async def _store_one(url: str) -> None:
+    client = await nats.connect(url)
+    try:
+        js = client.jetstream()
+        await js.add_stream(name="KEEP", subjects=["keep.>"])
+        await js.publish("keep.a", b"kept")
+    finally:
+        await client.close()
+
+
+async def _restart_on(store: Path, orphan: int) -> tuple[bool, int]:
+    """(whether the orphan still ran once the new server was up, messages kept)."""
+    async with open_embedded_server(data_dir=store) as again:
+        still = _pid_alive_here(orphan)
+        client = await nats.connect(again.url)
+        try:
+            info = await client.jetstream().stream_info("KEEP")
+        finally:
+            await client.close()
+    return still, int(info.state.messages)
+
+
+def test_a_server_orphaned_by_a_killed_launcher_is_stopped_and_its_store_reused(
+    tmp_path: Path,
+) -> None:
+    """kill -9 of the launcher leaves its nats-server running and holding the store; the
+    next embedded server on that store stops the orphan and starts, the data kept."""
+    store = tmp_path / "store"
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    launcher = subprocess.Popen(
+        [sys.executable, "-c", LAUNCHER, str(store)], stdout=subprocess.PIPE, text=True, env=env
+    )
+    orphan = 0
+    try:
+        assert launcher.stdout is not None
+        ready, _, _ = select.select([launcher.stdout], [], [], 30)
+        assert ready, "the launcher did not start its server"
+        url = launcher.stdout.readline().strip()
+        record = read_server_record(store)
+        assert record is not None and record.url == url
+        orphan = record.server_pid
+        anyio.run(_store_one, url)
+        launcher.kill()  # the launcher only, by its PID: its server is left running
+        launcher.wait(10)
+        assert _pid_alive_here(orphan), "the server died with its launcher"
+        still, kept = anyio.run(_restart_on, store, orphan)
+        assert not still  # stopped before the new server started
+        assert kept == 1  # what the orphan stored is still there
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+            launcher.wait(10)
+        if launcher.stdout is not None:
+            launcher.stdout.close()
+        if orphan and _pid_alive_here(orphan):
+            os.kill(orphan, 9)  # the server our launcher started: never left behind
+
+
+def _pid_alive_here(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_a_live_launchers_server_is_never_stopped_as_an_orphan(tmp_path: Path) -> None:
+    from thaw.adapters.nats.server import stop_orphaned_server
+
+    async def check() -> None:
+        async with open_embedded_server(data_dir=tmp_path / "store") as server:
+            assert not stop_orphaned_server(str(tmp_path / "store"))  # its launcher: us
+            assert server.running
+
+    anyio.run(check)

@@ -22,7 +22,11 @@ under ``--state-dir``) is *claimed*: an exclusive ``fcntl`` lock on
 ``<store>/server.lock``, taken before the server starts and inherited by the
 server process, so the store stays locked as long as either the launcher or its
 server lives (a server orphaned by a ``kill -9`` of its launcher still holds it).
-A second embedded server never starts on a claimed store (``NatsStoreInUse``).
+A second embedded server never starts on a claimed store (``NatsStoreInUse``), with
+one exception: when the record says the launcher is gone and the recorded server is
+still a nats-server serving exactly this store (its command line says so), that
+orphan is stopped (SIGTERM, a bounded wait, then SIGKILL) and the store claimed
+again, so ``thaw serve`` restarted after a ``kill -9`` comes back by itself.
 Once the server is ready its client URL is written, atomically (a temporary file
 renamed over), to ``<store>/server.json`` with the launcher's and the server's
 PIDs; it is removed on a clean stop, before the server stops. Tools that need the
@@ -35,8 +39,10 @@ from __future__ import annotations
 
 import glob
 import json
+import logging
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -57,6 +63,8 @@ from thaw.lowlevel import BackboneError
 
 if sys.platform != "win32":
     import fcntl
+
+log = logging.getLogger("thaw.nats")
 
 __all__ = [
     "BINARY_NAME",
@@ -476,6 +484,55 @@ def _in_use_message(store_dir: str) -> str:
     )
 
 
+def stop_orphaned_server(store_dir: str, *, timeout: float = 10.0) -> bool:
+    """Stop the nats-server a killed launcher left running on ``store_dir``; True when
+    there was one and it is gone (the store's lock free), False when the store is held
+    by anything else (a live launcher, an unrecorded process, a pid that is no longer
+    a nats-server on this store)."""
+    record = read_server_record(store_dir)
+    if record is None or _pid_alive(record.owner_pid) or not _pid_alive(record.server_pid):
+        return False
+    pid = record.server_pid
+    if not _serves_store(pid, store_dir):
+        return False  # the pid was reused, or the server is not ours: leave it alone
+    log.warning(
+        "stopping the nats-server (pid %d) that pid %d left running on %s when it was killed",
+        pid,
+        record.owner_pid,
+        store_dir,
+    )
+    for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            break
+        deadline = time.monotonic() + wait
+        while _pid_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)  # a process we do not parent cannot be waited on: poll, bounded
+        if not _pid_alive(pid):
+            break
+    deadline = time.monotonic() + 5.0
+    while _store_locked(store_dir) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return not _pid_alive(pid) and not _store_locked(store_dir)
+
+
+def _serves_store(pid: int, store_dir: str) -> bool:
+    """Whether ``pid`` is a nats-server started with ``-sd store_dir`` (Linux /proc)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            args = [a.decode(errors="replace") for a in handle.read().split(b"\0") if a]
+    except OSError:
+        return False
+    if not args or "nats-server" not in os.path.basename(args[0]):
+        return False
+    try:
+        store = args[args.index("-sd") + 1]
+    except (ValueError, IndexError):
+        return False
+    return os.path.realpath(store) == os.path.realpath(store_dir)
+
+
 def find_running_server(
     store_dir: str | os.PathLike[str], *, timeout: float = _FIND_TIMEOUT
 ) -> str | None:
@@ -539,7 +596,13 @@ async def open_embedded_server(
     )
     claim = StoreClaim(config.store_dir) if config.store_dir is not None else None
     if claim is not None:
-        claim.acquire()
+        try:
+            claim.acquire()
+        except NatsStoreInUse:
+            store = claim.store_dir
+            if not await anyio.to_thread.run_sync(lambda: stop_orphaned_server(store)):
+                raise
+            claim.acquire()
     try:
         fds = (claim.fd,) if claim is not None and claim.fd is not None else ()
         server = EmbeddedServer(config, pass_fds=fds)
