@@ -88,8 +88,16 @@ def test_an_async_objective_needs_an_async_trigger(objective: Age | Completion) 
         @app.capability(http("GET", "/x"), subject("x.y"), slo=objective)
         async def answer() -> None: ...
 
-    @app.capability(http("POST", "/later", enqueue="later.jobs"), slo=objective)
-    async def later(body: bytes) -> None: ...  # an enqueued route runs from the stream
+    # An enqueue route only publishes: its messages are measured where they are consumed.
+    with pytest.raises(ConfigError, match="stream\\(...\\) trigger consumes the enqueued"):
+
+        @app.capability(http("POST", "/intake", enqueue="intake.jobs"), slo=objective)
+        async def intake(body: bytes) -> None: ...
+
+    @app.capability(
+        http("POST", "/later", enqueue="later.jobs"), stream("later.jobs"), slo=objective
+    )
+    async def later(body: bytes) -> None: ...  # the route's messages run here, from the stream
 
     assert app.capabilities["later"].policy.slo == (objective,)
 

@@ -308,16 +308,14 @@ def _check_path_params(where: str, triggers: tuple[Trigger, ...], input_type: An
 
 def _paths(triggers: tuple[Trigger, ...]) -> tuple[bool, bool]:
     """Whether a capability has sync paths (routes that answer, subject requests, or
-    no trigger: then it is called with ``ctx.call``) and async ones (messages)."""
+    no trigger: then it is called with ``ctx.call``) and async ones (messages). An
+    ``http(enqueue=...)`` route is neither: it publishes, and the capability consuming
+    that subject (its ``stream(...)`` trigger) is what runs and is measured."""
     sync = not triggers or any(
         isinstance(t, SubjectTrigger) or (isinstance(t, HttpTrigger) and t.enqueue is None)
         for t in triggers
     )
-    asynchronous = any(
-        not isinstance(t, SubjectTrigger | HttpTrigger)
-        or (isinstance(t, HttpTrigger) and t.enqueue is not None)
-        for t in triggers
-    )
+    asynchronous = any(not isinstance(t, SubjectTrigger | HttpTrigger) for t in triggers)
     return sync, asynchronous
 
 

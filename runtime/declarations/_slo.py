@@ -6,7 +6,8 @@ Four kinds, each a frozen value with the target ratio first:
   routes that answer, ``subject`` requests, ``ctx.call``), the share that answered
   within ``within`` seconds;
 - ``Age(0.99, within=5.0)``: of the messages an *async* trigger delivered
-  (``stream``, ``kv``, ``objects``, ``schedule``, ``http(enqueue=...)``), the share
+  (``stream``, ``kv``, ``objects``, ``schedule``; an ``http(enqueue=...)`` route's messages
+  count for the capability that consumes them), the share
   whose processing started within ``within`` seconds of their publication (every
   delivery counts);
 - ``Completion(0.99, within=60.0)``: of those messages, the share that finished (acked
@@ -235,8 +236,9 @@ def check_objectives(
         if isinstance(item, Age | Completion) and not asynchronous:
             raise ConfigError(
                 f"{where}: {type(item).__name__} is an objective of async paths (stream, kv, "
-                "objects, schedule triggers or http(enqueue=...)), and this capability has "
-                "none: declare Latency(...) for it"
+                "objects, schedule triggers), and this capability has none: declare "
+                "Latency(...) for it, or, for an http(enqueue=...) route, declare it on the "
+                "capability whose stream(...) trigger consumes the enqueued subject"
             )
         if item.key in seen:
             raise ConfigError(
