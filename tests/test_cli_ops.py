@@ -131,7 +131,7 @@ def test_bad_age_limits_are_clear_errors(
 
 def test_dlq_list_json_on_an_empty_backbone(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["dlq", "list", "--json", "--backbone", "memory"]) == 0
-    assert json.loads(capsys.readouterr().out) == {"dead_letters": []}
+    assert json.loads(capsys.readouterr().out) == {"dead_letters": [], "more": False}
     assert cli.main(["dlq", "replay", "1", "--json", "--backbone", "memory"]) == cli.EXIT_FAILED
 
 

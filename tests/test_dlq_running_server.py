@@ -170,7 +170,23 @@ def test_dlq_list_and_replay_go_to_the_running_server(serving: tuple[Path, Path]
     _wait_for(lambda: ledger.exists() and ledger.read_text() == "first\n", "the replayed run")
     assert read_server_record(state / "nats") == record  # still the one server, untouched
     again = _thaw("dlq", "list", "--json", "--state-dir", str(state), cwd=app_dir)
-    assert json.loads(again.stdout) == {"dead_letters": []}
+    assert json.loads(again.stdout) == {"dead_letters": [], "more": False}
+
+
+def test_dlq_list_says_when_there_are_more_than_its_limit(serving: tuple[Path, Path]) -> None:
+    app_dir, state = serving
+    record = read_server_record(state / "nats")
+    assert record is not None
+    for name in ("one", "two"):
+        anyio.run(_publish, record.url, "flaky.run", b'{"name": "%s"}' % name.encode())
+    _wait_for(lambda: anyio.run(_dead_letters, record.url) >= 2, "two dead letters")
+    one = _thaw("dlq", "list", "--json", "--limit", "1", "--state-dir", str(state), cwd=app_dir)
+    assert one.returncode == 0, one.stderr
+    document = json.loads(one.stdout)
+    assert (len(document["dead_letters"]), document["more"]) == (1, True)
+    assert "there are more" in one.stderr
+    both = _thaw("dlq", "list", "--json", "--limit", "2", "--state-dir", str(state), cwd=app_dir)
+    assert json.loads(both.stdout)["more"] is False and "there are more" not in both.stderr
 
 
 def test_a_locked_store_with_no_answering_server_is_a_clear_error(tmp_path: Path) -> None:

@@ -494,12 +494,22 @@ def _print_json(document: Any) -> None:
 
 
 def _dlq_list(args: argparse.Namespace) -> int:
-    records = _with_backbone(
+    records = _with_backbone(  # one more than asked for: to say that there are more
         args,
-        lambda b: list_dead_letters(b, app=args.app, capability=args.capability, limit=args.limit),
+        lambda b: list_dead_letters(
+            b, app=args.app, capability=args.capability, limit=args.limit + 1
+        ),
     )
+    more = len(records) > args.limit
+    records = records[: args.limit]
+    if more:
+        print(
+            f"thaw dlq: showing the oldest {args.limit} dead letters; there are more "
+            "(--limit N shows more, --app/--capability narrow the list)",
+            file=sys.stderr,
+        )
     if args.json:
-        _print_json({"dead_letters": [_letter_document(r) for r in records]})
+        _print_json({"dead_letters": [_letter_document(r) for r in records], "more": more})
         return EXIT_OK
     if not records:
         print("no dead letters")
