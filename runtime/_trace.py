@@ -24,6 +24,7 @@ __all__ = [
     "SpanKind",
     "TraceContext",
     "Tracer",
+    "log_fields",
     "parse_traceparent",
     "start_trace",
 ]
@@ -112,6 +113,23 @@ def parse_traceparent(header: str, tracestate: str = "") -> TraceContext | None:
     if tracestate and (len(tracestate) > 512 or "\n" in tracestate or "\r" in tracestate):
         tracestate = ""
     return TraceContext(trace_id, span_id, bool(int(flags, 16) & 1), tracestate)
+
+
+class _Traced(Protocol):
+    @property
+    def id(self) -> str: ...
+    @property
+    def traceparent(self) -> str: ...
+
+
+def log_fields(capability: str, event: _Traced) -> dict[str, str]:
+    """A log record's ``extra`` for a line about ``event``: the fields JSON logs show
+    (``capability``, ``event_id``, ``trace_id`` when the event carries a valid trace)."""
+    fields = {"capability": capability, "event_id": event.id}
+    context = parse_traceparent(event.traceparent)
+    if context is not None:
+        fields["trace_id"] = context.trace_id
+    return fields
 
 
 def start_trace() -> TraceContext:

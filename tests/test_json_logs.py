@@ -39,6 +39,10 @@ APP = textwrap.dedent(
         ctx.log.info("saying hi to %s", request.name)
         ctx.log.warning("calling out with password=%s and Bearer %s", "hunter2", "abc.def")
         return {"hi": request.name}
+
+    @app.capability(http("POST", "/boom"))
+    async def boom(request: In) -> dict:
+        raise ValueError("it broke")
     """
 )
 
@@ -163,6 +167,12 @@ def test_serve_json_lines_parse_carry_the_fields_and_hold_no_secret(tmp_path: Pa
         response = connection.getresponse()
         assert response.status == 200, response.read()
         response.read()
+        connection.request(
+            "POST", "/boom", body=b'{"name": "Ada"}', headers={"traceparent": TRACEPARENT}
+        )
+        failed = connection.getresponse()
+        assert failed.status >= 500, failed.read()
+        failed.read()
         connection.close()
     finally:
         process.terminate()
@@ -176,7 +186,13 @@ def test_serve_json_lines_parse_carry_the_fields_and_hold_no_secret(tmp_path: Pa
     said = [one for one in lines if one["message"] == "saying hi to Ada"]
     assert said, text
     assert said[0]["trace_id"] == TRACE and said[0]["capability"] == "hi"
-    (access,) = [one for one in lines if one["logger"] == "thaw.http.access"]
+    assert said[0]["event_id"]  # ctx.log lines name their event
+    (broke,) = [one for one in lines if one["level"] == "ERROR" and "boom" in one["message"]]
+    assert (broke["capability"], broke["trace_id"]) == ("boom", TRACE), broke
+    assert broke["event_id"] and "ValueError: it broke" in broke["exception"]
+    (access,) = [
+        one for one in lines if one["logger"] == "thaw.http.access" and one["target"] == "/hi"
+    ]
     assert access["status"] == "200" and access["trace_id"] == TRACE, access
     for secret in (PASSWORD, TOKEN, "hunter2", "abc.def"):
         assert secret not in text

@@ -115,6 +115,9 @@ def _url_values(text: str) -> Mapping[str, str]:
 class _TraceLogger(logging.LoggerAdapter[logging.Logger]):
     def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, Any]:
         extra = self.extra or {}
+        # The fields ride on the record too (JSON logs show them: trace_id, capability,
+        # event_id); a caller's own extra= wins.
+        kwargs["extra"] = {**extra, **(kwargs.get("extra") or {})}
         return f"[{extra['trace_id']} {extra['capability']}] {msg}", kwargs
 
 
@@ -176,7 +179,11 @@ class Context:
         if self._logger is None:
             self._logger = _TraceLogger(
                 self._env.logger,
-                {"trace_id": self.trace.trace_id, "capability": self._env.capability},
+                {
+                    "trace_id": self.trace.trace_id,
+                    "capability": self._env.capability,
+                    "event_id": self.event.id,
+                },
             )
         return self._logger
 

@@ -33,7 +33,7 @@ import msgspec
 from thaw._errors import BackboneError, BatchInvalid, DeliveriesExhausted
 from thaw._event import Event, Ok, Outcome, Reject
 from thaw._headers import DEAD_LETTER_BODY_OMITTED, TRACEPARENT_HEADER, TRACESTATE_HEADER
-from thaw._trace import SpanKind, Tracer, parse_traceparent
+from thaw._trace import SpanKind, Tracer, log_fields, parse_traceparent
 from thaw.backbone._contract import Backbone, ConsumerConfig, Message
 from thaw.backbone._rules import MessageTooLarge
 from thaw.decisions._delivery import (
@@ -471,6 +471,7 @@ class StreamWorker:
             spec.name,
             action.code,
             action.reason,
+            extra=log_fields(spec.name, event),
         )
 
 

@@ -51,7 +51,7 @@ from thaw._errors import (
 )
 from thaw._event import Event, Ok, Outcome, Reject, Retry
 from thaw._headers import TRACESTATE_HEADER
-from thaw._trace import SpanKind, Tracer, parse_traceparent
+from thaw._trace import SpanKind, Tracer, log_fields, parse_traceparent
 from thaw.backbone._contract import Backbone
 from thaw.declarations._app import App, CapabilitySpec
 from thaw.declarations._context import CapabilityEnv, Context, SyncRunner, run_sync_inline
@@ -460,6 +460,7 @@ class CompiledCapability:
                 attempt,
                 event.id,
                 exc_info=exc,
+                extra=log_fields(self.name, event),
             )
         if attempt >= self._max_attempts:
             return Reject(code, _clip(f"gave up after {attempt} attempts: {message}"), attempt)
