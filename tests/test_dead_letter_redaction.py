@@ -16,7 +16,9 @@ from hypothesis import strategies as st
 from thaw.decisions._delivery import DeadLetter, dead_letter_headers
 from thaw.decisions._redaction import (
     EXTRA_REDACTED,
+    KNOWN_SECRETS,
     REDACTED,
+    known_secrets,
     is_secret_header,
     parse_header_names,
     redact_headers,
@@ -92,6 +94,24 @@ def test_a_host_lists_more_headers_to_redact() -> None:
     assert headers["X-Tenant-Pin"] == REDACTED
     assert headers["X-Other"] == "kept"
     assert letter(original)["X-Tenant-Pin"] == "4711"  # the list is the host's, not global
+
+
+def test_the_hosts_own_credentials_never_reach_a_dead_letter() -> None:
+    """A function that puts the NATS password it found into an error (or a header) does
+    not put it in the dead letter: the host's credentials are replaced wherever they are."""
+    password, token = "pw-Qx81-secret", "tok-Zr55-secret"
+    reason = f"could not log in with {password} (token {token})"
+    original = {"X-Note": f"used {token}"}
+    assert password in letter(original, reason)["Thaw-Error-Message"]  # not known: kept
+    known = KNOWN_SECRETS.set(known_secrets([password, token, None, "abc"]))
+    try:
+        headers = letter(original, reason)
+        assert scrub_secrets("abc def") == "abc def"  # too short to be taken as a secret
+    finally:
+        KNOWN_SECRETS.reset(known)
+    text = repr(headers)
+    assert password not in text and token not in text
+    assert "could not log in with ***" in headers["Thaw-Error-Message"]
 
 
 @pytest.mark.parametrize("name", SECRET_NAMES)

@@ -38,7 +38,9 @@ from thaw.adapters.cli.supervise import (
 from thaw.backbone._registry import available_backbones, open_backbone
 from thaw.decisions._redaction import (
     EXTRA_REDACTED,
+    KNOWN_SECRETS,
     REDACT_HEADERS_ENV,
+    known_secrets,
     parse_header_names,
     redact_headers,
     scrub_secrets,
@@ -415,6 +417,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     async def main() -> int:
         # The workers open_host starts inherit it: their dead letters honour the list.
         EXTRA_REDACTED.set(parse_header_names(os.environ.get(REDACT_HEADERS_ENV, "")))
+        # The NATS credentials this host connects with never reach a dead letter either.
+        credentials = connection_options(args)
+        KNOWN_SECRETS.set(known_secrets([credentials.get("password"), credentials.get("token")]))
         return await serve_apps(
             args,
             revisions,

@@ -10,7 +10,9 @@ sees one was there; ``scrub_secrets`` rewrites credentials inside free text (err
 messages, and the values of the headers that are kept): the password of a URL
 (``scheme://user:pass@host`` -> ``scheme://user:***@host``), a URL's lone userinfo
 (a NATS token: ``nats://tok@host`` -> ``nats://***@host``), ``password=...``,
-``token: ...`` and the like, and ``Bearer``/``Basic`` credentials.
+``token: ...`` and the like, ``Bearer``/``Basic`` credentials, and the values of the
+credentials the host itself was given (``KNOWN_SECRETS``: ``thaw serve`` sets the NATS
+password and token it connects with), wherever they appear.
 
 Invariants: pure functions of their inputs (no I/O), a header's name is never
 changed, a value is only ever replaced or shortened. The payload is not touched:
@@ -31,6 +33,8 @@ __all__ = [
     "scrub_secrets",
     "parse_header_names",
     "EXTRA_REDACTED",
+    "KNOWN_SECRETS",
+    "known_secrets",
     "REDACT_HEADERS_ENV",
 ]
 
@@ -40,6 +44,10 @@ REDACTED = "[redacted]"
 # inherit it, so a dead letter a worker writes honours it.
 REDACT_HEADERS_ENV = "THAW_REDACT_HEADERS"  # comma-separated names, read by `thaw serve`
 EXTRA_REDACTED: ContextVar[tuple[str, ...]] = ContextVar("thaw_extra_redacted", default=())
+# Values never to be written anywhere (the host's own credentials), longest first; set
+# like EXTRA_REDACTED, before the workers start. Values shorter than 4 characters are
+# not taken: they would blank out ordinary words.
+KNOWN_SECRETS: ContextVar[tuple[str, ...]] = ContextVar("thaw_known_secrets", default=())
 ALWAYS_REDACTED = frozenset({"authorization", "proxy-authorization", "cookie", "set-cookie"})
 # Parts of a header name (lower case, without - and _) that mark it as holding a credential.
 _SECRET_PARTS = (
@@ -85,6 +93,9 @@ def scrub_secrets(text: str) -> str:
     """``text`` with the credentials it holds replaced by ``***`` (see the module doc)."""
     if not text:
         return text
+    for secret in KNOWN_SECRETS.get():
+        if secret in text:
+            text = text.replace(secret, "***")
     text = _URL_WITH_PASSWORD.sub(r"\1\2:***@", text)
     text = _URL_WITH_TOKEN.sub(r"\1***@", text)
     text = _AUTH_SCHEME.sub(r"\1 ***", text)
@@ -109,3 +120,10 @@ def redact_headers(
 def parse_header_names(text: str) -> tuple[str, ...]:
     """Header names from a comma-separated list (``THAW_REDACT_HEADERS``), lower-cased."""
     return tuple(dict.fromkeys(part.strip().lower() for part in text.split(",") if part.strip()))
+
+
+def known_secrets(values: Iterable[str | None]) -> tuple[str, ...]:
+    """``values`` as ``KNOWN_SECRETS`` holds them: the ones of 4 characters or more,
+    longest first (so a secret containing another is replaced whole)."""
+    kept = {value for value in values if value and len(value) >= 4}
+    return tuple(sorted(kept, key=len, reverse=True))
