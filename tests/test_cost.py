@@ -599,3 +599,13 @@ def test_the_worked_example_reproduces_from_its_committed_scrapes(
     page = (docs / "cost.md").read_text()
     for line in table.splitlines()[:14]:  # the run, capabilities, models, break-even
         assert line in page, line
+
+
+def test_thaw_cost_prices_prints_the_shipped_example_a_user_can_start_from(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["cost", "prices"]) == 0
+    printed = capsys.readouterr().out
+    assert "EXAMPLES, NOT QUOTES" in printed
+    prices = parse_prices(printed.encode(), source="printed")  # the printout is a valid file
+    assert {"lambda-arm64", "workers", "fargate-arm"} <= set(prices.models)

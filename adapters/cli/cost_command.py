@@ -87,15 +87,28 @@ def add_cost_command(commands: Any) -> None:
     record.add_argument("url", metavar="URL")
     record.add_argument("file", metavar="FILE")
     record.set_defaults(handler=_cmd_record)
+    shipped = actions.add_parser(
+        "prices",
+        help="print the shipped example price file (a start for your own --prices FILE)",
+    )
+    shipped.set_defaults(handler=_cmd_prices)
+
+
+def _cmd_prices(args: argparse.Namespace) -> int:
+    sys.stdout.write(_shipped_prices().decode())
+    return 0
+
+
+def _shipped_prices() -> bytes:
+    import importlib.resources
+
+    return importlib.resources.files("thaw.adapters.telemetry").joinpath("prices.toml").read_bytes()
 
 
 def default_prices() -> Prices:
-    import importlib.resources
-
     from thaw.adapters.telemetry.pricing import parse_prices
 
-    text = importlib.resources.files("thaw.adapters.telemetry").joinpath("prices.toml")
-    return parse_prices(text.read_bytes(), source="the shipped prices.toml")
+    return parse_prices(_shipped_prices(), source="the shipped prices.toml")
 
 
 def _read_scrape(path: str) -> Scrape:

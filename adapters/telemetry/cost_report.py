@@ -157,7 +157,7 @@ def _split_figure(plt: Any, report: CostReport) -> str:
             fontsize=9,
         )
         axes.invert_yaxis()
-        axes.legend(fontsize=7, loc="lower right")
+        axes.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))  # off the bars
         axes.set_xlabel(f"{report.currency} per month", fontsize=8)
         axes.tick_params(labelsize=8)
     figure.tight_layout()

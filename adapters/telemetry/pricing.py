@@ -152,7 +152,8 @@ def parse_prices(text: str | bytes, *, source: str = "prices") -> Prices:
     except msgspec.ValidationError as exc:
         message = str(exc).replace("`$.", "`")
         raise PricesInvalid(
-            f"{source}: {message} (see adapters/telemetry/prices.toml for the fields; "
+            f"{source}: {message} (`thaw cost prices` prints the shipped example with every "
+            "field; "
             'each model needs kind = "serverless" or "container")'
         ) from None
 
