@@ -18,7 +18,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
-from thaw import App, Event, RetryLater, stream
+from thaw import App, Event, Idempotency, RetryLater, http, stream
 from thaw.adapters.http.in_process import open_in_process_http
 from thaw.adapters.telemetry.tracing import OtelTracer, tracer_from_environment
 from thaw.backbone.memory._backbone import MemoryBackbone
@@ -209,3 +209,41 @@ def test_context_tracestate_is_read_from_the_event() -> None:
     ctx = Context(env, Event(id="e", traceparent=PARENT, headers={"tracestate": STATE}), 1.0)
     assert ctx.trace.tracestate == STATE
     assert isinstance(env, CapabilityEnv)
+
+
+queued = App("queued")
+
+
+class Job(msgspec.Struct):
+    n: int
+
+
+@queued.capability(
+    http("POST", "/jobs", enqueue="queued.jobs"), stream("queued.jobs"), idempotency=Idempotency()
+)
+async def run_job(job: Job) -> None:
+    return None
+
+
+@pytest.mark.anyio
+async def test_an_enqueue_route_is_a_producer_span_the_consumer_links_to(
+    spans: tuple[OtelTracer, InMemorySpanExporter],
+) -> None:
+    tracer, exporter = spans
+    backbone = MemoryBackbone()
+    async with (
+        open_host(queued, backbone, tracer=tracer, fetch_timeout=0.05) as host,
+        open_in_process_http(host) as client,
+    ):
+        response = await client.post("/jobs", content=b'{"n": 1}', headers={"traceparent": PARENT})
+        assert response.status == 202, response.text
+        await wait_for(lambda: named(exporter, "invoke run_job"))
+    (publish,) = named(exporter, "publish queued.jobs")
+    (consume,) = named(exporter, "process queued.jobs")
+    (server,) = named(exporter, "POST /jobs")
+    assert publish.kind is SpanKind.PRODUCER
+    assert publish.parent is not None and server.context is not None
+    assert publish.parent.span_id == server.context.span_id
+    assert publish.context is not None
+    assert [link.context.span_id for link in consume.links] == [publish.context.span_id]
+    assert {trace_of(s) for s in (server, publish, consume)} == {PARENT.split("-")[1]}

@@ -38,6 +38,7 @@ import msgspec
 from thaw import ConfigError, Event, ThawError
 from thaw._errors import IdempotencyKeyReused, PayloadTooLarge
 from thaw._headers import URL_PATH_HEADER, URL_QUERY_HEADER
+from thaw._trace import SpanKind, Tracer, parse_traceparent
 from thaw.adapters.http._wire import Response, response_from_answer
 from thaw.adapters.http.routing import GENERATED_ID_PREFIX, JSON, Route
 from thaw.host._identity import load_event_key
@@ -80,6 +81,7 @@ class Intake:
         self._consumers = consumers  # enqueue subject -> the capability consuming it
         self._validators: dict[str, Any] = {}  # capability -> its contract's decoder
         self._token_key = b""  # derived from the backbone's event-id key on first use
+        self._tracer: Tracer | None = getattr(invoker, "tracer", None)  # None: no spans
 
     async def _token(self, event_id: str) -> str:
         """The status token of ``event_id``: the same on every host of this backbone."""
@@ -134,6 +136,22 @@ class Intake:
         ):  # path and query parameters of a bytes payload
             if name in event.headers:
                 headers[name] = event.headers[name]
+        span = None
+        if self._tracer is not None:  # the enqueue hop: a PRODUCER span the consumer links to
+            span = self._tracer.start_span(
+                f"publish {subject}",
+                kind=SpanKind.PRODUCER,
+                parent=parse_traceparent(event.traceparent, event.headers.get("tracestate", "")),
+                attributes={
+                    "messaging.system": "nats",
+                    "messaging.operation.type": "send",
+                    "messaging.operation.name": "publish",
+                    "messaging.destination.name": subject,
+                    "messaging.message.id": event.id,
+                    "messaging.message.body.size": len(event.data),
+                },
+            )
+            span.context.write(headers)
         try:
             token = await self._token(event.id)
             await self._backbone.publish(subject, event.data, headers=headers, msg_id=event.id)
@@ -146,6 +164,9 @@ class Intake:
                 exc.code, str(exc), status=503, retry_after=1, event_id=event.id
             )
             return response_from_answer(answer)
+        finally:
+            if span is not None:
+                span.end()
         status_url = f"{STATUS_PREFIX}{quote(event.id, safe='')}/{token}"
         body = _encode(_Accepted(event.id, status_url))
         return Response(202, body, JSON, (("location", status_url),))
