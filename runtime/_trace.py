@@ -122,13 +122,17 @@ class _Traced(Protocol):
     def traceparent(self) -> str: ...
 
 
-def log_fields(capability: str, event: _Traced) -> dict[str, str]:
+def log_fields(capability: str, event: _Traced, revision: str = "") -> dict[str, str]:
     """A log record's ``extra`` for a line about ``event``: the fields JSON logs show
-    (``capability``, ``event_id``, ``trace_id`` when the event carries a valid trace)."""
+    (``capability``, ``event_id``, ``revision`` when known, ``trace_id`` and ``span_id``
+    when the event carries a valid trace)."""
     fields = {"capability": capability, "event_id": event.id}
+    if revision:
+        fields["revision"] = revision
     context = parse_traceparent(event.traceparent)
     if context is not None:
         fields["trace_id"] = context.trace_id
+        fields["span_id"] = context.span_id
     return fields
 
 

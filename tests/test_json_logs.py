@@ -186,10 +186,12 @@ def test_serve_json_lines_parse_carry_the_fields_and_hold_no_secret(tmp_path: Pa
     said = [one for one in lines if one["message"] == "saying hi to Ada"]
     assert said, text
     assert said[0]["trace_id"] == TRACE and said[0]["capability"] == "hi"
-    assert said[0]["event_id"]  # ctx.log lines name their event
+    assert said[0]["event_id"] and said[0]["span_id"]  # ctx.log lines name their event
+    assert len(said[0]["revision"]) >= 12  # and the revision serving it (thaw serve's build)
     (broke,) = [one for one in lines if one["level"] == "ERROR" and "boom" in one["message"]]
     assert (broke["capability"], broke["trace_id"]) == ("boom", TRACE), broke
     assert broke["event_id"] and "ValueError: it broke" in broke["exception"]
+    assert broke["revision"] == said[0]["revision"] and broke["span_id"]
     (access,) = [
         one for one in lines if one["logger"] == "thaw.http.access" and one["target"] == "/hi"
     ]

@@ -72,6 +72,7 @@ class CapabilityEnv:
         "clock",
         "logger",
         "run_sync",
+        "revision",
         "siblings",
         "tracer",
     )
@@ -87,8 +88,10 @@ class CapabilityEnv:
         access: Access | None = None,
         run_sync: SyncRunner = run_sync_inline,
         tracer: Tracer | None = None,
+        revision: str = "",
     ) -> None:
         self.tracer = tracer  # None: tracing off (no span is started anywhere)
+        self.revision = revision  # the serving revision's id ("" outside a host)
         self.access = access
         self.run_sync = run_sync
         self.app = app
@@ -181,8 +184,10 @@ class Context:
                 self._env.logger,
                 {
                     "trace_id": self.trace.trace_id,
+                    "span_id": self.trace.span_id,
                     "capability": self._env.capability,
                     "event_id": self.event.id,
+                    "revision": self._env.revision,
                 },
             )
         return self._logger

@@ -186,6 +186,7 @@ class InstancePool:
             run_sync=self._run_sync,
             tracer=self._tracer,
             accounting=self._accounting,
+            revision=self.revision.revision_id,
         )
 
     @property

@@ -460,7 +460,7 @@ class CompiledCapability:
                 attempt,
                 event.id,
                 exc_info=exc,
-                extra=log_fields(self.name, event),
+                extra=log_fields(self.name, event, self._env.revision),
             )
         if attempt >= self._max_attempts:
             return Reject(code, _clip(f"gave up after {attempt} attempts: {message}"), attempt)
@@ -566,6 +566,7 @@ class Invoker(CapabilitiesByName[CompiledCapability]):
         run_sync: SyncRunner = run_sync_inline,
         tracer: Tracer | None = None,
         accounting: Accounting | None = None,
+        revision: str = "",
     ) -> None:
         self.app = app
         self.tracer = tracer
@@ -586,6 +587,7 @@ class Invoker(CapabilitiesByName[CompiledCapability]):
                     access=spec.policy.access,
                     run_sync=run_sync,
                     tracer=tracer,
+                    revision=revision,
                 ),
                 store=self.idempotency_store,
                 rand=rand,
