@@ -92,7 +92,6 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "test_host.py": ("core",),
     "test_grafana_dashboard.py": ("http",),
     "test_http_access_log.py": ("http",),
-    "test_http_eager.py": ("http",),
     "test_http_cors.py": ("http",),
     "test_http_hostile.py": ("http",),
     "test_http_ids.py": ("http", "process"),  # one test forks
@@ -102,7 +101,6 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "test_http_protocol.py": ("http",),
     "test_http_readiness.py": ("http", "nats"),
     "test_http_routing.py": ("http",),  # no socket, but httptools (native) underneath
-    "test_http_protocol_eager.py": ("http",),
     "test_http_params_and_limits.py": ("http",),
     "test_http_server.py": ("http", "process"),
     "test_http_support.py": ("http",),

@@ -180,36 +180,22 @@ def encode_head(response: Response, date: bytes, connection: bytes, *, chunked: 
 
 
 _PREFIXES: dict[tuple[int, str], bytes] = {}
-# Status line, content type and content length of answers seen, up to the length line's end:
-# most routes answer a few sizes, and formatting the number costs more than the lookup.
-_HEADS: dict[tuple[int, str, int], bytes] = {}
 
 
 def encode_response(response: Response, date: bytes, connection: bytes, head_only: bool) -> bytes:
-    """A whole answer with a body in memory (the common case gets a cached head)."""
+    """A whole answer with a body in memory (the common case gets a cached prefix)."""
     if response.headers or response.status in _NO_BODY_STATUSES:
         head = encode_head(response, date, connection, chunked=False)
         return head if head_only else head + response.body
-    body = response.body
-    key = (response.status, response.content_type, len(body))
-    start = _HEADS.get(key)
-    if start is None:
-        start = b"%s%d\r\n" % (_prefix(key[0], key[1]), key[2])
-        if len(_HEADS) < 1024:
-            _HEADS[key] = start
-    return b"%s%s%s\r\n%s" % (start, date, connection, b"" if head_only else body)
-
-
-def _prefix(status: int, content_type: str) -> bytes:
-    key = (status, content_type)
+    key = (response.status, response.content_type)
     prefix = _PREFIXES.get(key)
     if prefix is None:
-        line = _STATUS_LINES.get(status) or f"HTTP/1.1 {status} Unknown\r\n".encode()
-        prefix = line + (_content_type_line(content_type) if content_type else b"")
-        prefix += b"content-length: "
+        line = _STATUS_LINES.get(key[0]) or f"HTTP/1.1 {key[0]} Unknown\r\n".encode()
+        prefix = line + (_content_type_line(key[1]) if key[1] else b"") + b"content-length: "
         if len(_PREFIXES) < 256:
             _PREFIXES[key] = prefix
-    return prefix
+    body = response.body
+    return b"%s%d\r\n%s%s\r\n%s" % (prefix, len(body), date, connection, b"" if head_only else body)
 
 
 class DateLine:

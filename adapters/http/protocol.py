@@ -2,10 +2,8 @@
 
 Bytes come in through ``data_received``; the reading half (``_reader.py``)
 parses them into requests and enforces the reading limits; each complete
-request is started at once, in the read callback (``_eager.start``): one that
-is answered without suspending is written from there and costs no task, one
-that suspends goes on as a task owned by this connection. Answers go out
-strictly in request order.
+request runs as a task owned by this connection, and answers go out strictly
+in request order.
 
 Invariants:
 - Every request the parser accepted gets exactly one answer, in order, or the
@@ -20,20 +18,16 @@ Invariants:
 - One timer per connection. Progress only moves a deadline; the timer checks
   the deadline when it fires and re-arms, so the hot path schedules nothing.
 - Tasks belong to the connection: it cancels them when it is lost, and the
-  server waits for them on shutdown. Cancellation is never swallowed. A
-  request answered without suspending has no task: it is over before the read
-  callback returns, so there is nothing to cancel or wait for.
+  server waits for them on shutdown. Cancellation is never swallowed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from contextvars import copy_context
 from time import perf_counter
 from typing import cast
 
-from thaw.adapters.http._eager import start
 from thaw.adapters.http._reader import Exchange, RequestReader
 from thaw.adapters.http._wire import (
     CLOSE,
@@ -158,11 +152,7 @@ class HttpConnection(RequestReader):
         self._rearm()
 
     def _dispatch(self, exchange: Exchange, request: Request) -> None:
-        """Run the request (or refuse it when the server is at its limit).
-
-        Its handler starts here, in a context of its own; only if it suspends
-        does it become a task, tracked for ``connection_lost`` and the drain.
-        """
+        """Start the request's task (or refuse it when the server is at its limit)."""
         state = self._state
         if state.in_flight >= self._config.max_in_flight:
             exchange.response = refused = refusal(
@@ -171,17 +161,11 @@ class HttpConnection(RequestReader):
             state.counters.refused(refused.status)
             self._flush()
             return
-        if self._special and self._parser.should_upgrade():
-            # httptools raises HttpParserUpgrade only once this callback returns, and an
-            # answer given without suspending is written before that: say close now.
-            exchange.close = True
         state.in_flight += 1
         state.requests += 1
-        task = start(self._run(exchange, request), self._loop, copy_context())
-        if task is not None:
-            exchange.task = task
-            self._tasks.add(task)
-            state.tasks.add(task)
+        task = exchange.task = self._loop.create_task(self._run(exchange, request))
+        self._tasks.add(task)
+        state.tasks.add(task)
         if len(self._exchanges) >= self._config.max_pipeline:
             self._block(_PIPELINE)
 
@@ -206,12 +190,10 @@ class HttpConnection(RequestReader):
             if self._exchanges and self._exchanges[0] is exchange:
                 self._flush()
         finally:
-            # Answered without suspending: there is no task (exchange.task is None).
-            # connection_lost also adds a done callback to what it cancels.
-            task = exchange.task
-            if task is not None:
-                self._tasks.discard(task)
-                state.tasks.discard(task)
+            # A task cancelled before its first step never runs this: connection_lost
+            # covers those with a done callback (see _cancel_tasks).
+            self._tasks.discard(exchange.task)
+            state.tasks.discard(exchange.task)
             if state.draining:
                 state.notify()
 
@@ -236,18 +218,10 @@ class HttpConnection(RequestReader):
             ):
                 queue.popleft()
                 transport.write(self._encode(exchange, response, False))
-                self._last_activity = now = self._loop.time()
+                self._last_activity = self._loop.time()
                 if self._read_blocks & _PIPELINE:
                     self._unblock(_PIPELINE)
-                # _rearm() inlined for what follows an answer: idle, the timer already
-                # due no later (the keep-alive deadline only moves on).
-                if (
-                    self._in_message
-                    or self._write_paused
-                    or self._timer is None
-                    or now + self._config.keepalive_timeout < self._timer_at
-                ):
-                    self._rearm()
+                self._rearm()
                 return
         out: list[bytes] = []
         close = linger = False
