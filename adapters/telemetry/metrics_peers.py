@@ -37,6 +37,7 @@ if TYPE_CHECKING:  # thaw.adapters.http imports this module: no import cycle at 
 
 __all__ = [
     "MAX_GAUGES",
+    "MetricsFront",
     "MIN_GAUGES",
     "PEERS_ENV",
     "PEER_TIMEOUT",
@@ -140,21 +141,16 @@ async def _read_peer(path: str) -> bytes | None:
             await writer.wait_closed()
 
 
-class PeerMetricsService:
-    """A ``Service`` whose ``/metrics`` is the merge of this worker's and its siblings'."""
+class MetricsFront:
+    """A ``Service`` that answers ``/metrics`` itself (``_scrape``) and passes every other
+    request, and every attribute, to the service it wraps."""
 
-    def __init__(self, inner: Any, metrics_path: str, directory: str, own: str) -> None:
+    def __init__(self, inner: Any, metrics_path: str) -> None:
         self._inner = inner
         self._path = metrics_path
-        self._directory = directory
-        self._own = own
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
-
-    def local(self) -> bytes:
-        response = self._inner.operational(self._path)
-        return response.body if response is not None else b""
 
     def check(self, request: Request) -> Response | None:
         if request.path == self._path and request.method in ("GET", "HEAD"):
@@ -165,11 +161,27 @@ class PeerMetricsService:
 
     def handle(self, request: Request) -> Awaitable[Response]:
         if request.route is _SCRAPE:
-            return self._scrape()
+            return self._scrape(request)
         answer: Awaitable[Response] = self._inner.handle(request)
         return answer
 
-    async def _scrape(self) -> Response:
+    async def _scrape(self, request: Request) -> Response:
+        raise NotImplementedError
+
+
+class PeerMetricsService(MetricsFront):
+    """A ``Service`` whose ``/metrics`` is the merge of this worker's and its siblings'."""
+
+    def __init__(self, inner: Any, metrics_path: str, directory: str, own: str) -> None:
+        super().__init__(inner, metrics_path)
+        self._directory = directory
+        self._own = own
+
+    def local(self) -> bytes:
+        response = self._inner.operational(self._path)
+        return response.body if response is not None else b""
+
+    async def _scrape(self, request: Request) -> Response:
         from thaw.adapters.http._wire import Response
         from thaw.adapters.http.metrics import CONTENT_TYPE
 

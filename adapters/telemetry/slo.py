@@ -34,13 +34,14 @@ import math
 import os
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import anyio
 
 from thaw import App
+from thaw.adapters.telemetry.metrics_peers import MetricsFront
 from thaw.declarations._slo import Availability, Latency, Objective
 from thaw.host._slo_windows import SEVERITIES, WINDOWS, History, Standing, fault_codes, standing
 
@@ -81,7 +82,6 @@ SLO_FAMILIES = (
     "thaw_slo_alert",
 )
 MAX_LINE = 64 * 1024  # a sample line longer than this is no Prometheus exposition of ours
-_SCRAPE = object()  # request.route of a /metrics request this wrapper answers
 _FAULTS = fault_codes()
 _SAMPLE = re.compile(
     r"([a-zA-Z_:][a-zA-Z0-9_:]*)"  # metric name
@@ -350,16 +350,12 @@ async def _answer(service: Any, request: Request) -> Response:
     return answer
 
 
-class SloMetricsService:
+class SloMetricsService(MetricsFront):
     """A ``Service`` whose ``/metrics`` is the inner one's plus the ``thaw_slo_*`` families."""
 
     def __init__(self, inner: Any, metrics_path: str, evaluator: SloEvaluator) -> None:
-        self._inner = inner
-        self._path = metrics_path
+        super().__init__(inner, metrics_path)
         self.evaluator = evaluator
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
 
     async def sample(self, now: float) -> bool:
         """Read the inner ``/metrics`` once into the evaluator; False when it did not answer."""
@@ -372,19 +368,6 @@ class SloMetricsService:
             log.warning("SLOs not updated: the host's /metrics did not parse: %s", exc)
             return False
         return True
-
-    def check(self, request: Request) -> Response | None:
-        if request.path == self._path and request.method in ("GET", "HEAD"):
-            request.route = _SCRAPE
-            return None
-        answer: Response | None = self._inner.check(request)
-        return answer
-
-    def handle(self, request: Request) -> Awaitable[Response]:
-        if request.route is _SCRAPE:
-            return self._scrape(request)
-        answer: Awaitable[Response] = self._inner.handle(request)
-        return answer
 
     async def _scrape(self, request: Request) -> Response:
         from thaw.adapters.http._wire import Response
