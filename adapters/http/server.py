@@ -15,10 +15,11 @@ chooses the loop: uvloop when importable, else the standard asyncio loop.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 import anyio
@@ -33,7 +34,6 @@ from thaw.adapters.http.service import HttpService
 from thaw.adapters.http.service_set import RouteClash, ServiceSet
 from thaw.adapters.http.state import ServerState, ServerStatistics
 from thaw.adapters.telemetry.metrics_peers import peer_metrics
-from thaw.adapters.telemetry.slo import slo_metrics
 from thaw.lowlevel import Backbone, CapabilityInvoker, Host, Invoker, MemoryBackbone, open_host
 
 __all__ = [
@@ -280,12 +280,24 @@ async def open_apps_http_server(
     # objectives the apps declare are evaluated on that merged view (adapters/telemetry/slo).
     async with (
         peer_metrics(front, config.metrics_path) as front,
-        slo_metrics(front, [served.app for served in hosts], config.metrics_path) as front,
+        _slo_front(front, [served.app for served in hosts], config.metrics_path) as front,
         open_service_server(
             front, host=host, port=port, config=config, counters=ServerCounters(), state_hook=bind
         ) as server,
     ):
         yield server, apps, refused
+
+
+def _slo_front(
+    front: Service, apps: list[App], metrics_path: str
+) -> AbstractAsyncContextManager[Any]:
+    """The SLO evaluation around ``front`` when an app declares objectives; else ``front``
+    unchanged, without importing the evaluator (a host's boot imports what it uses)."""
+    if not any(spec.policy.slo for app in apps for spec in app.capabilities.values()):
+        return contextlib.nullcontext(front)
+    from thaw.adapters.telemetry.slo import slo_metrics
+
+    return slo_metrics(front, apps, metrics_path)
 
 
 async def serve_http(
