@@ -277,6 +277,13 @@ def wait_line(process: subprocess.Popen[str], needle: str, *, limit: float = 60.
             return line
 
 
+def serve_http_port(process: subprocess.Popen[str], *, limit: float = 60.0) -> int:
+    """The HTTP port a ``thaw serve --http 0`` child says it serves on (its ready line
+    ``... http on http://127.0.0.1:PORT ...``), within ``limit`` seconds."""
+    line = wait_line(process, "http://127.0.0.1:", limit=limit)
+    return int(line.split("http://127.0.0.1:")[1].split(";")[0].split("/")[0].split()[0])
+
+
 def _said_ready(line: str) -> bool:
     return line.strip() == "ready"
 

@@ -12,6 +12,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from nats_fixtures import serve_http_port
 
 from thaw.adapters.cli import command as cli
 from thaw.adapters.http.access_log import AccessLog, access_line
@@ -150,13 +151,7 @@ def test_serve_json_lines_parse_carry_the_fields_and_hold_no_secret(tmp_path: Pa
             command, stdout=subprocess.PIPE, stderr=stderr, text=True, env=env, cwd=tmp_path
         )
     try:
-        assert process.stdout is not None
-        line = ""
-        for line in process.stdout:
-            if "http on http://" in line or "http://127.0.0.1:" in line:
-                break
-        assert "http://127.0.0.1:" in line, stderr_path.read_text()
-        port = int(line.split("http://127.0.0.1:")[1].split(";")[0].split("/")[0])
+        port = serve_http_port(process)
         connection = http.client.HTTPConnection("127.0.0.1", port, timeout=WAIT)
         connection.request(
             "POST",

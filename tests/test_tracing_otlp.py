@@ -22,7 +22,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from nats_fixtures import end_process, nats_server  # noqa: F401
+from nats_fixtures import end_process, nats_server, serve_http_port  # noqa: F401
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from thaw.adapters.nats.server import EmbeddedServer
@@ -146,13 +146,7 @@ def test_thaw_serve_exports_one_trace_over_otlp(
             command, stdout=subprocess.PIPE, stderr=stderr, text=True, env=env, cwd=tmp_path
         )
     try:
-        assert process.stdout is not None
-        line = ""
-        for line in process.stdout:
-            if "http://127.0.0.1:" in line:
-                break
-        assert "http://127.0.0.1:" in line, stderr_path.read_text()
-        port = int(line.split("http://127.0.0.1:")[1].split(";")[0].split("/")[0])
+        port = serve_http_port(process)
         connection = http.client.HTTPConnection("127.0.0.1", port, timeout=WAIT)
         connection.request(
             "POST",
