@@ -24,6 +24,7 @@ __all__ = [
     "SpanKind",
     "TraceContext",
     "Tracer",
+    "event_trace",
     "log_fields",
     "parse_traceparent",
     "start_trace",
@@ -120,6 +121,15 @@ class _Traced(Protocol):
     def id(self) -> str: ...
     @property
     def traceparent(self) -> str: ...
+    @property
+    def headers(self) -> Mapping[str, str]: ...
+
+
+def event_trace(event: _Traced) -> TraceContext | None:
+    """The trace context an Event carries (its ``traceparent``, with the ``tracestate``
+    header), or None when it carries none or an invalid one."""
+    headers = event.headers
+    return parse_traceparent(event.traceparent, headers.get("tracestate", "") if headers else "")
 
 
 def log_fields(capability: str, event: _Traced, revision: str = "") -> dict[str, str]:
@@ -129,7 +139,7 @@ def log_fields(capability: str, event: _Traced, revision: str = "") -> dict[str,
     fields = {"capability": capability, "event_id": event.id}
     if revision:
         fields["revision"] = revision
-    context = parse_traceparent(event.traceparent)
+    context = event_trace(event)
     if context is not None:
         fields["trace_id"] = context.trace_id
         fields["span_id"] = context.span_id

@@ -38,7 +38,7 @@ import msgspec
 from thaw import ConfigError, Event, ThawError
 from thaw._errors import IdempotencyKeyReused, PayloadTooLarge
 from thaw._headers import URL_PATH_HEADER, URL_QUERY_HEADER
-from thaw._trace import SpanKind, Tracer, parse_traceparent
+from thaw._trace import SpanKind, Tracer, event_trace
 from thaw.adapters.http._wire import Response, response_from_answer
 from thaw.adapters.http.routing import GENERATED_ID_PREFIX, JSON, Route
 from thaw.host._identity import load_event_key
@@ -141,7 +141,7 @@ class Intake:
             span = self._tracer.start_span(
                 f"publish {subject}",
                 kind=SpanKind.PRODUCER,
-                parent=parse_traceparent(event.traceparent, event.headers.get("tracestate", "")),
+                parent=event_trace(event),
                 attributes={
                     "messaging.system": "nats",
                     "messaging.operation.type": "send",

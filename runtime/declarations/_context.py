@@ -30,7 +30,7 @@ from thaw._errors import (
 )
 from thaw._event import Event, Ok, Outcome, Reject, Retry
 from thaw._headers import MSG_ID_HEADER, TRACESTATE_HEADER, URL_PATH_HEADER, URL_QUERY_HEADER
-from thaw._trace import Span, SpanKind, TraceContext, Tracer, parse_traceparent, start_trace
+from thaw._trace import Span, SpanKind, TraceContext, Tracer, event_trace, start_trace
 from thaw.backbone._subjects import subject_matches
 from thaw.decisions._reply import Requester, outcome_of_reply
 
@@ -171,9 +171,7 @@ class Context:
     def trace(self) -> TraceContext:
         """The incoming trace context, or a new trace when the event carried none."""
         if self._trace is None:
-            event = self.event
-            state = event.headers.get(TRACESTATE_HEADER, "") if event.headers else ""
-            self._trace = parse_traceparent(event.traceparent, state) or start_trace()
+            self._trace = event_trace(self.event) or start_trace()
         return self._trace
 
     @property

@@ -33,7 +33,7 @@ import msgspec
 from thaw._errors import BackboneError, BatchInvalid, DeliveriesExhausted
 from thaw._event import Event, Ok, Outcome, Reject
 from thaw._headers import DEAD_LETTER_BODY_OMITTED, TRACEPARENT_HEADER, TRACESTATE_HEADER
-from thaw._trace import SpanKind, Tracer, log_fields, parse_traceparent
+from thaw._trace import SpanKind, Tracer, event_trace, log_fields
 from thaw.backbone._contract import Backbone, ConsumerConfig, Message
 from thaw.backbone._rules import MessageTooLarge
 from thaw.decisions._delivery import (
@@ -50,6 +50,7 @@ from thaw.declarations._changes import Shaper
 from thaw.host._identity import stream_event_id
 from thaw.host._provision import dead_letter_stream_config
 from thaw.host._retention import ensure_stream
+from thaw.invocation._accounting import trigger_tag
 from thaw.invocation._budget import RetryBudget
 from thaw.invocation._shape import CapabilityInvoker
 
@@ -74,8 +75,7 @@ class WorkerStatistics(msgspec.Struct, frozen=True):
 def trigger_kind(trigger: object) -> str:
     """The accounting's trigger kind of what a consumer serves (``stream`` when unknown):
     the trigger Struct's tag (``stream``, ``schedule``, ``kv``, ``objects``)."""
-    config = getattr(type(trigger), "__struct_config__", None)
-    tag = getattr(config, "tag", None)
+    tag = trigger_tag(trigger)
     return tag if tag in ("stream", "schedule", "kv", "objects") else "stream"
 
 
@@ -271,7 +271,7 @@ class StreamWorker:
         """The delivery as a CONSUMER span: the producer's context is its parent and its
         link, so every attempt (a span each) links back to the one publish."""
         assert self._tracer is not None
-        producer = parse_traceparent(event.traceparent, event.headers.get(TRACESTATE_HEADER, ""))
+        producer = event_trace(event)
         span = self._tracer.start_span(
             f"process {message.subject}",
             kind=SpanKind.CONSUMER,

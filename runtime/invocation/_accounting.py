@@ -64,6 +64,7 @@ __all__ = [
     "TriggerSeries",
     "cpu_clock",
     "cpu_of_steps",
+    "trigger_tag",
 ]
 
 TRIGGERS: tuple[str, ...] = ("http", "subject", "stream", "schedule", "kv", "objects", "call")
@@ -322,7 +323,7 @@ class Accounting:
             if isinstance(spec, str):
                 found = CapabilityAccount(self, name, 1 << 62)
             else:
-                declared = frozenset(_tag(trigger) for trigger in spec.triggers) & set(TRIGGERS)
+                declared = frozenset(trigger_tag(t) for t in spec.triggers) & set(TRIGGERS)
                 found = CapabilityAccount(self, name, spec.policy.max_result, declared)
             self._accounts[name] = found
         return found
@@ -388,7 +389,7 @@ class Accounted:
         return outcome
 
 
-def _tag(trigger: object) -> str:
+def trigger_tag(trigger: object) -> str:
     """A trigger Struct's tag: ``http``, ``stream``, ``schedule``..."""
     tag = getattr(getattr(type(trigger), "__struct_config__", None), "tag", None)
     return tag if isinstance(tag, str) else ""

@@ -50,8 +50,7 @@ from thaw._errors import (
     ThawError,
 )
 from thaw._event import Event, Ok, Outcome, Reject, Retry
-from thaw._headers import TRACESTATE_HEADER
-from thaw._trace import SpanKind, Tracer, log_fields, parse_traceparent
+from thaw._trace import SpanKind, Tracer, event_trace, log_fields
 from thaw.backbone._contract import Backbone
 from thaw.declarations._app import App, CapabilitySpec
 from thaw.declarations._context import CapabilityEnv, Context, SyncRunner, run_sync_inline
@@ -501,10 +500,7 @@ class TracedCapability(CompiledCapability):
         }
 
     async def __call__(self, event: Event) -> Outcome:
-        headers = event.headers
-        parent = parse_traceparent(
-            event.traceparent, headers.get(TRACESTATE_HEADER, "") if headers else ""
-        )
+        parent = event_trace(event)
         attributes = dict(self._attributes)
         attributes["faas.invocation_id"] = event.id
         attributes["faas.coldstart"] = self._calls == 0  # this instance's first call
