@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import anyio
 
 from thaw import App
+from thaw._histogram import is_bound
 from thaw.adapters.telemetry.metrics_peers import MetricsFront
 from thaw.declarations._slo import Availability, Latency, Objective
 from thaw.host._slo_windows import SEVERITIES, WINDOWS, History, Standing, fault_codes, standing
@@ -163,11 +164,12 @@ def parse_exposition(
 
 
 def _same_bound(text: str, seconds: float) -> bool:
+    """Whether an ``le`` label's text is the bound ``seconds`` (``thaw._histogram``'s rule)."""
     try:
         value = float(text)
     except ValueError:
         return False
-    return math.isfinite(value) and abs(value - seconds) <= seconds * 1e-9
+    return math.isfinite(value) and is_bound(value, (seconds,))
 
 
 def counts(
