@@ -208,7 +208,7 @@ def _invocations(out: _Writer, caps: list[CapabilityAccount]) -> None:
         (
             "thaw_invocation_cpu_seconds_total",
             "counter",
-            "CPU time of invocations (sampled; a suspended call counts what ran meanwhile).",
+            "CPU time of invocations' own steps (sampled; not what ran while they waited).",
             "cpu_seconds",
         ),
         ("thaw_invocation_bytes_in_total", "counter", "Payload bytes in.", "bytes_in"),

@@ -42,6 +42,7 @@ import anyio
 
 from thaw import App
 from thaw._histogram import is_bound
+from thaw.adapters.http.metrics import escape_label
 from thaw.adapters.telemetry.metrics_peers import MetricsFront
 from thaw.declarations._slo import Availability, Latency, Objective
 from thaw.host._slo_windows import SEVERITIES, WINDOWS, History, Standing, fault_codes, standing
@@ -223,10 +224,6 @@ def declared(apps: Iterable[App]) -> list[tuple[str, Objective]]:
     return out
 
 
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
-
 def _number(value: float) -> str:
     return repr(float(value)) if math.isfinite(value) else ("+Inf" if value > 0 else "-Inf")
 
@@ -238,7 +235,7 @@ class _Tracked:
         self.capability = capability
         self.objective = objective
         self.history = History(budget_window=objective.window)
-        self.labels = f'capability="{_escape(capability)}",slo="{_escape(objective.key)}"'
+        self.labels = f'capability="{escape_label(capability)}",slo="{escape_label(objective.key)}"'
         self.standing: Standing = standing(self.history, target=objective.target)
         self.warned = False
 
