@@ -16,17 +16,17 @@ arguments that do not pickle fail with ``ConfigError`` before anything is sent.
 from __future__ import annotations
 
 import asyncio
-import multiprocessing
-import pickle
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
 from functools import partial
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import anyio
 import anyio.to_thread
 
 from thaw import ConfigError
+
+if TYPE_CHECKING:
+    from concurrent.futures import ProcessPoolExecutor
 
 __all__ = ["SyncPool", "run_in_thread"]
 
@@ -55,7 +55,10 @@ class SyncPool:
             raise ConfigError(f"start_method must be 'spawn' or 'forkserver', got {start_method!r}")
         self.limiter = anyio.CapacityLimiter(threads)
         self._executor: ProcessPoolExecutor | None = None
-        if processes:
+        if processes:  # multiprocessing is imported only by a host that asks for processes
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
             context = multiprocessing.get_context(start_method)
             self._executor = ProcessPoolExecutor(processes, mp_context=context)
 
@@ -71,6 +74,8 @@ class SyncPool:
                 "ctx.run_sync(..., process=True) needs a process pool: "
                 "thaw serve --sync-processes N (or SyncPool(processes=N))"
             )
+        import pickle
+
         name = getattr(function, "__qualname__", repr(function))
         try:
             pickle.dumps((function, args))

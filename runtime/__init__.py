@@ -10,7 +10,6 @@ if __name__ != "thaw":  # the folder runtime/ is the package thaw; never importa
         "(install the project with pip install -e . so that the name exists)"
     )
 
-from importlib import metadata as _metadata
 from typing import TYPE_CHECKING
 
 from thaw._errors import (
@@ -44,10 +43,11 @@ from thaw.invocation._fanout import Gathered, fan_out
 if TYPE_CHECKING:
     from thaw.host._schedule import Tick
 
-try:
-    __version__ = _metadata.version("thaw-runtime")
-except _metadata.PackageNotFoundError:  # a copy without its metadata (the edge bundle in Pyodide)
-    __version__ = "0+unknown"
+# The distribution's version, written here rather than read from the installed metadata:
+# importing importlib.metadata costs a new process about as much as Python's own start
+# (benchmarks/host_boot.py), and a copy without metadata (the edge bundle) knows it too.
+# tests/test_version.py keeps it equal to pyproject.toml's.
+__version__ = "0.1.0"
 
 __all__ = [
     "Access",

@@ -157,6 +157,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "test_snapshot_resources.py": ("process",),  # builds snapshots in a child Python
     "test_snapshot_signing.py": ("process",),  # builds a snapshot in a child; cryptography
     "test_slo.py": ("core",),
+    "test_registry.py": ("http", "process"),  # the shipped adapters; one child Python
     "test_slo_windows.py": ("core",),
     "test_slo_metrics.py": ("http",),
     "test_slo_cli.py": ("nats", "http", "process"),  # thaw serve child + canned hosts
@@ -166,6 +167,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "test_tracing_otlp.py": ("nats", "http", "process"),  # thaw serve -> a loopback collector
     "test_triggers.py": ("core",),
     "test_user_layouts.py": ("http", "process"),
+    "test_version.py": ("core",),
     "test_worker.py": ("core",),
 }
 
@@ -179,6 +181,7 @@ NOT_AT_THE_EDGE: dict[str, str] = {
     "test_example_uploads.py": "example_loader imports thaw.adapters.process",
     "test_tracing.py": "the OpenTelemetry SDK (the otel extra) is not in the Pyodide bundle",
     "test_example_nightly_reconciliation.py": "its TestHost settles by asyncio's loop._ready",
+    "test_version.py": "the edge bundle carries neither pyproject.toml nor the package metadata",
 }
 
 # Files the edge host copies into tests/ inside Pyodide, and where they live here.

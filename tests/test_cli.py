@@ -146,6 +146,54 @@ def test_no_command_prints_help(capsys: pytest.CaptureFixture[str]) -> None:
     assert "run" in out and "list" in out
 
 
+EVERY_COMMAND = (
+    "run list snapshot bench serve dev provision dlq deploy revisions rollback policy slo cost edge"
+).split()
+
+
+def test_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["--help"])
+    assert exit_info.value.code == 0
+    listed = capsys.readouterr().out
+    for name in EVERY_COMMAND:
+        assert f"    {name} " in listed or f"    {name}\n" in listed, name
+
+
+@pytest.mark.parametrize("name", EVERY_COMMAND)
+def test_a_named_command_parses_alone_as_in_the_whole_parser(name: str) -> None:
+    """The parser built for one named command (what `thaw serve ...` builds, importing only
+    that command's module) knows the command's options as the whole parser does."""
+    alone = cli._parser([name])._subparsers._group_actions[0].choices  # type: ignore[union-attr]
+    whole = cli._parser([])._subparsers._group_actions[0].choices  # type: ignore[union-attr]
+    assert alone[name].format_usage() == whole[name].format_usage()
+
+
+def test_serve_imports_only_its_own_command_module() -> None:
+    code = (
+        "import sys\n"
+        "from thaw.adapters.cli.command import _parser\n"
+        "_parser(['serve', 'app.py']).parse_args(['serve', 'app.py'])\n"
+        "others = ('slo', 'cost_command', 'deploy', 'policy')\n"
+        "print([m for m in others if 'thaw.adapters.cli.' + m in sys.modules])\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("value", ["carrier-pigeon", "s3cret-typed-in-the-wrong-flag", ""])
+def test_an_unknown_backbone_is_a_usage_error_that_does_not_echo_it(
+    capsys: pytest.CaptureFixture[str], value: str
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["serve", HELLO, "--backbone", value])
+    assert exit_info.value.code == cli.EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "no such backbone here (available: memory, nats" in err
+    assert not value or value not in err
+
+
 def test_list(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run(capsys, "list", HELLO)
     assert code == 0

@@ -39,7 +39,7 @@ MAX_CLI_DATA = 64 * 1024 * 1024  # refuse to read more than this from a file or 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = _parser()
+    parser = _parser(argv)
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
@@ -85,7 +85,32 @@ class _Parser(argparse.ArgumentParser):
         super().error(_OPTION_VALUE.sub(r"\1=***", message))
 
 
-def _parser() -> argparse.ArgumentParser:
+# The commands other modules add, by the names they add: a command line that names one of
+# them imports only its module (``thaw serve`` does not import the SLO, cost or deploy
+# modules, a third of its start-up); help, no command or an unknown name builds them all.
+_COMMAND_MODULES: tuple[tuple[frozenset[str], str], ...] = (
+    (frozenset({"serve", "dev", "provision", "dlq"}), "ops"),
+    (frozenset({"deploy", "revisions", "rollback"}), "deploy"),
+    (frozenset({"policy"}), "policy"),
+    (frozenset({"slo"}), "slo"),
+    (frozenset({"cost"}), "cost_command"),
+)
+_OWN_COMMANDS = frozenset({"run", "list", "snapshot", "bench"})
+
+
+def _named_command(argv: Sequence[str]) -> str | None:
+    """The command ``argv`` names (its first word that is no option), or None."""
+    for word in argv:
+        if word in ("-h", "--help", "--version"):
+            return None
+        if not word.startswith("-"):
+            return word
+    return None
+
+
+def _parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The whole parser, or (``argv`` naming a known command) the part that parses it."""
+    named = _named_command(sys.argv[1:] if argv is None else argv)
     parser = _Parser(
         prog="thaw",
         description="Thaw: an async micro-runtime for serverless capability functions.",
@@ -94,6 +119,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"thaw {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
+    if named is not None and named not in _OWN_COMMANDS:
+        for names, module in _COMMAND_MODULES:
+            if named in names:
+                _add_module_commands(commands, module)
+                return parser
     run = commands.add_parser(
         "run",
         help="invoke one capability of an app in process and print the outcome",
@@ -159,26 +189,35 @@ def _parser() -> argparse.ArgumentParser:
     coldstart.add_argument("--json", metavar="FILE", help="write the results as JSON")
     coldstart.set_defaults(handler=_cmd_bench_coldstart)
 
-    from thaw.adapters.cli.ops import add_commands
-
-    add_commands(commands, _positive_int)
-    from thaw.adapters.cli.serve_options import add_serve_options
-
-    add_serve_options(commands.choices["serve"])  # --consumer, --bind-stream, --max-body-cap
-    from thaw.adapters.cli.deploy import add_deploy_commands
-
-    add_deploy_commands(commands)
-    from thaw.adapters.cli.policy import add_policy_command
-
-    add_policy_command(commands)
-    from thaw.adapters.cli.slo import add_slo_command
-
-    add_slo_command(commands)
-    from thaw.adapters.cli.cost_command import add_cost_command
-
-    add_cost_command(commands)
+    for _names, module in _COMMAND_MODULES:
+        _add_module_commands(commands, module)
     _add_plugin_commands(commands)
     return parser
+
+
+def _add_module_commands(commands: Any, module: str) -> None:
+    if module == "ops":
+        from thaw.adapters.cli.ops import add_commands
+        from thaw.adapters.cli.serve_options import add_serve_options
+
+        add_commands(commands, _positive_int)
+        add_serve_options(commands.choices["serve"])  # --consumer, --bind-stream, ...
+    elif module == "deploy":
+        from thaw.adapters.cli.deploy import add_deploy_commands
+
+        add_deploy_commands(commands)
+    elif module == "policy":
+        from thaw.adapters.cli.policy import add_policy_command
+
+        add_policy_command(commands)
+    elif module == "slo":
+        from thaw.adapters.cli.slo import add_slo_command
+
+        add_slo_command(commands)
+    else:
+        from thaw.adapters.cli.cost_command import add_cost_command
+
+        add_cost_command(commands)
 
 
 def _add_plugin_commands(commands: Any) -> None:
@@ -187,9 +226,9 @@ def _add_plugin_commands(commands: Any) -> None:
     Each entry point names a function ``register(commands)`` that adds its own
     subparser(s) and sets ``handler`` on them; the core never imports adapters.
     """
-    import importlib.metadata
+    from thaw.backbone._registry import registered
 
-    for entry in importlib.metadata.entry_points(group="thaw.commands"):
+    for entry in registered("thaw.commands"):
         try:
             register = entry.load()
         except ImportError:

@@ -35,7 +35,7 @@ from thaw.adapters.cli.supervise import (
     serve_workers,
     worker_count,
 )
-from thaw.backbone._registry import available_backbones, open_backbone
+from thaw.backbone._registry import available_backbones, is_backbone, open_backbone
 from thaw.decisions._redaction import (
     EXTRA_REDACTED,
     KNOWN_SECRETS,
@@ -66,13 +66,12 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
 def _backbone_options(parser: argparse.ArgumentParser) -> None:
-    names = sorted(available_backbones())
-    default = "nats" if "nats" in names else "memory"
     parser.add_argument(
         "--backbone",
-        choices=names,
-        default=default,
-        help=f"messaging and state backbone (default: {default})",
+        type=_backbone_name,
+        default="nats",
+        metavar="{memory,nats,...}",
+        help="messaging and state backbone: memory, nats or an installed adapter's (default: nats)",
     )
     parser.add_argument(
         "--url", help="backbone URL (default: THAW_NATS_URL, else start the embedded server)"
@@ -81,6 +80,14 @@ def _backbone_options(parser: argparse.ArgumentParser) -> None:
         "--state-dir", default=".thaw", help="where embedded servers keep their data (.thaw)"
     )
     add_nats_options(parser)
+
+
+def _backbone_name(text: str) -> str:
+    """A backbone that exists; the installed ones are listed only when it does not."""
+    if is_backbone(text):
+        return text
+    known = ", ".join(sorted(available_backbones()))
+    raise argparse.ArgumentTypeError(f"no such backbone here (available: {known})")
 
 
 def _target(args: argparse.Namespace) -> tuple[str, str | None]:

@@ -140,12 +140,8 @@ def process_pools_for(
     """The host's ``process`` isolation, or None where this platform cannot fork."""
     if not sys.platform.startswith("linux") or not hasattr(os, "fork"):
         return None
-    from thaw.adapters.process.pool import process_pool_factory
 
-    if kind != "nats" or url is None:  # a forked instance cannot reach in-process state
-        return process_pool_factory(backbone_factory=None)
-
-    async def connect() -> Backbone:
+    async def connect_nats() -> Backbone:
         # In the instance process: its own connection, closed when the instance stops.
         import msgspec
 
@@ -153,9 +149,19 @@ def process_pools_for(
         from thaw.adapters.nats.connection import JetStreamOptions
 
         options = msgspec.convert(connection, JetStreamOptions)
-        return await JetStreamBackbone.connect(url, options=options)
+        return await JetStreamBackbone.connect(url or "", options=options)
 
-    return process_pool_factory(backbone_factory=connect)
+    # A forked instance cannot reach in-process state: without NATS it has no backbone.
+    connect = connect_nats if kind == "nats" and url is not None else None
+
+    def make(revision: Revision, **options: Any) -> Any:
+        # The pool's modules are imported by the first revision that uses `process`
+        # isolation, not by every host at start.
+        from thaw.adapters.process.pool import process_pool_factory
+
+        return process_pool_factory(backbone_factory=connect)(revision, **options)
+
+    return make
 
 
 class AppToServe:

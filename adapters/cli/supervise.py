@@ -40,7 +40,6 @@ from contextlib import AsyncExitStack
 
 import anyio
 import anyio.abc
-from anyio.streams.text import TextReceiveStream
 
 from thaw.adapters.cli.nats_options import (
     child_environment,
@@ -175,6 +174,8 @@ async def supervise(plan: WorkerPlan, *, on_ready: str) -> int:
             print(f"{on_ready} (worker pids: {pids})", flush=True)
 
     async def relay(slot: _Slot, process: anyio.abc.Process) -> None:
+        from anyio.streams.text import TextReceiveStream
+
         assert process.stdout is not None
         pending = ""
         async for text in TextReceiveStream(process.stdout, errors="replace"):
