@@ -56,6 +56,8 @@ bench: $(STAMP) edge
 	$(PY) benchmarks/invoke.py --json benchmarks/results/invoke.json
 	$(PY) benchmarks/coldstart.py --json benchmarks/results/coldstart.json
 	$(PY) benchmarks/coldstart_host.py --json benchmarks/results/coldstart_host.json
+	$(PY) benchmarks/coldstart_shared.py --json benchmarks/results/coldstart_shared.json
+	$(PY) benchmarks/host_boot.py --json benchmarks/results/host_boot.json
 	@# wrk (Debian) is the HTTP load generator; without it http_bench.py uses a Python one.
 	@command -v wrk >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
