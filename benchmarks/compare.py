@@ -1,6 +1,6 @@
 """Regression guard: short versions of the hot-path benchmarks for two revisions, alternately.
 
-    .venv/bin/python benchmarks/compare.py REV_A REV_B [--rounds 3] [--only invoke,jetstream,http]
+    .venv/bin/python benchmarks/compare.py REV_A REV_B [--rounds 3] [--only invoke,http,boot]
     make compare A=a117a3a B=HEAD          # defaults: A=HEAD, B=. (the working tree)
 
 Each revision is checked out once (``git worktree add --detach`` under
@@ -64,6 +64,12 @@ def _http(route: str) -> Callable[[dict[str, Any]], float]:
     return lambda data: float(data["results"][route]["thaw"]["rps"])
 
 
+def _boot(series: str) -> Callable[[dict[str, Any]], float]:
+    return lambda data: float(
+        next(s["ms"]["median"] for s in data["series"] if s["series"] == series)
+    )
+
+
 BENCHES = (
     Bench(
         "invoke",
@@ -91,6 +97,25 @@ BENCHES = (
         (
             Metric("HTTP GET", _http("get"), True, "req/s"),
             Metric("HTTP POST", _http("post"), True, "req/s"),
+        ),
+    ),
+    Bench(
+        "boot",
+        "host_boot.py",
+        ("--boots", "4"),
+        (
+            Metric(
+                "host boot to first HTTP answer",
+                _boot("thaw serve: first HTTP answer"),
+                False,
+                "ms",
+            ),
+            Metric(
+                "host boot to first stream ack",
+                _boot("thaw serve: first stream message acked"),
+                False,
+                "ms",
+            ),
         ),
     ),
 )
