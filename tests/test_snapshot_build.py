@@ -148,6 +148,9 @@ BESIDE_APP = {
     "results/run-1.json": "{}\n",
     "keep/scratch.parquet": "x",
     "server.log": "a log line\n",
+    "serve.out": "thaw: serving app\n",  # thaw serve app.py > serve.out 2> serve.err
+    "serve.err": "thaw: warning\n",
+    "nohup.out": "\n",
     "notes.txt~": "editor backup\n",
     ".env": "SECRET=1\n",
     "deploy.key": "key\n",
@@ -170,6 +173,7 @@ def test_files_beside_the_app_follow_thawignore_and_the_default_skips(tmp_path: 
     assert any("cert/leaf.pem" in w and "private key" in w for w in warnings), warnings
     before = result.revision
     (tmp_path / "server.log").write_text("more lines\n")  # a running app's log
+    (tmp_path / "serve.out").write_text("thaw: serving app\nmore\n")
     (tmp_path / "results" / "run-2.json").write_text("{}\n")
     again = build_snapshot(str(tmp_path / "app.py"), str(tmp_path / "again.snap"))
     assert again.revision == before

@@ -67,6 +67,7 @@ _SKIP_DIRS = {"__pycache__", "node_modules", ".git", ".venv", "venv", ".mypy_cac
 _SKIP_SUFFIXES = (
     *(".py", ".pyc", ".pyo", ".so", ".pyd"),  # code: modules are stored as modules
     *(".snap", ".log", ".tmp", ".swp", ".swo", "~"),  # snapshots, logs, editor by-products
+    *(".out", ".err"),  # `thaw serve app.py > serve.out 2> serve.err`, nohup.out: logs too
     *(".env", ".key", ".p12", ".pfx"),  # secrets (dotfiles such as .env are skipped too)
 )
 _PRIVATE_KEY = b"PRIVATE KEY-----"  # a PEM private key, whatever its file is called
