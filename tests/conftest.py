@@ -70,6 +70,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "test_deploy_cli.py": ("nats", "process"),  # deploy builds source in a child Python
     "test_deployments.py": ("process",),
     "test_deployments_nats.py": ("nats", "http", "process"),
+    "test_deployments_workers_nats.py": ("nats", "http", "process"),
     "test_dev.py": ("http", "process"),
     "test_edge.py": ("edge", "process"),  # the snapshot build is a child Python
     "test_edge_cli.py": ("edge", "nats", "process"),

@@ -413,9 +413,13 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     args.app = [a.path for a in apps if a.revision is not None]  # workers get the files
     kind, url = _target(args)
-    if args.workers > 1:
-        if args.deployed:  # each worker follows the deployments itself
-            print("thaw serve: --deployed with --workers is not supported yet", file=sys.stderr)
+    if args.workers > 1:  # with --deployed, each worker reads and follows the record itself
+        if args.deployed and kind == "memory":
+            print(
+                "thaw serve: --deployed with --workers needs a shared backbone (NATS): "
+                "each worker would have its own empty in-memory deployment record",
+                file=sys.stderr,
+            )
             return EXIT_USAGE
         return serve_workers(args, [r.app for r in revisions], kind=kind, url=url)
     if args.worker_of:

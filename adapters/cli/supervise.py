@@ -276,6 +276,8 @@ def worker_command(args: argparse.Namespace, *, kind: str, url: str | None, port
     """
     targets = args.app if isinstance(args.app, list) else [args.app]
     command = [sys.executable, "-m", "thaw.adapters.cli", "serve", *targets]
+    for name in getattr(args, "deployed", None) or []:  # each worker follows the record
+        command += ["--deployed", name]
     command += ["--backbone", kind, "--state-dir", args.state_dir]
     if url is not None:
         command += ["--url", url]
@@ -364,8 +366,9 @@ def serve_workers(
                 env={**child_environment(args), PEERS_ENV: peers},
             )
             where = "" if args.no_http else f"; http on http://{args.http_host}:{port}"
+            names = [a.name for a in apps] + list(getattr(args, "deployed", None) or [])
             ready = (
-                f"thaw: serving app {', '.join(a.name for a in apps)} with {args.workers} "
+                f"thaw: serving app {', '.join(names)} with {args.workers} "
                 f"workers on the {kind} "
                 f"backbone{where}; SIGTERM or Ctrl-C drains and stops"
             )
