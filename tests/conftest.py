@@ -158,6 +158,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "test_snapshot_resources.py": ("process",),  # builds snapshots in a child Python
     "test_snapshot_signing.py": ("process",),  # builds a snapshot in a child; cryptography
     "test_slo.py": ("core",),
+    "test_nats_reader.py": ("nats",),  # nats-py's parser; two tests on a real server
     "test_registry.py": ("http", "process"),  # the shipped adapters; one child Python
     "test_slo_windows.py": ("core",),
     "test_slo_metrics.py": ("http",),

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Literal
 
 import anyio
@@ -103,7 +103,7 @@ class _WrongLast(Exception):
         self.actual = actual
 
 
-def _operation(headers: dict[str, str]) -> Operation:
+def _operation(headers: Mapping[str, str]) -> Operation:
     operation = headers.get(_OPERATION)
     if operation in ("DEL", "PURGE"):
         return operation  # type: ignore[return-value]

@@ -32,8 +32,9 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from thaw.adapters.nats._errors import translate
+from thaw.adapters.nats._reader import DeliveryParser, parse_headers, queue_publish
 from thaw.adapters.nats._wire import API, nanoseconds
-from thaw.lowlevel import BackboneError, DeliveredMessage, parse_ack_subject
+from thaw.lowlevel import BackboneError, DeliveredMessage
 
 __all__ = ["Puller", "PullResult", "JetStreamMessage", "CLOSED", "LOST", "pending_after"]
 
@@ -56,23 +57,21 @@ class PullResult:
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
-        self.messages: list[Msg] = []
+        self.messages: list[JetStreamMessage] = []
         self.status = ""  # "" while open or when the batch filled; else the server's status
         self.description = ""
         self.done = anyio.Event()
 
-    def receive(self, message: Msg) -> None:
-        if message.reply:  # a delivery: JetStream sets a $JS.ACK reply subject
-            self.messages.append(message)
-            if len(self.messages) >= self.limit:
-                self.done.set()
-            return
-        headers = message.headers or {}
-        status = headers.get("Status", "")
+    def receive(self, message: JetStreamMessage) -> None:
+        self.messages.append(message)
+        if len(self.messages) >= self.limit:
+            self.done.set()
+
+    def end(self, status: str, description: str) -> None:
         if status == _HEARTBEAT:
             return
         self.status = status
-        self.description = headers.get("Description", "")
+        self.description = description
         self.done.set()
 
     def abort(self, status: str) -> None:
@@ -82,28 +81,65 @@ class PullResult:
 
 
 class _Inbox:
-    __slots__ = ("client", "request", "subject", "subscription")
+    __slots__ = ("client", "request", "subject", "subscription", "timeout")
 
-    def __init__(self, client: Client, subject: str) -> None:
+    def __init__(self, client: Client, subject: str, timeout: float) -> None:
         self.client = client
         self.subject = subject
+        self.timeout = timeout
         self.request: PullResult | None = None
         self.subscription: Subscription | None = None
 
+    def deliver(self, subject: bytes, reply: bytes, raw_headers: bytes, data: bytes) -> None:
+        """The parser's route (``DeliveryParser``): one frame, synchronously, in order."""
+        request = self.request
+        if reply:
+            try:
+                headers = parse_headers(raw_headers)[0] if raw_headers else None
+                message = JetStreamMessage(
+                    self.client, subject.decode(), reply, data, headers, timeout=self.timeout
+                )
+            except (ValueError, IndexError):  # not a JetStream delivery: never raise in the reader
+                log.warning("ignored a message on pull inbox %s with reply %r", self.subject, reply)
+                return
+            if request is not None and not request.done.is_set():
+                request.receive(message)
+            else:  # a request this inbox no longer waits for still delivered: give it back
+                if not queue_publish(self.client, b"PUB %s 4\r\n-NAK\r\n" % reply):
+                    log.debug("could not nak %s now; AckWait redelivers it", reply)
+            return
+        if request is not None and not request.done.is_set():
+            _, status, description = parse_headers(raw_headers)
+            request.end(status, description)
+
     async def on_message(self, message: Msg) -> None:
+        """nats-py's callback, for a client without ``DeliveryParser``."""
         request = self.request
         if request is not None and not request.done.is_set():
-            request.receive(message)
+            if message.reply:
+                request.receive(
+                    JetStreamMessage(
+                        self.client,
+                        message.subject,
+                        message.reply.encode(),
+                        message.data,
+                        message.headers,
+                        timeout=self.timeout,
+                    )
+                )
+            else:
+                headers = message.headers or {}
+                request.end(headers.get("Status", ""), headers.get("Description", ""))
         elif message.reply:
             # A request this inbox no longer waits for still delivered: give it back now.
-            await _nak_quietly(self.client, message)
+            await _nak_quietly(self.client, message.reply)
 
 
-async def _nak_quietly(client: Client, message: Msg) -> None:
+async def _nak_quietly(client: Client, reply: str) -> None:
     try:
-        await client.publish(message.reply, b"-NAK")
+        await client.publish(reply, b"-NAK")
     except Exception as error:  # the connection is gone; AckWait will redeliver
-        log.debug("could not nak %s: %s", message.reply, error)
+        log.debug("could not nak %s: %s", reply, error)
 
 
 class Puller:
@@ -111,7 +147,7 @@ class Puller:
 
     def __init__(self, client: Client, *, margin: float) -> None:
         self._client = client
-        self._margin = margin
+        self._margin = margin  # also the timeout of a delivery's confirmed nak and term
         self._idle: list[_Inbox] = []
         self._active: set[PullResult] = set()
         self._closed = False
@@ -119,13 +155,21 @@ class Puller:
     async def _take_inbox(self) -> _Inbox:
         if self._idle:
             return self._idle.pop()
-        inbox = _Inbox(self._client, self._client.new_inbox())
-        inbox.subscription = await self._client.subscribe(inbox.subject, cb=inbox.on_message)
+        inbox = _Inbox(self._client, self._client.new_inbox(), self._margin)
+        inbox.subscription = subscription = await self._client.subscribe(
+            inbox.subject, cb=inbox.on_message
+        )
+        parser = self._client._ps
+        if type(parser) is DeliveryParser:  # frames for this sid skip nats-py's Msg and queue
+            parser.routes[subscription._id] = inbox.deliver
         return inbox
 
     async def _drop_inbox(self, inbox: _Inbox) -> None:
         subscription = inbox.subscription
         inbox.subscription = None
+        parser = self._client._ps
+        if subscription is not None and type(parser) is DeliveryParser:
+            parser.routes.pop(subscription._id, None)
         if subscription is None or self._client.is_closed:
             return
         try:
@@ -166,11 +210,11 @@ class Puller:
                     await self._drop_inbox(inbox)
                     if not finished:  # cancelled or failed: nobody will see these
                         for message in request.messages:
-                            await _nak_quietly(self._client, message)
+                            await _nak_quietly(self._client, message._reply)
 
     async def fetch(
         self, stream: str, consumer: str, *, batch: int, timeout: float
-    ) -> tuple[list[Msg], str, str]:
+    ) -> tuple[list[JetStreamMessage], str, str]:
         """Pull up to ``batch`` messages: (messages, last status, its description).
 
         JetStream can end a no_wait pull early while it still holds messages (its
@@ -209,9 +253,9 @@ class Puller:
             await self._drop_inbox(inbox)
 
 
-def pending_after(message: Msg) -> int:
+def pending_after(message: JetStreamMessage) -> int:
     """How many new messages the consumer still held when it delivered ``message``."""
-    return parse_ack_subject(message.reply)[3]
+    return message.pending
 
 
 class JetStreamMessage(DeliveredMessage):
@@ -226,11 +270,21 @@ class JetStreamMessage(DeliveredMessage):
     twice, or nak'ing after an ack, is harmless.
     """
 
-    __slots__ = ("_client", "_timeout")
+    __slots__ = ("_client", "_reply_bytes", "_timeout")
 
-    def __init__(self, client: Client, message: Msg, *, timeout: float) -> None:
-        super().__init__(message.subject, message.reply, message.data, message.headers)
+    def __init__(
+        self,
+        client: Client,
+        subject: str,
+        reply: bytes,
+        data: bytes,
+        headers: dict[str, str] | None,
+        *,
+        timeout: float,
+    ) -> None:
+        super().__init__(subject, reply.decode(), data, headers)
         self._client = client
+        self._reply_bytes = reply
         self._timeout = timeout
 
     async def _send(self, payload: bytes, doing: str) -> None:
@@ -244,6 +298,8 @@ class JetStreamMessage(DeliveredMessage):
     async def ack(self) -> None:
         # The hot path: a plain publish, translated only when it fails (``translate`` as a
         # context manager costs more than the publish itself).
+        if queue_publish(self._client, b"PUB %s 4\r\n+ACK\r\n" % self._reply_bytes):
+            return  # the reply subject came from the server: no validation needed
         try:
             await self._client.publish(self._reply, b"+ACK")
         except Exception as error:

@@ -460,10 +460,7 @@ class JetStreamBackbone:
                     f"fetch from consumer {durable!r} on stream {stream!r}: JetStream "
                     f"refused the pull request ({description or status})"
                 )
-        client, timeout = session.client, session.request_timeout
-        messages: list[Message] = [
-            JetStreamMessage(client, message, timeout=timeout) for message in received
-        ]
+        messages: list[Message] = received  # type: ignore[assignment]
         if any(message.num_delivered > 1 for message in messages):
             # JetStream redelivers nak'ed messages in nak order; within a batch, put
             # redeliveries first in sequence order, as the contract says (stable sort).

@@ -29,6 +29,7 @@ from nats.aio.client import Client
 from nats.aio.transport import TcpTransport
 from nats.protocol.parser import AUTHORIZATION_VIOLATION, PERMISSIONS_ERR
 
+from thaw.adapters.nats._reader import DeliveryParser
 from thaw.lowlevel import BackboneError
 
 __all__ = ["JetStreamOptions", "connect_client", "redact", "wait_subscribed"]
@@ -107,6 +108,10 @@ class _Client(Client):
     subscription replayed, is what a dropped connection gets anyway. Authorization
     violations (credentials revoked) still close: retrying them cannot succeed.
     """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._ps = DeliveryParser(self)  # the pull inboxes' fast path (thaw.adapters.nats._reader)
 
     async def _connect_to_server(self, s: Any) -> None:
         await super()._connect_to_server(s)
