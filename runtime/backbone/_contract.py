@@ -47,7 +47,7 @@ import msgspec
 
 from thaw._errors import ConfigError
 from thaw._headers import MSG_ID_HEADER
-from thaw.backbone._subjects import parse_ack_subject, validate_kv_key
+from thaw.backbone._subjects import ack_fields, validate_kv_key
 
 __all__ = [
     "StreamConfig",
@@ -188,6 +188,7 @@ class DeliveredMessage:
         "_pending",
         "_reply",
         "_seq",
+        "_stamp",
         "_stream",
         "_subject",
     )
@@ -199,7 +200,8 @@ class DeliveredMessage:
         self._reply = reply
         self._data = data
         self._headers = MappingProxyType(headers) if headers else _NO_HEADERS
-        self._stream, self._num_delivered, self._seq, self._pending = parse_ack_subject(reply)
+        fields = ack_fields(reply)  # one split of the subject for all five
+        self._stream, self._num_delivered, self._seq, self._stamp, self._pending = fields
 
     def __repr__(self) -> str:
         return (
@@ -242,12 +244,7 @@ class DeliveredMessage:
     def age(self) -> float | None:
         """Seconds since the server stored the message (the ack subject's timestamp, ns
         since the epoch), on this host's wall clock; None if the subject has none."""
-        tokens = self._reply.split(".")
-        index = 7 if len(tokens) == 9 else 9
-        try:
-            stamp = int(tokens[index])
-        except (IndexError, ValueError):
-            return None
+        stamp = self._stamp
         return time.time() - stamp / 1e9 if stamp > 0 else None
 
 

@@ -196,7 +196,20 @@ def parse_ack_subject(reply: str) -> tuple[str, int, int, int]:
     is how many messages the consumer still held for delivery after this one. The
     NATS adapters share it (the edge host too, so it lives in the portable core).
     """
+    stream, delivered, seq, _stamp, pending = ack_fields(reply)
+    return stream, delivered, seq, pending
+
+
+def ack_fields(reply: str) -> tuple[str, int, int, int, int]:
+    """``parse_ack_subject`` with the timestamp too, from one split (the stream hot path
+    reads both): (stream, num_delivered, stream sequence, stored at in ns since the
+    epoch or 0 if that token is no number, pending). IndexError or ValueError for a
+    subject that is no ``$JS.ACK`` subject."""
     tokens = reply.split(".")
-    if len(tokens) == 9:
-        return tokens[2], int(tokens[4]), int(tokens[5]), int(tokens[8])
-    return tokens[4], int(tokens[6]), int(tokens[7]), int(tokens[10])
+    short = len(tokens) == 9
+    stamp = tokens[7 if short else 9]
+    if short:
+        fields = tokens[2], int(tokens[4]), int(tokens[5]), int(tokens[8])
+    else:
+        fields = tokens[4], int(tokens[6]), int(tokens[7]), int(tokens[10])
+    return fields[0], fields[1], fields[2], int(stamp) if stamp.isdigit() else 0, fields[3]
