@@ -28,6 +28,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 
 import anyio
+import anyio.lowlevel
 import msgspec
 
 from thaw._errors import BackboneError, BatchInvalid, DeliveriesExhausted
@@ -62,6 +63,10 @@ FETCH_PAUSE_MIN = 0.1  # seconds before the first retry of a failed fetch
 FETCH_PAUSE_MAX = 5.0
 CHILD_RECORD_RETRY = 0.5  # seconds before a child whose outcome could not be recorded reruns
 PENDING_EVERY = 1.0  # seconds between looks at the consumer's lag while it is busy
+# In a run of calls that never suspend, a lane lets the loop run once per this many
+# calls: the acks so far go out and the next pull is sent while the run goes on
+# (JetStream works on them meanwhile), and other tasks on the loop are not starved.
+YIELD_EVERY = 64
 
 
 class WorkerStatistics(msgspec.Struct, frozen=True):
@@ -547,9 +552,15 @@ class _Lanes:
 
     async def _run(self) -> None:
         queue = self._queue
+        done = 0
         while True:
             self._waking -= 1
             while queue:
+                done += 1
+                if done % YIELD_EVERY == 0:  # see YIELD_EVERY
+                    await anyio.lowlevel.checkpoint()
+                    if not queue:
+                        break
                 message = queue.popleft()
                 self._wake()  # someone for the next message, should this call suspend
                 try:
