@@ -32,7 +32,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from thaw.adapters.nats._errors import translate
-from thaw.adapters.nats._reader import DeliveryParser, parse_headers, queue_publish
+from thaw.adapters.nats._reader import parse_headers, queue_publish, route, unroute
 from thaw.adapters.nats._wire import API, nanoseconds
 from thaw.lowlevel import BackboneError, DeliveredMessage
 
@@ -159,17 +159,14 @@ class Puller:
         inbox.subscription = subscription = await self._client.subscribe(
             inbox.subject, cb=inbox.on_message
         )
-        parser = self._client._ps
-        if type(parser) is DeliveryParser:  # frames for this sid skip nats-py's Msg and queue
-            parser.routes[subscription._id] = inbox.deliver
+        route(self._client, subscription, inbox.deliver)  # skips nats-py's Msg and queue
         return inbox
 
     async def _drop_inbox(self, inbox: _Inbox) -> None:
         subscription = inbox.subscription
         inbox.subscription = None
-        parser = self._client._ps
-        if subscription is not None and type(parser) is DeliveryParser:
-            parser.routes.pop(subscription._id, None)
+        if subscription is not None:
+            unroute(self._client, subscription)
         if subscription is None or self._client.is_closed:
             return
         try:

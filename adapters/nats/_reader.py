@@ -27,9 +27,10 @@ import asyncio
 from collections.abc import Callable
 
 from nats.aio.client import Client
+from nats.aio.subscription import Subscription
 from nats.protocol.parser import MAX_CONTROL_LINE_SIZE, Parser
 
-__all__ = ["DeliveryParser", "Route", "parse_headers", "queue_publish"]
+__all__ = ["DeliveryParser", "Route", "parse_headers", "queue_publish", "route", "unroute"]
 
 Route = Callable[[bytes, bytes, bytes, bytes], None]
 _CRLF = b"\r\n"
@@ -97,6 +98,22 @@ class DeliveryParser(Parser):
         if pos < size:
             rest = data[pos:]
             self._pieces, self._have = [rest], len(rest)
+
+
+def route(client: Client, subscription: Subscription, to: Route) -> bool:
+    """Send ``subscription``'s frames to ``to`` from now on, when ``client`` reads with a
+    ``DeliveryParser`` (False: it does not, and nats-py's callback keeps them)."""
+    parser = client._ps
+    if type(parser) is not DeliveryParser:
+        return False
+    parser.routes[subscription._id] = to
+    return True
+
+
+def unroute(client: Client, subscription: Subscription) -> None:
+    parser = client._ps
+    if type(parser) is DeliveryParser:
+        parser.routes.pop(subscription._id, None)
 
 
 def _cut(

@@ -28,6 +28,8 @@ which lets this muxer do less:
   only, and nats-server closes the connection of a client that sends more; a
   subject past ``MAX_SUBJECT`` raises ``ConfigError`` for the same reason (the
   server's control line limit);
+- replies go from nats-py's reader straight to their futures (``_reader.route``),
+  without a ``Msg`` queued for a callback task;
 - KV writes, the hot path, may hand over their headers already encoded
   (``header_block``) for a subject built from validated parts: the command is then
   written here, with the checks nats-py's ``publish`` makes after validation
@@ -52,6 +54,7 @@ from nats.aio.subscription import Subscription
 from nats.protocol.command import hpub_cmd, pub_cmd
 
 from thaw._errors import ConfigError
+from thaw.adapters.nats._reader import parse_headers, route, unroute
 from thaw.backbone._rules import check_message_size, header_block_size
 
 __all__ = ["MAX_SUBJECT", "RequestMux", "RequestLost", "header_block", "subject_too_long"]
@@ -212,11 +215,21 @@ class RequestMux:
             self._loop = asyncio.get_running_loop()
             self._prefix = inbox + "."
             self._subscription = await self._client.subscribe(inbox + ".*", cb=self._reply)
+            # Replies skip nats-py's queue and callback task (thaw.adapters.nats._reader).
+            route(self._client, self._subscription, self._routed)
 
     async def _reply(self, message: Msg) -> None:
         future = self._waiting.pop(message.subject, None)
         if future is not None and not future.done():
             future.set_result(message)
+
+    def _routed(self, subject: bytes, reply: bytes, raw: bytes, data: bytes) -> None:
+        """``_reply`` for the reader's fast path: one frame, synchronously."""
+        name = subject.decode()
+        future = self._waiting.pop(name, None)
+        if future is not None and not future.done():
+            headers = (parse_headers(raw)[0] or None) if raw else None
+            future.set_result(Msg(self._client, name, reply.decode(), data, headers))
 
     def _expire(self) -> None:
         """The timer: time out what is past its deadline, re-arm for the oldest left."""
@@ -254,6 +267,8 @@ class RequestMux:
         self._closed = True
         self._fail_all(nats.errors.ConnectionClosedError)
         subscription, self._subscription = self._subscription, None
+        if subscription is not None:
+            unroute(self._client, subscription)
         if subscription is not None and not self._client.is_closed:
             try:
                 await subscription.unsubscribe()
