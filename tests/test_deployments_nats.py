@@ -39,10 +39,11 @@ async def version() -> str:
 """
 
 
-def built(tmp_path: Path, name: str, version: str) -> bytes:
+def built(tmp_path: Path, name: str, version: str, app: str = APP) -> bytes:
+    """The snapshot of ``app`` (a template of ``name`` and ``version``), as bytes."""
     folder = tmp_path / f"{name}-{version}"
     folder.mkdir()
-    (folder / "app.py").write_text(textwrap.dedent(APP.format(name=name, version=version)))
+    (folder / "app.py").write_text(textwrap.dedent(app.format(name=name, version=version)))
     output = tmp_path / f"{name}-{version}.snap"
     build_snapshot(str(folder / "app.py"), str(output))
     return output.read_bytes()

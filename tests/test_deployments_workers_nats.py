@@ -10,7 +10,6 @@ import re
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,10 +18,9 @@ from pathlib import Path
 import anyio
 import pytest
 from nats_fixtures import nats_server, wait_line  # noqa: F401
+from test_deployments_nats import built, with_backbone
 
-from thaw.adapters.nats import JetStreamBackbone
 from thaw.adapters.nats.server import EmbeddedServer
-from thaw.adapters.process.build import build_snapshot
 from thaw.host._deployments import deploy, rollback
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -41,23 +39,6 @@ app = App("{name}")
 async def version() -> dict[str, str]:
     return {{"version": "{version}", "pid": str(os.getpid())}}
 """
-
-
-def built(tmp_path: Path, name: str, version: str) -> bytes:
-    folder = tmp_path / f"{name}-{version}"
-    folder.mkdir()
-    (folder / "app.py").write_text(textwrap.dedent(APP.format(name=name, version=version)))
-    output = tmp_path / f"{name}-{version}.snap"
-    build_snapshot(str(folder / "app.py"), str(output))
-    return output.read_bytes()
-
-
-async def with_backbone(url: str, work):  # type: ignore[no-untyped-def]
-    backbone = await JetStreamBackbone.connect(url)
-    try:
-        return await work(backbone)
-    finally:
-        await backbone.aclose()
 
 
 @contextmanager
@@ -124,7 +105,7 @@ def test_every_worker_follows_deploys_and_rollbacks(
     nats_server: EmbeddedServer,  # noqa: F811
 ) -> None:
     name = f"depw{os.getpid()}"
-    one, two = built(tmp_path, name, "one"), built(tmp_path, name, "two")
+    one, two = built(tmp_path, name, "one", APP), built(tmp_path, name, "two", APP)
     anyio.run(with_backbone, nats_server.url, lambda b: deploy(b, one))
     with workers(tmp_path, nats_server.url, name) as port:
         first = until_every_worker_serves(port, "one")
