@@ -19,6 +19,7 @@ from nats_fixtures import (  # noqa: F401
 )
 
 from thaw import ConfigError
+from thaw._errors import BucketNotFound
 from thaw.adapters.nats import (
     EmbeddedServer,
     JetStreamBackbone,
@@ -443,3 +444,26 @@ async def test_get_many_refuses_a_key_too_long_for_a_subject_as_get_does(
     with pytest.raises(ConfigError, match="characters"):
         await bucket.get_many(["short", long_key])
     assert list(await bucket.get_many(["short"])) == ["short"]
+
+
+@pytest.mark.anyio
+async def test_a_bucket_whose_direct_gets_have_no_responder_is_read_from_its_leader(
+    jetstream_harness: JetStreamHarness,  # noqa: F811
+) -> None:
+    """A new bucket in a cluster answers direct gets only once its replicas have
+    subscribed; until then "no responders" must not read as "the bucket is gone"."""
+    backbone, p = jetstream_harness.backbone, jetstream_harness.prefix
+    kv = await backbone.add_kv(KvConfig(bucket=f"{p}_b"))
+    await kv.put("k", b"v")
+    jsm = backbone.client.jsm()
+    info = await jsm.stream_info(f"KV_{p}_b")
+    info.config.allow_direct = False  # the server stops answering direct gets on it
+    await jsm.update_stream(info.config)
+    with anyio.fail_after(10):
+        entry = await kv.get("k")
+        assert entry is not None and entry.value == b"v"
+        assert await kv.get("missing") is None
+        assert set(await kv.get_many(["k", "missing"])) == {"k"}
+        await jsm.delete_stream(f"KV_{p}_b")
+        with pytest.raises(BucketNotFound, match="no longer exists"):
+            await kv.get("k")

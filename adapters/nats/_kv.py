@@ -149,7 +149,9 @@ class JetStreamKeyValue:
                     f"{API}.DIRECT.GET.{self._stream}.{subject}", b""
                 )
             except nats.errors.NoRespondersError:
-                raise self._gone(doing) from None
+                # No direct-get responder: the bucket is gone, or it is new in a cluster
+                # and its replicas do not answer direct gets yet. Its leader says which.
+                return await self._latest_from_leader(key, subject, doing)
             except nats.errors.Error as error:
                 raise translated(error, doing) from error
             headers = reply.headers or {}
@@ -165,6 +167,11 @@ class JetStreamKeyValue:
                 revision=int(sequence),
                 operation=_operation(headers),
             )
+        return await self._latest_from_leader(key, subject, doing)
+
+    async def _latest_from_leader(self, key: str, subject: str, doing: str) -> KvEntry | None:
+        """``_latest`` through the stream leader's API (STREAM.MSG.GET), not a direct get."""
+        session = self._session
         body = encode({"last_by_subj": subject})
         got = await session.api(f"STREAM.MSG.GET.{self._stream}", body, MsgGetReply, doing)
         if got.error is not None:
@@ -248,8 +255,13 @@ class JetStreamKeyValue:
             raise translated(error, doing) from error
         status = replies[-1].headers or {}
         code = status.get("Status")
-        if code == "503":
-            raise self._gone(doing)
+        if code == "503":  # no direct-get responder (see _latest): key by key via the leader
+            for subject in subjects:
+                key = subject[len(self._prefix) :]
+                entry = await self._latest_from_leader(key, subject, doing)
+                if entry is not None and entry.operation == "PUT":
+                    found[key] = entry
+            return
         if code not in ("204", "404"):  # 404: none of the keys has a record
             raise BackboneError(f"{doing}: JetStream answered {code} {status.get('Description')!r}")
         for message in replies[:-1]:
