@@ -16,10 +16,14 @@ the same server state.
 from __future__ import annotations
 
 import json
+import os
 import queue
+import re
 import select
+import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -55,6 +59,7 @@ __all__ = [
 ]
 
 GRACE = 0.3  # seconds the server may act after a deadline (timers, expiry sweeps)
+ROOT = Path(__file__).resolve().parent.parent
 WAIT_LIMIT = 10.0  # seconds before wait_fetching gives up
 POLL = 0.01
 
@@ -282,6 +287,43 @@ def serve_http_port(process: subprocess.Popen[str], *, limit: float = 60.0) -> i
     ``... http on http://127.0.0.1:PORT ...``), within ``limit`` seconds."""
     line = wait_line(process, "http://127.0.0.1:", limit=limit)
     return int(line.split("http://127.0.0.1:")[1].split(";")[0].split("/")[0].split()[0])
+
+
+@contextmanager
+def thaw_serve(
+    arguments: list[str],
+    cwd: Path,
+    *,
+    ready: str = "thaw: serving app",
+    limit: float = 60.0,
+) -> Iterator[tuple[subprocess.Popen[str], int]]:
+    """A ``thaw serve ARGUMENTS`` child of this test, its stderr in ``cwd/host.log``:
+    (the process, the HTTP port its ``ready`` line names) once it printed that line.
+    Leaving drains it with SIGTERM (killed if it is not gone within ``limit`` seconds);
+    a test checks ``process.returncode`` after the block."""
+    command = [sys.executable, "-m", "thaw.adapters.cli", "serve", *arguments]
+    with (cwd / "host.log").open("w") as log:  # a stderr pipe nobody reads would fill
+        process = subprocess.Popen(
+            command,
+            stdout=subprocess.PIPE,
+            stderr=log,
+            text=True,
+            env=dict(os.environ, PYTHONPATH=str(ROOT)),
+            cwd=cwd,
+        )
+        try:
+            line = wait_line(process, ready, limit=limit)
+            found = re.search(r"http://127\.0\.0\.1:(\d+)", line)
+            assert found, line
+            yield process, int(found.group(1))
+        finally:
+            if process.poll() is None:  # only the host this test started, by its handle
+                process.send_signal(signal.SIGTERM)
+            try:
+                process.communicate(timeout=limit)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.communicate(timeout=limit)
 
 
 def _said_ready(line: str) -> bool:

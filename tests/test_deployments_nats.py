@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import http.client
 import os
-import re
-import signal
 import subprocess
 import sys
 import textwrap
@@ -17,7 +15,7 @@ from pathlib import Path
 
 import anyio
 import pytest
-from nats_fixtures import nats_server, wait_line  # noqa: F401
+from nats_fixtures import nats_server, thaw_serve  # noqa: F401
 
 from thaw.adapters.nats import JetStreamBackbone
 from thaw.adapters.nats.server import EmbeddedServer
@@ -59,29 +57,10 @@ async def with_backbone(url: str, work):  # type: ignore[no-untyped-def]
 
 @contextmanager
 def host(tmp_path: Path, url: str, name: str) -> Iterator[int]:
-    command = [sys.executable, "-m", "thaw.adapters.cli", "serve", "--deployed", name]
-    command += ["--url", url, "--http", "0", "--state-dir", str(tmp_path / "state")]
-    log = (tmp_path / "host.log").open("w")  # the access log: a pipe nobody reads would fill
-    process = subprocess.Popen(
-        command,
-        stdout=subprocess.PIPE,
-        stderr=log,
-        text=True,
-        env=dict(os.environ, PYTHONPATH=str(ROOT)),
-        cwd=tmp_path,
-    )
-    try:
-        line = wait_line(process, "thaw: serving app", limit=WAIT)
-        yield int(re.search(r"http://127\.0\.0\.1:(\d+)", line).group(1))  # type: ignore[union-attr]
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-        try:
-            process.communicate(timeout=WAIT)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.communicate(timeout=WAIT)
-        log.close()
+    arguments = ["--deployed", name, "--url", url, "--http", "0"]
+    arguments += ["--state-dir", str(tmp_path / "state")]
+    with thaw_serve(arguments, tmp_path) as (_, port):
+        yield port
 
 
 def get_version(connection: http.client.HTTPConnection) -> str:

@@ -6,8 +6,6 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import re
-import signal
 import subprocess
 import sys
 import time
@@ -17,7 +15,7 @@ from pathlib import Path
 
 import anyio
 import pytest
-from nats_fixtures import nats_server, wait_line  # noqa: F401
+from nats_fixtures import nats_server, thaw_serve  # noqa: F401
 from test_deployments_nats import built, with_backbone
 
 from thaw.adapters.nats.server import EmbeddedServer
@@ -43,29 +41,12 @@ async def version() -> dict[str, str]:
 
 @contextmanager
 def workers(tmp_path: Path, url: str, name: str) -> Iterator[int]:
-    command = [sys.executable, "-m", "thaw.adapters.cli", "serve", "--deployed", name]
-    command += ["--url", url, "--http", "0", "--workers", str(WORKERS)]
-    command += ["--state-dir", str(tmp_path / "state"), "--no-access-log"]
-    log = (tmp_path / "host.log").open("w")
-    process = subprocess.Popen(
-        command,
-        stdout=subprocess.PIPE,
-        stderr=log,
-        text=True,
-        env=dict(os.environ, PYTHONPATH=str(ROOT)),
-        cwd=tmp_path,
-    )
-    try:
-        line = wait_line(process, f"with {WORKERS} workers on the", limit=WAIT)
-        yield int(re.search(r"http://127\.0\.0\.1:(\d+)", line).group(1))  # type: ignore[union-attr]
-        process.send_signal(signal.SIGTERM)
-        process.communicate(timeout=WAIT)
-        assert process.returncode == 0, (tmp_path / "host.log").read_text()[-3000:]
-    finally:
-        if process.poll() is None:  # only the host this test started, by its handle
-            process.kill()
-            process.communicate(timeout=WAIT)
-        log.close()
+    arguments = ["--deployed", name, "--url", url, "--http", "0", "--workers", str(WORKERS)]
+    arguments += ["--state-dir", str(tmp_path / "state"), "--no-access-log"]
+    ready = f"with {WORKERS} workers on the"
+    with thaw_serve(arguments, tmp_path, ready=ready, limit=WAIT) as (process, port):
+        yield port
+    assert process.returncode == 0, (tmp_path / "host.log").read_text()[-3000:]
 
 
 def answers(port: int) -> tuple[str, int]:

@@ -6,16 +6,12 @@ from __future__ import annotations
 
 import http.client
 import os
-import re
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import anyio
 import nats
-from nats_fixtures import nats_server, wait_line  # noqa: F401
+from nats_fixtures import nats_server, thaw_serve  # noqa: F401
 from test_http_metrics import Samples, parse, value
 
 from thaw.adapters.nats.server import EmbeddedServer
@@ -79,35 +75,15 @@ def test_a_stream_only_app_under_thaw_serve_is_scraped_and_adds_up(
     suffix = str(os.getpid())
     (tmp_path / "app").mkdir()
     (tmp_path / "app" / "app.py").write_text(APP.format(suffix=suffix))
-    command = [sys.executable, "-m", "thaw.adapters.cli", "serve", str(tmp_path / "app")]
-    command += ["--url", nats_server.url, "--http", "0", "--state-dir", str(tmp_path / "s")]
-    command += ["--no-access-log"]
-    log = (tmp_path / "host.log").open("w")
-    process = subprocess.Popen(
-        command,
-        stdout=subprocess.PIPE,
-        stderr=log,
-        text=True,
-        env=dict(os.environ, PYTHONPATH=str(ROOT)),
-        cwd=tmp_path,
-    )
-    try:
-        line = wait_line(process, "thaw: serving app", limit=WAIT)
-        found = re.search(r"http://127\.0\.0\.1:(\d+)", line)
-        assert found, line  # served although the app declares no http trigger
-        port = int(found.group(1))
+    arguments = [str(tmp_path / "app"), "--url", nats_server.url, "--http", "0"]
+    arguments += ["--state-dir", str(tmp_path / "s"), "--no-access-log"]
+    # served although the app declares no http trigger (thaw_serve finds its port)
+    with thaw_serve(arguments, tmp_path, limit=WAIT) as (process, port):
         assert get(port, "/healthz")[0] == 200
         assert get(port, "/readyz")[0] == 200
         payloads = [b"a", b"bb", b"bad", b"ccc"]
         anyio.run(publish, nats_server.url, f"meter{suffix}.jobs", payloads)
         samples = scrape_until(port, len(payloads))
-        process.send_signal(signal.SIGTERM)
-        process.communicate(timeout=WAIT)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate(timeout=WAIT)
-        log.close()
     assert process.returncode == 0, (tmp_path / "host.log").read_text()
     stream = {"capability": "work", "trigger": "stream"}
     total = "thaw_invocations_total"

@@ -7,13 +7,9 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import re
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
-from nats_fixtures import nats_server, wait_line  # noqa: F401
+from nats_fixtures import nats_server, thaw_serve  # noqa: F401
 
 from thaw.adapters.nats.server import EmbeddedServer
 
@@ -59,20 +55,9 @@ def test_process_instances_connect_crash_and_stop_cleanly(
     suffix = str(os.getpid())
     (tmp_path / "app").mkdir()
     (tmp_path / "app" / "app.py").write_text(APP.format(suffix=suffix))
-    command = [sys.executable, "-m", "thaw.adapters.cli", "serve", str(tmp_path / "app")]
-    command += ["--url", nats_server.url, "--http", "0", "--state-dir", str(tmp_path / "s")]
-    log = (tmp_path / "host.log").open("w")
-    process = subprocess.Popen(
-        command,
-        stdout=subprocess.PIPE,
-        stderr=log,
-        text=True,
-        env=dict(os.environ, PYTHONPATH=str(ROOT)),
-        cwd=tmp_path,
-    )
-    try:
-        line = wait_line(process, "thaw: serving app", limit=WAIT)
-        port = int(re.search(r"http://127\.0\.0\.1:(\d+)", line).group(1))  # type: ignore[union-attr]
+    arguments = [str(tmp_path / "app"), "--url", nats_server.url, "--http", "0"]
+    arguments += ["--state-dir", str(tmp_path / "s")]
+    with thaw_serve(arguments, tmp_path, limit=WAIT) as (process, port):
         status, first = get(port, "/pid")
         assert status == 200 and first["pid"] != process.pid
         assert first["stored"] == str(first["pid"])  # the child reached KV on its own
@@ -80,13 +65,6 @@ def test_process_instances_connect_crash_and_stop_cleanly(
         assert status == 503 and crashed["code"] == "instance_crashed"
         status, second = get(port, "/pid")
         assert status == 200 and second["pid"] not in (first["pid"], process.pid)
-        process.send_signal(signal.SIGTERM)
-        process.communicate(timeout=WAIT)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate(timeout=WAIT)
-        log.close()
     assert process.returncode == 0
     text = (tmp_path / "host.log").read_text()
     assert "error occurred during closing" not in text and "Traceback" not in text
