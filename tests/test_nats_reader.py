@@ -1,4 +1,5 @@
-"""The pull inboxes' fast path in nats-py's reader (thaw.adapters.nats._reader).
+"""The pull inboxes' fast path in nats-py's reader (thaw.adapters.nats._reader), and
+the one header parser (thaw.adapters.nats._wire) for delivered and stored messages.
 
 Any byte stream, cut anywhere into reads, gives each routed sid exactly the frames
 nats-py's own parser gives it (subject, reply, payload, headers by nats-py's rules),
@@ -19,7 +20,8 @@ from nats.protocol.parser import Parser
 from nats_fixtures import jetstream_harness, nats_server, wait_until  # noqa: F401
 
 from thaw.adapters.nats._pull import _Inbox
-from thaw.adapters.nats._reader import DeliveryParser, parse_headers
+from thaw.adapters.nats._reader import DeliveryParser
+from thaw.adapters.nats._wire import parse_header_block, parse_headers
 from thaw.lowlevel import ConsumerConfig, StreamConfig
 
 ROUTED, OTHER = 7, 9
@@ -127,12 +129,12 @@ def test_any_stream_cut_anywhere_routes_what_nats_py_parses(
         routed, expected_routed, strict=True
     ):
         assert (subject, reply, payload) == (s, r, p)
-        assert (parse_headers(raw)[0] if raw else {}) == (nats_py_headers(h) if h else {})
+        assert (parse_headers(raw) if raw else {}) == (nats_py_headers(h) if h else {})
 
 
 @given(header_blocks)
 def test_header_blocks_parse_as_nats_py_parses_them(block: bytes) -> None:
-    assert parse_headers(block)[0] == nats_py_headers(block)
+    assert parse_headers(block) == nats_py_headers(block)
 
 
 @pytest.mark.parametrize(
@@ -147,7 +149,7 @@ def test_header_blocks_parse_as_nats_py_parses_them(block: bytes) -> None:
     ],
 )
 def test_status_lines(block: bytes, status: str, description: str) -> None:
-    headers, got_status, got_description = parse_headers(block)
+    headers, got_status, got_description = parse_header_block(block)
     assert (got_status, got_description) == (status, description)
     reference = nats_py_headers(block)
     assert headers.get("Status") == reference.get("Status")

@@ -32,8 +32,8 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from thaw.adapters.nats._errors import translate
-from thaw.adapters.nats._reader import parse_headers, queue_publish, route, unroute
-from thaw.adapters.nats._wire import API, nanoseconds
+from thaw.adapters.nats._reader import queue_publish, route, unroute
+from thaw.adapters.nats._wire import API, nanoseconds, parse_header_block, parse_headers
 from thaw.lowlevel import BackboneError, DeliveredMessage
 
 __all__ = ["Puller", "PullResult", "JetStreamMessage", "CLOSED", "LOST", "pending_after"]
@@ -95,7 +95,7 @@ class _Inbox:
         request = self.request
         if reply:
             try:
-                headers = parse_headers(raw_headers)[0] if raw_headers else None
+                headers = parse_headers(raw_headers) if raw_headers else None
                 message = JetStreamMessage(
                     self.client, subject.decode(), reply, data, headers, timeout=self.timeout
                 )
@@ -109,7 +109,7 @@ class _Inbox:
                     log.debug("could not nak %s now; AckWait redelivers it", reply)
             return
         if request is not None and not request.done.is_set():
-            _, status, description = parse_headers(raw_headers)
+            _, status, description = parse_header_block(raw_headers)
             request.end(status, description)
 
     async def on_message(self, message: Msg) -> None:

@@ -30,11 +30,10 @@ from nats.aio.client import Client
 from nats.aio.subscription import Subscription
 from nats.protocol.parser import MAX_CONTROL_LINE_SIZE, Parser
 
-__all__ = ["DeliveryParser", "Route", "parse_headers", "queue_publish", "route", "unroute"]
+__all__ = ["DeliveryParser", "Route", "queue_publish", "route", "unroute"]
 
 Route = Callable[[bytes, bytes, bytes, bytes], None]
 _CRLF = b"\r\n"
-_HEADER_LINE = b"NATS/1.0"
 _CONNECTED = Client.CONNECTED
 
 
@@ -144,39 +143,6 @@ def _cut(
     if headers_size > total:
         return None
     return subject, number, reply, headers_size, total
-
-
-def parse_headers(raw: bytes) -> tuple[dict[str, str], str, str]:
-    """(headers, status, description) of a NATS header block, by nats-py 2.16's rules
-    (``Client._process_headers``): an inline status line (``NATS/1.0 404 No Messages``)
-    gives ``Status`` (when it is digits) and ``Description``; then one ``Name: Value``
-    per line, the name stripped and ASCII without whitespace (else the line is
-    skipped), the value stripped and decoded as UTF-8 with replacement."""
-    out: dict[str, str] = {}
-    status = description = ""
-    body = raw[len(_HEADER_LINE) :]
-    if body[:1] == b" ":  # an inline status, maybe with a description, maybe headers
-        line, _, lines = body[1:].partition(_CRLF)
-        code = line[:3].strip().decode("utf-8", "replace")
-        if code.isdigit():
-            status = out["Status"] = code
-        description = line[4:].decode("utf-8", "replace")
-        if description:
-            out["Description"] = description
-    else:
-        lines = body[2:]
-    for line in lines.split(_CRLF):
-        name, sep, value = line.partition(b":")
-        if not sep:
-            continue
-        try:
-            key = name.strip().decode("ascii")
-        except UnicodeDecodeError:
-            continue
-        if key and key.split() != [key]:  # whitespace inside (str's notion, as nats-py)
-            continue
-        out[key] = value.strip().decode("utf-8", "replace")
-    return out, status, description
 
 
 def queue_publish(client: Client, command: bytes) -> bool:

@@ -54,7 +54,8 @@ from nats.aio.subscription import Subscription
 from nats.protocol.command import hpub_cmd, pub_cmd
 
 from thaw._errors import ConfigError
-from thaw.adapters.nats._reader import parse_headers, route, unroute
+from thaw.adapters.nats._reader import route, unroute
+from thaw.adapters.nats._wire import parse_headers
 from thaw.backbone._rules import check_message_size, header_block_size
 
 __all__ = ["MAX_SUBJECT", "RequestMux", "RequestLost", "header_block", "subject_too_long"]
@@ -228,7 +229,7 @@ class RequestMux:
         name = subject.decode()
         future = self._waiting.pop(name, None)
         if future is not None and not future.done():
-            headers = (parse_headers(raw)[0] or None) if raw else None
+            headers = (parse_headers(raw) or None) if raw else None
             future.set_result(Msg(self._client, name, reply.decode(), data, headers))
 
     def _expire(self) -> None:

@@ -50,6 +50,7 @@ __all__ = [
     "kv_config_of",
     "object_stream_wire",
     "parse_headers",
+    "parse_header_block",
 ]
 
 API = "$JS.API"
@@ -303,13 +304,38 @@ def object_stream_wire(config: ObjectStoreConfig, *, replicas: int) -> StreamCon
 
 
 def parse_headers(block: bytes) -> dict[str, str]:
-    """Parse a ``NATS/1.0`` header block (as stored by JetStream) into a dict."""
-    headers: dict[str, str] = {}
-    lines = block.decode("utf-8", "replace").split("\r\n")
-    for line in lines[1:]:  # the first line is the version (and maybe a status)
-        if not line:
+    """A ``NATS/1.0`` header block (delivered, or as stored by JetStream) as a dict."""
+    return parse_header_block(block)[0]
+
+
+def parse_header_block(raw: bytes) -> tuple[dict[str, str], str, str]:
+    """(headers, status, description) of a NATS header block, by nats-py 2.16's rules
+    (``Client._process_headers``): an inline status line (``NATS/1.0 404 No Messages``)
+    gives ``Status`` (when it is digits) and ``Description``; then one ``Name: Value``
+    per line, the name stripped and ASCII without whitespace (else the line is
+    skipped), the value stripped and decoded as UTF-8 with replacement."""
+    out: dict[str, str] = {}
+    status = description = ""
+    body = raw[len(b"NATS/1.0") :]
+    if body[:1] == b" ":  # an inline status, maybe with a description, maybe headers
+        line, _, lines = body[1:].partition(b"\r\n")
+        code = line[:3].strip().decode("utf-8", "replace")
+        if code.isdigit():
+            status = out["Status"] = code
+        description = line[4:].decode("utf-8", "replace")
+        if description:
+            out["Description"] = description
+    else:
+        lines = body[2:]
+    for line in lines.split(b"\r\n"):
+        name, sep, value = line.partition(b":")
+        if not sep:
             continue
-        name, sep, value = line.partition(":")
-        if sep:
-            headers[name.strip()] = value.strip()
-    return headers
+        try:
+            key = name.strip().decode("ascii")
+        except UnicodeDecodeError:
+            continue
+        if key and key.split() != [key]:  # whitespace inside (str's notion, as nats-py)
+            continue
+        out[key] = value.strip().decode("utf-8", "replace")
+    return out, status, description
