@@ -75,14 +75,6 @@ FAMILIES = {
     "age": "thaw_message_age_seconds",
     "completion": "thaw_message_completion_seconds",
 }
-SLO_FAMILIES = (
-    "thaw_slo_objective",
-    "thaw_slo_sli",
-    "thaw_slo_events",
-    "thaw_slo_burn_rate",
-    "thaw_slo_error_budget_remaining",
-    "thaw_slo_alert",
-)
 MAX_LINE = 64 * 1024  # a sample line longer than this is no Prometheus exposition of ours
 _FAULTS = fault_codes()
 _SAMPLE = re.compile(
